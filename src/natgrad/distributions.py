@@ -1,0 +1,199 @@
+r"""Output distributions: what a network's outputs parameterise.
+
+Notation (fixed for the whole package):
+
+* ``z`` are the network outputs a distribution is built from (its *parameters*, a tuple of
+  tensors of shape ``(N, d)``), ``y`` a target, ``L(y, z) = -log r(y | z)`` the negative
+  log-likelihood summed over the ``d`` output dimensions of one example.
+* ``H_L = \nabla^2_z L`` is the Hessian of the loss term in ``z`` and
+  ``F_R = E_{y \sim r}[\nabla_z \log r \, \nabla_z \log r^T]`` the Fisher of the distribution in ``z``.
+  For an exponential family in its natural parameters (Bernoulli logits, Gaussian mean with fixed
+  variance) ``H_L = F_R`` (Martens 2014, "New insights", section 9.2), so the generalised
+  Gauss-Newton matrix equals the Fisher.
+
+Every distribution here has a *diagonal* output curvature, returned by
+:meth:`OutputDistribution.curvature_diagonal` as a tuple aligned with :attr:`params`. The curvature
+code multiplies by it, takes its square root, and samples vectors with that covariance
+(:meth:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing there
+branches on the distribution type.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class OutputDistribution(ABC):
+    """A factorised distribution over targets, parameterised by network outputs ``params``."""
+
+    params: tuple[Tensor, ...]
+
+    @abstractmethod
+    def nll(self, target: Tensor) -> Tensor:
+        """Negative log-likelihood ``-log r(y|z)`` per example, summed over dimensions: shape (N,)."""
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """A target ``y ~ r(.|z)`` with the shape of the data."""
+
+    @property
+    @abstractmethod
+    def mean(self) -> Tensor:
+        """E[y]: the reconstruction the papers' error is computed on."""
+
+    @abstractmethod
+    def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """Diagonal of the output-space curvature used by the Gauss-Newton matrix.
+
+        For natural parameters this is ``H_L = F_R`` (independent of the target). Where the NLL is
+        not convex in ``z`` (learned variance) it is the Fisher ``F_R``, the expected Hessian.
+        """
+
+    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
+
+        Back-propagating ``s`` through the network gives a gradient sample whose outer product is,
+        in expectation, the GGN (Martens & Grosse 2015, section 5). The default draws
+        ``sqrt(c) * eps`` with ``eps ~ N(0, I)``; subclasses return the gradient of the NLL at a
+        sampled target instead, the estimator of the papers.
+        """
+        out = []
+        for c in self.curvature_diagonal():
+            eps = torch.randn(c.shape, generator=generator, dtype=c.dtype, device=c.device)
+            out.append(c.sqrt() * eps)
+        return tuple(out)
+
+
+class Bernoulli(OutputDistribution):
+    r"""Independent Bernoulli pixels with logits ``z``: ``L = softplus(z) - y z``, ``H_L = p(1-p)``."""
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+        self.params = (logits,)
+
+    def nll(self, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(self.logits, target, reduction="none").flatten(1).sum(1)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.bernoulli(self.mean.detach(), generator=generator)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        p = torch.sigmoid(self.logits.detach())
+        return (p * (1.0 - p),)
+
+    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        # dL/dz at a sampled target y: p - y, covariance p(1-p).
+        p = torch.sigmoid(self.logits.detach())
+        return (p - torch.bernoulli(p, generator=generator),)
+
+
+class Gaussian(OutputDistribution):
+    r"""Gaussian with mean ``z`` and fixed standard deviation ``sigma``.
+
+    ``L = |y - z|^2 / (2 sigma^2) + d/2 log(2 pi sigma^2)``, ``H_L = I / sigma^2``. With
+    ``sigma = 1`` this is the papers' squared-error loss for FACES up to the factor 1/2.
+    """
+
+    def __init__(self, mean: Tensor, sigma: float = 1.0) -> None:
+        if not sigma > 0:
+            raise ValueError(f"Gaussian sigma must be > 0, got {sigma}")
+        self._mean = mean
+        self.sigma = float(sigma)
+        self.params = (mean,)
+
+    def nll(self, target: Tensor) -> Tensor:
+        sq = ((target - self._mean) ** 2).flatten(1).sum(1)
+        d = self._mean[0].numel()
+        return 0.5 * sq / self.sigma**2 + 0.5 * d * (_LOG_2PI + 2.0 * math.log(self.sigma))
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
+        return self._mean.detach() + self.sigma * eps
+
+    @property
+    def mean(self) -> Tensor:
+        return self._mean
+
+    def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        return (torch.full_like(self._mean.detach(), 1.0 / self.sigma**2),)
+
+
+class GaussianLearnedVariance(OutputDistribution):
+    r"""Gaussian with mean ``m`` and log-variance ``v`` both output by the network.
+
+    ``L = 1/2 [ (y - m)^2 e^{-v} + v + log 2 pi ]`` per dimension. ``(m, v)`` are not natural
+    parameters and ``L`` is not convex in them, so the curvature is the Fisher
+    ``F_R = diag(e^{-v}, 1/2)`` (Martens 2014, section 9.2: GGN and Fisher differ here).
+    """
+
+    def __init__(self, mean: Tensor, log_var: Tensor) -> None:
+        self._mean = mean
+        self.log_var = log_var
+        self.params = (mean, log_var)
+
+    def nll(self, target: Tensor) -> Tensor:
+        per_dim = 0.5 * ((target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
+        return per_dim.flatten(1).sum(1)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
+        return self._mean.detach() + torch.exp(0.5 * self.log_var.detach()) * eps
+
+    @property
+    def mean(self) -> Tensor:
+        return self._mean
+
+    def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        v = self.log_var.detach()
+        return (torch.exp(-v), torch.full_like(v, 0.5))
+
+
+class DiagonalGaussianPosterior:
+    r"""The VAE encoder's ``q(z|x) = N(mu, diag(exp(v)))`` with ``v = log sigma^2``.
+
+    ``KL(q || N(0, I)) = 1/2 sum_j (mu_j^2 + e^{v_j} - v_j - 1)`` (Kingma & Welling 2014, App. B).
+    As a function of ``(mu, v)`` it is convex and separable, with Hessian ``diag(1, e^v / 2)``:
+    this is the second loss term of the VAE's Gauss-Newton matrix.
+    """
+
+    def __init__(self, mu: Tensor, log_var: Tensor) -> None:
+        self.mu = mu
+        self.log_var = log_var
+        self.params = (mu, log_var)
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.log_var)
+
+    def rsample(self, eps: Tensor) -> Tensor:
+        """Reparameterised sample ``z = mu + sigma * eps`` (Kingma & Welling 2014, section 2.4)."""
+        return self.mu + self.std * eps
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log q(z|x)`` per example, shape (N,) (or (..., N) for stacked samples)."""
+        per_dim = -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
+        return per_dim.sum(-1)
+
+    def kl_to_standard_normal(self) -> Tensor:
+        """Closed-form ``KL(q || N(0, I))`` per example, shape (N,)."""
+        return 0.5 * (self.mu**2 + torch.exp(self.log_var) - self.log_var - 1.0).sum(-1)
+
+    def kl_hessian_diagonal(self) -> tuple[Tensor, Tensor]:
+        """``diag(1, e^v/2)``: the Hessian of the KL in ``(mu, v)``, aligned with :attr:`params`."""
+        v = self.log_var.detach()
+        return torch.ones_like(v), 0.5 * torch.exp(v)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the last dimension."""
+    return -0.5 * (z**2 + _LOG_2PI).sum(-1)

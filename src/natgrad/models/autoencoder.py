@@ -1,0 +1,76 @@
+"""Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse (2015)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.distributions import Bernoulli, Gaussian, OutputDistribution
+from natgrad.models.init import initialise_
+from natgrad.models.mlp import mlp
+
+#: Encoder sizes of the three benchmark problems (the decoder mirrors them); the code layer is linear.
+ARCHITECTURES: dict[str, tuple[int, ...]] = {
+    "mnist": (784, 1000, 500, 250, 30),
+    "curves": (784, 400, 200, 100, 50, 25, 6),
+    "faces": (625, 2000, 1000, 500, 30),
+}
+#: Output likelihood of each problem: logistic + cross-entropy, or linear + squared error.
+LIKELIHOODS: dict[str, str] = {"mnist": "bernoulli", "curves": "bernoulli", "faces": "gaussian"}
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
+
+
+def likelihood_from_outputs(name: str, outputs: Tensor) -> OutputDistribution:
+    """The output distribution ``name`` built on the decoder's last linear layer."""
+    if name == "bernoulli":
+        return Bernoulli(outputs)
+    if name == "gaussian":
+        return Gaussian(outputs, sigma=1.0)
+    raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
+
+
+@dataclass
+class AutoencoderOutput:
+    """What a deep autoencoder returns: the likelihood of the input given its code."""
+
+    likelihood: OutputDistribution
+    code: Tensor
+
+
+class DeepAutoencoder(nn.Module):
+    """Encoder ``sizes`` with logistic hidden units and a linear code layer; mirrored decoder.
+
+    The decoder's last layer is linear and parameterises ``likelihood`` ('bernoulli' logits for
+    MNIST and CURVES, 'gaussian' mean with unit variance for FACES). ``init='sparse'`` is Martens'
+    sparse initialisation (15 non-zero N(0,1) incoming weights per unit, zero biases).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        likelihood: str = "bernoulli",
+        activation: str = "sigmoid",
+        init: str = "sparse",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        likelihood_from_outputs(likelihood, torch.zeros(1, 1))  # validates the name
+        self.sizes = tuple(int(s) for s in sizes)
+        self.likelihood_name = likelihood
+        self.encoder = mlp(self.sizes, activation, final_activation=False)
+        self.decoder = mlp(self.sizes[::-1], activation, final_activation=False)
+        initialise_(self, init, generator)
+
+    @classmethod
+    def for_problem(cls, problem: str, **kwargs) -> "DeepAutoencoder":
+        """The paper architecture for 'mnist', 'curves' or 'faces'."""
+        if problem not in ARCHITECTURES:
+            raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
+        kwargs.setdefault("likelihood", LIKELIHOODS[problem])
+        return cls(ARCHITECTURES[problem], **kwargs)
+
+    def forward(self, x: Tensor) -> AutoencoderOutput:
+        code = self.encoder(x.flatten(1))
+        return AutoencoderOutput(likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code)

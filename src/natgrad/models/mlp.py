@@ -1,0 +1,31 @@
+"""Fully connected stacks shared by the autoencoder and the VAE."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def activation(name: str) -> nn.Module:
+    """The hidden nonlinearity called ``name`` (the papers use 'sigmoid', the logistic unit)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes: Sequence[int], hidden_activation: str, final_activation: bool) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ``hidden_activation`` between them.
+
+    The last layer is linear unless ``final_activation``. Layers are in one flat Sequential in
+    forward order, so curvature capture sees them as a chain (needed by block-tridiagonal K-FAC).
+    """
+    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
+        raise ValueError(f"layer sizes must be >= 2 positive integers, got {list(sizes)}")
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(int(d_in), int(d_out)))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(activation(hidden_activation))
+    return nn.Sequential(*layers)

@@ -1,0 +1,76 @@
+"""Variational autoencoder (Kingma & Welling 2014) on the deep-autoencoder shapes, or any MLP."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
+from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOODS, likelihood_from_outputs
+from natgrad.models.init import initialise_
+from natgrad.models.mlp import mlp
+
+
+@dataclass
+class VAEOutput:
+    """The VAE's two distributional outputs and the latent sample that links them."""
+
+    likelihood: OutputDistribution  # p(x | z), on the decoder output
+    posterior: DiagonalGaussianPosterior  # q(z | x), on the encoder output (mu, log sigma^2)
+    z: Tensor
+    eps: Tensor
+
+
+class VAE(nn.Module):
+    """Encoder ``sizes[:-1]`` -> linear head ``2 * latent`` = (mu, log sigma^2) -> z -> decoder.
+
+    ``sizes`` are as for :class:`~natgrad.models.DeepAutoencoder`, the last entry being the latent
+    dimension; the decoder mirrors the encoder and ends in the dataset's likelihood. All Linear
+    layers are one chain in forward order (encoder, head, decoder).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        likelihood: str = "bernoulli",
+        activation: str = "sigmoid",
+        init: str = "default",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        likelihood_from_outputs(likelihood, torch.zeros(1, 1))
+        self.sizes = tuple(int(s) for s in sizes)
+        if len(self.sizes) < 2:
+            raise ValueError(f"VAE sizes need an input and a latent size, got {list(sizes)}")
+        self.latent_dim = self.sizes[-1]
+        self.likelihood_name = likelihood
+        hidden = self.sizes[:-1]
+        trunk = mlp(hidden, activation, final_activation=True) if len(hidden) > 1 else nn.Sequential()
+        self.encoder = nn.Sequential(*trunk, nn.Linear(hidden[-1], 2 * self.latent_dim))
+        self.decoder = mlp(self.sizes[::-1], activation, final_activation=False)
+        initialise_(self, init, generator)
+
+    @classmethod
+    def for_problem(cls, problem: str, **kwargs) -> "VAE":
+        """The deep-autoencoder shapes of 'mnist', 'curves' or 'faces' as a VAE."""
+        if problem not in ARCHITECTURES:
+            raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
+        kwargs.setdefault("likelihood", LIKELIHOODS[problem])
+        return cls(ARCHITECTURES[problem], **kwargs)
+
+    def encode(self, x: Tensor) -> DiagonalGaussianPosterior:
+        mu, log_var = self.encoder(x.flatten(1)).chunk(2, dim=-1)
+        return DiagonalGaussianPosterior(mu, log_var)
+
+    def decode(self, z: Tensor) -> OutputDistribution:
+        return likelihood_from_outputs(self.likelihood_name, self.decoder(z))
+
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> VAEOutput:
+        """One reparameterised pass; pass ``eps`` to fix the noise (exact oracles need it)."""
+        posterior = self.encode(x)
+        if eps is None:
+            eps = torch.randn_like(posterior.mu)
+        z = posterior.rsample(eps)
+        return VAEOutput(self.decode(z), posterior, z, eps)
