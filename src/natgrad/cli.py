@@ -1,0 +1,199 @@
+"""The ``natgrad`` command line: ``train``, ``compare``, ``demo``, ``data`` (and later ``bench`` ...).
+
+Each subcommand is one :class:`Command` (a name, a help line, a function adding its arguments and a
+function running it) registered in :data:`COMMANDS`; adding a subcommand is one ``register(...)``
+call, independent of the others. ``main`` returns the process exit status: 0 on success, 2 on a
+usage or configuration error, 130 when a run was interrupted (SIGINT/SIGTERM) after checkpointing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("natgrad.cli")
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``add_arguments(parser)`` declares its options, ``run(args)`` returns an exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(command: Command) -> Command:
+    """Add a subcommand to the CLI (names are unique)."""
+    if command.name in COMMANDS:
+        raise ValueError(f"subcommand {command.name!r} is already registered")
+    COMMANDS[command.name] = command
+    return command
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+#: Explicit flags of ``natgrad train`` and the config field each one sets (a shorthand for --set).
+TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+    "--dataset": ("data.dataset", str),
+    "--data-dir": ("data.data_dir", str),
+    "--train-size": ("data.train_size", int),
+    "--test-size": ("data.test_size", int),
+    "--model": ("model.kind", str),
+    "--problem": ("model.problem", str),
+    "--optimizer": ("optimizer.name", str),
+    "--lr": ("optimizer.lr", float),
+    "--batch-size": ("batch_size", int),
+    "--steps": ("budget.steps", int),
+    "--seconds": ("budget.seconds", float),
+    "--eval-every": ("eval.every", int),
+    "--checkpoint-every": ("checkpoint_every", int),
+    "--seed": ("seed", int),
+    "--out": ("out_dir", str),
+}
+
+
+def _flag_dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and the explicit flags of :data:`TRAIN_FLAGS`."""
+    parser.add_argument("--config", type=Path, help="TOML file with the run configuration")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    for flag, (path, kind) in TRAIN_FLAGS.items():
+        parser.add_argument(flag, dest=_flag_dest(flag), type=kind, help=f"sets {path}")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The explicit flags given, as ``path=value`` overrides, followed by the ``--set`` ones."""
+    overrides = []
+    for flag, (path, kind) in TRAIN_FLAGS.items():
+        value = getattr(args, _flag_dest(flag))
+        if value is not None:
+            overrides.append(f"{path}={value!r}" if kind is str else f"{path}={value}")
+    return overrides + list(args.overrides)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+
+
+def _status_code(status: str) -> int:
+    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_OK
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from natgrad.experiments.config import load_run_config
+    from natgrad.experiments.runner import resume, train
+
+    if args.resume is not None:
+        if args.config is not None or config_overrides(args):
+            raise UsageError("--resume continues a run with its saved config; give no --config, --set or other flags")
+        result = resume(args.resume, show_progress=not args.no_progress)
+    else:
+        result = train(load_run_config(args.config, config_overrides(args)), show_progress=not args.no_progress)
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+    sys.stdout.write(f"{result.status} at step {result.step} ({result.train_time:.1f}s training) in {result.run_dir}\n"
+                     f"{metrics}\n")
+    return _status_code(result.status)
+
+
+register(Command("train", "train one model with one optimizer (resumable)", _add_train_arguments, _run_train))
+
+
+# -- compare and demo -----------------------------------------------------------------------------
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="comparison TOML (see docs/training.md)")
+    parser.add_argument("--out", type=Path, help="output directory (default: the file's out_dir)")
+    parser.add_argument("--optimizers", help="comma-separated subset of the file's optimizer labels")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the base run config of every comparison (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_comparisons(path: Path, out: Path | None, optimizers: str | None, overrides: Sequence[str],
+                     show_progress: bool) -> int:
+    from natgrad.experiments.compare import load_comparison_suite, run_suite
+    from natgrad.report.comparison import write_suite_report
+
+    suite = load_comparison_suite(path, overrides=overrides,
+                                  optimizers=optimizers.split(",") if optimizers else None,
+                                  out_dir=str(out) if out is not None else None)
+    outcome = run_suite(suite, show_progress=show_progress)
+    report = write_suite_report(suite, outcome.run_dirs)
+    sys.stdout.write(report.markdown + f"\nReport: {report.path}\n")
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    return _run_comparisons(args.config, args.out, args.optimizers, args.overrides, not args.no_progress)
+
+
+register(Command("compare", "run several optimizers on one problem (same seeds, budget) and report",
+                 _add_compare_arguments, _run_compare))
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    parser.add_argument("--config", type=Path, help="comparison TOML to run instead of the packaged demo")
+    parser.add_argument("--optimizers", help="comma-separated subset of the demo's optimizer labels")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of every run's config, e.g. --set budget.steps=50")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from natgrad.experiments.compare import DEMO_CONFIG
+
+    path = args.config if args.config is not None else DEMO_CONFIG
+    return _run_comparisons(path, args.out, args.optimizers, args.overrides, not args.no_progress)
+
+
+register(Command("demo", "the baseline comparison on real MNIST (what `make demo` runs)",
+                 _add_demo_arguments, _run_demo))
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """A command-line usage error reported to the user with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per registered :class:`Command`."""
+    parser = argparse.ArgumentParser(prog="natgrad", description="Natural-gradient training of VAEs and deep autoencoders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``natgrad`` command line; returns the exit status."""
+    from natgrad.data.errors import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (UsageError, DataError, FileNotFoundError, FileExistsError, ValueError) as error:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"natgrad {args.command}: error: {error}\n")
+        return EXIT_USAGE
+

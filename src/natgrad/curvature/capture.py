@@ -1,0 +1,235 @@
+r"""Capture of layer statistics: inputs ``a_bar`` (A) and back-propagated output-side vectors (G).
+
+Notation (Martens & Grosse 2015, section 3; Grosse & Martens 2016 for convolutions): for a
+Kronecker layer (see :mod:`natgrad.curvature.layout`) with pre-activation ``s = W_bar a_bar``,
+``a_bar = [a; 1]`` is its input (a Conv2d's unfolded patches, one row per output location ``t``) and
+``g = ds`` the vector back-propagated to ``s``. With ``T`` locations per example
+(``T = 1`` for a Linear on ``(N, d)`` inputs) natgrad uses the KFC estimators (Grosse & Martens 2016,
+Thm. 2)::
+
+    A = (1/N) sum_n sum_t a_bar_{n,t} a_bar_{n,t}^T          # (d_in, d_in), summed over locations
+    G = (1/N) sum_k sum_n (1/T) sum_t g_{k,n,t} g_{k,n,t}^T  # (d_out, d_out)
+
+so that the layer's curvature block is approximated by ``A (x) G`` (``G (x) A`` for ``W_bar``
+flattened row-major). ``k`` runs over the back-propagated passes (one for a sampled or empirical
+estimate, one per output dimension for exact square roots).
+
+What is back-propagated, per loss term selected by the curvature kind (choices.py):
+
+* SAMPLED: ``s_{t,n}`` with ``E[s s^T] = H_{t,n}`` for *every* selected term, summed in one backward
+  pass (independent across terms, so ``E[g g^T]`` gives ``sum_t J_t^T H_t J_t``);
+* EXACT: each column of ``H^{1/2}`` of every selected term, one backward pass each;
+* EMPIRICAL: the gradient ``dl_n/dz`` of the per-example objective (all terms).
+
+The extra backward goes from the term outputs to the layer outputs only (``torch.autograd.grad``;
+``.grad`` is never touched) after a forward pass with hooks on the statistics batch.
+
+*Other* parameters get the per-example diagonal ``(1/N) sum_{k,n} (d/dtheta <s_{k,n}, z_n>)^2``,
+computed with ``torch.func.vmap`` over examples (one extra forward/backward on the batch).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vmap
+from torch.nn import functional as F
+
+from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, select_terms
+from natgrad.curvature.layout import KroneckerLayer, ParameterLayout
+from natgrad.losses import Loss, LossTerm
+
+#: One backward pass: per selected term, the vectors to contract with its outputs.
+OutputVectors = list[tuple[Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """What one Kronecker layer saw on the statistics batch.
+
+    Attributes:
+        inputs: ``a_bar``, shape ``(N, T, d_in)`` (ones column appended when the layer has a bias).
+        output_grads: ``g``, shape ``(K, N, T, d_out)``, one slice per back-propagated pass.
+    """
+
+    inputs: Tensor
+    output_grads: Tensor
+
+
+@dataclass(frozen=True)
+class CapturedBatch:
+    """The statistics of one batch: layer records aligned with ``layout.layers`` and other-parameter diagonals."""
+
+    layers: tuple[LayerRecord, ...]
+    other_diagonal: dict[int, Tensor]  # parameter index -> batch estimate of the diagonal, parameter-shaped
+    batch_size: int
+
+
+def output_vector_passes(
+    terms: Sequence[LossTerm],
+    kind: CurvatureKind,
+    estimator: OutputGradientEstimator,
+    generator: torch.Generator | None = None,
+) -> list[OutputVectors]:
+    """The output-side vectors to back-propagate, one list (aligned with the selected terms) per pass."""
+    chosen = select_terms(terms, kind)
+    if kind is CurvatureKind.EMPIRICAL:
+        # dL_t/dz_t term by term: a term's outputs may lie upstream of another term (the VAE's mu).
+        return [[torch.autograd.grad(t.values.sum(), t.outputs, retain_graph=True) for t in chosen]]
+    if estimator is OutputGradientEstimator.SAMPLED:
+        return [[t.sample_output_gradient(generator) for t in chosen]]
+    passes = []
+    for i, term in enumerate(chosen):
+        roots = term.curvature_sqrt()
+        for j, root in enumerate(roots):
+            for col in range(root.shape[1]):
+                vecs = [tuple(torch.zeros_like(z) for z in t.outputs) for t in chosen]
+                unit = torch.zeros_like(root)
+                unit[:, col] = root[:, col]
+                vecs[i] = tuple(unit if m == j else v for m, v in enumerate(vecs[i]))
+                passes.append(vecs)
+    return passes
+
+
+class _Recorder:
+    """Forward hooks that keep each Kronecker layer's input and (graph-attached) output."""
+
+    def __init__(self, layers: Sequence[KroneckerLayer]) -> None:
+        self.layers = list(layers)
+        self.inputs: dict[int, Tensor] = {}
+        self.outputs: dict[int, Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "_Recorder":
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.module.register_forward_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if i in self.inputs:
+                raise RuntimeError(
+                    f"layer {self.layers[i].name!r} was called twice in one forward pass; K-FAC capture "
+                    "needs each Linear/Conv2d used once (share weights through an 'other' module instead)"
+                )
+            self.inputs[i] = args[0].detach()
+            self.outputs[i] = output
+
+        return hook
+
+
+def layer_inputs(layer: KroneckerLayer, x: Tensor) -> Tensor:
+    """``a_bar`` of shape ``(N, T, d_in)``: unfolded patches for a Conv2d, ones column for a bias."""
+    module = layer.module
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        a = patches.transpose(1, 2)  # (N, T, in*kh*kw)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, d_in)
+    if layer.bias_index is not None:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    return a
+
+
+def _as_locations(g: Tensor) -> Tensor:
+    """A layer-output gradient as ``(N, T, d_out)`` (channels last for a conv map)."""
+    if g.dim() == 4:
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
+    return sum((z * v).sum() for t, vs in zip(terms, vectors) for z, v in zip(t.outputs, vs))
+
+
+def _other_diagonal(
+    layout: ParameterLayout, loss: Loss, kind: CurvatureKind, passes: list[OutputVectors]
+) -> dict[int, Tensor]:
+    """``(1/N) sum_{k,n} (grad_theta <s_{k,n}, z_n(theta)>)^2`` for the other parameters (vmap over n)."""
+    if not layout.other:
+        return {}
+    fixed = {n: p.detach() for n, p in zip(layout.names, layout.params)}
+    other_names = [layout.names[i] for i in layout.other]
+
+    def contraction(other: dict[str, Tensor], inputs: tuple[Tensor, ...], vectors: OutputVectors) -> Tensor:
+        batch1 = tuple(t.unsqueeze(0) for t in inputs)
+        terms = select_terms(loss.evaluate({**fixed, **other}, batch1), kind)
+        return _contract(terms, [tuple(v.unsqueeze(0) for v in vs) for vs in vectors])
+
+    per_example = vmap(grad(contraction), in_dims=(None, 0, 0))
+    total = {n: torch.zeros_like(fixed[n]) for n in other_names}
+    for vectors in passes:
+        detached = [tuple(v.detach() for v in vs) for vs in vectors]
+        grads = per_example({n: fixed[n] for n in other_names}, loss.inputs, detached)
+        for n in other_names:
+            total[n] += grads[n].pow(2).sum(0)
+    return {i: total[layout.names[i]] / loss.batch_size for i in layout.other}
+
+
+def capture(
+    layout: ParameterLayout,
+    loss: Loss,
+    kind: CurvatureKind = CurvatureKind.FULL,
+    estimator: OutputGradientEstimator = OutputGradientEstimator.SAMPLED,
+    generator: torch.Generator | None = None,
+) -> CapturedBatch:
+    """Forward ``loss``'s batch with hooks, back-propagate the output-side vectors, return the records.
+
+    Cost: one forward pass plus one backward pass to the layer outputs per pass (one pass unless
+    ``estimator`` is EXACT), plus a vmap'd per-example pass when the model has other parameters.
+    """
+    with _Recorder(layout.layers) as rec:
+        fresh = loss.rebuild()
+    missing = [layout.layers[i].name for i in range(len(layout.layers)) if i not in rec.inputs]
+    if missing:
+        raise RuntimeError(f"layers {missing} were not called in the forward pass; remove them or freeze their parameters")
+    chosen = select_terms(fresh.terms, kind)
+    passes = output_vector_passes(fresh.terms, kind, estimator, generator)
+    outs = [rec.outputs[i] for i in range(len(layout.layers))]
+    grads_per_pass = []
+    for vectors in passes:
+        grads = torch.autograd.grad(_contract(chosen, vectors), outs, retain_graph=True, allow_unused=True)
+        grads_per_pass.append([torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)])
+    records = tuple(
+        LayerRecord(
+            inputs=layer_inputs(layer, rec.inputs[i]),
+            output_grads=torch.stack([_as_locations(gs[i].detach()) for gs in grads_per_pass]),
+        )
+        for i, layer in enumerate(layout.layers)
+    )
+    return CapturedBatch(records, _other_diagonal(layout, fresh, kind, passes), fresh.batch_size)
+
+
+def input_factor(record: LayerRecord, batch_size: int) -> Tensor:
+    """``A = (1/N) sum_{n,t} a_bar a_bar^T`` as one batched matrix product: ``(d_in, d_in)``."""
+    a = record.inputs.flatten(0, 1)
+    return a.T @ a / batch_size
+
+
+def gradient_factor(record: LayerRecord, batch_size: int) -> Tensor:
+    """``G = (1/N) sum_{k,n} (1/T) sum_t g g^T``: ``(d_out, d_out)``."""
+    g = record.output_grads
+    locations = g.shape[2]
+    g = g.flatten(0, 2)
+    return g.T @ g / (batch_size * locations)
+
+
+def cross_input_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
+    """``A_{i-1,i} = (1/N) sum_n a_bar_{i-1,n} a_bar_{i,n}^T`` between consecutive one-location layers."""
+    return lower.inputs.flatten(0, 1).T @ upper.inputs.flatten(0, 1) / batch_size
+
+
+def cross_gradient_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
+    """``G_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location layers."""
+    return lower.output_grads.flatten(0, 2).T @ upper.output_grads.flatten(0, 2) / batch_size
+
+
+def per_example_layer_gradients(record: LayerRecord) -> Tensor:
+    """``sum_t g_{k,n,t} a_bar_{n,t}^T`` for every pass and example: ``(K, N, d_out, d_in)``."""
+    return torch.einsum("knto,nti->knoi", record.output_grads, record.inputs)

@@ -1,0 +1,184 @@
+r"""Exact curvature oracles with torch.func: matrix-vector products and dense matrices.
+
+Notation: ``h(theta) = (1/N) sum_n sum_t L_t(z_{t,n}(theta))`` is a :class:`~natgrad.losses.Loss`,
+``J_t`` the Jacobian of term ``t``'s outputs, ``H_t`` its diagonal output curvature
+(:attr:`~natgrad.losses.LossTerm.curvature`). Parameters and vectors follow the order of
+``loss.parameters()`` (the same as :class:`~natgrad.curvature.layout.ParameterLayout`); every
+product takes and returns a list of tensors aligned with it, every dense matrix is ``(P, P)``.
+
+* GGN (Schraudolph 2002; Martens 2010 §4.2): ``G v = (1/N) sum_t J_t^T H_t J_t v`` — one ``jvp``,
+  a multiplication by ``H_t`` in output space, one ``vjp``; no matrix is formed. For the VAE with
+  :class:`~natgrad.curvature.choices.CurvatureKind` ``FULL`` the likelihood Jacobian runs through
+  ``z = mu + sigma * eps`` (fixed ``eps``) into the encoder and the KL term adds
+  ``J_enc^T diag(1, sigma^2/2) J_enc``; ``DECODER_ONLY`` keeps the likelihood term alone.
+* Fisher (Martens 2014): ``F = (1/N) sum_{likelihood t} J_t^T F_{R,t} J_t``. Every output
+  distribution's curvature is its ``F_R`` (equal to ``H_L`` for natural parameters), so this is the
+  GGN of the likelihood terms; a non-likelihood term such as the KL has no Fisher.
+* Empirical Fisher: ``(1/N) sum_n grad l_n grad l_n^T`` with ``l_n`` the per-example objective;
+  products use ``(1/N) J_l^T (J_l v)`` with ``J_l`` the ``(N, P)`` Jacobian of ``l``, the dense matrix
+  per-example gradients from ``vmap(grad)``.
+* Hessian: forward-over-reverse ``jvp(grad h)``; dense by ``torch.func.hessian``.
+
+These functions are the test oracle and the product Hessian-free optimisation uses.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
+
+from natgrad.curvature.choices import CurvatureKind, parse_choice, select_terms
+from natgrad.losses import Loss
+
+Params = Mapping[str, Tensor]
+
+
+def detached_parameters(loss: Loss) -> dict[str, Tensor]:
+    """The model's current trainable parameters, detached (the default evaluation point)."""
+    return {k: v.detach() for k, v in loss.parameters().items()}
+
+
+def _point(loss: Loss, params: Params | None) -> dict[str, Tensor]:
+    return detached_parameters(loss) if params is None else dict(params)
+
+
+def _aligned(params: dict[str, Tensor], vectors: Sequence[Tensor]) -> dict[str, Tensor]:
+    vectors = list(vectors)
+    if len(vectors) != len(params):
+        raise ValueError(f"vectors must have one tensor per parameter ({len(params)}), got {len(vectors)}")
+    for (name, p), v in zip(params.items(), vectors):
+        if v.shape != p.shape:
+            raise ValueError(f"vector for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
+    return dict(zip(params, vectors))
+
+
+def _term_outputs(loss: Loss, kind: CurvatureKind):
+    """``theta -> (outputs of the selected terms, flat)`` with their curvature scaled by 1/N as aux."""
+
+    def outputs(params: dict[str, Tensor]):
+        terms = select_terms(loss.evaluate(params), kind)
+        zs = tuple(z for t in terms for z in t.outputs)
+        curv = tuple(c / loss.batch_size for t in terms for c in t.curvature)
+        return zs, curv
+
+    return outputs
+
+
+def _gauss_newton_kind(kind: CurvatureKind | str) -> CurvatureKind:
+    kind = parse_choice(CurvatureKind, "kind", kind)
+    if kind is CurvatureKind.EMPIRICAL:
+        raise ValueError("ggn needs kind 'full' or 'decoder-only'; use empirical_fisher_* for 'empirical'")
+    return kind
+
+
+def ggn_vector_product(
+    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+) -> list[Tensor]:
+    """``G v = (1/N) sum_t J_t^T H_t J_t v`` (jvp -> output curvature -> vjp), at ``params``."""
+    kind = _gauss_newton_kind(kind)
+    params = _point(loss, params)
+    tangent = _aligned(params, vectors)
+    fn = _term_outputs(loss, kind)
+    _, pullback, curvature = vjp(fn, params, has_aux=True)
+    _, jv = jvp(lambda p: fn(p)[0], (params,), (tangent,))
+    (gv,) = pullback(tuple(c * u for c, u in zip(curvature, jv)))
+    return [gv[k] for k in params]
+
+
+def fisher_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+    """``F v`` for the Fisher of the output distributions (the likelihood terms' ``J^T F_R J``)."""
+    return ggn_vector_product(loss, vectors, params, CurvatureKind.DECODER_ONLY)
+
+
+def _per_example_losses(loss: Loss):
+    def losses(params: dict[str, Tensor]) -> Tensor:
+        return sum(t.values for t in loss.evaluate(params))
+
+    return losses
+
+
+def empirical_fisher_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+    """``(1/N) J_l^T (J_l v)`` with ``J_l`` the Jacobian of the per-example objective ``l``."""
+    params = _point(loss, params)
+    tangent = _aligned(params, vectors)
+    fn = _per_example_losses(loss)
+    _, jv = jvp(fn, (params,), (tangent,))
+    _, pullback = vjp(fn, params)
+    (fv,) = pullback(jv / loss.batch_size)
+    return [fv[k] for k in params]
+
+
+def hessian_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+    """``nabla^2 h v`` by forward-over-reverse differentiation."""
+    params = _point(loss, params)
+    tangent = _aligned(params, vectors)
+    _, hv = jvp(grad(loss.value_at), (params,), (tangent,))
+    return [hv[k] for k in params]
+
+
+def curvature_vector_product(
+    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+) -> list[Tensor]:
+    """The product with the matrix ``kind`` names: GGN (full / decoder-only) or empirical Fisher."""
+    kind = parse_choice(CurvatureKind, "kind", kind)
+    if kind is CurvatureKind.EMPIRICAL:
+        return empirical_fisher_vector_product(loss, vectors, params)
+    return ggn_vector_product(loss, vectors, params, kind)
+
+
+def _flatten_jacobian(jac: Mapping[str, Tensor], lead: int) -> Tensor:
+    """Concatenate per-parameter Jacobian blocks ``(*lead_shape, *param_shape)`` into ``(lead, P)``."""
+    return torch.cat([j.reshape(lead, -1) for j in jac.values()], dim=1)
+
+
+def dense_ggn(loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL) -> Tensor:
+    """``G = (1/N) sum_t J_t^T H_t J_t`` as a ``(P, P)`` matrix (tiny models only)."""
+    kind = _gauss_newton_kind(kind)
+    params = _point(loss, params)
+    jacobians, curvature = jacrev(_term_outputs(loss, kind), has_aux=True)(params)
+    total = 0
+    for jac, c in zip(jacobians, curvature):
+        j = _flatten_jacobian(jac, c.numel())  # (N * d, P)
+        total = total + j.T @ (c.reshape(-1, 1) * j)
+    return total
+
+
+def dense_fisher(loss: Loss, params: Params | None = None) -> Tensor:
+    """The Fisher of the output distributions as a ``(P, P)`` matrix."""
+    return dense_ggn(loss, params, CurvatureKind.DECODER_ONLY)
+
+
+def per_example_gradients(loss: Loss, params: Params | None = None) -> Tensor:
+    """``grad l_n`` for every example with ``vmap(grad)``: ``(N, P)``."""
+    params = _point(loss, params)
+
+    def one(p: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
+        return sum(t.values for t in loss.evaluate(p, tuple(x.unsqueeze(0) for x in inputs))).sum()
+
+    grads = vmap(grad(one), in_dims=(None, 0))(params, loss.inputs)
+    return _flatten_jacobian(grads, loss.batch_size)
+
+
+def dense_empirical_fisher(loss: Loss, params: Params | None = None) -> Tensor:
+    """``(1/N) sum_n grad l_n grad l_n^T`` as a ``(P, P)`` matrix."""
+    g = per_example_gradients(loss, params)
+    return g.T @ g / loss.batch_size
+
+
+def dense_hessian(loss: Loss, params: Params | None = None) -> Tensor:
+    """``nabla^2 h`` as a ``(P, P)`` matrix."""
+    params = _point(loss, params)
+    blocks = hessian(loss.value_at)(params)
+    sizes = [p.numel() for p in params.values()]
+    rows = [torch.cat([blocks[a][b].reshape(sa, sb) for b, sb in zip(params, sizes)], dim=1) for a, sa in zip(params, sizes)]
+    return torch.cat(rows, dim=0)
+
+
+def dense_curvature(loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL) -> Tensor:
+    """The dense matrix ``kind`` names: GGN (full / decoder-only) or empirical Fisher."""
+    kind = parse_choice(CurvatureKind, "kind", kind)
+    if kind is CurvatureKind.EMPIRICAL:
+        return dense_empirical_fisher(loss, params)
+    return dense_ggn(loss, params, kind)

@@ -1,0 +1,323 @@
+r"""TONGA: a low-rank (per block) model of the covariance of per-example gradients.
+
+Le Roux, Manzagol & Bengio, "Topmoumoute online natural gradient algorithm", NIPS 2007 (publ. 2008),
+section 5 of ../shared/PAPERS.md. Notation: ``g_n`` the gradient of example ``n``'s loss, ``m`` the
+number of examples per update, ``gamma`` the discount, ``k`` the rank kept per block, ``b`` the
+number of updates between eigendecompositions, ``lambda`` the damping.
+
+The matrix (per block, see below) is kept as ``C = X X^T`` with ``X`` of shape ``(n_b, r)``, never
+as a dense ``n_b x n_b`` matrix:
+
+* update (amortised online algorithm, paper p. 5): ``X <- [sqrt(w) X, sqrt((1-w)/m) [s_1 ... s_m]]``,
+  i.e. ``C <- w C + (1 - w) S`` with ``S = (1/m) sum_n s_n s_n^T`` the batch statistic:
+  ``s_n = g_n`` (uncentred, the paper's online ``C_t = gamma C_{t-1} + g g^T``) or
+  ``s_n = g_n - mean(g)`` (centred, the paper's definition of the gradient covariance);
+* the Gram matrix ``X^T X`` is kept alongside and grown by the paper's block formula;
+* every ``b`` updates (:meth:`TongaCurvature.refresh`): eigendecompose the Gram ``X^T X = V D V^T``; the eigenvectors of ``C`` are
+  ``X V D^{-1/2}`` with eigenvalues ``D``; keep the top ``k``: ``X <- X V_{:, :k}`` (so
+  ``X X^T = sum_{j<=k} d_j u_j u_j^T``) and Gram ``<- diag(D_{:k})``;
+* solve (Woodbury / push-through): ``(X X^T + lambda I)^{-1} v = (v - X (X^T X + lambda I)^{-1} X^T v) / lambda``,
+  cost ``O(n r + r^3)`` per block.
+
+Departures from the paper, on purpose:
+
+* ``w = min(1 - 1/t, gamma)`` at update ``t`` (an exponential moving average, as K-FAC's factors):
+  the paper's ``C_t = gamma C_{t-1} + g g^T`` is ``1/(1-gamma)`` times ours in steady state. The
+  direction ``C^{-1} g`` does not change; only the scale of ``lambda`` does, which is then
+  comparable to K-FAC's damping. The first update uses the batch alone.
+* The centred variant centres each batch on its own mean (the paper's estimator of the
+  covariance, applied to the batch); the uncentred one is the empirical Fisher of the batch.
+* The paper adds one gradient per step; here each update adds ``m`` per-example gradients
+  (``examples_per_update`` of the batch), computed together with ``torch.func.vmap``.
+* The L2 penalty's gradient ``eta theta`` is not part of ``g_n`` (it has no variance).
+
+Block structure (``blocks``): ``"unit"`` - the paper's block-diagonal variant, one block per unit
+of every Linear/Conv2d (its incoming weights and its bias, after Collobert 2004); ``"layer"`` - one
+block per Linear/Conv2d (weight and bias); ``"none"`` - the plain low-rank TONGA over all
+parameters. Other parameters (see :mod:`natgrad.curvature.layout`) get one block per tensor. Each
+block keeps its own rank-``k`` factor. Blocks of one layer are batched (``(d_out, d_in + 1, r)``), so the
+per-unit variant costs batched ``eigh`` on ``(d_out, r, r)`` Gram matrices, no Python loop over
+units.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.curvature.base import check_damping
+from natgrad.curvature.exact import per_example_gradients
+from natgrad.curvature.layout import ParameterLayout
+from natgrad.losses import Loss
+
+BLOCK_STRUCTURES = ("unit", "layer", "none")
+
+
+@dataclass(frozen=True)
+class TongaConfig:
+    """Hyper-parameters of the TONGA curvature.
+
+    Attributes:
+        rank: ``k``, eigenvectors kept per block at each eigendecomposition (PLearn 10, climin 5).
+        discount: ``gamma`` of the moving average (PLearn 0.99, climin 0.995).
+        centred: centre each batch's gradients on their mean (the paper's covariance) instead of
+            the uncentred second moment of the online algorithm.
+        blocks: one of :data:`BLOCK_STRUCTURES`.
+        examples_per_update: ``m``, per-example gradients used per update (the first ``m`` of
+            the batch); memory is ``m`` times the number of parameters.
+
+    Raises:
+        ValueError: a field is out of range; the message names it and the allowed values.
+    """
+
+    rank: int = 10
+    discount: float = 0.99
+    centred: bool = False
+    blocks: str = "unit"
+    examples_per_update: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "examples_per_update"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Invalid TONGA {name}: {value!r}; allowed: an integer >= 1")
+        if not (isinstance(self.discount, (int, float)) and 0.0 <= self.discount < 1.0):
+            raise ValueError(f"Invalid TONGA discount: {self.discount!r}; allowed: a number in [0, 1)")
+        if not isinstance(self.centred, bool):
+            raise ValueError(f"Invalid TONGA centred: {self.centred!r}; allowed: true or false")
+        if self.blocks not in BLOCK_STRUCTURES:
+            raise ValueError(f"Invalid TONGA blocks: {self.blocks!r}; allowed: {', '.join(BLOCK_STRUCTURES)}")
+        if self.centred and self.examples_per_update < 2:
+            raise ValueError(
+                f"Invalid TONGA examples_per_update: {self.examples_per_update} with centred=True; "
+                "allowed: >= 2 (a centred batch of one example is zero)"
+            )
+
+
+@dataclass(frozen=True)
+class _BlockGroup:
+    """Blocks of equal size ``n_b`` stacked as ``(B, n_b)``: a map from parameter tensors and back.
+
+    ``per_unit`` groups are one Kronecker layer split by output unit: row ``j`` is
+    ``[W[j, :], b[j]]`` (a Conv2d weight flattened per output channel). Other groups concatenate
+    the flattened parameters ``indices`` into one block.
+    """
+
+    indices: tuple[int, ...]
+    per_unit: bool
+
+    def gather(self, vectors: Sequence[Tensor], lead: tuple[int, ...] = ()) -> Tensor:
+        """``(*lead, B, n_b)`` from the per-parameter tensors ``vectors`` (each ``(*lead, *shape)``)."""
+        parts = [vectors[i] for i in self.indices]
+        if self.per_unit:
+            weight = parts[0].reshape(*parts[0].shape[: len(lead) + 1], -1)  # (*lead, d_out, d_in)
+            return torch.cat([weight] + [p.unsqueeze(-1) for p in parts[1:]], dim=-1)
+        flat = [p.reshape(*lead, -1) for p in parts]
+        return torch.cat(flat, dim=-1).unsqueeze(-2)
+
+    def scatter(self, block: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+        """Inverse of :meth:`gather` for one vector: ``(B, n_b)`` -> tensors of ``shapes[i]``."""
+        if self.per_unit:
+            weight_shape = shapes[self.indices[0]]
+            n_w = math.prod(weight_shape[1:])
+            out = [block[:, :n_w].reshape(weight_shape)]
+            if len(self.indices) == 2:
+                out.append(block[:, n_w].contiguous())
+            return out
+        sizes = [math.prod(shapes[i]) for i in self.indices]
+        return [p.reshape(shapes[i]) for p, i in zip(block[0].split(sizes), self.indices)]
+
+
+def _block_groups(layout: ParameterLayout, blocks: str) -> list[_BlockGroup]:
+    """The block structure ``blocks`` over the layout's parameters (see the module docstring)."""
+    if blocks == "none":
+        return [_BlockGroup(tuple(range(len(layout.params))), per_unit=False)]
+    groups = []
+    for layer in layout.layers:
+        indices = (layer.weight_index,) + (() if layer.bias_index is None else (layer.bias_index,))
+        groups.append(_BlockGroup(indices, per_unit=blocks == "unit"))
+    groups.extend(_BlockGroup((i,), per_unit=False) for i in layout.other)
+    return groups
+
+
+class TongaCurvature:
+    r"""Block-diagonal low-rank model ``C = blockdiag(X_b X_b^T)`` of the gradient covariance.
+
+    Implements the public interface of :class:`~natgrad.curvature.base.CurvatureRepresentation`
+    (``params``, ``capture``, ``update``, ``refresh``, ``solve``, ``matvec``, ``to_dense``,
+    ``state_dict``) without subclassing it: its statistic is a factor whose width changes between
+    eigendecompositions, not a fixed-shape moving average. Unlike K-FAC, :meth:`solve` uses the
+    current factor (the paper's ``X_{t+b}`` includes the gradients added since the last
+    eigendecomposition); :meth:`refresh` is the amortised truncation to rank ``k``. Call it every
+    ``b`` updates (the shared step's ``T3``, ``schedule.inverse_every``): between refreshes the
+    factor grows by ``m`` columns per update, to at most ``k + b m``.
+
+    Args:
+        model: the module; its trainable parameters (``named_parameters`` order) are the
+            coordinates and its Linear/Conv2d layers define the blocks.
+        config: :class:`TongaConfig`.
+    """
+
+    def __init__(self, model: nn.Module, config: TongaConfig | None = None) -> None:
+        self.config = config or TongaConfig()
+        self.layout = ParameterLayout(model)
+        self.shapes = [p.shape for p in self.layout.params]
+        self.groups = _block_groups(self.layout, self.config.blocks)
+        self.steps = 0
+        self.factors: list[Tensor | None] = [None] * len(self.groups)  # X: (B, n_b, r)
+        self.grams: list[Tensor | None] = [None] * len(self.groups)  # X^T X: (B, r, r)
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The parameters every vector is aligned with."""
+        return self.layout.params
+
+    @property
+    def ranks(self) -> list[int]:
+        """Current number of columns ``r`` of each group's factor (0 before the first update)."""
+        return [0 if x is None else int(x.shape[-1]) for x in self.factors]
+
+    def capture(self, loss: Loss, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Per-example gradients ``(m, *param.shape)`` of the first ``examples_per_update`` examples.
+
+        One ``torch.func.vmap`` of ``grad`` (:func:`natgrad.curvature.exact.per_example_gradients`)
+        on the sub-batch, with the same inputs (and VAE noise). ``generator`` is unused (TONGA needs
+        no sampled targets); it is accepted for the shared interface.
+        """
+        m = self.config.examples_per_update
+        sub_batch = Loss.from_model(loss.model, tuple(t[:m] for t in loss.inputs), loss.build_terms)
+        flat = per_example_gradients(sub_batch)  # (m, P)
+        offsets = self.layout.offsets
+        return [flat[:, a:b].reshape(-1, *shape) for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)]
+
+    def update(self, gradients: Sequence[Tensor], decay: float | None = None) -> None:
+        """Fold per-example gradients ``(m, *param.shape)`` into ``C <- w C + (1 - w) S``.
+
+        ``w = decay`` or, by default, ``min(1 - 1/t, discount)`` with ``t`` the update count from 1.
+        The ``m`` new columns are appended; :meth:`refresh` truncates.
+
+        Raises:
+            ValueError: ``gradients`` does not match the parameters, has too few examples, or
+                ``decay`` is outside ``[0, 1)``.
+        """
+        self._check_vectors(gradients, lead=1)
+        m = int(gradients[0].shape[0])
+        if m < 1 or (self.config.centred and m < 2):
+            raise ValueError(f"TONGA update needs >= {2 if self.config.centred else 1} examples, got {m}")
+        self.steps += 1
+        if decay is None:
+            decay = min(1.0 - 1.0 / self.steps, self.config.discount)
+        elif not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        for i, group in enumerate(self.groups):
+            new = group.gather(gradients, lead=(m,))  # (m, B, n_b)
+            if self.config.centred:
+                new = new - new.mean(dim=0, keepdim=True)
+            new = new.permute(1, 2, 0) * math.sqrt((1.0 - decay) / m)  # (B, n_b, m)
+            self.factors[i], self.grams[i] = _append_columns(self.factors[i], self.grams[i], new, decay)
+
+    def refresh(self) -> None:
+        r"""Keep the top-``k`` eigenpairs of each block: ``X <- X V_{:, :k}``, Gram ``<- diag(D_{:k})``.
+
+        ``X^T X = V D V^T`` (batched ``eigh`` of ``(B, r, r)``); ``X V`` has orthogonal columns of
+        squared norms ``D``, the eigenvectors of ``C`` scaled by ``sqrt(D)``.
+        """
+        k = self.config.rank
+        for i, (x, gram) in enumerate(zip(self.factors, self.grams)):
+            if x is None or x.shape[-1] <= k:
+                continue
+            eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
+            self.factors[i] = x @ vectors[..., -k:].flip(-1)
+            self.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0))
+
+    def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
+        r"""``(C + damping I)^{-1} v`` per block by Woodbury, never forming ``C``.
+
+        ``(X X^T + \lambda I)^{-1} v = (v - X (X^T X + \lambda I)^{-1} X^T v) / \lambda``.
+
+        Raises:
+            ValueError: ``damping <= 0`` (``C`` has rank ``r < n`` and is singular) or ``vectors``
+                does not match the parameters.
+        """
+        damping = check_damping(damping)
+        if damping == 0.0:
+            raise ValueError("TONGA solve needs damping > 0 (the low-rank C is singular), got 0")
+        self._check_vectors(vectors)
+        out: list[Tensor | None] = [None] * len(self.shapes)
+        for group, x, gram in zip(self.groups, self.factors, self.grams):
+            v = group.gather(vectors)  # (B, n_b)
+            if x is None:
+                result = v / damping
+            else:
+                eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+                coefficients = torch.linalg.solve(gram + damping * eye, x.transpose(-1, -2) @ v.unsqueeze(-1))
+                result = (v - (x @ coefficients).squeeze(-1)) / damping
+            self._place(out, group, result)
+        return out  # type: ignore[return-value]
+
+    def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+        """``C v = X (X^T v)`` per block (zero before the first update)."""
+        self._check_vectors(vectors)
+        out: list[Tensor | None] = [None] * len(self.shapes)
+        for group, x in zip(self.groups, self.factors):
+            v = group.gather(vectors)
+            result = torch.zeros_like(v) if x is None else (x @ (x.transpose(-1, -2) @ v.unsqueeze(-1))).squeeze(-1)
+            self._place(out, group, result)
+        return out  # type: ignore[return-value]
+
+    def to_dense(self, damping: float | None = None) -> Tensor:
+        """``C`` (or ``C + damping I``) as a ``(P, P)`` matrix in the flat parameter order (tests only)."""
+        n = self.layout.dimension
+        dense = torch.zeros(n, n, dtype=self.layout.params[0].dtype)
+        positions = self.layout.unflatten(torch.arange(n))
+        for group, x in zip(self.groups, self.factors):
+            if x is None:
+                continue
+            index = group.gather(positions)  # (B, n_b): flat position of each block entry
+            blocks = x @ x.transpose(-1, -2)  # (B, n_b, n_b)
+            dense[index.unsqueeze(-1).expand_as(blocks), index.unsqueeze(-2).expand_as(blocks)] = blocks
+        if damping is not None:
+            dense += check_damping(damping) * torch.eye(n, dtype=dense.dtype)
+        return dense
+
+    def state_dict(self) -> dict:
+        """Factors, Gram matrices and the update count (everything later steps depend on)."""
+        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
+        return {"steps": self.steps, "factors": clone(self.factors), "grams": clone(self.grams)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state has a different number of block groups than this model.
+        """
+        if len(state["factors"]) != len(self.groups):
+            raise ValueError(f"TONGA state has {len(state['factors'])} block groups, this model has {len(self.groups)}")
+        self.steps = int(state["steps"])
+        self.factors = [None if x is None else x.clone() for x in state["factors"]]
+        self.grams = [None if g is None else g.clone() for g in state["grams"]]
+
+    def _place(self, out: list, group: _BlockGroup, block: Tensor) -> None:
+        for i, part in zip(group.indices, group.scatter(block, self.shapes)):
+            out[i] = part
+
+    def _check_vectors(self, vectors: Sequence[Tensor], lead: int = 0) -> None:
+        shapes = [tuple(v.shape[lead:]) for v in vectors]
+        expected = [tuple(s) for s in self.shapes]
+        if shapes != expected:
+            raise ValueError(f"vectors have shapes {shapes}, expected {expected} (parameters {self.layout.names})")
+
+
+def _append_columns(x: Tensor | None, gram: Tensor | None, new: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    """``X <- [sqrt(w) X, new]`` and its Gram by the paper's block formula (p. 5)."""
+    new_gram = new.transpose(-1, -2) @ new
+    if x is None or decay == 0.0:
+        return new, new_gram
+    x = x * math.sqrt(decay)
+    cross = x.transpose(-1, -2) @ new  # (B, r, m)
+    top = torch.cat([gram * decay, cross], dim=-1)
+    bottom = torch.cat([cross.transpose(-1, -2), new_gram], dim=-1)
+    return torch.cat([x, new], dim=-1), torch.cat([top, bottom], dim=-2)

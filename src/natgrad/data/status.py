@@ -1,0 +1,56 @@
+"""What is found where: the data layer's half of ``natgrad data list``.
+
+Checks presence and manifests only (cheap); full checksums are verified when a dataset is loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from natgrad.data import mnist, sources
+from natgrad.data.cache import read_manifest
+from natgrad.data.datasets import DATASET_NAMES, DatasetStatus, _find_cache, cache_dir_name
+from natgrad.data.errors import DataError
+from natgrad.data.paths import data_search_path, find_file
+
+
+def _mnist_status(search_path: list[Path]) -> DatasetStatus:
+    found = [find_file(mnist.candidate_names(spec.name), search_path) for spec in mnist.IMAGES.values()]
+    if all(found):
+        return DatasetStatus("mnist", "original", found[0].parent, "60000 train / 10000 test (IDX)", search_path)
+    absent = [spec.name for spec, path in zip(mnist.IMAGES.values(), found) if path is None]
+    return DatasetStatus("mnist", "missing", None, f"missing {', '.join(absent)}; run `natgrad data download mnist`",
+                         search_path)
+
+
+def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
+    original = find_file(sources.CURVES_ORIGINAL if name == "curves" else sources.FACES_ORIGINAL, search_path)
+    if original is not None:
+        return DatasetStatus(name, "original", original, "published file", search_path)
+    cache = _find_cache(name, search_path)
+    if cache is None:
+        return DatasetStatus(name, "missing", None, f"run `natgrad data prepare {name}`", search_path)
+    try:
+        manifest = read_manifest(cache)
+    except DataError as exc:
+        return DatasetStatus(name, "invalid", cache, str(exc), search_path)
+    arrays = manifest["arrays"]
+    sizes = " / ".join(f"{arrays[key]['shape'][0]} {key}" for key in ("train", "test") if key in arrays)
+    detail = f"{cache_dir_name(name)}: {sizes}, seed {manifest.get('seed')}"
+    return DatasetStatus(name, "regenerated", cache, detail, search_path)
+
+
+def list_datasets(data_dir: str | Path | None = None) -> list[DatasetStatus]:
+    """One status per dataset in :data:`DATASET_NAMES`, with the directories searched."""
+    search_path = data_search_path(data_dir)
+    return [_mnist_status(search_path)] + [_generated_status(name, search_path) for name in DATASET_NAMES[1:]]
+
+
+def format_dataset_table(statuses: list[DatasetStatus]) -> str:
+    """A plain-text table of statuses followed by the search path (for ``natgrad data list``)."""
+    rows = [("dataset", "state", "location", "detail")]
+    rows += [(s.name, s.state, str(s.location) if s.location else "-", s.detail) for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    searched = statuses[0].searched if statuses else []
+    lines.append("search path (first hit wins): " + (", ".join(str(p) for p in searched) or "-"))
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,211 @@
+"""Comparisons: several optimizers on one problem, with the same seeds, data and budget.
+
+A *suite* (one TOML file) holds one or more comparisons. Layout::
+
+    title = "Baselines on MNIST"
+    out_dir = "runs/demo"
+    seeds = [0, 1]
+    optimizers = ["sgd", "adam"]        # labels to run, in table order
+
+    [run]                               # base RunConfig shared by every run (same keys as `natgrad train`)
+    batch_size = 500
+    [run.data]
+    dataset = "mnist"
+
+    [optimizer.sgd]                     # label -> OptimizerConfig values (name defaults to the label)
+    lr = 0.01
+    [optimizer.adam]
+    lr = 1e-3
+
+    [[comparison]]                      # one problem; omit to compare on [run] alone
+    name = "mnist-autoencoder"
+    target = 20.0                       # optional target train error for "time to target"
+    [comparison.run.model]              # merged over [run]
+    kind = "autoencoder"
+    [comparison.optimizer.sgd]          # merged over [optimizer.sgd] for this problem only
+    lr = 0.05
+
+Every run goes to ``out_dir/<comparison>/<label>/seed-<seed>``. Running a suite again skips the
+runs that completed and resumes interrupted ones, so a suite is resumable as a whole.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from natgrad.experiments.checkpoint import CHECKPOINT_NAME
+from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, load_toml
+from natgrad.experiments.runlog import LOG_NAME
+from natgrad.experiments.runner import CONFIG_NAME, RESULT_NAME, resume, train
+
+logger = logging.getLogger(__name__)
+
+#: The packaged comparison that ``natgrad demo`` (and ``make demo``) runs.
+DEMO_CONFIG = Path(str(resources.files("natgrad.experiments").joinpath("configs/demo.toml")))
+
+_SUITE_KEYS = {"title", "out_dir", "seeds", "optimizers", "run", "optimizer", "comparison"}
+_COMPARISON_KEYS = {"name", "target", "run", "optimizer"}
+
+
+@dataclass
+class Comparison:
+    """One problem: the resolved config of every (optimizer label, seed) run, and the target error.
+
+    Attributes:
+        name: directory and table name, e.g. ``"mnist-autoencoder"``.
+        runs: label -> one RunConfig per seed (same order as the suite's seeds).
+        target: train error defining "time to target"; None lets the report choose it.
+    """
+
+    name: str
+    runs: dict[str, list[RunConfig]]
+    target: float | None = None
+
+    @property
+    def model_kind(self) -> str:
+        return next(iter(self.runs.values()))[0].model.kind
+
+
+@dataclass
+class ComparisonSuite:
+    """Comparisons sharing seeds and optimizer labels, written under one output directory."""
+
+    title: str
+    out_dir: Path
+    seeds: list[int]
+    labels: list[str]
+    comparisons: list[Comparison]
+
+
+@dataclass
+class SuiteOutcome:
+    """Run directories by comparison name and label (one per seed), and whether a run was interrupted."""
+
+    run_dirs: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: tables are merged recursively, other values replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _resolve_labels(values: Mapping[str, Any], only: Sequence[str] | None) -> list[str]:
+    declared = dict(values.get("optimizer", {}))
+    labels = list(values.get("optimizers", declared.keys()))
+    if not labels:
+        raise ConfigError("optimizers is empty; list the optimizer labels to compare, e.g. optimizers = [\"sgd\", \"adam\"]")
+    if only is not None:
+        missing = [label for label in only if label not in labels and label not in declared]
+        if missing:
+            raise ConfigError(f"--optimizers {', '.join(missing)} not in this suite; allowed: {', '.join(labels)}")
+        labels = list(only)
+    return labels
+
+
+def _comparison(values: Mapping[str, Any], suite: Mapping[str, Any], labels: list[str], seeds: list[int],
+                out_dir: Path, overrides: Sequence[str]) -> Comparison:
+    _check_keys(values, _COMPARISON_KEYS, f"comparison {values.get('name', '?')!r}")
+    name = str(values.get("name", "comparison"))
+    base = _merge(suite.get("run", {}), values.get("run", {}))
+    runs: dict[str, list[RunConfig]] = {}
+    for label in labels:
+        optimizer = _merge({"name": label}, suite.get("optimizer", {}).get(label, {}))
+        optimizer = _merge(optimizer, values.get("optimizer", {}).get(label, {}))
+        runs[label] = []
+        for seed in seeds:
+            run = _merge(base, {"optimizer": optimizer, "seed": seed,
+                                "out_dir": str(out_dir / name / label / f"seed-{seed}")})
+            runs[label].append(RunConfig.from_dict(apply_overrides(run, overrides)))
+    target = values.get("target")
+    if target is not None and not isinstance(target, (int, float)):
+        raise ConfigError(f"comparison {name!r}: target = {target!r} must be a number (a train error)")
+    return Comparison(name, runs, None if target is None else float(target))
+
+
+def load_comparison_suite(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    optimizers: Sequence[str] | None = None,
+    out_dir: str | None = None,
+) -> ComparisonSuite:
+    """Read and validate a suite TOML; every run's config is constructed (and checked) here.
+
+    ``overrides`` (``key=value``) apply to every run config; ``optimizers`` restricts the labels;
+    ``out_dir`` replaces the file's output directory.
+
+    Raises:
+        ConfigError: an unknown key, an empty optimizer list, or an invalid run config.
+    """
+    values = load_toml(path)
+    _check_keys(values, _SUITE_KEYS, str(path))
+    seeds = list(values.get("seeds", [0]))
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds = {seeds!r} in {path} must be a non-empty list of integers >= 0")
+    labels = _resolve_labels(values, optimizers)
+    out = Path(out_dir if out_dir is not None else values.get("out_dir", "runs/compare"))
+    comparisons = values.get("comparison", [{"name": Path(path).stem}])
+    built = [_comparison(c, values, labels, seeds, out, overrides) for c in comparisons]
+    names = [c.name for c in built]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"comparison names must be unique, got {names}")
+    return ComparisonSuite(str(values.get("title", Path(path).stem)), out, seeds, labels, built)
+
+
+def _finished(run_dir: Path) -> bool:
+    result = run_dir / RESULT_NAME
+    return result.is_file() and json.loads(result.read_text())["status"] in ("completed", "diverged")
+
+
+def run_config(config: RunConfig, show_progress: bool = True) -> str:
+    """Run (or resume, or skip when finished) one run of a comparison; returns its status."""
+    run_dir = Path(config.out_dir)
+    if _finished(run_dir):
+        logger.info("%s: already finished, skipped", run_dir)
+        return "completed"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return resume(run_dir, show_progress).status
+    # Started but killed before its first checkpoint: nothing to resume, start afresh.
+    for stale in (CONFIG_NAME, LOG_NAME, RESULT_NAME):
+        (run_dir / stale).unlink(missing_ok=True)
+    return train(config, show_progress).status
+
+
+def iter_runs(suite: ComparisonSuite) -> Iterable[tuple[Comparison, str, RunConfig]]:
+    """Every (comparison, label, config) of a suite, seeds innermost."""
+    for comparison in suite.comparisons:
+        for label, configs in comparison.runs.items():
+            for config in configs:
+                yield comparison, label, config
+
+
+def run_suite(suite: ComparisonSuite, show_progress: bool = True) -> SuiteOutcome:
+    """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is interrupted."""
+    outcome = SuiteOutcome()
+    total = sum(1 for _ in iter_runs(suite))
+    for index, (comparison, label, config) in enumerate(iter_runs(suite), start=1):
+        logger.info("[%d/%d] %s: %s seed %d", index, total, comparison.name, label, config.seed)
+        status = run_config(config, show_progress)
+        outcome.run_dirs.setdefault(comparison.name, {}).setdefault(label, []).append(Path(config.out_dir))
+        if status == "interrupted":
+            outcome.interrupted = True
+            break
+    return outcome

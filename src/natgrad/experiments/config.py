@@ -1,0 +1,322 @@
+"""Typed, validated configuration of one training run, loadable from TOML and overridable.
+
+A :class:`RunConfig` groups the concerns of a run: the data (:class:`DataConfig`), the model
+(:class:`ModelConfig`), the optimizer and its hyper-parameters (:class:`OptimizerConfig`), the
+budget (:class:`BudgetConfig`) and evaluation (:class:`EvalConfig`). Every value is checked when the
+dataclass is constructed; a wrong value raises :class:`ConfigError` naming the field, the value and
+the allowed values.
+
+TOML layout (every key optional; nested tables mirror the dataclasses)::
+
+    seed = 0
+    batch_size = 500
+    [data]
+    dataset = "mnist"
+    train_size = 10000
+    [model]
+    kind = "autoencoder"
+    [optimizer]
+    name = "sgd"
+    lr = 0.01
+    [budget]
+    steps = 500
+
+Overrides use dotted paths, ``optimizer.lr=1e-3``; the value is parsed as a TOML value
+(``1e-3``, ``true``, ``[784, 30]``, ``"adam"``) and falls back to a bare string (``adam``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES
+from natgrad.models.init import INITIALISATIONS
+from natgrad.models.mlp import ACTIVATIONS
+
+MODEL_KINDS = ("autoencoder", "vae")
+#: Datasets a run can train on: the three benchmark problems, and a seeded synthetic set for tests.
+DATASETS = ("mnist", "curves", "faces", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name} = {value!r} is invalid; allowed: {allowed}")
+
+
+def _check_optional_positive_int(name: str, value: int | None) -> None:
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    _require(ok, name, value, "an integer >= 1 (or omitted)")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    _require(ok, name, value, "an integer >= 1")
+
+
+def _check_nonneg_float(name: str, value: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    _require(ok, name, value, "a finite number >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on.
+
+    Attributes:
+        dataset: one of :data:`DATASETS`. ``"synthetic"`` is a seeded set of binary images for
+            tests and smoke runs (see :mod:`natgrad.experiments.data`).
+        data_dir: first directory of the data search path (``--data-dir``); None uses the default.
+        train_size: use only the first ``train_size`` training examples (None: all).
+        test_size: use only the first ``test_size`` test examples (None: all).
+    """
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
+        _check_optional_positive_int("data.train_size", self.train_size)
+        _check_optional_positive_int("data.test_size", self.test_size)
+
+
+@dataclass
+class ModelConfig:
+    """The network.
+
+    Attributes:
+        kind: 'autoencoder' (deep autoencoder, Hinton & Salakhutdinov 2006) or 'vae'.
+        problem: paper architecture 'mnist', 'curves' or 'faces'; None with ``sizes`` None means
+            the architecture of the dataset's own problem.
+        sizes: custom encoder sizes (input ... code/latent), mirrored by the decoder.
+        activation: hidden nonlinearity.
+        init: 'sparse' (Martens 2010) or 'default' (PyTorch); None: sparse for the autoencoder,
+            default for the VAE.
+    """
+
+    kind: str = "autoencoder"
+    problem: str | None = None
+    sizes: list[int] | None = None
+    activation: str = "sigmoid"
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.kind in MODEL_KINDS, "model.kind", self.kind, ", ".join(MODEL_KINDS))
+        _require(self.problem is None or self.problem in ARCHITECTURES, "model.problem", self.problem,
+                 ", ".join(sorted(ARCHITECTURES)) + " (or omitted)")
+        _require(self.problem is None or self.sizes is None, "model.sizes", self.sizes,
+                 "omitted when model.problem is set (give one or the other)")
+        if self.sizes is not None:
+            self.sizes = list(self.sizes)
+            ok = len(self.sizes) >= 2 and all(isinstance(s, int) and s >= 1 for s in self.sizes)
+            _require(ok, "model.sizes", self.sizes, "a list of >= 2 positive integers")
+        _require(self.activation in ACTIVATIONS, "model.activation", self.activation, ", ".join(sorted(ACTIVATIONS)))
+        _require(self.init is None or self.init in INITIALISATIONS, "model.init", self.init,
+                 ", ".join(INITIALISATIONS) + " (or omitted)")
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer and its hyper-parameters.
+
+    The objective of every run is ``h(theta) = mean loss + (l2 / 2) |theta|^2`` (the papers'
+    eta = 1e-5, biases included); each optimizer applies the penalty itself (weight decay for SGD
+    and Adam, eta in the damping of the natural-gradient methods).
+
+    Attributes:
+        name: a key of :data:`natgrad.experiments.optimizers.OPTIMIZERS`.
+        lr: learning rate; None uses the optimizer's default.
+        momentum, nesterov: SGD's momentum (Sutskever et al. 2013 use Nesterov momentum).
+        betas, eps: Adam's moment decays and epsilon (Kingma & Ba 2015 defaults).
+        l2: eta of the L2 penalty.
+        options: further keyword arguments of the optimizer's constructor (e.g. K-FAC's damping),
+            validated by that constructor.
+    """
+
+    name: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    l2: float = 1e-5
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from natgrad.experiments.optimizers import OPTIMIZERS  # registry imports this module
+
+        _require(self.name in OPTIMIZERS, "optimizer.name", self.name, ", ".join(sorted(OPTIMIZERS)))
+        lr_ok = self.lr is None or (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0)
+        _require(lr_ok, "optimizer.lr", self.lr, "a finite number > 0 (or omitted)")
+        _require(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "optimizer.momentum",
+                 self.momentum, "a number in [0, 1)")
+        _require(isinstance(self.nesterov, bool), "optimizer.nesterov", self.nesterov, "true or false")
+        self.betas = list(self.betas)
+        betas_ok = len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
+        _require(betas_ok, "optimizer.betas", self.betas, "two numbers in [0, 1)")
+        _require(isinstance(self.eps, (int, float)) and self.eps > 0, "optimizer.eps", self.eps, "a number > 0")
+        _check_nonneg_float("optimizer.l2", self.l2)
+        _require(isinstance(self.options, dict), "optimizer.options", self.options, "a table of keyword arguments")
+
+
+@dataclass
+class BudgetConfig:
+    """When a run stops: after ``steps`` optimizer steps or ``seconds`` of training time, whichever first.
+
+    Training time excludes evaluation and checkpointing. At least one limit must be set; a
+    seconds budget makes the number of steps machine-dependent (use steps for exact reruns).
+    """
+
+    steps: int | None = 1000
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_optional_positive_int("budget.steps", self.steps)
+        ok = self.seconds is None or (isinstance(self.seconds, (int, float)) and self.seconds > 0)
+        _require(ok, "budget.seconds", self.seconds, "a number > 0 (or omitted)")
+        _require(self.steps is not None or self.seconds is not None, "budget", (self.steps, self.seconds),
+                 "at least one of budget.steps and budget.seconds")
+
+
+@dataclass
+class EvalConfig:
+    """What is measured every ``every`` steps (and at step 0 and at the end).
+
+    Attributes:
+        every: evaluation interval in steps.
+        chunk_size: examples per forward pass when evaluating the full sets.
+        iwae_samples: k of the importance-weighted bound (Burda et al. 2015) for VAEs; 0 disables it.
+        iwae_examples: evaluate the IWAE bound on the first ``iwae_examples`` test examples only
+            (None: all); with k = 5000 as in the paper this is expensive.
+    """
+
+    every: int = 100
+    chunk_size: int = 1000
+    iwae_samples: int = 0
+    iwae_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive_int("eval.every", self.every)
+        _check_positive_int("eval.chunk_size", self.chunk_size)
+        ok = isinstance(self.iwae_samples, int) and not isinstance(self.iwae_samples, bool) and self.iwae_samples >= 0
+        _require(ok, "eval.iwae_samples", self.iwae_samples, "an integer >= 0 (0 disables the IWAE bound)")
+        _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; the same config and seed give the same result."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    batch_size: int = 500
+    seed: int = 0
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        _check_positive_int("batch_size", self.batch_size)
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
+                 self.seed, "an integer >= 0")
+        _check_positive_int("checkpoint_every", self.checkpoint_every)
+        _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir", self.out_dir, "a non-empty path")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/TOML-serialisable; None values are kept for JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build from a nested mapping; unknown keys raise :class:`ConfigError` naming them."""
+        return _build(cls, values, "")
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "budget": BudgetConfig,
+    "eval": EvalConfig,
+}
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in values.items():
+        section = _SECTIONS.get(key) if cls is RunConfig else None
+        kwargs[key] = _build(section, value, f"{key}.") if section is not None else value
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML (numbers, booleans, arrays, quoted strings), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``path.to.key=value`` assignments to a nested dict (in place) and return it.
+
+    Raises:
+        ConfigError: an override has no ``=``, or its path goes through a non-table value.
+    """
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optimizer.lr=1e-3)")
+        keys = path.strip().split(".")
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a table")
+        node[keys[-1]] = parse_value(text.strip())
+    return values
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into a dict.
+
+    Raises:
+        ConfigError: the file is missing or not valid TOML (the message names the file).
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """A :class:`RunConfig` from an optional TOML file, then ``overrides`` applied in order."""
+    values = load_toml(path) if path is not None else {}
+    return RunConfig.from_dict(apply_overrides(values, overrides))

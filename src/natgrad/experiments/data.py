@@ -1,0 +1,69 @@
+"""The data of a run: a benchmark dataset from :mod:`natgrad.data` (optionally subset), or synthetic.
+
+The ``"synthetic"`` dataset exists for tests and smoke runs that must not depend on files: binary
+8x8 images ``x ~ Bernoulli(sigmoid(W h))`` from a 4-dimensional latent ``h ~ N(0, I)``, with ``W``
+fixed by a constant seed, 2,000 training and 500 test images. It is not a benchmark.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from natgrad.experiments.config import DataConfig
+
+SYNTHETIC_SEED = 1234
+SYNTHETIC_SHAPE = (8, 8)
+SYNTHETIC_SIZES = (2000, 500)
+SYNTHETIC_LATENT = 4
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Flattened float32 train and test examples, ``(N, D)``, and how to model them."""
+
+    name: str
+    train: Tensor
+    test: Tensor
+    image_shape: tuple[int, ...]
+    likelihood: str  # 'bernoulli' | 'gaussian'
+    source: str
+
+
+def synthetic_data() -> RunData:
+    """The seeded synthetic binary images (see module docstring)."""
+    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    dim = SYNTHETIC_SHAPE[0] * SYNTHETIC_SHAPE[1]
+    weights = 3.0 * torch.randn(SYNTHETIC_LATENT, dim, generator=generator)
+    n = sum(SYNTHETIC_SIZES)
+    probs = torch.sigmoid(torch.randn(n, SYNTHETIC_LATENT, generator=generator) @ weights)
+    x = torch.bernoulli(probs, generator=generator)
+    train, test = x[: SYNTHETIC_SIZES[0]], x[SYNTHETIC_SIZES[0]:]
+    return RunData("synthetic", train, test, SYNTHETIC_SHAPE, "bernoulli", f"generated (seed {SYNTHETIC_SEED})")
+
+
+def load_run_data(config: DataConfig) -> RunData:
+    """The train/test data of ``config``, truncated to ``train_size`` / ``test_size`` examples.
+
+    Raises:
+        natgrad.data.DataError: the dataset files are missing or corrupt.
+        ValueError: a requested subset is larger than the dataset.
+    """
+    if config.dataset == "synthetic":
+        data = synthetic_data()
+    else:
+        from natgrad.data import load_dataset
+
+        ds = load_dataset(config.dataset, config.data_dir)
+        data = RunData(ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
+                       ds.likelihood, str(ds.source))
+    train, test = data.train, data.test
+    for field_name, size, full in (("data.train_size", config.train_size, train), ("data.test_size", config.test_size, test)):
+        if size is not None and size > full.shape[0]:
+            raise ValueError(f"{field_name} = {size} exceeds the {full.shape[0]} examples of {data.name!r}")
+    train = train if config.train_size is None else train[: config.train_size]
+    test = test if config.test_size is None else test[: config.test_size]
+    return RunData(data.name, train.float().reshape(train.shape[0], -1).contiguous(),
+                   test.float().reshape(test.shape[0], -1).contiguous(), data.image_shape, data.likelihood,
+                   data.source)

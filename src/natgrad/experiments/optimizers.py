@@ -1,0 +1,111 @@
+"""The optimizer registry: name -> factory(model, OptimizerConfig) -> torch.optim.Optimizer.
+
+Every optimizer the runner drives honours one closure contract: ``optimizer.step(closure)`` where
+``closure()`` zeroes the gradients, builds the :class:`natgrad.losses.Loss` of the current batch
+(with the step's fixed VAE noise, so repeated calls within a step evaluate the same function),
+calls ``loss.value.backward()`` and returns the Loss. torch.optim's SGD and Adam accept such a
+closure unchanged; the natural-gradient optimizers use the returned Loss for their curvature.
+
+An optimizer may expose ``last_step_record`` (a dict of JSON-serialisable numbers such as rho,
+damping, alpha, mu, CG iterations, rejected); the runner logs it with every step.
+
+The L2 penalty ``(l2 / 2) |theta|^2`` of the objective is the factory's job: SGD and Adam get it as
+(coupled) ``weight_decay``, whose gradient ``l2 * theta`` is exactly that of the penalty.
+
+To add an optimizer, write ``def make_x(model, config) -> Optimizer`` and add it to
+:data:`OPTIMIZERS`; method-specific hyper-parameters arrive in ``config.options``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from natgrad.experiments.config import OptimizerConfig
+
+OptimizerFactory = Callable[[nn.Module, "OptimizerConfig"], torch.optim.Optimizer]
+
+#: Learning rates used when ``optimizer.lr`` is omitted.
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "prong": 0.01}
+
+
+def _reject_options(config: "OptimizerConfig") -> None:
+    if config.options:
+        raise ValueError(
+            f"optimizer.options {sorted(config.options)} are not used by {config.name!r}; "
+            "set its hyper-parameters with the typed fields (lr, momentum, nesterov, betas, eps, l2)"
+        )
+
+
+def make_sgd(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum, the papers' first-order baseline (Sutskever et al. 2013)."""
+    _reject_options(config)
+    lr = config.lr if config.lr is not None else DEFAULT_LR["sgd"]
+    nesterov = config.nesterov and config.momentum > 0
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, nesterov=nesterov,
+                           weight_decay=config.l2)
+
+
+def make_adam(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015) with the L2 penalty coupled into the gradient."""
+    _reject_options(config)
+    lr = config.lr if config.lr is not None else DEFAULT_LR["adam"]
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(config.betas), eps=config.eps,
+                            weight_decay=config.l2)
+
+
+def _check_option_keys(config: "OptimizerConfig", allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(config.options) - set(allowed))
+    if unknown:
+        raise ValueError(f"optimizer.options {unknown} are not used by {config.name!r}; allowed: {', '.join(allowed)}")
+
+
+def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """TONGA on the shared step; ``l2`` is ``damping.weight_decay``, ``lr``/``momentum`` the fixed step's.
+
+    ``options``: ``tonga``, ``damping``, ``schedule``, ``step`` (tables of their config fields), ``seed``.
+    """
+    from natgrad.optim.tonga import TONGA
+
+    _check_option_keys(config, ("tonga", "damping", "schedule", "step", "seed"))
+    options = dict(config.options)
+    fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
+    options["step"] = fixed | dict(options.get("step") or {})
+    options["damping"] = {"weight_decay": config.l2} | dict(options.get("damping") or {})
+    return TONGA(model, **options)
+
+
+def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """PRONG (PRONG+ with ``options.batch_norm = true``): whitens ``model`` in place, then SGD-momentum.
+
+    ``options``: ``reestimate_every`` (T), ``samples`` (N_s), ``epsilon``, ``batch_norm``.
+    """
+    from natgrad.optim.prong import PRONG
+
+    _check_option_keys(config, ("reestimate_every", "samples", "epsilon", "batch_norm"))
+    lr = config.lr if config.lr is not None else DEFAULT_LR["prong"]
+    nesterov = config.nesterov and config.momentum > 0
+    return PRONG(model, lr=lr, momentum=config.momentum, nesterov=nesterov, weight_decay=config.l2, **config.options)
+
+
+#: name -> factory. Natural-gradient optimizers register here too.
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": make_sgd,
+    "adam": make_adam,
+    "tonga": make_tonga,
+    "prong": make_prong,
+}
+
+
+def build_optimizer(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """The optimizer ``config.name`` over ``model``'s parameters.
+
+    Raises:
+        ValueError: the name is not registered (the message lists the registered names).
+    """
+    if config.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name = {config.name!r} is not registered; allowed: {', '.join(sorted(OPTIMIZERS))}")
+    return OPTIMIZERS[config.name](model, config)

@@ -1,0 +1,258 @@
+r"""One natural-gradient step for any curvature representation (Martens & Grosse 2015, Algorithm 1).
+
+Notation as in :mod:`natgrad.optim.natural`. One call of :meth:`NaturalGradientOptimizer.step`,
+at step ``k`` (counted from 1):
+
+1. ``closure()`` gives the :class:`~natgrad.losses.Loss` of the batch and ``\nabla loss`` in
+   ``.grad``; ``grad = \nabla loss + eta theta``, ``h = loss + (eta/2)|theta|^2``.
+2. Every ``statistics_every`` steps: capture statistics on the first ``tau_1`` of the batch
+   (sampled targets, section 5) and fold them into the representation's moving averages.
+3. If ``k <= warmup_refreshes`` or ``k mod T3 = 0``: refresh the representation (amortised
+   eigendecompositions, section 8).
+4. Every ``T2`` steps try three ``gamma`` (section 6.6), otherwise the current one; for each,
+   ``Delta = -(C + gamma^2)^{-1} grad`` (the representation applies the factored Tikhonov damping,
+   section 6.3) and ``(alpha, mu)`` from the exact-GGN quadratic model with ``lambda + eta``
+   (sections 6.4, 7); keep the candidate with the lowest ``M(delta) - M(0)``.
+5. ``delta = alpha Delta + mu delta_0``. A non-finite ``delta``, objective or model value rejects
+   the step: parameters unchanged, ``lambda`` raised by ``1/omega_1``, momentum reset, the event
+   counted in the state and reported in :attr:`last_step_record`.
+6. Every ``T1`` steps: ``rho`` on the same batch (and noise) and the Levenberg-Marquardt update of
+   ``lambda`` (section 6.5); ``theta <- theta + delta``.
+
+Departures from the paper, each selected by a config field: fixed ``(alpha, mu)`` without the
+quadratic model (``step.quadratic_model = False``, the cheaper variant Martens' code keeps
+commented; no ``rho`` then, so ``lambda`` stays fixed); ``gamma`` tied to ``sqrt(lambda + eta)``
+(``damping.adapt_gamma = False``, section 6.3 before 6.6); rejecting steps whose objective rose
+(``step.reject_increase``, which evaluates ``h(theta + delta)`` every step).
+The quadratic model always uses the *full* GGN of the objective, whatever curvature the
+representation estimates, so curvature choices are compared under the same step rule.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.curvature.base import CurvatureRepresentation
+from natgrad.curvature.choices import CurvatureKind
+from natgrad.losses import Loss
+from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
+from natgrad.optim.natural import (
+    QuadraticModelStep,
+    combine_update,
+    damped_gram,
+    damping_candidates,
+    dot,
+    levenberg_marquardt_update,
+    precondition,
+    quadratic_model_coefficients,
+    reduction_ratio,
+    reject_nonfinite,
+)
+from natgrad.optim.quadratic_model import batch_prefix, ggn_gram
+
+_STATE = "natural_gradient"
+
+
+def check_loss(loss: Any, optimizer: str) -> Loss:
+    """``loss`` if it is a :class:`~natgrad.losses.Loss`, else a TypeError stating the closure contract."""
+    if not isinstance(loss, Loss):
+        raise TypeError(
+            f"{optimizer}.step(closure): the closure must zero the gradients, build a natgrad.losses.Loss "
+            f"(e.g. build_loss(model, x)), call loss.value.backward() and return the Loss; got {type(loss).__name__}"
+        )
+    return loss
+
+
+def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> float:
+    """``h = loss + (eta/2) |theta|^2``."""
+    return loss_value + 0.5 * weight_decay * float(sum(p.detach().pow(2).sum() for p in params))
+
+
+def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    """``\\nabla h = \\nabla loss + eta theta`` from ``.grad`` (zeros where a parameter got none)."""
+    return [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach() for p in params]
+
+
+class NaturalGradientOptimizer(torch.optim.Optimizer):
+    """The shared K-FAC-style step over a :class:`~natgrad.curvature.base.CurvatureRepresentation`.
+
+    Args:
+        model: the module being trained; its trainable parameters are optimised.
+        curvature: the representation (K-FAC, tridiagonal K-FAC, diagonal, ...) built on ``model``.
+        damping, schedule, step: :mod:`natgrad.optim.config` groups (None: paper defaults).
+        seed: seed of the optimizer's own generator for sampled targets (saved in the state).
+
+    Raises:
+        ValueError: a hyper-parameter is invalid (the message names it).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        curvature: CurvatureRepresentation,
+        damping: DampingConfig | None = None,
+        schedule: ScheduleConfig | None = None,
+        step: StepConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.curvature = curvature
+        self.damping_config = damping or DampingConfig()
+        self.schedule = schedule or ScheduleConfig()
+        self.step_config = step or StepConfig()
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"Invalid seed: {seed!r}; allowed: an integer >= 0")
+        super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_step_record: dict[str, Any] = {}
+        params = self._params()
+        self.state[_STATE] = {
+            "step": 0,
+            "damping": self.damping_config.initial,
+            "gamma": self.damping_config.gamma_start(),
+            "rejected_steps": 0,
+            "previous_update": [torch.zeros_like(p) for p in params],
+        }
+
+    # ---- the step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
+        """One step (module docstring); returns the closure's Loss (before the update)."""
+        name = type(self).__name__
+        if closure is None:
+            raise ValueError(f"{name}.step needs a closure returning a natgrad.losses.Loss")
+        with torch.enable_grad():
+            loss = check_loss(closure(), name)
+        state, params = self.state[_STATE], self._params()
+        state["step"] += 1
+        k = state["step"]
+        eta = self.damping_config.weight_decay
+        h0 = objective(float(loss.value.detach()), params, eta)
+        gradient = regularised_gradient(params, eta)
+        self._update_curvature(loss, k)
+        record = {"step": k, "loss": h0, "rho": None, "gamma": state["gamma"], "alpha": None, "mu": None,
+                  "predicted_change": None, "cg_iterations": None, "cg_stop_reason": None, "rejected": False}
+        if reject_nonfinite(gradient, h0):
+            self._reject(state)
+            record.update(rejected=True, damping=state["damping"], rejected_steps=state["rejected_steps"])
+            self.last_step_record = record
+            return loss
+        update, model_step, gamma = self._choose_update(loss, gradient, state, k)
+        record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu, predicted_change=model_step.predicted_change)
+        h1 = self._new_objective(loss, params, update, k)
+        checked = [h0, model_step.alpha, model_step.mu] + [v for v in (h1,) if v is not None]
+        if self.step_config.quadratic_model:
+            checked.append(model_step.predicted_change)
+        if reject_nonfinite(update, *checked) or (
+            self.step_config.reject_increase and h1 is not None and h1 > h0
+        ):
+            self._reject(state)
+            record["rejected"] = True
+        else:
+            if h1 is not None and self._adapts_damping(k):
+                record["rho"] = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
+            for p, u in zip(params, update):
+                p.add_(u)
+            state["previous_update"] = update
+            state["gamma"] = gamma if self.damping_config.adapt_gamma else self._tied_gamma(state)
+        record.update(damping=state["damping"], rejected_steps=state["rejected_steps"])
+        self.last_step_record = record
+        return loss
+
+    def _update_curvature(self, loss: Loss, k: int) -> None:
+        if (k - 1) % self.schedule.statistics_every == 0:
+            inputs = batch_prefix(loss.inputs, self.schedule.statistics_fraction)
+            subset = Loss.from_model(loss.model, inputs, loss.build_terms)  # no graph: capture re-runs it
+            with torch.enable_grad():
+                self.curvature.update(self.curvature.capture(subset, self.generator))
+        if k <= self.schedule.warmup_refreshes or k % self.schedule.inverse_every == 0:
+            self.curvature.refresh()
+
+    def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
+        damping = self.damping_config
+        if damping.adapt_gamma and k % damping.gamma_every == 0:
+            gammas = damping_candidates(state["gamma"], damping.gamma_factor, damping.gamma_floor(), damping.gamma_max)
+        else:
+            gammas = (state["gamma"],)
+        best = None
+        for gamma in gammas:
+            direction = precondition(self.curvature, gradient, gamma**2)
+            model_step = self._coefficients(loss, gradient, direction, state)
+            if best is None or model_step.predicted_change < best[1].predicted_change:
+                best = (direction, model_step, gamma)
+        direction, model_step, gamma = best
+        return combine_update(direction, state["previous_update"], model_step), model_step, gamma
+
+    def _coefficients(self, loss: Loss, gradient: list[Tensor], direction: list[Tensor], state: dict) -> QuadraticModelStep:
+        config = self.step_config
+        previous = state["previous_update"]
+        if not config.quadratic_model:
+            group = self.param_groups[0]
+            return QuadraticModelStep(alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan)
+        use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
+        directions = [direction, previous] if use_previous else [direction]
+        inputs = batch_prefix(loss.inputs, config.model_fraction)
+        with torch.enable_grad():
+            curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs)
+        euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
+        gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
+        gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)
+        return quadratic_model_coefficients(gram, gradient_products)
+
+    def _adapts_damping(self, k: int) -> bool:
+        return self.step_config.quadratic_model and k % self.damping_config.adapt_every == 0
+
+    def _new_objective(self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int) -> float | None:
+        """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs it."""
+        if not (self._adapts_damping(k) or self.step_config.reject_increase):
+            return None
+        moved = {name: p.detach() + u for (name, p), u in zip(loss.parameters().items(), update)}
+        return objective(float(loss.value_at(moved)), list(moved.values()), self.damping_config.weight_decay)
+
+    def _adapt_damping(self, state: dict, actual: float, predicted: float) -> float:
+        config = self.damping_config
+        rho = reduction_ratio(actual, predicted)
+        new = levenberg_marquardt_update(state["damping"], rho, config.lm_decrease, 1.0 / config.lm_decrease)
+        state["damping"] = min(max(new, config.minimum), config.maximum)
+        return rho
+
+    def _reject(self, state: dict) -> None:
+        config = self.damping_config
+        state["damping"] = min(state["damping"] / config.lm_decrease, config.maximum)
+        state["rejected_steps"] += 1
+        state["previous_update"] = [torch.zeros_like(p) for p in state["previous_update"]]
+        if not config.adapt_gamma:
+            state["gamma"] = self._tied_gamma(state)
+
+    def _tied_gamma(self, state: dict) -> float:
+        return math.sqrt(state["damping"] + self.damping_config.weight_decay)
+
+    def _params(self) -> list[Tensor]:
+        return list(self.param_groups[0]["params"])
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim state plus the curvature statistics and the generator state."""
+        state = super().state_dict()
+        state["curvature"] = self.curvature.state_dict()
+        state["generator"] = self.generator.get_state()
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next steps are identical to the saved run's.
+
+        Raises:
+            KeyError: the curvature or generator entry is missing.
+        """
+        state_dict = copy.deepcopy(dict(state_dict))
+        missing = {"curvature", "generator"} - set(state_dict)
+        if missing:
+            raise KeyError(f"{type(self).__name__} state_dict is missing {sorted(missing)}")
+        self.curvature.load_state_dict(state_dict.pop("curvature"))
+        self.generator.set_state(state_dict.pop("generator"))
+        super().load_state_dict(state_dict)

@@ -1,0 +1,91 @@
+r"""K-FAC (Martens & Grosse 2015): the shared step with a Kronecker-factored curvature.
+
+``structure = "block-diagonal"`` (section 4.2) or ``"tridiagonal"`` (section 4.3) selects the
+representation of :mod:`natgrad.curvature.kfac` / :mod:`natgrad.curvature.kfac_tridiagonal`;
+Linear and Conv2d layers get Kronecker blocks (Grosse & Martens 2016 for Conv2d), any other
+parameter a diagonal block. Everything else - factored Tikhonov damping with ``gamma``, the
+exact-GGN quadratic model for ``(alpha, mu)``, the Levenberg-Marquardt rule, statistics on
+``tau_1 = 1/8`` of the batch with moving averages capped at 0.95, inverses every ``T3`` steps - is
+the shared step of :mod:`natgrad.optim.base` with the paper's defaults (section 13:
+``lambda_0 = 150``, ``T1, T2, T3 = 5, 20, 20``, ``eta = 1e-5``).
+
+The paper's autoencoder runs grow the mini-batch exponentially (section 13);
+:func:`exponential_batch_size` gives that schedule for a training loop to follow.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from natgrad.curvature.kfac import KFAC as KFACCurvature
+from natgrad.curvature.kfac_tridiagonal import TridiagonalKFAC
+from natgrad.optim.base import NaturalGradientOptimizer
+from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce, require
+from natgrad.optim.diagonal import curvature_config
+
+STRUCTURES = ("block-diagonal", "tridiagonal")
+
+
+def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, full_at: int = 500) -> int:
+    r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| / initial)``.
+
+    Martens & Grosse 2015, section 13: the batch doubles every ``b`` steps and reaches the whole
+    training set ``S`` at step ``full_at`` (500 in the paper). ``step`` counts from 1.
+
+    Raises:
+        ValueError: ``step < 1`` or sizes not positive.
+    """
+    require(isinstance(step, int) and step >= 1, "batch schedule step", step, "an integer >= 1")
+    require(dataset_size >= 1 and initial >= 1, "batch schedule sizes", (dataset_size, initial), "integers >= 1")
+    require(isinstance(full_at, int) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
+    if dataset_size <= initial:
+        return dataset_size
+    doubling = (full_at - 1) / math.log2(dataset_size / initial)
+    return min(math.floor(initial * 2.0 ** ((step - 1) / doubling)), dataset_size)
+
+
+class KFAC(NaturalGradientOptimizer):
+    """K-FAC with Martens & Grosse's full recipe, as a torch optimizer over ``model``.
+
+    Args:
+        model: the module to train (Linear and Conv2d layers get Kronecker blocks).
+        damping, schedule, step, curvature: config groups of :mod:`natgrad.optim.config`, or
+            mappings of their fields; None gives the paper defaults.
+        structure: ``"block-diagonal"`` or ``"tridiagonal"`` (chains of Linear layers only).
+        inverse_method: ``"eigen"`` (cheap damping changes, default) or ``"inverse"``.
+        seed: seed of the sampled targets of the statistics.
+
+    Raises:
+        ValueError: an invalid hyper-parameter (the message names it).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        damping: DampingConfig | Mapping[str, Any] | None = None,
+        schedule: ScheduleConfig | Mapping[str, Any] | None = None,
+        step: StepConfig | Mapping[str, Any] | None = None,
+        curvature: CurvatureChoice | Mapping[str, Any] | None = None,
+        structure: str = "block-diagonal",
+        inverse_method: str = "eigen",
+        seed: int = 0,
+    ) -> None:
+        require(structure in STRUCTURES, "structure", structure, ", ".join(STRUCTURES))
+        schedule = coerce(ScheduleConfig, schedule, "schedule")
+        config = curvature_config(coerce(CurvatureChoice, curvature, "curvature"), schedule)
+        if structure == "tridiagonal":
+            require(inverse_method == "eigen", "inverse_method", inverse_method, "'eigen' with structure 'tridiagonal'")
+            representation = TridiagonalKFAC(model, config)
+        else:
+            representation = KFACCurvature(model, config, inverse_method)
+        super().__init__(
+            model,
+            representation,
+            coerce(DampingConfig, damping, "damping"),
+            schedule,
+            coerce(StepConfig, step, "step"),
+            seed,
+        )

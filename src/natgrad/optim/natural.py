@@ -1,0 +1,171 @@
+r"""The shared natural-gradient step as small pure functions (Martens & Grosse 2015, sections 6-7).
+
+Notation (fixed for :mod:`natgrad.optim`):
+
+* ``h(theta) = loss(theta) + (eta/2) |theta|^2`` the objective with weight decay ``eta``;
+  ``grad = \nabla h`` (the decay term ``eta * theta`` included).
+* ``F`` the *exact* Gauss-Newton / Fisher matrix of the current mini-batch (for the matching
+  losses of :mod:`natgrad.losses`, GGN = Fisher), ``lambda`` the Levenberg-Marquardt damping.
+* ``C`` an approximate curvature (K-FAC, diagonal, ...) and ``Delta = -(C + damping)^{-1} grad``
+  the preconditioned direction; ``delta_0`` the previous update, ``delta = alpha Delta + mu delta_0``
+  the update actually taken.
+* The quadratic model (section 6.4, 7):
+  ``M(delta) - M(0) = 1/2 delta^T (F + (lambda + eta) I) delta + grad^T delta``.
+
+Every function here is pure (numbers and tensors in, numbers and tensors out) and tested alone;
+:class:`natgrad.optim.base.NaturalGradientOptimizer` composes them into one step.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+#: Thresholds of the reduction ratio ``rho`` (Martens 2010 section 4.1; Martens & Grosse 2015 section 6.5).
+RHO_LOW, RHO_HIGH = 0.25, 0.75
+
+
+class SolvesDampedSystem(Protocol):
+    """What :func:`precondition` needs of a curvature representation."""
+
+    def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
+        """``(C + damping)^{-1} v`` for one vector split per parameter."""
+
+
+def precondition(curvature: SolvesDampedSystem, gradient: Sequence[Tensor], damping: float) -> list[Tensor]:
+    r"""The natural-gradient direction ``Delta = -(C + damping)^{-1} grad`` (section 6.4).
+
+    How ``damping`` enters ``C`` (factored Tikhonov for K-FAC, section 6.3; plain ``+ damping I``
+    for the diagonal) is the representation's business; it is added once, inside ``solve``.
+    """
+    return [-d for d in curvature.solve(list(gradient), damping)]
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """``sum_k <x_k, y_k>`` over a vector split per parameter, as a 0-d tensor."""
+    return sum((x * y).sum() for x, y in zip(xs, ys))
+
+
+@dataclass(frozen=True)
+class QuadraticModelStep:
+    """Solution of the quadratic model over span{Delta, delta_0} (sections 6.4, 7).
+
+    Attributes:
+        alpha: step size on the new direction ``Delta``.
+        mu: momentum on the previous update ``delta_0`` (0 in the 1x1 case).
+        predicted_change: ``M(delta) - M(0) = 1/2 (alpha grad^T Delta + mu grad^T delta_0)``.
+    """
+
+    alpha: float
+    mu: float
+    predicted_change: float
+
+
+def damped_gram(curvature_gram: Tensor, euclidean_gram: Tensor, damping: float) -> Tensor:
+    r"""``[u_i^T (F + damping I) u_j]`` from ``[u_i^T F u_j]`` and ``[u_i^T u_j]`` (section 7).
+
+    With ``damping = lambda + eta`` this is the matrix of the quadratic model ``M`` restricted to
+    the directions ``u = (Delta, delta_0)``.
+    """
+    return curvature_gram + damping * euclidean_gram
+
+
+def quadratic_model_coefficients(gram: Tensor, gradient_products: Tensor) -> QuadraticModelStep:
+    r"""Minimise ``M`` over ``delta = alpha Delta + mu delta_0`` (Martens & Grosse 2015, section 7).
+
+    .. math::
+        [\alpha^*; \mu^*] = -\begin{bmatrix} \Delta^T \hat F \Delta & \Delta^T \hat F \delta_0 \\
+        \delta_0^T \hat F \Delta & \delta_0^T \hat F \delta_0 \end{bmatrix}^{+}
+        \begin{bmatrix} \nabla h^T \Delta \\ \nabla h^T \delta_0 \end{bmatrix},
+        \qquad \hat F = F + (\lambda + \eta) I,
+
+    with the Moore-Penrose pseudo-inverse as in Martens' code (a zero or parallel ``delta_0`` gives
+    a singular matrix). Non-finite inputs give ``nan`` coefficients, for :func:`reject_nonfinite`. A ``(1, 1)`` ``gram`` is the section 6.4 rescaling without momentum:
+    ``alpha^* = -grad^T Delta / Delta^T F_hat Delta``. The predicted change is
+    ``M(delta^*) - M(0) = 1/2 (alpha^* grad^T Delta + mu^* grad^T delta_0)``.
+
+    Args:
+        gram: ``(k, k)``, ``k`` in {1, 2}: the damped curvature products of :func:`damped_gram`.
+        gradient_products: ``(k,)``: ``[grad^T Delta, grad^T delta_0]``.
+
+    Raises:
+        ValueError: ``gram`` is not ``(k, k)`` with ``k`` in {1, 2} matching ``gradient_products``.
+    """
+    k = gradient_products.shape[0] if gradient_products.dim() == 1 else -1
+    if k not in (1, 2) or tuple(gram.shape) != (k, k):
+        raise ValueError(
+            f"quadratic model needs gram (k, k) and gradient_products (k,) with k in (1, 2), "
+            f"got {tuple(gram.shape)} and {tuple(gradient_products.shape)}"
+        )
+    if not (bool(torch.isfinite(gram).all()) and bool(torch.isfinite(gradient_products).all())):
+        return QuadraticModelStep(alpha=math.nan, mu=math.nan, predicted_change=math.nan)
+    coefficients = -torch.linalg.pinv(gram) @ gradient_products
+    predicted = 0.5 * float(coefficients @ gradient_products)
+    mu = float(coefficients[1]) if k == 2 else 0.0
+    return QuadraticModelStep(alpha=float(coefficients[0]), mu=mu, predicted_change=predicted)
+
+
+def reduction_ratio(actual_change: float, predicted_change: float) -> float:
+    r"""``rho = [h(theta + delta) - h(theta)] / [M(delta) - M(0)]`` (section 6.5; Martens 2010, 4.1).
+
+    As in Martens' code, ``rho = -inf`` when the objective rose or is not finite (the damping must
+    then increase); a model that predicts no decrease gives ``nan``, which
+    :func:`levenberg_marquardt_update` also treats as a failure.
+    """
+    if not math.isfinite(actual_change) or actual_change > 0:
+        return -math.inf
+    if not predicted_change < 0:
+        return math.nan
+    return actual_change / predicted_change
+
+
+def levenberg_marquardt_update(damping: float, rho: float, decrease: float, increase: float) -> float:
+    r"""The Levenberg-Marquardt rule (Martens 2010 section 4.1; Martens & Grosse 2015 section 6.5).
+
+    ``rho > 3/4`` -> ``damping * decrease``; ``rho < 1/4`` or ``rho`` nan -> ``damping * increase``;
+    otherwise unchanged. K-FAC uses ``decrease = omega_1 = (19/20)^{T1}``, ``increase = 1/omega_1``;
+    Hessian-free ``2/3`` and ``3/2``.
+    """
+    if math.isnan(rho) or rho < RHO_LOW:
+        return damping * increase
+    if rho > RHO_HIGH:
+        return damping * decrease
+    return damping
+
+
+def lm_decay(base: float, period: int) -> float:
+    """``omega = base^period``: the per-update factor of a rule applied every ``period`` steps.
+
+    Section 6.5: ``omega_1 = (19/20)^{T1}``; section 6.6: ``omega_2 = (sqrt(19/20))^{T2}``.
+    """
+    return base**period
+
+
+def damping_candidates(gamma: float, omega: float, gamma_min: float, gamma_max: float) -> tuple[float, ...]:
+    r"""The three values of the factored-Tikhonov strength tried every T2 steps (section 6.6).
+
+    ``{max(omega_2 gamma, gamma_min), gamma, min(gamma / omega_2, gamma_max)}``, duplicates removed
+    in order (a clipped candidate equal to ``gamma`` is tried once).
+    """
+    values = (max(omega * gamma, gamma_min), gamma, min(gamma / omega, gamma_max))
+    return tuple(dict.fromkeys(values))
+
+
+def reject_nonfinite(update: Sequence[Tensor], *scalars: float) -> bool:
+    """True when the step must be rejected: a non-finite entry in ``update`` or any ``scalars``.
+
+    The guard of optax's ``apply_if_finite``: the caller skips the update, raises the damping and
+    counts the rejection in its state instead of crashing or silently applying NaNs.
+    """
+    if any(not math.isfinite(s) for s in scalars):
+        return True
+    return any(not bool(torch.isfinite(u).all()) for u in update)
+
+
+def combine_update(direction: Sequence[Tensor], previous: Sequence[Tensor], step: QuadraticModelStep) -> list[Tensor]:
+    """``delta = alpha Delta + mu delta_0`` (section 7)."""
+    return [step.alpha * d + step.mu * p for d, p in zip(direction, previous)]

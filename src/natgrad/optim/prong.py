@@ -1,0 +1,179 @@
+r"""PRONG: projected natural gradient descent on a whitened network (Desjardins et al. 2015, Alg. 1).
+
+Notation of :mod:`natgrad.curvature.whitening`. Constructing :class:`PRONG` turns every
+``nn.Linear`` of the model into a :class:`~natgrad.curvature.whitening.WhitenedLinear`
+``h_i = f(V_i U_{i-1} (h_{i-1} - c_{i-1}) + d_i)`` (PRONG+: batch-normalised hidden layers) with
+``U = I, c = 0``, so the function is unchanged. Step ``k`` (from 1):
+
+1. the closure runs with hooks that record every layer's input; the optimizer keeps the most
+   recent ``N_s`` rows per layer (this batch's and, when ``N_s`` exceeds the batch, the previous
+   batches'). If ``k mod T = 0``: re-estimate ``(c, U)`` bottom-up on those rows with the
+   regulariser ``epsilon`` and map ``(V, d)`` so that the network's function is unchanged (the
+   projection of Alg. 1); the momentum buffers are mapped by the same linear change of
+   coordinates (the velocity in function space is kept); the closure is then re-run for the
+   gradient in the new coordinates (one extra forward/backward every ``T`` steps);
+2. the closure's gradient in the whitened parameters (plus ``weight_decay * theta``);
+   a non-finite gradient or loss rejects the step (counted, nothing applied);
+3. SGD with (Nesterov) momentum on ``(V, d)`` (and PRONG+'s gains), exactly ``torch.optim.SGD``'s
+   rule: ``b <- mu b + g``, ``theta <- theta - lr (g + mu b)`` (Nesterov) or ``theta - lr b``.
+
+Why this is a natural gradient: the Fisher block of ``V_i`` is approximately
+``E[g g^T] (x) E[h_hat h_hat^T]`` with ``h_hat = U (h - c)`` white, i.e. K-FAC's block with the input
+factor equal to the identity; SGD in ``V`` is then K-FAC's step with the gradient factor ``G = I``
+(``tests/curvature/test_whitening.py`` checks the exact equivalence). Departures: the samples for the
+re-estimation are the layer inputs of the most recent training batches (rows from earlier batches
+were computed with parameters up to ``ceil(N_s / batch) - 1`` steps old; the paper draws ``N_s``
+fresh training samples), the first re-estimation happens at step ``T`` (``U = I``, ``c = 0`` before),
+and the L2 penalty applies to the trained parameters ``(V, d)``. ``N_s`` should exceed the widest
+layer: directions never seen in the sample get variance 0 and a gain ``epsilon^{-1/2}``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, reparametrise_all, whiten
+from natgrad.losses import Loss
+from natgrad.optim.base import check_loss, objective, regularised_gradient
+from natgrad.optim.natural import reject_nonfinite
+
+_STATE = "prong"
+
+
+def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestimate_every: Any, samples: Any,
+              epsilon: Any, batch_norm: Any) -> None:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    checks = [
+        ("lr", lr, number(lr) and lr > 0, "a finite number > 0"),
+        ("momentum", momentum, number(momentum) and 0 <= momentum < 1, "a number in [0, 1)"),
+        ("nesterov", nesterov, isinstance(nesterov, bool), "true or false"),
+        ("weight_decay", weight_decay, number(weight_decay) and weight_decay >= 0, "a finite number >= 0"),
+        ("reestimate_every", reestimate_every, integer(reestimate_every) and reestimate_every >= 1, "an integer >= 1"),
+        ("samples", samples, integer(samples) and samples >= 2, "an integer >= 2"),
+        ("epsilon", epsilon, number(epsilon) and epsilon > 0, "a finite number > 0"),
+        ("batch_norm", batch_norm, isinstance(batch_norm, bool), "true or false"),
+    ]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"Invalid PRONG {name}: {value!r}; allowed: {allowed}")
+    if nesterov and momentum == 0:
+        raise ValueError("Invalid PRONG nesterov: True with momentum 0; allowed: nesterov only with momentum > 0")
+
+
+class PRONG(torch.optim.Optimizer):
+    """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a checkpoint.
+
+    Args:
+        model: module whose ``nn.Linear`` layers are whitened (their parameters are replaced).
+        lr, momentum, nesterov, weight_decay: the SGD rule on the whitened parameters.
+        reestimate_every: ``T``, steps between re-estimations (100 in the replication cited in
+            PAPERS.md; the paper's value is unverified).
+        samples: ``N_s``, most recent layer-input rows used to estimate ``(c, U)`` (replication: 1000).
+        epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}`` (replication: 1e-3).
+        batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
+
+    Raises:
+        ValueError: an invalid hyper-parameter (the message names it) or a model without nn.Linear.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        reestimate_every: int = 100,
+        samples: int = 1000,
+        epsilon: float = 1e-3,
+        batch_norm: bool = False,
+    ) -> None:
+        _validate(lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm)
+        self.model = model
+        self.layers: list[WhitenedLinear] = whiten(model, batch_norm=batch_norm)
+        if not self.layers:
+            raise ValueError(f"PRONG whitens nn.Linear layers; {type(model).__name__} has none")
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
+                    "reestimate_every": reestimate_every, "samples": samples, "epsilon": epsilon}
+        super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
+        self.state[_STATE] = {"step": 0, "reestimations": 0, "rejected_steps": 0, "samples": []}
+        self.last_step_record: dict[str, Any] = {}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
+        """One PRONG step (module docstring); returns the closure's Loss (before the update)."""
+        if closure is None:
+            raise ValueError("PRONG.step needs a closure returning a natgrad.losses.Loss")
+        group, state = self.param_groups[0], self.state[_STATE]
+        state["step"] += 1
+        with torch.enable_grad(), capture_layer_inputs(self.layers) as records:
+            loss = check_loss(closure(), "PRONG")
+        state["samples"] = _most_recent_rows(state["samples"], records, group["samples"])
+        samples_used = None
+        if state["step"] % group["reestimate_every"] == 0:
+            samples_used = self._reestimate(state["samples"], group)
+            state["reestimations"] += 1
+            with torch.enable_grad():  # the gradient in the new coordinates
+                loss = check_loss(closure(), "PRONG")
+        params = group["params"]
+        gradient = regularised_gradient(params, group["weight_decay"])
+        h0 = objective(float(loss.value.detach()), params, group["weight_decay"])
+        rejected = reject_nonfinite(gradient, h0)
+        if rejected:
+            state["rejected_steps"] += 1
+        else:
+            self._sgd(params, gradient, group)
+        self.last_step_record = {"step": state["step"], "loss": h0, "reestimated": samples_used is not None,
+                                 "samples": samples_used, "rejected": rejected,
+                                 "rejected_steps": state["rejected_steps"]}
+        return loss
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (deep-copied, so two optimizers never share counters).
+
+        The whitening ``(U, c)`` lives in the model's buffers: restore ``model.state_dict()`` too.
+        """
+        super().load_state_dict(copy.deepcopy(dict(state_dict)))
+
+    def _reestimate(self, samples: list[Tensor], group: dict) -> int:
+        """Alg. 1's projection: re-estimate every layer on ``samples``, map the momentum buffers."""
+        changes = reparametrise_all(self.layers, samples, group["epsilon"])
+        for layer, change in zip(self.layers, changes):
+            buffers = [self.state[p].get("momentum_buffer") for p in (layer.weight, layer.bias)]
+            if any(b is None for b in buffers):
+                continue
+            new_weight, new_bias = change.apply(*buffers)
+            buffers[0].copy_(new_weight)
+            buffers[1].copy_(new_bias)
+        return int(samples[0].shape[0])
+
+    def _sgd(self, params: list[Tensor], gradient: list[Tensor], group: dict) -> None:
+        momentum, lr = group["momentum"], group["lr"]
+        for p, g in zip(params, gradient):
+            if momentum == 0:
+                p.add_(g, alpha=-lr)
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.clone()
+            else:
+                state["momentum_buffer"].mul_(momentum).add_(g)
+            buffer = state["momentum_buffer"]
+            p.add_(g + momentum * buffer if group["nesterov"] else buffer, alpha=-lr)
+
+
+def _most_recent_rows(previous: list[Tensor], records: list[list[Tensor]], count: int) -> list[Tensor]:
+    """Per layer, the last ``count`` input rows of ``previous`` followed by this step's ``records``."""
+    if not previous:
+        previous = [r[0][:0] for r in records]
+    return [torch.cat([old, *new])[-count:] for old, new in zip(previous, records)]

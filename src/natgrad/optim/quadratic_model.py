@@ -1,0 +1,73 @@
+r"""Exact-GGN quadratic forms for the step-size/momentum model (Martens & Grosse 2015, App. C, section 7).
+
+The quadratic model needs only the ``k x k`` matrix ``[u_i^T G u_j]`` over the directions
+``u = (Delta, delta_0)``, never ``G u`` itself. With ``J_t u`` the directional derivative of term
+``t``'s outputs (one forward-mode pass per direction, no backward pass),
+
+.. math::  u_i^T G u_j = \frac{1}{N} \sum_t (J_t u_i)^T H_t (J_t u_j),
+
+which costs far less than the ``ggn_vector_product`` of :mod:`natgrad.curvature.exact` (a jvp
+*and* a vjp per direction). Tests check it against :func:`natgrad.curvature.exact.dense_ggn`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+from natgrad.curvature.choices import CurvatureKind, select_terms
+from natgrad.losses import Loss
+
+
+def batch_prefix(inputs: Sequence[Tensor], fraction: float) -> tuple[Tensor, ...]:
+    """The first ``ceil(fraction * N)`` examples of batch-first ``inputs`` (at least one)."""
+    n = int(inputs[0].shape[0])
+    m = max(1, min(n, math.ceil(fraction * n)))
+    return tuple(t[:m] for t in inputs)
+
+
+def ggn_gram(
+    loss: Loss,
+    directions: Sequence[Sequence[Tensor]],
+    kind: CurvatureKind = CurvatureKind.FULL,
+    inputs: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """``[u_i^T G u_j]`` at the model's current parameters, on ``inputs`` (default: the loss's batch).
+
+    Args:
+        loss: the :class:`~natgrad.losses.Loss` whose GGN is used.
+        directions: ``k`` vectors, each a list of tensors aligned with ``loss.parameters()``.
+        kind: which terms enter ``G`` (see :class:`~natgrad.curvature.choices.CurvatureKind`;
+            'empirical' is not a Gauss-Newton matrix and is rejected).
+        inputs: batch-first model inputs (e.g. :func:`batch_prefix` of ``loss.inputs``).
+
+    Returns:
+        A symmetric ``(k, k)`` tensor.
+
+    Raises:
+        ValueError: ``kind`` is EMPIRICAL.
+    """
+    if kind is CurvatureKind.EMPIRICAL:
+        raise ValueError("ggn_gram needs kind 'full' or 'decoder-only', got 'empirical'")
+    params = {name: p.detach() for name, p in loss.parameters().items()}
+    inputs = loss.inputs if inputs is None else tuple(inputs)
+
+    def outputs(p: dict[str, Tensor]):
+        terms = select_terms(loss.evaluate(p, inputs), kind)
+        return tuple(z for t in terms for z in t.outputs), tuple(c for t in terms for c in t.curvature)
+
+    projected, curvature = [], ()
+    for u in directions:
+        _, ju, curvature = jvp(outputs, (params,), (dict(zip(params, u)),), has_aux=True)
+        projected.append(ju)
+    batch = int(inputs[0].shape[0])
+    k = len(projected)
+    gram = torch.empty(k, k, dtype=torch.float64)
+    for i in range(k):
+        for j in range(i, k):
+            value = sum((c * a * b).sum() for c, a, b in zip(curvature, projected[i], projected[j])) / batch
+            gram[i, j] = gram[j, i] = value
+    return gram

@@ -1,0 +1,76 @@
+"""The report of a comparison suite: one Markdown file with a table and a figure per comparison."""
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from natgrad.experiments.checkpoint import atomic_write_text
+from natgrad.experiments.compare import Comparison, ComparisonSuite
+from natgrad.experiments.metrics import HEADLINE_METRICS
+from natgrad.report.curves import RunCurves, load_curves
+from natgrad.report.plots import plot_comparison
+from natgrad.report.summary import default_target, summarise
+from natgrad.report.tables import METRIC_NAMES, comparison_table, format_number
+
+REPORT_NAME = "report.md"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the report was written and its Markdown text."""
+
+    path: Path
+    markdown: str
+
+
+def machine_line() -> str:
+    """CPU, core count and torch version, for reproducibility notes."""
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _describe(comparison: Comparison) -> str:
+    config = next(iter(comparison.runs.values()))[0]
+    data, budget = config.data, config.budget
+    sizes = f"train {data.train_size or 'all'}, test {data.test_size or 'all'}"
+    limit = " and ".join(x for x in (f"{budget.steps} steps" if budget.steps else "",
+                                      f"{budget.seconds:g} s" if budget.seconds else "") if x)
+    arch = config.model.sizes or config.model.problem or data.dataset
+    return (f"{config.model.kind} ({arch}) on {data.dataset} ({sizes}), batch {config.batch_size}, "
+            f"budget {limit}, L2 eta {config.optimizer.l2:g}, evaluation every {config.eval.every} steps")
+
+
+def comparison_section(comparison: Comparison, runs: Mapping[str, list[RunCurves]], out_dir: Path) -> str:
+    """Markdown for one comparison (and its figure, written next to the report)."""
+    metric = HEADLINE_METRICS[comparison.model_kind]
+    target = comparison.target if comparison.target is not None else default_target(runs, metric)
+    extra = ["test.iwae_ll"] if any("test.iwae_ll" in c.metrics for cs in runs.values() for c in cs) else []
+    rows = [summarise(label, curves, metric, target, extra) for label, curves in runs.items()]
+    label = METRIC_NAMES[metric]
+    paths = plot_comparison(runs, metric, label, comparison.name, out_dir / comparison.name / "curves", target)
+    how = "given" if comparison.target is not None else "the largest median final train error over optimizers"
+    return (f"## {comparison.name}\n\n{_describe(comparison)}.\n\n"
+            f"Metric: {label}; median over seeds [min–max]. Target train error {format_number(target)} ({how}); "
+            f"times are training seconds, evaluation excluded.\n\n{comparison_table(rows)}\n"
+            f"![{comparison.name}]({paths[0].relative_to(out_dir)}) "
+            f"([PDF]({paths[1].relative_to(out_dir)}))\n")
+
+
+def write_suite_report(suite: ComparisonSuite, run_dirs: Mapping[str, Mapping[str, list[Path]]]) -> Report:
+    """Summarise the runs of ``suite`` found in ``run_dirs`` into ``suite.out_dir/report.md``."""
+    sections = []
+    for comparison in suite.comparisons:
+        dirs = run_dirs.get(comparison.name, {})
+        runs = {label: [load_curves(d) for d in dirs[label]] for label in comparison.runs if dirs.get(label)}
+        if runs:
+            sections.append(comparison_section(comparison, runs, suite.out_dir))
+    markdown = (f"# {suite.title}\n\nSeeds {suite.seeds}; machine: {machine_line()}.\n\n" + "\n".join(sections))
+    path = suite.out_dir / REPORT_NAME
+    suite.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, markdown)
+    return Report(path, markdown)

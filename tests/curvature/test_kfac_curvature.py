@@ -1,0 +1,152 @@
+"""Block-diagonal K-FAC: the exact regime, its own dense matrix, damping, EMA and state."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from curvature_cases import PROBLEMS, bernoulli_terms, flat, gaussian_terms, random_vectors, relative_error
+from natgrad.curvature import KFAC, CurvatureConfig, exact
+from natgrad.curvature.capture import gradient_factor
+from natgrad.curvature.damping import pi_trace_norm
+from natgrad.losses import Loss
+
+EXACT = CurvatureConfig(estimator="exact")
+
+
+def refreshed(rep, loss, seed=0):
+    rep.update(rep.capture(loss, torch.Generator().manual_seed(seed)))
+    rep.refresh()
+    return rep
+
+
+def one_layer_one_example(terms, bias=True):
+    torch.manual_seed(5)
+    return Loss.from_model(nn.Linear(3, 4, bias=bias), (torch.rand(1, 3),), lambda out, inp: terms(out, (inp[0][:, :1].expand(-1, 4),)))
+
+
+@pytest.mark.parametrize("terms", [bernoulli_terms, gaussian_terms])
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_linear_layer_one_example_exact_roots_is_exact_ggn(float64, terms, bias):
+    """N = 1 and exact square roots: A (x) G = a a^T (x) sum_k J^T b_k b_k^T J = GGN (Martens & Grosse §3)."""
+    loss = one_layer_one_example(terms, bias)
+    rep = refreshed(KFAC(loss.model, EXACT), loss)
+    assert relative_error(rep.to_dense(), exact.dense_ggn(loss)) < 1e-12
+
+
+def test_one_layer_one_example_empirical_is_dense_empirical_fisher(float64):
+    loss = one_layer_one_example(bernoulli_terms)
+    rep = refreshed(KFAC(loss.model, CurvatureConfig(kind="empirical")), loss)
+    assert relative_error(rep.to_dense(), exact.dense_empirical_fisher(loss)) < 1e-12
+
+
+def test_monte_carlo_fisher_converges_to_ggn(float64):
+    """Bernoulli logits are a canonical link, so E_y[g g^T] = GGN (Martens 2014).
+
+    One example repeated S = 4000 times in a batch: the sampled G factor is the mean of S
+    independent draws of s s^T. Each entry has standard error sd/sqrt(S), sd the empirical standard
+    deviation of that entry's single-draw values; every entry must lie within 5 standard errors (a
+    false alarm has probability < 1e-5 over the 16 entries), and the tolerance must be informative
+    (standard error < 5% of the diagonal).
+    """
+    one = one_layer_one_example(bernoulli_terms)
+    loss = Loss.from_model(one.model, (one.inputs[0].expand(4000, -1),), one.build_terms)
+    rep = refreshed(KFAC(loss.model), loss, seed=11)
+    draws = rep.capture(loss, torch.Generator().manual_seed(11)).layers[0].output_grads[0, :, 0]  # (S, 4)
+    outer = draws.unsqueeze(2) * draws.unsqueeze(1)
+    standard_error = outer.std(0) / math.sqrt(draws.shape[0])
+    g_true = exact.dense_ggn(one)[-4:, -4:]  # the bias block: dz/db = I, so it is G itself
+    estimate = rep.state_dict()["frozen"]["G0"]
+    torch.testing.assert_close(outer.mean(0), estimate, rtol=1e-12, atol=0)  # same seed, same draws
+    assert ((estimate - g_true).abs() <= 5 * standard_error).all()
+    assert (standard_error.diagonal() < 0.05 * g_true.diagonal()).all()
+
+
+@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net", "norm_net"])
+@pytest.mark.parametrize("inverse_method", ["eigen", "inverse"])
+def test_solve_and_matvec_match_own_dense(float64, problem, inverse_method):
+    loss = PROBLEMS[problem]()
+    rep = refreshed(KFAC(loss.model, inverse_method=inverse_method), loss)
+    v = random_vectors(loss)
+    damping = 0.3
+    assert relative_error(flat(rep.solve(v, damping)), torch.linalg.solve(rep.to_dense(damping), flat(v))) < 1e-10
+    assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-12
+
+
+def test_factored_tikhonov_damping_blocks(float64):
+    """Each block of M(lambda) is (A + pi gamma I) (x) (G + gamma/pi I), pi the trace norm (§6.3)."""
+    loss = PROBLEMS["autoencoder"]()
+    rep = refreshed(KFAC(loss.model), loss)
+    frozen, damping = rep.state_dict()["frozen"], 0.5
+    for i, layer in enumerate(rep.layout.layers):
+        a, g = frozen[f"A{i}"], frozen[f"G{i}"]
+        pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
+        gamma = math.sqrt(damping)
+        expected = torch.kron(g + gamma / pi * torch.eye(g.shape[0]), a + pi * gamma * torch.eye(a.shape[0]))
+        idx = rep.layout.layer_indices(layer)
+        assert relative_error(rep.to_dense(damping)[idx][:, idx], expected) < 1e-12
+
+
+def test_pi_is_one_for_a_zero_trace():
+    assert pi_trace_norm(torch.zeros(2, 2), torch.eye(3)) == 1.0
+
+
+def test_ema_is_the_running_mean_for_the_first_updates(float64):
+    """eps_k = min(1 - 1/k, 0.95): while 1 - 1/k < 0.95 the average is the arithmetic mean."""
+    loss = PROBLEMS["autoencoder"]()
+    rep, gen, batches = KFAC(loss.model), torch.Generator().manual_seed(0), []
+    for _ in range(3):
+        batches.append(rep.capture(loss, gen))
+        rep.update(batches[-1])
+    rep.refresh()
+    mean = sum(gradient_factor(b.layers[0], 4) for b in batches) / 3
+    assert relative_error(rep.state_dict()["frozen"]["G0"], mean) < 1e-14
+
+
+def test_ema_decay_is_capped(float64):
+    loss = PROBLEMS["autoencoder"]()
+    rep, gen = KFAC(loss.model, CurvatureConfig(max_decay=0.5)), torch.Generator().manual_seed(0)
+    first, second = rep.capture(loss, gen), rep.capture(loss, gen)
+    rep.update(first)
+    rep.steps = 10  # the next decay would be 1 - 1/11 without the cap
+    rep.update(second)
+    rep.refresh()
+    g1, g2 = gradient_factor(first.layers[0], 4), gradient_factor(second.layers[0], 4)
+    assert relative_error(g1, g2) > 1e-3  # two different sampled draws
+    assert relative_error(rep.state_dict()["frozen"]["G0"], 0.5 * g1 + 0.5 * g2) < 1e-14
+
+
+def test_state_dict_round_trip_gives_identical_solves(float64):
+    loss = PROBLEMS["vae"]()
+    rep = refreshed(KFAC(loss.model), loss)
+    rep.update(rep.capture(loss, torch.Generator().manual_seed(3)))
+    clone = KFAC(loss.model)
+    clone.load_state_dict(rep.state_dict())
+    v = random_vectors(loss)
+    for a, b in zip(rep.solve(v, 0.1), clone.solve(v, 0.1)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert clone.steps == rep.steps == 2
+
+
+def test_interface_errors(float64):
+    loss = PROBLEMS["autoencoder"]()
+    rep = KFAC(loss.model)
+    with pytest.raises(RuntimeError, match="before solve"):
+        rep.solve(random_vectors(loss), 1.0)
+    with pytest.raises(RuntimeError, match="refresh\\(\\) called before any update"):
+        rep.refresh()
+    refreshed(rep, loss)
+    with pytest.raises(ValueError, match="damping must be a finite number >= 0, got -1.0"):
+        rep.solve(random_vectors(loss), -1.0)
+    with pytest.raises(ValueError, match="has shape"):
+        rep.solve([v.reshape(-1) for v in random_vectors(loss)], 1.0)
+    with pytest.raises(ValueError, match=r"inverse_method must be one of \['eigen', 'inverse'\], got 'cholesky'"):
+        KFAC(loss.model, inverse_method="cholesky")
+    with pytest.raises(ValueError, match=r"estimator must be one of \['sampled', 'exact'\]"):
+        CurvatureConfig(estimator="mc")
+    with pytest.raises(ValueError, match=r"max_decay must be in \[0, 1\), got 1.0"):
+        CurvatureConfig(max_decay=1.0)
+    with pytest.raises(KeyError, match="missing"):
+        rep.load_state_dict({"steps": 1})

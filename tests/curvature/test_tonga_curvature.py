@@ -1,0 +1,159 @@
+"""TONGA's low-rank block representation against the dense matrices it stands for (float64).
+
+Tolerances: every comparison is between two exact float64 computations of the same quantity (a
+handful of matrix products or one ``eigh``/``solve`` of matrices of size <= 60 with condition
+number <= ~1e4 at damping 0.1), so 1e-10 relative error leaves several orders of margin.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from natgrad.curvature.exact import dense_empirical_fisher, per_example_gradients
+from natgrad.curvature.tonga import BLOCK_STRUCTURES, TongaConfig, TongaCurvature
+from natgrad.losses import build_loss
+from natgrad.models import VAE, DeepAutoencoder
+
+BATCH = 6
+
+
+def _tiny(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "vae":
+        return VAE((5, 4, 2))
+    return DeepAutoencoder((5, 3, 2), init="default")
+
+
+def _loss(model: nn.Module, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(BATCH, 5, generator=gen).round()
+    return build_loss(model, x, generator=gen)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-10) -> None:
+    assert (a - b).abs().max() <= rtol * max(1.0, b.abs().max().item())
+
+
+def _flat(vectors) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in vectors])
+
+
+def _block_mask(rep: TongaCurvature) -> torch.Tensor:
+    """Boolean (P, P) mask of the block structure, from the layout (independent of the factors)."""
+    n = rep.layout.dimension
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    positions = rep.layout.unflatten(torch.arange(n))
+    for group in rep.groups:
+        index = group.gather(positions)
+        for row in index:
+            mask[row.unsqueeze(1), row.unsqueeze(0)] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "vae"])
+@pytest.mark.parametrize("blocks", BLOCK_STRUCTURES)
+def test_full_rank_uncentred_equals_empirical_fisher_blocks(float64, kind, blocks):
+    """rank >= number of examples: C is exactly the block-diagonal part of the empirical Fisher."""
+    model = _tiny(kind)
+    loss = _loss(model)
+    rep = TongaCurvature(model, TongaConfig(rank=BATCH, blocks=blocks, examples_per_update=BATCH))
+    rep.update(rep.capture(loss))
+    rep.refresh()  # truncation to rank = #examples keeps everything
+    expected = dense_empirical_fisher(loss)
+    mask = _block_mask(rep)
+    if blocks == "none":
+        assert mask.all()
+    _close(rep.to_dense(), expected * mask)
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "vae"])
+def test_full_rank_centred_equals_gradient_covariance(float64, kind):
+    """Centred variant: C = (1/N) sum_n (g_n - g_bar)(g_n - g_bar)^T, the paper's covariance."""
+    model = _tiny(kind)
+    loss = _loss(model)
+    rep = TongaCurvature(model, TongaConfig(rank=BATCH, blocks="none", centred=True, examples_per_update=BATCH))
+    rep.update(rep.capture(loss))
+    g = per_example_gradients(loss)
+    mean = g.mean(dim=0)
+    covariance = dense_empirical_fisher(loss) - torch.outer(mean, mean)
+    _close(rep.to_dense(), covariance)
+
+
+def test_discounted_updates_match_moving_average_and_truncation_keeps_top_eigenpairs(float64):
+    """Three updates, C = sum of discounted batch matrices; then the rank-k truncation = top-k of it."""
+    model = _tiny("autoencoder")
+    gamma = 0.7
+    rep = TongaCurvature(model, TongaConfig(rank=2, discount=gamma, blocks="none", examples_per_update=3))
+    expected = None
+    for step in range(1, 4):
+        loss = _loss(model, seed=step)
+        rep.update(rep.capture(loss))
+        sub = build_loss(model, loss.inputs[0][:3])
+        batch = dense_empirical_fisher(sub)
+        w = min(1.0 - 1.0 / step, gamma)
+        expected = batch if expected is None else w * expected + (1 - w) * batch
+    assert rep.ranks == [9]
+    _close(rep.to_dense(), expected)
+    rep.refresh()
+    assert rep.ranks == [2]
+    eigenvalues, vectors = torch.linalg.eigh(expected)
+    top = vectors[:, -2:] * eigenvalues[-2:]
+    _close(rep.to_dense(), top @ vectors[:, -2:].T)
+
+
+@pytest.mark.parametrize("blocks", BLOCK_STRUCTURES)
+def test_solve_and_matvec_equal_dense(float64, blocks):
+    """Woodbury solve == dense solve of (C + lambda I); matvec == dense C @ v (low rank: k < examples)."""
+    model = _tiny("vae")
+    rep = TongaCurvature(model, TongaConfig(rank=2, blocks=blocks, examples_per_update=4))
+    for seed in (1, 2, 3):  # a truncation, then pending columns on top of the rank-2 factor
+        rep.update(rep.capture(_loss(model, seed)))
+        if seed == 2:
+            rep.refresh()
+    assert all(r == 6 for r in rep.ranks)
+    torch.manual_seed(5)
+    v = [torch.randn_like(p) for p in rep.params]
+    dense = rep.to_dense()
+    damping = 0.1
+    _close(_flat(rep.solve(v, damping)), torch.linalg.solve(rep.to_dense(damping), _flat(v)))
+    _close(rep.to_dense(damping), dense + damping * torch.eye(len(dense)))
+    _close(_flat(rep.matvec(v)), dense @ _flat(v))
+
+
+def test_uses_first_examples_per_update_and_state_round_trip(float64):
+    model = _tiny("autoencoder")
+    config = TongaConfig(rank=3, blocks="unit", examples_per_update=2)
+    rep = TongaCurvature(model, config)
+    grads = rep.capture(_loss(model))
+    assert all(g.shape[0] == 2 for g in grads)
+    rep.update(grads)
+    rep.update(rep.capture(_loss(model, seed=3)))
+    rep.refresh()
+    copy = TongaCurvature(model, config)
+    copy.load_state_dict(rep.state_dict())
+    for r in (rep, copy):
+        r.update(r.capture(_loss(model, seed=7)))
+    v = [torch.ones_like(p) for p in rep.params]
+    assert torch.equal(_flat(rep.solve(v, 0.3)), _flat(copy.solve(v, 0.3)))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("rank", 0, "Invalid TONGA rank: 0"),
+        ("examples_per_update", 1.5, "Invalid TONGA examples_per_update: 1.5"),
+        ("discount", 1.0, "Invalid TONGA discount: 1.0"),
+        ("blocks", "row", "Invalid TONGA blocks: 'row'; allowed: unit, layer, none"),
+        ("centred", "yes", "Invalid TONGA centred: 'yes'"),
+    ],
+)
+def test_invalid_config_names_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TongaConfig(**{field: value})
+
+
+def test_zero_damping_rejected(float64):
+    rep = TongaCurvature(_tiny("autoencoder"))
+    with pytest.raises(ValueError, match="damping > 0"):
+        rep.solve([torch.zeros_like(p) for p in rep.params], 0.0)

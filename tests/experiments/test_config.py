@@ -1,0 +1,70 @@
+"""Config validation names the field and the allowed values; TOML and overrides compose."""
+from __future__ import annotations
+
+import pytest
+
+from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, load_run_config, parse_value
+
+INVALID = [
+    ({"data": {"dataset": "cifar"}}, r"data\.dataset = 'cifar' is invalid; allowed: mnist, curves, faces, synthetic"),
+    ({"data": {"train_size": 0}}, r"data\.train_size = 0 is invalid; allowed: an integer >= 1"),
+    ({"model": {"kind": "gan"}}, r"model\.kind = 'gan' is invalid; allowed: autoencoder, vae"),
+    ({"model": {"problem": "mnist", "sizes": [784, 30]}}, r"model\.sizes .* omitted when model\.problem is set"),
+    ({"model": {"sizes": [784]}}, r"model\.sizes = \[784\] is invalid; allowed: a list of >= 2 positive integers"),
+    ({"model": {"init": "xavier"}}, r"model\.init = 'xavier' is invalid; allowed: sparse, default"),
+    ({"optimizer": {"name": "rmsprop"}}, r"optimizer\.name = 'rmsprop' is invalid; allowed: .*adam.*sgd"),
+    ({"optimizer": {"lr": -1.0}}, r"optimizer\.lr = -1\.0 is invalid"),
+    ({"optimizer": {"momentum": 1.0}}, r"optimizer\.momentum = 1\.0 is invalid; allowed: a number in \[0, 1\)"),
+    ({"optimizer": {"l2": -1e-5}}, r"optimizer\.l2 = -1e-05 is invalid; allowed: a finite number >= 0"),
+    ({"budget": {"steps": None, "seconds": None}}, r"budget = \(None, None\) is invalid; allowed: at least one"),
+    ({"eval": {"iwae_samples": -1}}, r"eval\.iwae_samples = -1 is invalid"),
+    ({"batch_size": 0}, r"batch_size = 0 is invalid; allowed: an integer >= 1"),
+    ({"seed": -3}, r"seed = -3 is invalid; allowed: an integer >= 0"),
+    ({"optimiser": {}}, r"unknown key\(s\) optimiser; allowed: .*optimizer"),
+    ({"optimizer": {"learning_rate": 1.0}}, r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), INVALID)
+def test_invalid_values_fail_at_construction_naming_the_field(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(values)
+
+
+def test_defaults_follow_the_papers():
+    config = RunConfig()
+    assert config.optimizer.l2 == 1e-5  # eta of Martens 2010 / Martens & Grosse 2015
+    assert config.optimizer.nesterov and config.optimizer.momentum == 0.9
+
+
+def test_toml_then_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('batch_size = 100\n[optimizer]\nname = "sgd"\nlr = 0.1\n[model]\nsizes = [64, 8]\n')
+    config = load_run_config(path, ["optimizer.name=adam", "optimizer.lr=1e-3", "model.kind=vae",
+                                    "budget.seconds=2.5", "optimizer.options.foo=true"])
+    assert config.batch_size == 100
+    assert (config.optimizer.name, config.optimizer.lr, config.model.kind) == ("adam", 1e-3, "vae")
+    assert config.model.sizes == [64, 8] and config.budget.seconds == 2.5
+    assert config.optimizer.options == {"foo": True}
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_override_errors_are_explicit(tmp_path):
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        apply_overrides({}, ["optimizer.lr"])
+    with pytest.raises(ConfigError, match="'batch_size' is not a table"):
+        apply_overrides({"batch_size": 3}, ["batch_size.x=1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("batch_size = = 3")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        load_run_config(bad)
+
+
+def test_parse_value():
+    assert parse_value("1e-3") == 1e-3
+    assert parse_value("[784, 30]") == [784, 30]
+    assert parse_value("true") is True
+    assert parse_value("adam") == "adam"
+    assert parse_value('"a b"') == "a b"

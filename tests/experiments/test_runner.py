@@ -1,0 +1,151 @@
+"""The runner: determinism, exact resume after SIGKILL and SIGTERM (real subprocesses), the log contract."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from natgrad.experiments import optimizers as registry
+from natgrad.experiments.config import RunConfig
+from natgrad.experiments.runlog import read_log
+from natgrad.experiments.runner import RunExistsError, resume, train
+
+TINY = """
+batch_size = 50
+checkpoint_every = 100
+[data]
+dataset = "synthetic"
+[model]
+kind = "{kind}"
+sizes = [64, 32, 8]
+[optimizer]
+name = "{optimizer}"
+lr = 0.01
+[budget]
+steps = {steps}
+[eval]
+every = 250
+"""
+
+
+def tiny_config(tmp_path: Path, name: str, kind: str = "autoencoder", optimizer: str = "sgd", steps: int = 60,
+                **changes) -> RunConfig:
+    values = {"batch_size": 50, "checkpoint_every": 20, "out_dir": str(tmp_path / name),
+              "data": {"dataset": "synthetic"}, "model": {"kind": kind, "sizes": [64, 16, 4]},
+              "optimizer": {"name": optimizer, "lr": 0.01}, "budget": {"steps": steps}, "eval": {"every": 20}}
+    values.update(changes)
+    return RunConfig.from_dict(values)
+
+
+def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "wall")} for r in records]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    pa, pb = final_parameters(a), final_parameters(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), f"parameter {name} differs"
+    assert without_times(read_log(a)) == without_times(read_log(b))
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "vae"])
+def test_same_seed_same_config_gives_identical_runs(tmp_path, kind):
+    first = train(tiny_config(tmp_path, "a", kind), show_progress=False)
+    second = train(tiny_config(tmp_path, "b", kind), show_progress=False)
+    assert first.status == second.status == "completed" and first.step == 60
+    assert_same_run(first.run_dir, second.run_dir)
+    other = train(tiny_config(tmp_path, "c", kind, seed=1), show_progress=False)
+    assert not torch.equal(final_parameters(other.run_dir)["decoder.0.weight"],
+                           final_parameters(first.run_dir)["decoder.0.weight"])
+
+
+def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypatch):
+    class Recording(torch.optim.SGD):
+        """SGD that evaluates the closure twice and exposes a step record, like the natural-gradient methods."""
+
+        def step(self, closure):
+            first = closure()
+            again = closure()
+            assert float(first.value) == float(again.value)  # the step's noise and batch are fixed
+            self.last_step_record = {"rho": 0.5, "damping": 150.0, "rejected": False}
+            return super().step(closure)
+
+    monkeypatch.setitem(registry.OPTIMIZERS, "recording",
+                        lambda model, config: Recording(model.parameters(), lr=config.lr or 0.01))
+    result = train(tiny_config(tmp_path, "rec", "vae", optimizer="recording", steps=30), show_progress=False)
+    records = read_log(result.run_dir)
+    steps = [r for r in records if r["kind"] == "step"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in steps] == list(range(1, 31))
+    assert [r["step"] for r in evals] == [0, 20, 30]
+    assert steps[0]["record"] == {"rho": 0.5, "damping": 150.0, "rejected": False}
+    assert all(r["lr"] == 0.01 and r["loss"] > 0 for r in steps)
+    times = [r["time"] for r in steps]
+    assert times == sorted(times)
+    assert set(evals[-1]["metrics"]) == {"train.reconstruction_error", "train.neg_elbo",
+                                         "test.reconstruction_error", "test.neg_elbo"}
+    assert json.loads((result.run_dir / "result.json").read_text())["status"] == "completed"
+    assert json.loads((result.run_dir / "config.json").read_text())["optimizer"]["name"] == "recording"
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+    with pytest.raises(RunExistsError, match="already holds a run; resume it with --resume"):
+        train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+
+
+def test_resume_of_completed_run_does_nothing(tmp_path):
+    done = train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+    again = resume(done.run_dir, show_progress=False)
+    assert (again.status, again.step) == ("completed", 5)
+
+
+def _start(tmp_path: Path, name: str, kind: str, steps: int) -> tuple[subprocess.Popen, Path]:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(TINY.format(kind=kind, optimizer="adam", steps=steps))
+    out = tmp_path / name
+    command = [sys.executable, "-m", "natgrad", "train", "--config", str(config), "--out", str(out), "--no-progress"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out
+
+
+def _kill_after_checkpoint(process: subprocess.Popen, out: Path, sig: int) -> None:
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.01)
+    time.sleep(0.1)  # let it log a few steps past the checkpoint
+    process.send_signal(sig)
+    process.wait(timeout=60)
+
+
+@pytest.mark.parametrize(("kind", "sig", "code"), [("vae", signal.SIGKILL, -signal.SIGKILL),
+                                                   ("autoencoder", signal.SIGTERM, 130)])
+def test_killed_run_resumes_bitwise_identically(tmp_path, kind, sig, code):
+    steps = 1500
+    reference, ref_dir = _start(tmp_path, "reference", kind, steps)
+    victim, victim_dir = _start(tmp_path, "victim", kind, steps)
+    _kill_after_checkpoint(victim, victim_dir, sig)
+    assert reference.wait(timeout=120) == 0, reference.stderr.read().decode()
+    assert victim.returncode == code, victim.stderr.read().decode()
+    if sig == signal.SIGKILL:
+        assert not (victim_dir / "result.json").exists()
+    else:
+        assert json.loads((victim_dir / "result.json").read_text())["status"] == "interrupted"
+    assert read_log(victim_dir)[-1]["step"] < steps
+    resumed = subprocess.run([sys.executable, "-m", "natgrad", "train", "--resume", str(victim_dir), "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"completed at step {steps}" in resumed.stdout
+    assert_same_run(ref_dir, victim_dir)
