@@ -52,6 +52,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--problem": ("model.problem", str),
     "--optimizer": ("optimizer.name", str),
     "--lr": ("optimizer.lr", float),
+    "--curvature": ("optimizer.curvature", str),
     "--batch-size": ("batch_size", int),
     "--steps": ("budget.steps", int),
     "--seconds": ("budget.seconds", float),
@@ -165,6 +166,60 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 register(Command("demo", "the baseline comparison on real MNIST (what `make demo` runs)",
                  _add_demo_arguments, _run_demo))
+
+
+# -- geometry (owned by the geometry study, issue 8) -----------------------------------------------
+
+def _add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
+    from natgrad.geometry.study import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_geometry(args: argparse.Namespace) -> int:
+    from natgrad.geometry.study import main as geometry_main
+
+    return geometry_main(args)
+
+
+register(Command("geometry", "the perturbation-norm study of divergences' local metrics (writes a report)",
+                 _add_geometry_arguments, _run_geometry))
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="data_action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show which datasets are found where")
+    prepare = actions.add_parser("prepare", help="verify MNIST, regenerate CURVES/FACES (cached)")
+    prepare.add_argument("names", nargs="+", metavar="NAME", help="mnist, curves and/or faces")
+    prepare.add_argument("--seed", type=int, default=0, help="generation seed of the regenerated datasets")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    download = actions.add_parser("download", help="fetch the official MNIST files (needs a network)")
+    download.add_argument("name", choices=["mnist"])
+    for sub in (listing, prepare, download):
+        sub.add_argument("--data-dir", type=Path, help="searched first (then $NATGRAD_DATA, ../shared/data, ~/.cache/natgrad)")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    import time
+
+    from natgrad import data
+
+    if args.data_action == "list":
+        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir)) + "\n")
+    elif args.data_action == "prepare":
+        for name in args.names:
+            start = time.perf_counter()
+            path = data.prepare_dataset(name, args.data_dir, seed=args.seed, progress=not args.no_progress)
+            sys.stdout.write(f"{name}: ready in {path} ({time.perf_counter() - start:.1f}s)\n")
+    else:
+        paths = data.download_mnist(data.writable_data_dir(args.data_dir))
+        sys.stdout.write("".join(f"{path}\n" for path in paths))
+    return EXIT_OK
+
+
+register(Command("data", "list, prepare or download the benchmark datasets", _add_data_arguments, _run_data))
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 
 from natgrad.data import DataError, load_dataset, prepare_dataset
 from natgrad.data import cache as cache_module
+from natgrad.data import datasets
 from natgrad.data.cache import read_cache, write_cache
 from natgrad.data.curves import CurvesRecipe, generate_curves
 from natgrad.data.faces import FacesRecipe
@@ -107,6 +108,7 @@ def test_prepare_faces_from_olivetti(shared_data_dir, isolated, tmp_path, monkey
     path = prepare_dataset("faces", tmp_path, recipe=FacesRecipe(variants=1), progress=False)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["source"] == str(shared_data_dir / "olivettifaces.mat")
+    assert manifest["source_sha256"] == "b1988d02c72fe5b8ee82b5ef3bb7982eafc74f1e1ff0ae0ade35061ad0af534d"
     assert manifest["recipe"]["rotation_deg"] == [-90.0, 90.0]
     data = load_dataset("faces", tmp_path)
     assert data.name == "faces-regen" and data.likelihood == "gaussian" and data.image_shape == (25, 25)
@@ -116,3 +118,11 @@ def test_prepare_faces_from_olivetti(shared_data_dir, isolated, tmp_path, monkey
 def test_wrong_recipe_type_rejected(isolated, tmp_path):
     with pytest.raises(DataError, match="recipe for faces must be a FacesRecipe, got CurvesRecipe"):
         prepare_dataset("faces", tmp_path, recipe=TINY_CURVES)
+
+
+def test_new_generator_version_rebuilds(isolated, tmp_path, monkeypatch):
+    path = prepare_dataset("curves", tmp_path, recipe=TINY_CURVES, progress=False)
+    assert json.loads((path / "manifest.json").read_text())["generator_version"] == 1
+    monkeypatch.setitem(datasets._GENERATOR_VERSION, "curves", 99)
+    prepare_dataset("curves", tmp_path, recipe=TINY_CURVES, progress=False)
+    assert json.loads((path / "manifest.json").read_text())["generator_version"] == 99

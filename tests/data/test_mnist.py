@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import time
 
@@ -49,7 +50,7 @@ def raw_test_images(shared_data_dir) -> bytes:
 
 def _write(tmp_path, content: bytes):
     path = tmp_path / TEST_GZ
-    path.write_bytes(gzip.compress(content))
+    path.write_bytes(gzip.compress(content, compresslevel=1))
     return path
 
 
@@ -70,8 +71,6 @@ def test_flipped_byte_reports_both_checksums(tmp_path, raw_test_images):
     with pytest.raises(DataError) as info:
         _read(path)
     message = str(info.value)
-    import hashlib
-
     assert str(path) in message and "checksum mismatch" in message
     assert IMAGES["test"].sha256 in message and hashlib.sha256(bytes(corrupt)).hexdigest() in message
 

@@ -68,3 +68,4 @@ def test_parse_value():
     assert parse_value("true") is True
     assert parse_value("adam") == "adam"
     assert parse_value('"a b"') == "a b"
+    assert parse_value("null") is None

@@ -12,14 +12,14 @@ from natgrad.losses import build_loss
 from natgrad.models import DeepAutoencoder
 from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree
 
-STEPS = 20
+STEPS = 12
 OPTIMIZERS = {
     # paper defaults except the initial damping, scaled to this 20-step budget (lambda_0 = 150 is
     # tuned for the paper's 784-1000-500-250-30 net and thousands of steps).
     "kfac": lambda m: KFAC(m, damping={"initial": 1.0}),
     "kfac-tridiag": lambda m: KFAC(m, damping={"initial": 1.0}, structure="tridiagonal"),
     "diag": lambda m: DiagonalNaturalGradient(m, damping={"initial": 1.0}),
-    "hf": lambda m: HessianFree(m, damping=1.0, max_cg_iterations=30),
+    "hf": lambda m: HessianFree(m, damping=1.0, max_cg_iterations=20),
 }
 
 
@@ -53,4 +53,6 @@ def test_lowers_mnist_autoencoder_loss(name, mnist_batches):
         optimizer.step(closure)
     with torch.no_grad():
         after = float(build_loss(model, torch.cat(mnist_batches)).value)
-    assert after < 0.8 * before, (before, after)
+    # Sparse init starts at NLL ~981 nats/image; 12 steps reach 0.17-0.23 of it (measured), a step
+    # in a wrong or random direction would not; 0.3 leaves room for BLAS differences.
+    assert after < 0.3 * before, (before, after)

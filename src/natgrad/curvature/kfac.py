@@ -71,8 +71,10 @@ class KFAC(CurvatureRepresentation):
     def _factorise(self, frozen: dict[str, Tensor]) -> dict[str, Any]:
         if self.inverse_method is not InverseMethod.EIGEN:
             return {}
+        # eigh in float64: float32 LAPACK fails to converge on MNIST's input factor (many repeated
+        # zero eigenvalues from constant pixels); the results are cast back.
         return {
-            key: torch.linalg.eigh(frozen[key])
+            key: tuple(t.to(frozen[key].dtype) for t in torch.linalg.eigh(frozen[key].double()))
             for i in range(len(self.layout.layers))
             for key in (f"A{i}", f"G{i}")
         }

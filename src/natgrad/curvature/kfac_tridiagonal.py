@@ -60,7 +60,8 @@ def simultaneous_diagonalisation(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     chol = torch.linalg.cholesky(a)
     half = torch.linalg.solve_triangular(chol, c, upper=False)
     whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)
-    s, e = torch.linalg.eigh(0.5 * (whitened + whitened.T))
+    # eigh in float64 (cast back): float32 LAPACK fails to converge on MNIST-sized factors.
+    s, e = (t.to(a.dtype) for t in torch.linalg.eigh((0.5 * (whitened + whitened.T)).double()))
     return torch.linalg.solve_triangular(chol.T, e, upper=True), s
 
 

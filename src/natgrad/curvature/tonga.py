@@ -13,10 +13,11 @@ as a dense ``n_b x n_b`` matrix:
   ``s_n = g_n`` (uncentred, the paper's online ``C_t = gamma C_{t-1} + g g^T``) or
   ``s_n = g_n - mean(g)`` (centred, the paper's definition of the gradient covariance);
 * the Gram matrix ``X^T X`` is kept alongside and grown by the paper's block formula;
-* every ``b`` updates (:meth:`TongaCurvature.refresh`): eigendecompose the Gram ``X^T X = V D V^T``; the eigenvectors of ``C`` are
-  ``X V D^{-1/2}`` with eigenvalues ``D``; keep the top ``k``: ``X <- X V_{:, :k}`` (so
-  ``X X^T = sum_{j<=k} d_j u_j u_j^T``) and Gram ``<- diag(D_{:k})``;
-* solve (Woodbury / push-through): ``(X X^T + lambda I)^{-1} v = (v - X (X^T X + lambda I)^{-1} X^T v) / lambda``,
+* every ``b`` updates (:meth:`TongaCurvature.refresh`): eigendecompose the Gram
+  ``X^T X = V D V^T``; the eigenvectors of ``C`` are ``X V D^{-1/2}`` with eigenvalues ``D``; keep
+  the top ``k``: ``X <- X V_{:, :k}`` (so ``X X^T = sum_{j<=k} d_j u_j u_j^T``), Gram ``<- diag(D_{:k})``;
+* solve (Woodbury / push-through):
+  ``(X X^T + lambda I)^{-1} v = (v - X (X^T X + lambda I)^{-1} X^T v) / lambda``,
   cost ``O(n r + r^3)`` per block.
 
 Departures from the paper, on purpose:
@@ -35,9 +36,9 @@ Block structure (``blocks``): ``"unit"`` - the paper's block-diagonal variant, o
 of every Linear/Conv2d (its incoming weights and its bias, after Collobert 2004); ``"layer"`` - one
 block per Linear/Conv2d (weight and bias); ``"none"`` - the plain low-rank TONGA over all
 parameters. Other parameters (see :mod:`natgrad.curvature.layout`) get one block per tensor. Each
-block keeps its own rank-``k`` factor. Blocks of one layer are batched (``(d_out, d_in + 1, r)``), so the
-per-unit variant costs batched ``eigh`` on ``(d_out, r, r)`` Gram matrices, no Python loop over
-units.
+block keeps its own rank-``k`` factor. Blocks of one layer are batched (``(d_out, d_in + 1, r)``),
+so the per-unit variant costs batched ``eigh`` on ``(d_out, r, r)`` Gram matrices, no Python loop
+over units.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class TongaConfig:
     discount: float = 0.99
     centred: bool = False
     blocks: str = "unit"
-    examples_per_update: int = 16
+    examples_per_update: int = 8
 
     def __post_init__(self) -> None:
         for name in ("rank", "examples_per_update"):

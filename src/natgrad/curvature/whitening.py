@@ -94,7 +94,9 @@ class WhitenedLinear(nn.Module):
     ``(d_in,)``, and for PRONG+ the running mean and variance of the normalisation.
     """
 
-    def __init__(self, linear: nn.Linear, batch_norm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> None:
+    def __init__(
+        self, linear: nn.Linear, batch_norm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         if linear.bias is None:
             raise ValueError("WhitenedLinear needs an nn.Linear with a bias (d absorbs the centring)")
@@ -212,7 +214,9 @@ def capture_layer_inputs(layers: Sequence[WhitenedLinear]) -> Iterator[list[list
             handle.remove()
 
 
-def reparametrise_all(layers: Sequence[WhitenedLinear], inputs: Sequence[Tensor], epsilon: float) -> list[ChangeOfBasis]:
+def reparametrise_all(
+    layers: Sequence[WhitenedLinear], inputs: Sequence[Tensor], epsilon: float
+) -> list[ChangeOfBasis]:
     """One PRONG re-estimation of every layer from its captured ``inputs`` (Alg. 1, bottom-up)."""
     if len(inputs) != len(layers):
         raise ValueError(f"got inputs for {len(inputs)} layers, the model has {len(layers)} whitened layers")

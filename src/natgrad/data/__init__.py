@@ -12,7 +12,7 @@ from natgrad.data.datasets import (
 from natgrad.data.errors import DataError
 from natgrad.data.mnist import download_mnist
 from natgrad.data.paths import data_search_path, writable_data_dir
-from natgrad.data.status import format_dataset_table, list_datasets
+from natgrad.data.status import format_dataset_table, list_datasets, summarize_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -25,5 +25,6 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "prepare_dataset",
+    "summarize_dataset",
     "writable_data_dir",
 ]

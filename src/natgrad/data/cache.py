@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,15 @@ _CHUNK = 1 << 22
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
     """Write ``data`` to ``dest`` via a temporary file, fsync and ``os.replace``; no partial file remains."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # usual permissions, unlike mkstemp
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+# Bump whenever the code changes the generated pixels: caches record it and are rebuilt on mismatch.
+GENERATOR_VERSION = 1
+
 _BATCH = 50  # images per vectorised step; temporaries stay ~10 MB
 _CUTOFF_SIGMAS = 4.0  # the pen is truncated where it falls below exp(-8) = 3.4e-4
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from natgrad.data import curves, faces, mnist, sources
-from natgrad.data.cache import read_cache, read_manifest, write_cache
+from natgrad.data.cache import file_sha256, read_cache, read_manifest, write_cache
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file, writable_data_dir
 
@@ -40,6 +40,7 @@ _LIKELIHOOD = {"mnist": "bernoulli", "curves": "bernoulli", "faces": "gaussian"}
 _ORIGINAL = {"curves": sources.CURVES_ORIGINAL, "faces": sources.FACES_ORIGINAL}
 _READ_ORIGINAL = {"curves": sources.read_curves_mat, "faces": sources.read_faces_mat}
 _RECIPE_TYPE = {"curves": curves.CurvesRecipe, "faces": faces.FacesRecipe}
+_GENERATOR_VERSION = {"curves": curves.GENERATOR_VERSION, "faces": faces.GENERATOR_VERSION}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def cache_dir_name(name: str) -> str:
     return f"{name}-regen"
 
 
-def _find_cache(name: str, search_path: list[Path]) -> Path | None:
+def find_cache(name: str, search_path: list[Path]) -> Path | None:
+    """The first ``<dir>/<name>-regen`` holding a manifest on the search path, or None."""
     for directory in search_path:
         if (directory / cache_dir_name(name) / "manifest.json").is_file():
             return directory / cache_dir_name(name)
@@ -100,7 +102,7 @@ def _load_arrays(name: str, search_path: list[Path]) -> tuple[str, np.ndarray, n
     if original is not None:
         train, test = _READ_ORIGINAL[name](original)
         return name, train, test, str(original)
-    cache = _find_cache(name, search_path)
+    cache = find_cache(name, search_path)
     if cache is None:
         raise DataError(
             f"{name}: neither the original ({' or '.join(_ORIGINAL[name])}) nor a regenerated cache "
@@ -108,6 +110,8 @@ def _load_arrays(name: str, search_path: list[Path]) -> tuple[str, np.ndarray, n
             f"Run `natgrad data prepare {name}` to regenerate it (takes about a minute)."
         )
     arrays, _ = read_cache(cache)
+    if set(arrays) != {"train", "test"}:
+        raise DataError(f"{cache / 'manifest.json'}: arrays {sorted(arrays)}, expected ['test', 'train']")
     return cache_dir_name(name), arrays["train"], arrays["test"], str(cache / "manifest.json")
 
 
@@ -163,7 +167,9 @@ def _face_sources(search_path: list[Path]) -> tuple[np.ndarray, str]:
 
 def _identity(name: str, recipe, seed: int) -> dict:
     """The manifest fields that identify a cache (JSON round-tripped, so tuples compare as lists)."""
-    return json.loads(json.dumps({"dataset": cache_dir_name(name), "seed": seed, "recipe": recipe.to_dict()}))
+    generator = _GENERATOR_VERSION[name]
+    fields = {"dataset": cache_dir_name(name), "generator_version": generator, "seed": seed, "recipe": recipe.to_dict()}
+    return json.loads(json.dumps(fields))
 
 
 def _generate(name: str, recipe, seed: int, search_path: list[Path], progress: bool) -> tuple[dict, dict]:
@@ -175,6 +181,8 @@ def _generate(name: str, recipe, seed: int, search_path: list[Path], progress: b
         images, origin = _face_sources(search_path)
         train, test, stats = faces.generate_faces(images, recipe, seed, progress=progress)
         info.update(source=origin, normalisation=stats)
+        if Path(origin).is_file():
+            info["source_sha256"] = file_sha256(Path(origin))
     return {"train": train, "test": test}, info
 
 
@@ -183,7 +191,7 @@ def _is_current(cache: Path, info: dict) -> bool:
         manifest = read_manifest(cache)
     except DataError:
         return False
-    same = all(manifest.get(key) == info[key] for key in ("dataset", "seed", "recipe"))
+    same = all(manifest.get(key) == value for key, value in info.items())
     if same:
         try:
             read_cache(cache)

@@ -12,7 +12,8 @@ natgrad's choices (recorded in the manifest through :class:`FacesRecipe`):
   not a grid), in the order original 1..400, variant 1..414;
 * "scale s, crop, subsample": the 64x64 original is magnified s times about its centre, the central
   ``crop`` x ``crop`` square (in 64x64 pixel units) is kept and subsampled to 25x25; i.e. output
-  pixel (u, v) samples the original at centre + R(angle) [(u, v) - 12] * crop / (25 s);
+  pixel (u, v) samples the original at centre + R(angle) [(u, v) - 12] * crop / (25 s), so a
+  positive angle turns the face clockwise as displayed (rows downwards);
 * each output pixel averages ``supersample`` x ``supersample`` bilinear samples (anti-aliasing);
   samples falling outside the original take the nearest edge pixel;
 * normalisation statistics (per-pixel mean, one global scale) come from all 165,600 images, as the
@@ -25,6 +26,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
+
+# Bump whenever the code changes the generated pixels: caches record it and are rebuilt on mismatch.
+GENERATOR_VERSION = 1
 
 SOURCE_SIZE = 64
 N_PEOPLE = 40

@@ -6,7 +6,7 @@
   165600, one image per column, ordered by person; train = first 25/40 of the columns, test = last
   10/40 (Martens 2010). Either orientation is accepted.
 * ``olivettifaces.mat`` (S. Roweis): ``faces``, 4096 x 400 uint8, columns in Fortran order.
-* ``att_faces/s<p>/<i>.pgm`` (ORL, 92x112 P5): fallback source, resized to 64x64 bilinearly.
+* ``att_faces/s<p>/<i>.pgm`` (ORL, 92x112 P5): fallback source, a fixed face crop resized to 64x64.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ OLIVETTI = ("olivettifaces.mat", "faces/olivettifaces.mat")
 ATT_DIR = "att_faces"
 _PEOPLE = 40
 _PER_PERSON = 10
+_ATT_CROP = (36, 12, 70)  # top row, left column, side of the square taken from 112x92
 _PGM_HEADER = re.compile(rb"P5\s+(\d+)\s+(\d+)\s+(\d+)\s")
 
 
@@ -100,11 +101,17 @@ def read_pgm(path: Path) -> np.ndarray:
 
 
 def read_att_faces(directory: Path) -> np.ndarray:
-    """The 400 ORL faces resized (bilinear) to float64 (400, 64, 64), ordered like olivettifaces.mat."""
+    """The 400 ORL faces as float64 (400, 64, 64), ordered like olivettifaces.mat.
+
+    An approximation of Roweis' 64x64 crops: rows 36..105 and columns 12..81 of each 112x92 image
+    (the fixed square that best correlates with olivettifaces.mat: mean per-image correlation about
+    0.52, against 0.30 for mismatched pairs; his crops are not one fixed window), resized bilinearly.
+    """
+    top, left, side = _ATT_CROP
     images = []
     for person in range(1, _PEOPLE + 1):
         for index in range(1, _PER_PERSON + 1):
             image = read_pgm(directory / f"s{person}" / f"{index}.pgm").astype(np.float64)
-            zoom = (64 / image.shape[0], 64 / image.shape[1])
-            images.append(ndimage.zoom(image, zoom, order=1, mode="nearest", grid_mode=True))
+            crop = image[top : top + side, left : left + side]
+            images.append(ndimage.zoom(crop, 64 / side, order=1, mode="nearest", grid_mode=True))
     return np.stack(images)

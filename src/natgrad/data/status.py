@@ -1,4 +1,4 @@
-"""What is found where: the data layer's half of ``natgrad data list``.
+"""What is found where and what it looks like: the data layer's half of ``natgrad data list|prepare``.
 
 Checks presence and manifests only (cheap); full checksums are verified when a dataset is loaded.
 """
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from natgrad.data import mnist, sources
 from natgrad.data.cache import read_manifest
-from natgrad.data.datasets import DATASET_NAMES, DatasetStatus, _find_cache, cache_dir_name
+from natgrad.data.calibration import PAPER_PCA_ERROR, pca_test_error
+from natgrad.data.datasets import DATASET_NAMES, Dataset, DatasetStatus, cache_dir_name, find_cache
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file
 
@@ -26,7 +27,7 @@ def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
     original = find_file(sources.CURVES_ORIGINAL if name == "curves" else sources.FACES_ORIGINAL, search_path)
     if original is not None:
         return DatasetStatus(name, "original", original, "published file", search_path)
-    cache = _find_cache(name, search_path)
+    cache = find_cache(name, search_path)
     if cache is None:
         return DatasetStatus(name, "missing", None, f"run `natgrad data prepare {name}`", search_path)
     try:
@@ -54,3 +55,24 @@ def format_dataset_table(statuses: list[DatasetStatus]) -> str:
     searched = statuses[0].searched if statuses else []
     lines.append("search path (first hit wins): " + (", ".join(str(p) for p in searched) or "-"))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def summarize_dataset(dataset: Dataset, *, with_pca: bool = False) -> str:
+    """One line of statistics (for ``natgrad data prepare``), optionally with the PCA calibration check.
+
+    With ``with_pca`` the PCA test error of :mod:`natgrad.data.calibration` is printed next to the
+    paper's value (a few seconds for FACES).
+    """
+    train, test = dataset.train, dataset.test
+    rows, cols = dataset.image_shape
+    line = (
+        f"{dataset.name}: {len(train)} train / {len(test)} test, {rows}x{cols}, "
+        f"values [{min(train.min(), test.min()):.3g}, {max(train.max(), test.max()):.3g}], "
+        f"mean pixel train {train.mean():.4f} / test {test.mean():.4f}"
+    )
+    if with_pca:
+        base = dataset.name.removesuffix("-regen")
+        components, paper = PAPER_PCA_ERROR[base]
+        error = pca_test_error(train.numpy(), test.numpy(), components)
+        line += f", PCA-{components} test error {error:.3f} (paper {paper:g})"
+    return line

@@ -17,6 +17,7 @@ To add an optimizer, write ``def make_x(model, config) -> Optimizer`` and add it
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -91,10 +92,68 @@ def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
     return PRONG(model, lr=lr, momentum=config.momentum, nesterov=nesterov, weight_decay=config.l2, **config.options)
 
 
+_NATURAL_OPTIONS = ("damping", "schedule", "step", "seed")
+
+
+def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = ()) -> dict:
+    """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
+    ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and
+    ``curvature`` as the curvature kind."""
+    _check_option_keys(config, _NATURAL_OPTIONS + extra)
+    options = dict(config.options)
+    fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
+    options["step"] = fixed | dict(options.get("step") or {})
+    options["damping"] = {"weight_decay": config.l2} | dict(options.get("damping") or {})
+    options["curvature"] = {"kind": config.curvature or "full"}
+    return options
+
+
+def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
+    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``."""
+    from natgrad.optim.kfac import KFAC
+
+    return KFAC(model, **_natural_options(config, ("inverse_method",)))
+
+
+def make_kfac_tridiag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """Block-tridiagonal K-FAC (section 4.3); options as :func:`make_kfac`."""
+    from natgrad.optim.kfac import KFAC
+
+    return KFAC(model, structure="tridiagonal", **_natural_options(config))
+
+
+def make_diag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """Diagonal natural gradient (sampled-target Fisher diagonal) on the shared step."""
+    from natgrad.optim.diagonal import DiagonalNaturalGradient
+
+    return DiagonalNaturalGradient(model, **_natural_options(config))
+
+
+def make_hf(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
+    """Hessian-free (Martens 2010); ``options`` are :class:`natgrad.optim.HessianFreeConfig` fields,
+    ``l2`` is its ``weight_decay`` and ``curvature`` its curvature kind; ``lr`` is not used."""
+    from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
+
+    if config.lr is not None:
+        raise ValueError("optimizer.lr is not used by 'hf' (its step comes from CG and a line search); omit it")
+    options = {"weight_decay": config.l2, "curvature": config.curvature or "full"} | dict(config.options)
+    allowed = tuple(f.name for f in dataclasses.fields(HessianFreeConfig))
+    _check_option_keys(config, allowed)
+    return HessianFree(model, **options)
+
+
+#: Optimizers that estimate a curvature matrix, so take ``optimizer.curvature``.
+CURVATURE_OPTIMIZERS = ("kfac", "kfac-tridiag", "diag", "hf")
+
 #: name -> factory. Natural-gradient optimizers register here too.
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": make_sgd,
     "adam": make_adam,
+    "kfac": make_kfac,
+    "kfac-tridiag": make_kfac_tridiag,
+    "diag": make_diag,
+    "hf": make_hf,
     "tonga": make_tonga,
     "prong": make_prong,
 }

@@ -206,6 +206,15 @@ class Trainer:
         return budget.seconds is None or self.train_time < budget.seconds
 
     def run(self, log: RunLog) -> RunResult:
+        threads = torch.get_num_threads()
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._run(log)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, log: RunLog) -> RunResult:
         self._wall_start = time.perf_counter()
         metric_key = f"train.{HEADLINE_METRICS[self.config.model.kind]}"
         progress = make_progress(self.config.budget.steps, self.step, f"{self.config.optimizer.name}",

@@ -165,7 +165,7 @@ class HessianFree(torch.optim.Optimizer):
         self.config = HessianFreeConfig(**hyperparameters)
         self.model = model
         self.layout = ParameterLayout(model)
-        super().__init__(self.layout.params, {"damping": self.config.damping})
+        super().__init__(self.layout.params, {})  # hyper-parameters live in self.config
         self.last_step_record: dict[str, Any] = {}
         self.state["hessian_free"] = {
             "step": 0,

@@ -79,7 +79,10 @@ class PRONG(torch.optim.Optimizer):
         reestimate_every: ``T``, steps between re-estimations (100 in the replication cited in
             PAPERS.md; the paper's value is unverified).
         samples: ``N_s``, most recent layer-input rows used to estimate ``(c, U)`` (replication: 1000).
-        epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}`` (replication: 1e-3).
+        epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}``. Default 0.1: the replication's
+            1e-3 diverged within 30 steps on the sparse-initialised sigmoid MNIST autoencoder at every
+            learning rate tried (1e-3 to 1e-2; near-constant units get a gain up to epsilon^{-1/2}
+            and blow up once they leave saturation), 0.1 was stable (docs/natural-neural-networks.md).
         batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
 
     Raises:
@@ -95,7 +98,7 @@ class PRONG(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         reestimate_every: int = 100,
         samples: int = 1000,
-        epsilon: float = 1e-3,
+        epsilon: float = 0.1,
         batch_norm: bool = False,
     ) -> None:
         _validate(lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm)

@@ -1,0 +1,187 @@
+"""Per-step wall-clock of each natural-gradient optimizer in units of one SGD step (issue 5).
+
+On the MNIST deep autoencoder (784-1000-500-250-30, sparse init, Bernoulli output, float32, CPU),
+for each batch size: ``--warmup`` steps (covering K-FAC's refreshes at k <= 3), then the median of
+``--repeats`` timed ``optimizer.step(closure)`` calls. The SGD step (Nesterov momentum, the papers'
+baseline) is the unit. For the shared-step optimizers the *amortised* cost adds what the timed
+ordinary steps skip: the inverse refresh every T3 = 20 steps and the two extra gamma candidates
+every T2 = 20 steps (each one solve plus, with the quadratic model, one Gram matrix), each measured
+separately. Hessian-free's step is dominated by CG; it runs with ``max_cg_iterations`` capped at
+``--hf-cg`` and the cost of one CG iteration is reported too, so a full step can be read off as
+``fixed + iterations * per_iteration`` (Martens 2010 allows up to 250).
+
+Writes ``benchmarks/results/step_cost.json`` and ``.md`` with the machine description.
+
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 5 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from natgrad.data.datasets import load_dataset
+from natgrad.losses import build_loss
+from natgrad.models import DeepAutoencoder
+from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree, NaturalGradientOptimizer
+from natgrad.optim.base import regularised_gradient
+from natgrad.optim.natural import precondition
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: label -> (factory, description). K-FAC variants as the issue's targets name them.
+VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer], str]] = {
+    "sgd": (lambda m, cg: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-5),
+            "SGD, Nesterov momentum 0.9 (the unit)"),
+    "kfac-fixed": (lambda m, cg: KFAC(m, step={"quadratic_model": False}),
+                   "K-FAC block-diagonal, fixed alpha/mu (no quadratic model)"),
+    "kfac": (lambda m, cg: KFAC(m), "K-FAC block-diagonal, quadratic model (paper)"),
+    "kfac-model-quarter": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}),
+                           "K-FAC block-diagonal, quadratic model on 1/4 of the batch"),
+    "kfac-tridiag": (lambda m, cg: KFAC(m, structure="tridiagonal"), "K-FAC block-tridiagonal, quadratic model"),
+    "diag": (lambda m, cg: DiagonalNaturalGradient(m), "diagonal Fisher, quadratic model"),
+    "hf": (lambda m, cg: HessianFree(m, max_cg_iterations=cg), "Hessian-free (CG capped, see per-iteration cost)"),
+}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> tuple[float, float]:
+    """Seconds of one inverse refresh and of one extra gamma candidate (solve + quadratic model)."""
+    refresh = timed(optimizer.curvature.refresh)
+    loss = closure()
+    state = optimizer.state["natural_gradient"]
+    gradient = regularised_gradient(optimizer.curvature.params, optimizer.damping_config.weight_decay)
+
+    def candidate() -> None:
+        direction = precondition(optimizer.curvature, gradient, 1.01 * state["gamma"] ** 2)  # a new damping
+        optimizer._coefficients(loss, gradient, direction, state)
+
+    return refresh, timed(candidate)
+
+
+def measure(label: str, x: torch.Tensor, warmup: int, repeats: int, hf_cg: int) -> dict:
+    model = DeepAutoencoder.for_problem("mnist", generator=torch.Generator().manual_seed(0))
+    optimizer = VARIANTS[label][0](model, hf_cg)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = build_loss(model, x)
+        loss.value.backward()
+        return loss
+
+    for _ in range(warmup):
+        optimizer.step(closure)
+    times, records = [], []
+    for _ in range(repeats):
+        times.append(timed(lambda: optimizer.step(closure)))
+        records.append(dict(getattr(optimizer, "last_step_record", {})))
+    result = {"median_seconds": statistics.median(times), "seconds": times}
+    if isinstance(optimizer, NaturalGradientOptimizer):
+        refresh, candidate = amortised_extras(optimizer, closure)
+        periods = optimizer.schedule.inverse_every, optimizer.damping_config.gamma_every
+        result.update(refresh_seconds=refresh, gamma_candidate_seconds=candidate,
+                      amortised_seconds=result["median_seconds"] + refresh / periods[0] + 2 * candidate / periods[1])
+    if isinstance(optimizer, HessianFree):
+        iterations = [r["cg_iterations"] for r in records]
+        result["cg_iterations"] = iterations
+        per_iteration = timed(lambda: optimizer._curvature_product(
+            build_loss(model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]),
+            torch.randn(optimizer.layout.dimension)))
+        result["cg_iteration_seconds"] = per_iteration
+    return result
+
+
+def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg: int, data_dir: str | None) -> dict:
+    rows = []
+    for batch in batches:
+        x = load_dataset("mnist", data_dir, split_train_size=batch).train.flatten(1)
+        results = {label: measure(label, x, warmup, repeats, hf_cg) for label in labels}
+        unit = results["sgd"]["median_seconds"]
+        for label, r in results.items():
+            row = {"batch": batch, "optimizer": label, "description": VARIANTS[label][1], **r,
+                   "ratio": r["median_seconds"] / unit}
+            if "amortised_seconds" in r:
+                row["amortised_ratio"] = r["amortised_seconds"] / unit
+            if "cg_iteration_seconds" in r:
+                row["cg_iteration_ratio"] = r["cg_iteration_seconds"] / unit
+            rows.append(row)
+    return {
+        "problem": "mnist deep autoencoder 784-1000-500-250-30 (bernoulli), float32, paper defaults",
+        "warmup": warmup,
+        "repeats": repeats,
+        "hf_max_cg_iterations": hf_cg,
+        "machine": {
+            "cpu": cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "rows": rows,
+    }
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Optimizer step cost relative to one SGD step",
+        "",
+        f"{report['problem']}; median of {report['repeats']} steps after {report['warmup']} warm-up steps.",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of percent.",
+        "",
+        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | notes |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in report["rows"]:
+        amortised = f"{r['amortised_ratio']:.2f}" if "amortised_ratio" in r else ""
+        notes = r["description"]
+        if "cg_iterations" in r:
+            notes += (f"; CG iterations {r['cg_iterations']} (cap {report['hf_max_cg_iterations']}), one CG "
+                      f"iteration = {r['cg_iteration_ratio']:.2f} SGD steps")
+        lines.append(f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {notes} |")
+    lines += ["", "Produced by `benchmarks/step_cost.py`; raw timings in step_cost.json."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--optimizers", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hf-cg", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    labels = ["sgd"] + [label for label in args.optimizers if label != "sgd"]
+    report = run(args.batches, labels, args.warmup, args.repeats, args.hf_cg, args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "step_cost.json").write_text(json.dumps(report, indent=2))
+    (args.out / "step_cost.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
