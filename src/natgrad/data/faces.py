@@ -14,7 +14,8 @@ natgrad's choices (recorded in the manifest through :class:`FacesRecipe`):
   ``crop`` x ``crop`` square (in 64x64 pixel units) is kept and subsampled to 25x25; i.e. output
   pixel (u, v) samples the original at centre + R(angle) [(u, v) - 12] * crop / (25 s), so a
   positive angle turns the face clockwise as displayed (rows downwards);
-* each output pixel averages ``supersample`` x ``supersample`` bilinear samples (anti-aliasing);
+* each output pixel averages ``supersample`` x ``supersample`` samples interpolated with splines
+  of order ``spline_order`` (2 x 2 bilinear by default: anti-aliasing);
   samples falling outside the original take the nearest edge pixel;
 * normalisation statistics (per-pixel mean, one global scale) come from all 165,600 images, as the
   original file was normalised as a whole; only train and test are stored.
@@ -31,7 +32,6 @@ from tqdm import tqdm
 GENERATOR_VERSION = 1
 
 SOURCE_SIZE = 64
-N_PEOPLE = 40
 IMAGES_PER_PERSON = 10
 
 

@@ -1,0 +1,38 @@
+"""The runner's registry builds the natural-gradient optimizers with the typed config fields."""
+from __future__ import annotations
+
+import pytest
+
+from natgrad.curvature.choices import CurvatureKind
+from natgrad.experiments.config import OptimizerConfig
+from natgrad.experiments.optimizers import build_optimizer
+from natgrad.models import VAE
+from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree
+
+
+@pytest.mark.parametrize(
+    "name, cls", [("kfac", KFAC), ("kfac-tridiag", KFAC), ("diag", DiagonalNaturalGradient), ("hf", HessianFree)]
+)
+def test_registry_builds_each_optimizer_with_l2_and_curvature(name, cls):
+    config = OptimizerConfig(name=name, l2=3e-5, curvature="decoder-only", options={})
+    optimizer = build_optimizer(VAE([8, 4, 2]), config)
+    assert isinstance(optimizer, cls)
+    if isinstance(optimizer, HessianFree):
+        assert (optimizer.config.weight_decay, optimizer.config.curvature) == (3e-5, "decoder-only")
+    else:
+        assert optimizer.damping_config.weight_decay == 3e-5
+        assert optimizer.curvature.config.kind is CurvatureKind.DECODER_ONLY
+    if name == "kfac-tridiag":
+        assert type(optimizer.curvature).__name__ == "TridiagonalKFAC"
+
+
+def test_registry_passes_options_and_rejects_unknown_ones():
+    model = VAE([8, 4, 2])
+    optimizer = build_optimizer(model, OptimizerConfig(name="kfac", options={"damping": {"initial": 7.0}}))
+    assert optimizer.state["natural_gradient"]["damping"] == 7.0
+    with pytest.raises(ValueError, match="bogus"):
+        build_optimizer(model, OptimizerConfig(name="kfac", options={"bogus": 1}))
+    with pytest.raises(ValueError, match="optimizer.curvature"):
+        OptimizerConfig(name="sgd", curvature="full")
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        build_optimizer(model, OptimizerConfig(name="hf", lr=0.1))
