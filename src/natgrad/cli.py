@@ -222,6 +222,52 @@ def _run_data(args: argparse.Namespace) -> int:
 register(Command("data", "list, prepare or download the benchmark datasets", _add_data_arguments, _run_data))
 
 
+# -- bench and report (owned by the benchmark grid, issue 7) --------------------------------------
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="bench TOML (see benchmarks/README.md)")
+    parser.add_argument("--out", type=Path, help="output directory (default: the file's out_dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of every cell's run config, e.g. --set budget.steps=50 (repeatable)")
+    parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from natgrad.experiments.bench import load_bench, run_bench
+    from natgrad.report.bench_report import write_bench_report
+
+    bench = load_bench(args.config, args.overrides, args.out)
+    outcome = run_bench(bench, show_progress=not args.no_progress)
+    sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
+    if not args.no_report and not outcome.interrupted:
+        report = write_bench_report(bench.out_dir, title=bench.title)
+        sys.stdout.write(f"Report: {report.path}\n")
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
+
+
+register(Command("bench", "run a benchmark grid (datasets x models x optimizers x seeds; resumable)",
+                 _add_bench_arguments, _run_bench))
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs_dir", type=Path, help="output directory of `natgrad bench`")
+    parser.add_argument("--out", type=Path, help="where to write report.md/.html and figures (default: RUNS_DIR)")
+    parser.add_argument("--title", help="report title")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from natgrad.report.bench_report import write_bench_report
+
+    report = write_bench_report(args.runs_dir, args.out, args.title)
+    sys.stdout.write(report.markdown + f"\nReport: {report.path} (and {report.path.with_suffix('.html').name})\n")
+    return EXIT_OK
+
+
+register(Command("report", "Markdown + HTML report (tables, plots, papers' numbers) of a bench directory",
+                 _add_report_arguments, _run_report))
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 class UsageError(Exception):

@@ -157,3 +157,25 @@ def test_zero_damping_rejected(float64):
     rep = TongaCurvature(_tiny("autoencoder"))
     with pytest.raises(ValueError, match="damping > 0"):
         rep.solve([torch.zeros_like(p) for p in rep.params], 0.0)
+
+
+def test_refresh_is_finite_on_nearly_dead_units():
+    """float32 factor whose Gram has entries down to ~1e-40 (a unit that barely moves), as met on the
+    MNIST autoencoder: float32 LAPACK eigh returns NaN or fails on this Gram (seed 22 of this
+    construction), so refresh decomposes in float64. The result must equal the top-k eigen-part of
+    X X^T; tolerance 1e-5 relative to its largest entry (float32 storage of the factor)."""
+    gen = torch.Generator().manual_seed(22)
+    columns = torch.zeros(31, 50)
+    columns[:, :10] = torch.randn(31, 10, generator=gen) * torch.logspace(-4, -9.5, 10)
+    columns[:, [31, 34, 38, 39, 45]] = torch.randn(31, 5, generator=gen) * 1e-8
+    layer = nn.Linear(30, 1)
+    rep = TongaCurvature(layer, TongaConfig(rank=4, blocks="unit", examples_per_update=50))
+    gradients = columns.T * 50**0.5  # the first update stores g_n / sqrt(m) as column n
+    rep.update([gradients[:, :30].reshape(50, 1, 30), gradients[:, 30].reshape(50, 1)])
+    rep.refresh()
+    assert all(bool(torch.isfinite(x).all()) for x in rep.factors)
+    exact = columns.double() @ columns.double().T
+    eigenvalues, vectors = torch.linalg.eigh(exact)
+    top = (vectors[:, -4:] * eigenvalues[-4:]) @ vectors[:, -4:].T
+    scale = top.abs().max()
+    assert (rep.to_dense().double() - top).abs().max() <= 1e-5 * scale

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from natgrad.curvature.base import CurvatureRepresentation
@@ -25,8 +26,11 @@ class DiagonalCurvature(CurvatureRepresentation):
     def _batch_statistics(self, batch: CapturedBatch) -> dict[str, Tensor]:
         diagonal = [None] * len(self.params)
         for layer, record in zip(self.layout.layers, batch.layers):
-            squares = per_example_layer_gradients(record).pow(2).sum((0, 1)) / batch.batch_size
-            self.layout.scatter_layer_matrix(squares, layer, diagonal)
+            if record.inputs.shape[1] == 1:  # one location: (g a^T)^2 = g^2 (a^2)^T, no (N, d_out, d_in) tensor
+                squares = torch.einsum("knto,nti->oi", record.output_grads.pow(2), record.inputs.pow(2))
+            else:
+                squares = per_example_layer_gradients(record).pow(2).sum((0, 1))
+            self.layout.scatter_layer_matrix(squares / batch.batch_size, layer, diagonal)
         for index, value in batch.other_diagonal.items():
             diagonal[index] = value
         return {str(i): d for i, d in enumerate(diagonal)}

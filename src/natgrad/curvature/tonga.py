@@ -230,9 +230,11 @@ class TongaCurvature:
         for i, (x, gram) in enumerate(zip(self.factors, self.grams)):
             if x is None or x.shape[-1] <= k:
                 continue
-            eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
-            self.factors[i] = x @ vectors[..., -k:].flip(-1)
-            self.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0))
+            # float64: float32 LAPACK returns NaN on Grams with subnormal entries (dead units,
+            # measured on the MNIST autoencoder); the (B, r, r) matrices are small.
+            eigenvalues, vectors = torch.linalg.eigh(gram.double())  # ascending
+            self.factors[i] = x @ vectors[..., -k:].flip(-1).to(x.dtype)
+            self.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0)).to(gram.dtype)
 
     def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
         r"""``(C + damping I)^{-1} v`` per block by Woodbury, never forming ``C``.

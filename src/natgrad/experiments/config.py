@@ -40,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES
+from natgrad.models.autoencoder import ARCHITECTURES
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
 
@@ -212,15 +212,17 @@ class EvalConfig:
     Attributes:
         every: evaluation interval in steps.
         chunk_size: examples per forward pass when evaluating the full sets.
-        iwae_samples: k of the importance-weighted bound (Burda et al. 2015) for VAEs; 0 disables it.
+        iwae_samples: k of the importance-weighted bound (Burda et al. 2016) for VAEs; 0 disables it.
         iwae_examples: evaluate the IWAE bound on the first ``iwae_examples`` test examples only
             (None: all); with k = 5000 as in the paper this is expensive.
+        iwae_every_eval: compute the IWAE bound at every evaluation, not only the last one.
     """
 
     every: int = 100
     chunk_size: int = 1000
     iwae_samples: int = 0
     iwae_examples: int | None = None
+    iwae_every_eval: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int("eval.every", self.every)
@@ -228,6 +230,7 @@ class EvalConfig:
         ok = isinstance(self.iwae_samples, int) and not isinstance(self.iwae_samples, bool) and self.iwae_samples >= 0
         _require(ok, "eval.iwae_samples", self.iwae_samples, "an integer >= 0 (0 disables the IWAE bound)")
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
+        _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
 
 
 @dataclass

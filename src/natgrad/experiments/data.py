@@ -7,6 +7,7 @@ fixed by a constant seed, 2,000 training and 500 test images. It is not a benchm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -43,6 +44,16 @@ def synthetic_data() -> RunData:
     return RunData("synthetic", train, test, SYNTHETIC_SHAPE, "bernoulli", f"generated (seed {SYNTHETIC_SEED})")
 
 
+@lru_cache(maxsize=2)
+def _benchmark(name: str, data_dir: str | None) -> RunData:
+    """A benchmark dataset, read and checked once per process (a comparison runs many configs on it)."""
+    from natgrad.data import load_dataset
+
+    ds = load_dataset(name, data_dir)
+    return RunData(ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
+                   ds.likelihood, str(ds.source))
+
+
 def load_run_data(config: DataConfig) -> RunData:
     """The train/test data of ``config``, truncated to ``train_size`` / ``test_size`` examples.
 
@@ -50,14 +61,7 @@ def load_run_data(config: DataConfig) -> RunData:
         natgrad.data.DataError: the dataset files are missing or corrupt.
         ValueError: a requested subset is larger than the dataset.
     """
-    if config.dataset == "synthetic":
-        data = synthetic_data()
-    else:
-        from natgrad.data import load_dataset
-
-        ds = load_dataset(config.dataset, config.data_dir)
-        data = RunData(ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
-                       ds.likelihood, str(ds.source))
+    data = synthetic_data() if config.dataset == "synthetic" else _benchmark(config.dataset, config.data_dir)
     train, test = data.train, data.test
     for field_name, size, full in (("data.train_size", config.train_size, train), ("data.test_size", config.test_size, test)):
         if size is not None and size > full.shape[0]:

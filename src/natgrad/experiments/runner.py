@@ -190,10 +190,12 @@ class Trainer:
             "record": dict(record) if record is not None else None,
         }
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """Metrics on the full train and test sets; the IWAE bound only when ``final`` unless asked."""
         ev = self.config.eval
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "eval", self.step))
-        self.metrics = evaluate(self.model, self.data.train, self.data.test, ev.chunk_size, ev.iwae_samples,
+        iwae = ev.iwae_samples if final or ev.iwae_every_eval else 0
+        self.metrics = evaluate(self.model, self.data.train, self.data.test, ev.chunk_size, iwae,
                                 ev.iwae_examples, generator)
         self.last_eval_step = self.step
         return self.metrics
@@ -222,7 +224,7 @@ class Trainer:
         status = "completed"
         with _stop_on_signals() as received:
             if self.last_eval_step < 0:
-                self._log_eval(log, progress)
+                self._log_eval(log, progress, final=False)
             while self.budget_left():
                 if received:
                     status = "interrupted"
@@ -237,11 +239,11 @@ class Trainer:
                     status = "diverged"
                     break
                 if self.step % self.config.eval.every == 0:
-                    self._log_eval(log, progress)
+                    self._log_eval(log, progress, final=not self.budget_left())
                 if self.step % self.config.checkpoint_every == 0:
                     save_checkpoint(self.run_dir, self.state_dict(log.position()))
             if status != "interrupted" and self.last_eval_step != self.step:
-                self._log_eval(log, progress)
+                self._log_eval(log, progress, final=True)
             save_checkpoint(self.run_dir, self.state_dict(log.position()))
         if progress is not None:
             progress.close()
@@ -249,9 +251,9 @@ class Trainer:
         _write_result(result)
         return result
 
-    def _log_eval(self, log: RunLog, progress) -> None:
+    def _log_eval(self, log: RunLog, progress, final: bool) -> None:
         start = time.perf_counter()
-        metrics = self.evaluate()
+        metrics = self.evaluate(final)
         log.write({"kind": "eval", "step": self.step, "time": self.train_time, "wall": self.wall(), "metrics": metrics})
         if progress is not None:
             elapsed = self.train_time

@@ -79,10 +79,11 @@ class PRONG(torch.optim.Optimizer):
         reestimate_every: ``T``, steps between re-estimations (100 in the replication cited in
             PAPERS.md; the paper's value is unverified).
         samples: ``N_s``, most recent layer-input rows used to estimate ``(c, U)`` (replication: 1000).
-        epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}``. Default 0.1: the replication's
-            1e-3 diverged within 30 steps on the sparse-initialised sigmoid MNIST autoencoder at every
-            learning rate tried (1e-3 to 1e-2; near-constant units get a gain up to epsilon^{-1/2}
-            and blow up once they leave saturation), 0.1 was stable (docs/natural-neural-networks.md).
+        epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}``. Default 0.1: on the
+            sparse-initialised sigmoid MNIST autoencoder the replication's 1e-3 diverged within 30
+            steps (lr 1e-3) and 1e-2 was unstable (lr 3e-3): near-constant units get a gain up to
+            epsilon^{-1/2} and blow up once they leave saturation; 0.1 was stable at lr 1e-2
+            (docs/natural-neural-networks.md).
         batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
 
     Raises:

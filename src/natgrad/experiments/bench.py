@@ -1,0 +1,344 @@
+"""The benchmark grid: datasets x models x optimizers (x learning-rate grid) x seeds, equal budgets.
+
+A bench file (TOML) declares the grid; every cell is one training run of
+:mod:`natgrad.experiments.runner` under the same budget (steps and training seconds, whichever
+ends first, both recorded), the same seeds and the same data. Layout::
+
+    title = "Deep autoencoders"
+    out_dir = "benchmarks/results/autoencoders"
+    seeds = [0, 1]
+    datasets = ["mnist", "curves", "faces"]
+    models = ["autoencoder"]              # and/or "vae"
+    optimizers = ["sgd", "adam", "kfac"]  # labels, in table order (default: every [optimizer.*])
+
+    [run]                                 # base RunConfig of every cell (same keys as `natgrad train`)
+    threads = 1
+    [run.budget]
+    steps = 200
+    seconds = 60.0
+
+    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run] likewise)
+    train_size = 5000
+    [dataset.faces.optimizer.sgd]         # merged over [optimizer.sgd] for one dataset
+    lr = [1e-4, 1e-3]
+
+    [target]                              # optional target train error per problem ("<dataset>-<model>")
+    mnist-autoencoder = 20.0
+
+    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the label
+    lr = [0.01, 0.03]                     # a list is a grid: one variant per value ("sgd-lr0.01", ...)
+    batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size)
+
+A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
+and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
+cell writes ``out_dir/cells/<problem>/<variant>/seed-<seed>.json`` (see :func:`cell_record`) and
+trains in ``out_dir/runs/<problem>/<variant>/seed-<seed>/`` (the runner's directory). Running the
+grid again skips every cell whose JSON exists and resumes an interrupted one from its checkpoint,
+so a grid is resumable as a whole; the checkpoint of a finished cell is deleted (its log stays).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from natgrad.experiments.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from natgrad.experiments.compare import run_config
+from natgrad.experiments.config import MODEL_KINDS, ConfigError, RunConfig, apply_overrides, load_toml
+from natgrad.experiments.metrics import HEADLINE_METRICS
+from natgrad.experiments.runlog import read_log
+
+logger = logging.getLogger(__name__)
+
+CELLS_DIR = "cells"
+RUNS_DIR = "runs"
+#: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient methods).
+TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejected", "cg_iterations")
+
+_BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
+               "target", "optimizer"}
+_SCOPE_KEYS = {"run", "optimizer"}
+_LABEL_RUN_KEYS = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid.
+
+    Attributes:
+        problem: ``"<dataset>-<model>"``, e.g. ``"mnist-autoencoder"``.
+        label: the optimizer entry of the bench file (the family), e.g. ``"adam"``.
+        variant: the label with its grid point, e.g. ``"adam-lr0.001"`` (the label itself without a grid).
+        seed: the run's seed.
+        config: the resolved run config (its ``out_dir`` is the cell's run directory).
+        target: the problem's target train error, None when the bench file gives none.
+        grid: the grid point, e.g. ``{"lr": 0.001}`` (empty without a grid).
+    """
+
+    problem: str
+    label: str
+    variant: str
+    seed: int
+    config: RunConfig
+    target: float | None = None
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.problem}/{self.variant}/seed-{self.seed}"
+
+
+@dataclass
+class Bench:
+    """A resolved bench file: every cell's config is constructed (hence validated)."""
+
+    title: str
+    out_dir: Path
+    seeds: list[int]
+    labels: list[str]
+    problems: list[str]
+    cells: list[Cell]
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.out_dir / CELLS_DIR / cell.problem / cell.variant / f"seed-{cell.seed}.json"
+
+
+@dataclass
+class BenchOutcome:
+    """Cells run now, cells skipped because finished before, and whether the grid was interrupted."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: tables merge recursively, other values are replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _string_list(values: Mapping[str, Any], key: str, default: Sequence[str], where: str) -> list[str]:
+    items = values.get(key, list(default))
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{key} = {items!r} in {where} must be a non-empty list of strings")
+    return list(items)
+
+
+def format_grid_value(value: Any) -> str:
+    """A grid value as it appears in a variant name: ``0.001`` -> ``"0.001"``, ``3e-05`` -> ``"3e-05"``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _variants(label: str, entry: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(variant name, grid point, optimizer values) of one label; a list-valued ``lr`` is a grid."""
+    lr = entry.get("lr")
+    if not isinstance(lr, list):
+        return [(label, {}, dict(entry))]
+    if not lr:
+        raise ConfigError(f"optimizer.{label}.lr is an empty list; give one learning rate or a non-empty grid")
+    return [(f"{label}-lr{format_grid_value(v)}", {"lr": v}, {**entry, "lr": v}) for v in lr]
+
+
+def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
+    scope = values.get(table, {}).get(name, {})
+    _check_keys(scope, _SCOPE_KEYS, f"[{table}.{name}]")
+    return scope
+
+
+def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: list[str], seeds: list[int],
+                   out_dir: Path, overrides: Sequence[str]) -> list[Cell]:
+    problem = f"{dataset}-{model}"
+    data_scope, model_scope = _scope(values, "dataset", dataset), _scope(values, "model", model)
+    base = _merge(values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}})
+    base = _merge(_merge(base, data_scope.get("run", {})), model_scope.get("run", {}))
+    target = values.get("target", {}).get(problem)
+    if target is not None and not isinstance(target, (int, float)):
+        raise ConfigError(f"target.{problem} = {target!r} must be a number (a train error)")
+    cells = []
+    for label in labels:
+        entry = _merge({"name": label}, values.get("optimizer", {}).get(label, {}))
+        entry = _merge(_merge(entry, data_scope.get("optimizer", {}).get(label, {})),
+                       model_scope.get("optimizer", {}).get(label, {}))
+        run_keys = {k: entry.pop(k) for k in _LABEL_RUN_KEYS if k in entry}
+        for variant, grid, optimizer in _variants(label, entry):
+            for seed in seeds:
+                run = _merge(base, {**run_keys, "optimizer": optimizer, "seed": seed,
+                                    "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}")})
+                config = RunConfig.from_dict(apply_overrides(run, overrides))
+                cells.append(Cell(problem, label, variant, seed, config, None if target is None else float(target), grid))
+    return cells
+
+
+def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None) -> Bench:
+    """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run config.
+
+    Raises:
+        ConfigError: an unknown key, an unknown dataset/model/label, or an invalid run config
+            (the message names the field).
+    """
+    values = load_toml(path)
+    where = str(path)
+    _check_keys(values, _BENCH_KEYS, where)
+    seeds = values.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")
+    datasets = _string_list(values, "datasets", ["mnist"], where)
+    models = _string_list(values, "models", ["autoencoder"], where)
+    for model in models:
+        if model not in MODEL_KINDS:
+            raise ConfigError(f"models contains {model!r}; allowed: {', '.join(MODEL_KINDS)}")
+    declared = list(values.get("optimizer", {}))
+    labels = _string_list(values, "optimizers", declared, where)
+    for table, names in (("dataset", datasets), ("model", models)):
+        stray = sorted(set(values.get(table, {})) - set(names))
+        if stray:
+            raise ConfigError(f"[{table}.{stray[0]}] in {where} is not in {table}s = {names}")
+    out = Path(out_dir if out_dir is not None else values.get("out_dir", "runs/bench"))
+    problems = [f"{d}-{m}" for d in datasets for m in models]
+    stray_targets = sorted(set(values.get("target", {})) - set(problems))
+    if stray_targets:
+        raise ConfigError(f"target.{stray_targets[0]} names no problem of this grid; problems: {', '.join(problems)}")
+    cells = [c for d in datasets for m in models
+             for c in _problem_cells(values, d, m, labels, seeds, out, overrides)]
+    return Bench(str(values.get("title", Path(path).stem)), out, seeds, labels, problems, cells)
+
+
+# -- machine and cell records ---------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """Where a cell ran: CPU model, cores, torch's threads, torch and Python versions, device."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": "cpu",
+    }
+
+
+def first_reach(steps: Sequence[int], times: Sequence[float], errors: Sequence[float],
+                target: float) -> tuple[float | None, int | None]:
+    """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if never."""
+    for step, time, error in zip(steps, times, errors):
+        if error <= target:
+            return float(time), int(step)
+    return None, None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
+    """The JSON of a finished cell, from its run directory's log.
+
+    Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
+    ``config`` (resolved), ``machine``, ``budget`` (steps and seconds), ``steps`` and ``train_time``
+    reached, ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
+    seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
+    and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
+    """
+    records = read_log(run_dir)
+    evals = [r for r in records if r["kind"] == "eval"]
+    steps = [r for r in records if r["kind"] == "step"]
+    metric = HEADLINE_METRICS[cell.config.model.kind]
+    curve = [{"step": r["step"], "time": r["time"], "wall": r["wall"], "metrics": r["metrics"]} for r in evals]
+    trace: dict[str, list] = {"step": [r["step"] for r in steps], "time": [r["time"] for r in steps]}
+    for name in TRACE_FIELDS:
+        column = [r.get(name) if name in ("loss", "lr") else (r.get("record") or {}).get(name) for r in steps]
+        if any(v is not None for v in column):
+            trace[name] = column
+    record: dict[str, Any] = {
+        "problem": cell.problem, "dataset": cell.config.data.dataset, "model": cell.config.model.kind,
+        "label": cell.label, "variant": cell.variant, "seed": cell.seed, "grid": cell.grid, "status": status,
+        "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads),
+        "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
+        "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
+        "time_to_target": None, "steps_to_target": None,
+    }
+    for split in ("train", "test"):
+        values = [e["metrics"].get(f"{split}.{metric}", float("nan")) for e in evals]
+        finite = [v for v in values if v == v]
+        record.setdefault("final", {})[split] = _finite_or_none(values[-1]) if values else None
+        record.setdefault("best", {})[split] = min(finite) if finite else None
+    if cell.target is not None:
+        errors = [e["metrics"].get(f"train.{metric}", float("inf")) for e in evals]
+        record["time_to_target"], record["steps_to_target"] = first_reach(
+            [e["step"] for e in evals], [e["time"] for e in evals], errors, cell.target)
+    return record
+
+
+# -- running the grid -----------------------------------------------------------------------------
+
+def run_cell(bench: Bench, cell: Cell) -> str:
+    """Run (or resume) one cell, write its JSON, delete its checkpoint; returns the run's status."""
+    status = run_config(cell.config, show_progress=False)
+    if status == "interrupted":
+        return status
+    run_dir = Path(cell.config.out_dir)
+    path = bench.cell_path(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir), indent=1, sort_keys=True) + "\n")
+    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return status
+
+
+def run_bench(bench: Bench, show_progress: bool = True) -> BenchOutcome:
+    """Run every unfinished cell of ``bench`` in order (a progress bar over cells on stderr).
+
+    A cell whose JSON exists is skipped; an interrupted cell (SIGINT/SIGTERM) stops the grid after
+    its checkpoint, and the next call resumes it.
+    """
+    outcome = BenchOutcome()
+    bar = tqdm(bench.cells, desc=bench.title, unit="cell", file=sys.stderr, disable=not show_progress,
+               dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.key, refresh=True)
+        if bench.cell_path(cell).is_file():
+            outcome.skipped.append(cell.key)
+            continue
+        if not show_progress:
+            logger.info("cell %s", cell.key)
+        status = run_cell(bench, cell)
+        if status == "interrupted":
+            outcome.interrupted = True
+            break
+        outcome.ran.append(cell.key)
+    bar.close()
+    return outcome

@@ -1,0 +1,153 @@
+"""The benchmark grid: the bench file's cross product and its errors, cell records, resumability, and the
+smoke config end to end through the CLI (what CI runs)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from natgrad.cli import main
+from natgrad.experiments.bench import first_reach, load_bench, machine_info, run_bench
+from natgrad.experiments.checkpoint import CHECKPOINT_NAME
+from natgrad.experiments.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMOKE = REPO_ROOT / "benchmarks" / "configs" / "smoke.toml"
+
+TINY = """
+title = "tiny"
+seeds = [0, 1]
+datasets = ["synthetic"]
+models = ["autoencoder", "vae"]
+optimizers = ["sgd", "adam"]
+[run]
+batch_size = 100
+threads = 1
+checkpoint_every = 5
+[run.model]
+sizes = [64, 8, 2]
+[run.budget]
+steps = 10
+[run.eval]
+every = 5
+[model.vae.run]
+batch_size = 50
+[target]
+synthetic-autoencoder = 40.0
+[optimizer.sgd]
+lr = [0.01, 0.1]
+batch_size = 200
+[optimizer.adam]
+lr = 0.01
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "bench.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_is_the_cross_product_with_scoped_overrides(tmp_path):
+    bench = load_bench(write(tmp_path, TINY), out_dir=tmp_path / "out")
+    # 2 models x (2 sgd variants + 1 adam) x 2 seeds
+    assert len(bench.cells) == 12
+    assert bench.problems == ["synthetic-autoencoder", "synthetic-vae"]
+    variants = sorted({(c.problem, c.variant) for c in bench.cells})
+    assert ("synthetic-vae", "sgd-lr0.1") in variants and ("synthetic-autoencoder", "adam") in variants
+    sgd = next(c for c in bench.cells if c.variant == "sgd-lr0.1" and c.problem == "synthetic-vae" and c.seed == 1)
+    assert sgd.config.optimizer.lr == 0.1 and sgd.grid == {"lr": 0.1}
+    assert sgd.config.batch_size == 200  # the label's batch size wins over [model.vae.run]
+    adam_vae = next(c for c in bench.cells if c.variant == "adam" and c.problem == "synthetic-vae")
+    assert adam_vae.config.batch_size == 50 and adam_vae.config.model.kind == "vae"
+    assert {c.target for c in bench.cells if c.problem == "synthetic-autoencoder"} == {40.0}
+    assert {c.target for c in bench.cells if c.problem == "synthetic-vae"} == {None}
+    assert Path(sgd.config.out_dir) == tmp_path / "out" / "runs" / "synthetic-vae" / "sgd-lr0.1" / "seed-1"
+    assert bench.cell_path(sgd) == tmp_path / "out" / "cells" / "synthetic-vae" / "sgd-lr0.1" / "seed-1.json"
+
+
+def test_overrides_reach_every_cell(tmp_path):
+    bench = load_bench(write(tmp_path, TINY), overrides=["budget.steps=3"])
+    assert {c.config.budget.steps for c in bench.cells} == {3}
+
+
+@pytest.mark.parametrize("change, message", [
+    (("seeds = [0, 1]", "seeds = []"), "seeds"),
+    (('models = ["autoencoder", "vae"]', 'models = ["gan"]'), "models contains 'gan'; allowed: autoencoder, vae"),
+    (("lr = [0.01, 0.1]", "lr = []"), "optimizer.sgd.lr is an empty list"),
+    (("[target]", "[dataset.mnist.run]\nbatch_size = 1\n[target]"), "[dataset.mnist]"),
+    (("synthetic-autoencoder = 40.0", "mnist-vae = 1.0"), "target.mnist-vae names no problem"),
+    (('title = "tiny"', 'title = "tiny"\nbudget = 3'), "unknown key(s) budget"),
+    (("lr = 0.01", "lr = -1.0"), "optimizer.lr = -1.0 is invalid"),
+])
+def test_invalid_bench_files_name_the_field(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_bench(write(tmp_path, TINY.replace(*change)))
+
+
+def test_first_reach_is_the_first_evaluation_at_or_below_target():
+    assert first_reach([0, 5, 10], [0.0, 1.5, 3.0], [9.0, 4.0, 2.0], 4.0) == (1.5, 5)
+    assert first_reach([0, 5], [0.0, 1.5], [9.0, 8.0], 4.0) == (None, None)
+
+
+def test_machine_info_records_cpu_cores_torch_device():
+    info = machine_info(1)
+    assert {"cpu", "cores", "threads", "torch", "device"} <= set(info) and info["threads"] == 1
+
+
+def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
+    text = (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
+            .replace("seeds = [0, 1]", "seeds = [0]").replace("[model.vae.run]\nbatch_size = 50\n", ""))
+    bench = load_bench(write(tmp_path, text), out_dir=tmp_path / "out")
+    first = run_bench(bench, show_progress=False)
+    assert len(first.ran) == 3 and not first.skipped and not first.interrupted
+
+    cell = next(c for c in bench.cells if c.variant == "adam")
+    record = json.loads(bench.cell_path(cell).read_text())
+    assert record["status"] == "completed" and record["steps"] == 10 and record["variant"] == "adam"
+    assert [e["step"] for e in record["curve"]] == [0, 5, 10]
+    train = [e["metrics"]["train.reconstruction_error"] for e in record["curve"]]
+    assert record["final"]["train"] == train[-1] and record["best"]["train"] == min(train)
+    assert record["trace"]["step"] == list(range(1, 11)) and len(record["trace"]["loss"]) == 10
+    reached = next((e for e in record["curve"] if e["metrics"]["train.reconstruction_error"] <= 40.0), None)
+    assert record["steps_to_target"] == (reached["step"] if reached else None)
+    assert record["machine"]["threads"] == 1 and record["config"]["optimizer"]["lr"] == 0.01
+    assert not (Path(cell.config.out_dir) / CHECKPOINT_NAME).exists()  # a finished cell keeps only its log
+
+    stamps = {c.key: bench.cell_path(c).stat().st_mtime_ns for c in bench.cells}
+    logs = {c.key: (Path(c.config.out_dir) / "log.jsonl").read_bytes() for c in bench.cells}
+    again = run_bench(bench, show_progress=False)
+    assert again.ran == [] and sorted(again.skipped) == sorted(stamps)
+    assert {c.key: bench.cell_path(c).stat().st_mtime_ns for c in bench.cells} == stamps
+    assert {c.key: (Path(c.config.out_dir) / "log.jsonl").read_bytes() for c in bench.cells} == logs
+
+    # Killed after the run finished but before its JSON: the JSON is rebuilt, nothing retrained.
+    bench.cell_path(cell).unlink()
+    rebuilt = run_bench(bench, show_progress=False)
+    assert rebuilt.ran == [cell.key]
+    assert (Path(cell.config.out_dir) / "log.jsonl").read_bytes() == logs[cell.key]
+    assert json.loads(bench.cell_path(cell).read_text())["curve"] == record["curve"]
+
+
+def test_smoke_config_end_to_end(tmp_path, capsys):
+    """What CI runs: `natgrad bench smoke.toml` then `natgrad report` on its directory."""
+    out = tmp_path / "smoke"
+    assert main(["bench", str(SMOKE), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    cells = sorted((out / "cells").glob("*/*/seed-*.json"))
+    bench = load_bench(SMOKE)
+    assert len(cells) == len(bench.cells) and len(cells) >= 12
+    records = [json.loads(p.read_text()) for p in cells]
+    assert all(r["status"] == "completed" and math.isfinite(r["final"]["train"]) for r in records)
+    kfac = [r for r in records if r["label"] == "kfac"]
+    assert kfac and all("damping" in r["trace"] and "alpha" in r["trace"] for r in kfac)
+
+    assert main(["report", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    for problem in bench.problems:
+        assert f"## {problem}" in markdown and (out / "figures" / f"{problem}-curves.png").is_file()
+        assert (out / "figures" / f"{problem}-traces.pdf").is_file()
+    assert "vs Adam (time)" in markdown and "<table>" in (out / "report.html").read_text()
+    assert "Report:" in capsys.readouterr().out

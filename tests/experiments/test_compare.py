@@ -1,0 +1,75 @@
+"""Comparison suites: resolution of the TOML, validation, resumable execution."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from natgrad.experiments.compare import DEMO_CONFIG, load_comparison_suite, run_suite
+from natgrad.experiments.config import ConfigError
+from natgrad.experiments.runlog import read_log
+
+SMOKE = Path(__file__).parent / "configs" / "smoke.toml"
+
+
+def test_suite_resolution(tmp_path):
+    suite = load_comparison_suite(SMOKE, overrides=["budget.steps=7"], out_dir=str(tmp_path))
+    assert suite.labels == ["sgd", "adam"] and suite.seeds == [0, 1]
+    ae, vae = suite.comparisons
+    assert (ae.name, ae.target, ae.model_kind) == ("synthetic-autoencoder", 18.0, "autoencoder")
+    assert (vae.target, vae.model_kind) == (None, "vae")
+    assert [c.optimizer.lr for c in ae.runs["sgd"]] == [0.05, 0.05]
+    assert vae.runs["sgd"][0].optimizer.lr == 0.02  # per-comparison override
+    assert vae.runs["adam"][1].seed == 1 and vae.runs["adam"][1].eval.iwae_samples == 5
+    assert vae.runs["adam"][1].out_dir == str(tmp_path / "synthetic-vae" / "adam" / "seed-1")
+    assert all(c.budget.steps == 7 for runs in vae.runs.values() for c in runs)
+
+
+def test_demo_config_is_valid():
+    suite = load_comparison_suite(DEMO_CONFIG)
+    assert suite.labels == ["sgd", "adam"]
+    assert [c.name for c in suite.comparisons] == ["mnist-autoencoder", "mnist-vae"]
+    config = suite.comparisons[0].runs["sgd"][0]
+    assert (config.data.dataset, config.model.kind, config.optimizer.nesterov) == ("mnist", "autoencoder", True)
+    assert load_comparison_suite(DEMO_CONFIG, optimizers=["adam", "kfac"]).labels == ["adam", "kfac"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('optimizers = []\n', "optimizers is empty"),
+    ('optimizers = ["sgd"]\nseeds = []\n', r"seeds = \[\] .* must be a non-empty list"),
+    ('optimizers = ["sgd"]\nbogus = 1\n', r"unknown key\(s\) bogus"),
+    ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\ntarget = "low"\n', "target = 'low' must be a number"),
+    ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\n[[comparison]]\nname = "a"\n', "names must be unique"),
+    ('optimizers = ["nope"]\n', r"optimizer\.name = 'nope' is invalid"),
+])
+def test_suite_errors(tmp_path, text, message):
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_comparison_suite(path)
+
+
+def test_unknown_optimizer_selection_is_rejected():
+    with pytest.raises(ConfigError, match="--optimizers lbfgs not in this suite; allowed: sgd, adam"):
+        load_comparison_suite(SMOKE, optimizers=["lbfgs"])
+
+
+def test_run_suite_runs_everything_once(tmp_path):
+    suite = load_comparison_suite(SMOKE, out_dir=str(tmp_path))
+    suite.comparisons = suite.comparisons[:1]
+    outcome = run_suite(suite, show_progress=False)
+    dirs = outcome.run_dirs["synthetic-autoencoder"]
+    assert not outcome.interrupted and [len(dirs[label]) for label in ("sgd", "adam")] == [2, 2]
+    for run_dirs in dirs.values():
+        for run_dir in run_dirs:
+            assert json.loads((run_dir / "result.json").read_text())["step"] == 20
+    logs = {d: (d / "log.jsonl").read_text() for ds in dirs.values() for d in ds}
+    # A second invocation skips finished runs (logs untouched) and resumes an interrupted one.
+    victim = dirs["adam"][1]
+    (victim / "result.json").unlink()
+    records = read_log(victim)
+    again = run_suite(suite, show_progress=False)
+    assert again.run_dirs == outcome.run_dirs
+    assert all((d / "log.jsonl").read_text() == text for d, text in logs.items() if d != victim)
+    assert read_log(victim)[:len(records)] == records

@@ -1,0 +1,156 @@
+"""The bench report built from a fixture of cell records with known curves: variant selection, medians,
+speed-ups (including the lower bound when a baseline never reaches the target), the papers' numbers,
+figures and the HTML page."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from natgrad.report.bench_report import load_cells, select_variant, write_bench_report
+from natgrad.report.html import markdown_to_html
+from natgrad.report.papers import REPORTED, papers_table
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 1, "torch": "2.13.0", "python": "3.11", "platform": "x",
+           "device": "cpu"}
+
+
+def cell(problem: str, label: str, variant: str, seed: int, errors: list[float | None], times: list[float],
+         name: str | None = None, target: float | None = None, trace: dict | None = None,
+         grid: dict | None = None) -> dict:
+    """A cell record as :func:`natgrad.experiments.bench.cell_record` writes it (evaluations every 10 steps)."""
+    dataset, model = problem.split("-")
+    metric = "reconstruction_error" if model == "autoencoder" else "neg_elbo"
+    steps = [10 * i for i in range(len(errors))]
+    curve = [{"step": s, "time": t, "wall": t, "metrics": {f"train.{metric}": e if e is not None else float("nan"),
+                                                          f"test.{metric}": (e if e is not None else float("nan")) + 1}}
+             for s, t, e in zip(steps, times, errors)]
+    finite = [e for e in errors if e is not None]
+    return {
+        "problem": problem, "dataset": dataset, "model": model, "label": label, "variant": variant, "seed": seed,
+        "grid": grid or {}, "status": "diverged" if errors[-1] is None else "completed",
+        "config": {"data": {"dataset": dataset, "train_size": 1000, "test_size": 500},
+                   "model": {"kind": model, "sizes": None, "problem": None},
+                   "optimizer": {"name": name or label, "l2": 1e-5}, "eval": {"every": 10}, "batch_size": 100,
+                   "out_dir": f"runs/{problem}/{variant}/seed-{seed}"},
+        "machine": MACHINE, "budget": {"steps": steps[-1], "seconds": 60.0}, "steps": steps[-1],
+        "train_time": times[-1], "metric": metric, "curve": curve,
+        "trace": trace or {"step": steps[1:], "time": times[1:], "loss": finite[1:]},
+        "final": {"train": errors[-1], "test": None if errors[-1] is None else errors[-1] + 1},
+        "best": {"train": min(finite), "test": min(finite) + 1}, "target": target,
+        "time_to_target": None, "steps_to_target": None,
+    }
+
+
+KFAC_TRACE = {"step": [10, 20], "time": [1.0, 3.0], "loss": [5.0, 1.0], "damping": [150.0, 120.0],
+              "alpha": [1.0, 0.8], "mu": [0.0, 0.5]}
+
+
+def fixture_cells() -> list[dict]:
+    ae, vae = "mnist-autoencoder", "mnist-vae"
+    return [
+        cell(ae, "sgd", "sgd-lr0.01", 0, [100, 20, 12], [0, 1, 2], target=10.0, grid={"lr": 0.01}),
+        cell(ae, "sgd", "sgd-lr0.01", 1, [100, 20, 12], [0, 1, 2], target=10.0, grid={"lr": 0.01}),
+        cell(ae, "sgd", "sgd-lr0.1", 0, [100, 50, None], [0, 1, 2], target=10.0, grid={"lr": 0.1}),
+        cell(ae, "sgd", "sgd-lr0.1", 1, [100, 50, 30], [0, 1, 2], target=10.0, grid={"lr": 0.1}),
+        cell(ae, "adam", "adam", 0, [100, 9, 5], [0, 2, 4], target=10.0),
+        cell(ae, "adam", "adam", 1, [100, 15, 8], [0, 2, 4], target=10.0),
+        cell(ae, "kfac-b100", "kfac-b100", 0, [100, 5, 1], [0, 1, 3], name="kfac", target=10.0, trace=KFAC_TRACE),
+        cell(ae, "kfac-b100", "kfac-b100", 1, [100, 5, 2], [0, 0.5, 1], name="kfac", target=10.0, trace=KFAC_TRACE),
+        cell(vae, "adam", "adam", 0, [200, 120, 90], [0, 1, 2]),
+        cell(vae, "kfac", "kfac", 0, [200, 110, 100], [0, 2, 4], trace=KFAC_TRACE),
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    for record in fixture_cells():
+        path = root / "cells" / record["problem"] / record["variant"] / f"seed-{record['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    return root
+
+
+@pytest.fixture(scope="module")
+def markdown(runs_dir: Path) -> str:
+    """The report of the fixture, built once (figures are the slow part)."""
+    return write_bench_report(runs_dir, runs_dir / "report", title="fixture").markdown
+
+
+def _row(markdown: str, section: str, first_cell: str, table_header: str) -> list[str]:
+    """The cells of the row starting with ``first_cell`` in the table after ``table_header`` in ``section``."""
+    part = markdown.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    table = part.split(table_header, 1)[1]
+    line = next(line for line in table.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_the_lowest_median_final_error_variant_is_kept_and_divergence_counts_as_worst(runs_dir):
+    cells = load_cells(runs_dir)
+    sgd = {}
+    for c in cells:
+        if c["label"] == "sgd":
+            sgd.setdefault(c["variant"], []).append(c)
+    assert select_variant(sgd) == "sgd-lr0.01"  # lr 0.1: median(inf, 30) = inf
+
+
+def test_tables_give_medians_ranges_and_speedups(markdown):
+    header = "| optimizer | seeds | final train |"
+    adam = _row(markdown, "mnist-autoencoder", "adam", header)
+    assert adam[2] == "6.5 [5–8]" and adam[6] == "3 [2–4]" and adam[7] == "15 [10–20]"
+    sgd = _row(markdown, "mnist-autoencoder", "sgd-lr0.01", header)
+    assert sgd[6] == "not reached" and sgd[2] == "12"
+
+    speed = "| optimizer | time to target (s) |"
+    kfac = _row(markdown, "mnist-autoencoder", "kfac-b100", speed)
+    # columns: vs Adam (time, steps), vs SGD-momentum (time, steps)
+    assert kfac[1] == "0.75 [0.5–1]"
+    assert kfac[2:] == ["4×", "1.5×", "> 2.7×", "> 2×"]  # SGD never reaches 10: budget 2 s / 0.75 s, 20 / 10 steps
+    grid = _row(markdown, "mnist-autoencoder", "sgd", "| label | variant |")
+    assert grid[1] == "sgd-lr0.01" and grid[-1] == "yes"
+    assert "| sgd | sgd-lr0.1 | lr = 0.1 | 30 | 1/2 |" in markdown
+    headline = _row(markdown, "Headline", "mnist-autoencoder", "| problem | method |")
+    assert headline[1:] == ["kfac-b100", "1.5 [1–2]", "4×", "> 2.7×"]
+
+
+def test_default_target_is_the_largest_median_final_error(markdown):
+    vae = markdown.split("## mnist-vae\n", 1)[1]
+    assert "Target train error 100;" in vae  # max(90, 100): K-FAC's final error
+    kfac = _row(markdown, "mnist-vae", "kfac", "| optimizer | time to target (s) |")
+    assert kfac[1] == "4" and kfac[2:4] == ["0.5×", "1×"]  # Adam reaches 100 at 2 s (step 20), K-FAC at 4 s (step 20)
+
+
+def test_papers_numbers_sit_next_to_autoencoder_tables_only(markdown):
+    ae = markdown.split("## mnist-autoencoder\n", 1)[1].split("\n## ", 1)[0]
+    vae = markdown.split("## mnist-vae\n", 1)[1]
+    assert "Sutskever et al. 2013, Table 1" in ae and "Hinton & Salakhutdinov 2006, Fig. 2" in ae
+    assert "| improved HF | train | 0.69 |" in ae
+    assert "Sutskever" not in vae
+    assert papers_table("synthetic") == "" and len(REPORTED) == 3
+
+
+def test_figures_and_html_are_written(runs_dir, markdown):
+    out = runs_dir / "report"
+    for name in ("mnist-autoencoder-curves", "mnist-autoencoder-traces", "mnist-vae-curves", "mnist-vae-traces"):
+        for suffix in (".png", ".pdf"):
+            assert (out / "figures" / f"{name}{suffix}").stat().st_size > 1000
+    assert "figures/mnist-autoencoder-traces.png" in markdown and (out / "report.md").read_text() == markdown
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<img alt="mnist-autoencoder: error vs. time and steps"' in page
+    assert page.count("<table>") == sum(line.startswith("|---") for line in markdown.splitlines())
+
+
+def test_missing_cells_name_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no cell results in"):
+        write_bench_report(tmp_path)
+
+
+def test_markdown_subset_to_html():
+    page = markdown_to_html("# T <1>\n\ntext **b** `c` [l](x.pdf)\n\n| a | b |\n|---|---:|\n| 1 | 2 |\n\n- i\n- j\n",
+                            "t")
+    assert "<h1>T &lt;1&gt;</h1>" in page
+    assert "<p>text <strong>b</strong> <code>c</code> <a href=\"x.pdf\">l</a></p>" in page
+    assert "<tr><th>a</th><th class=r>b</th></tr>" in page and "<tr><td>1</td><td class=r>2</td></tr>" in page
+    assert "<ul>\n<li>i</li>\n<li>j</li>\n</ul>" in page

@@ -1,0 +1,84 @@
+"""Summaries, tables and figures of a comparison, from hand-made learning curves and a real suite."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from natgrad.experiments.compare import load_comparison_suite, run_suite
+from natgrad.report import Spread, comparison_table, default_target, plot_comparison, summarise, write_suite_report
+from natgrad.report.curves import RunCurves
+from natgrad.report.summary import first_reach
+
+SMOKE = Path(__file__).parents[1] / "experiments" / "configs" / "smoke.toml"
+
+
+def curves(train: list[float], test: list[float], times: list[float], steps: list[int] | None = None) -> RunCurves:
+    steps = steps if steps is not None else [10 * i for i in range(len(train))]
+    metrics = {"train.reconstruction_error": np.array(train), "test.reconstruction_error": np.array(test)}
+    return RunCurves(Path("."), {}, np.array(steps), np.array(times), metrics, steps[-1], times[-1])
+
+
+def test_spread_ignores_non_finite_values():
+    assert Spread.of([3.0, 1.0, 2.0, math.nan]) == Spread(2.0, 1.0, 3.0, 3)
+    assert Spread.of([math.nan]).n == 0
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_it():
+    run = curves([10.0, 6.0, 4.0, 5.0], [11.0, 7.0, 5.0, 5.5], [0.0, 1.5, 3.0, 4.5])
+    assert first_reach(run, "train.reconstruction_error", 6.0) == (1.5, 10.0)
+    assert all(math.isnan(v) for v in first_reach(run, "train.reconstruction_error", 3.9))
+
+
+def test_summary_statistics_over_seeds():
+    seeds = [curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
+             curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0]),
+             curves([10.0, 9.0, 9.5], [11.0, 9.5, 9.9], [0.0, 3.0, 6.0])]
+    row = summarise("sgd", seeds, "reconstruction_error", target=6.0)
+    assert row.final_train == Spread(5.0, 4.0, 9.5, 3)
+    assert row.best_train == Spread(5.0, 4.0, 9.0, 3)
+    assert row.final_test == Spread(6.0, 4.0, 9.9, 3)
+    assert row.time_to_target == Spread(2.5, 1.0, 4.0, 2)  # the third seed never reaches 6
+    assert row.steps_to_target == Spread(15.0, 10.0, 20.0, 2)
+    assert row.time == Spread(4.0, 2.0, 6.0, 3)
+    table = comparison_table([row])
+    assert "| sgd | 3 | 5 [4–9.5] | 6 [4–9.9] | 5 [4–9] |" in table
+    assert "| 2.5 [1–4] (2/3) | 15 [10–20] (2/3) |" in table
+    # default target: the largest median final train error over optimizers
+    runs = {"sgd": seeds, "adam": [curves([10.0, 3.0], [10.0, 3.0], [0.0, 1.0])]}
+    assert default_target(runs, "reconstruction_error") == 5.0
+
+
+def test_plot_writes_png_and_pdf(tmp_path):
+    runs = {"sgd": [curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
+                    curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0])],
+            "adam": [curves([10.0, 5.0, 2.0], [11.0, 6.0, 3.0], [0.0, 1.2, 2.5])]}
+    paths = plot_comparison(runs, "reconstruction_error", "reconstruction error", "test", tmp_path / "fig", target=5.0)
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_suite_report_from_real_runs(tmp_path):
+    suite = load_comparison_suite(SMOKE, out_dir=str(tmp_path))
+    outcome = run_suite(suite, show_progress=False)
+    report = write_suite_report(suite, outcome.run_dirs)
+    assert report.path == tmp_path / "report.md" and report.path.read_text() == report.markdown
+    text = report.markdown
+    assert "## synthetic-autoencoder" in text and "## synthetic-vae" in text
+    assert "Target train error 18 (given)" in text
+    assert "final test IWAE log-likelihood (nats)" in text  # the VAE table has the IWAE column
+    assert text.count("| sgd | 2 |") == 2 and text.count("| adam | 2 |") == 2
+    for name in ("synthetic-autoencoder", "synthetic-vae"):
+        assert (tmp_path / name / "curves.png").is_file() and (tmp_path / name / "curves.pdf").is_file()
+        assert f"]({name}/curves.png)" in text
+
+
+def test_missing_log_is_reported(tmp_path):
+    from natgrad.report.curves import load_curves
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "log.jsonl").write_text('{"kind": "step", "step": 1, "time": 0.1, "loss": 1.0}\n')
+    with pytest.raises(ValueError, match="has no evaluation record"):
+        load_curves(tmp_path)

@@ -1,0 +1,63 @@
+"""The natgrad command line, in-process (the SIGKILL/resume test runs it as a real subprocess)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from natgrad.cli import COMMANDS, Command, build_parser, main, register
+
+SMOKE = Path(__file__).parent / "experiments" / "configs" / "smoke.toml"
+TINY = ["--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--set", "threads=1", "--no-progress"]
+
+
+def test_subcommands_are_registered():
+    assert {"train", "compare", "demo", "data"} <= set(COMMANDS)
+    with pytest.raises(ValueError, match="'train' is already registered"):
+        register(Command("train", "again", lambda parser: None, lambda args: 0))
+    assert build_parser().parse_args(["data", "list"]).data_action == "list"
+
+
+def test_train_flags_and_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--optimizer", "adam", "--lr", "0.003", "--steps", "6", "--eval-every", "3",
+                 "--batch-size", "20", "--seed", "4", "--out", str(out), "--set", "optimizer.betas=[0.8, 0.9]"])
+    assert code == 0
+    assert "completed at step 6" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["optimizer"] == {**config["optimizer"], "name": "adam", "lr": 0.003, "betas": [0.8, 0.9]}
+    assert (config["batch_size"], config["seed"], config["eval"]["every"]) == (20, 4, 3)
+    # --resume of a finished run reports it; other flags are refused with --resume
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--lr", "0.1"]) == 2
+    assert "give no --config, --set or other flags" in capsys.readouterr().err
+
+
+def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
+    assert main(["train", *TINY, "--model", "gan", "--out", str(tmp_path / "x")]) == 2
+    assert "model.kind = 'gan' is invalid; allowed: autoencoder, vae" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_compare_prints_the_table_and_writes_the_report(tmp_path, capsys):
+    code = main(["compare", str(SMOKE), "--out", str(tmp_path), "--optimizers", "adam", "--set", "budget.steps=5",
+                 "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| adam | 2 |" in out and "| sgd |" not in out
+    assert f"Report: {tmp_path / 'report.md'}" in out
+    assert (tmp_path / "synthetic-vae" / "curves.pdf").is_file()
+
+
+def test_demo_runs_a_suite(tmp_path, capsys):
+    assert main(["demo", "--config", str(SMOKE), "--out", str(tmp_path), "--optimizers", "sgd",
+                 "--set", "budget.steps=3", "--no-progress"]) == 0
+    assert "| sgd | 2 |" in capsys.readouterr().out
+
+
+def test_data_list_shows_the_datasets(capsys, shared_data_dir):
+    assert main(["data", "list", "--data-dir", str(shared_data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist" in out and "curves" in out and "faces" in out
