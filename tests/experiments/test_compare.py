@@ -27,12 +27,15 @@ def test_suite_resolution(tmp_path):
 
 
 def test_demo_config_is_valid():
+    from natgrad.experiments.optimizers import OPTIMIZERS
+
     suite = load_comparison_suite(DEMO_CONFIG)
-    assert suite.labels == ["sgd", "adam"]
+    assert {"sgd", "adam"} <= set(suite.labels) <= set(OPTIMIZERS)
     assert [c.name for c in suite.comparisons] == ["mnist-autoencoder", "mnist-vae"]
     config = suite.comparisons[0].runs["sgd"][0]
     assert (config.data.dataset, config.model.kind, config.optimizer.nesterov) == ("mnist", "autoencoder", True)
-    assert load_comparison_suite(DEMO_CONFIG, optimizers=["adam", "kfac"]).labels == ["adam", "kfac"]
+    assert config.budget.steps is not None  # a steps budget: reruns give identical numbers
+    assert load_comparison_suite(DEMO_CONFIG, optimizers=["adam"]).labels == ["adam"]
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -126,7 +126,7 @@ def _kill_after_checkpoint(process: subprocess.Popen, out: Path, sig: int) -> No
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.01)
-    time.sleep(0.1)  # let it log a few steps past the checkpoint
+    time.sleep(0.05)  # let it log a few steps past the checkpoint
     process.send_signal(sig)
     process.wait(timeout=60)
 

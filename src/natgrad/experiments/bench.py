@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -260,7 +261,7 @@ def first_reach(steps: Sequence[int], times: Sequence[float], errors: Sequence[f
 
 
 def _finite_or_none(value: float) -> float | None:
-    return value if value == value and abs(value) != float("inf") else None
+    return value if math.isfinite(value) else None
 
 
 def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
@@ -294,7 +295,7 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
     }
     for split in ("train", "test"):
         values = [e["metrics"].get(f"{split}.{metric}", float("nan")) for e in evals]
-        finite = [v for v in values if v == v]
+        finite = [v for v in values if math.isfinite(v)]
         record.setdefault("final", {})[split] = _finite_or_none(values[-1]) if values else None
         record.setdefault("best", {})[split] = min(finite) if finite else None
     if cell.target is not None:

@@ -139,30 +139,36 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
                   "predicted_change": None, "cg_iterations": None, "cg_stop_reason": None, "rejected": False}
         if reject_nonfinite(gradient, h0):
             self._reject(state)
-            record.update(rejected=True, damping=state["damping"], rejected_steps=state["rejected_steps"])
-            self.last_step_record = record
-            return loss
-        update, model_step, gamma = self._choose_update(loss, gradient, state, k)
-        record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu, predicted_change=model_step.predicted_change)
+            record["rejected"] = True
+        else:
+            update, model_step, gamma = self._choose_update(loss, gradient, state, k)
+            record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
+                          predicted_change=model_step.predicted_change)
+            record["rejected"], record["rho"] = self._apply_or_reject(loss, update, model_step, gamma, h0, k)
+        record.update(damping=state["damping"], rejected_steps=state["rejected_steps"])
+        self.last_step_record = record
+        return loss
+
+    def _apply_or_reject(self, loss: Loss, update: list[Tensor], model_step: QuadraticModelStep, gamma: float,
+                         h0: float, k: int) -> tuple[bool, float | None]:
+        """Steps 5-6 of the module docstring; returns ``(rejected, rho)``."""
+        state, params = self.state[_STATE], self._params()
         h1 = self._new_objective(loss, params, update, k)
         checked = [h0, model_step.alpha, model_step.mu] + [v for v in (h1,) if v is not None]
         if self.step_config.quadratic_model:
             checked.append(model_step.predicted_change)
-        if reject_nonfinite(update, *checked) or (
-            self.step_config.reject_increase and h1 is not None and h1 > h0
-        ):
+        rose = self.step_config.reject_increase and h1 is not None and h1 > h0
+        if reject_nonfinite(update, *checked) or rose:
             self._reject(state)
-            record["rejected"] = True
-        else:
-            if h1 is not None and self._adapts_damping(k):
-                record["rho"] = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
-            for p, u in zip(params, update):
-                p.add_(u)
-            state["previous_update"] = update
-            state["gamma"] = gamma if self.damping_config.adapt_gamma else self._tied_gamma(state)
-        record.update(damping=state["damping"], rejected_steps=state["rejected_steps"])
-        self.last_step_record = record
-        return loss
+            return True, None
+        rho = None
+        if h1 is not None and self._adapts_damping(k):
+            rho = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
+        for p, u in zip(params, update):
+            p.add_(u)
+        state["previous_update"] = update
+        state["gamma"] = gamma if self.damping_config.adapt_gamma else self._tied_gamma(state)
+        return False, rho
 
     def _update_curvature(self, loss: Loss, k: int) -> None:
         if (k - 1) % self.schedule.statistics_every == 0:

@@ -181,43 +181,19 @@ class HessianFree(torch.optim.Optimizer):
             raise ValueError("HessianFree.step needs a closure returning a natgrad.losses.Loss")
         with torch.enable_grad():
             loss = check_loss(closure(), "HessianFree")
-        config, state, params = self.config, self.state["hessian_free"], self.layout.params
+        state, params = self.state["hessian_free"], self.layout.params
         state["step"] += 1
-        eta, damping = config.weight_decay, state["damping"]
-        f0 = objective(float(loss.value.detach()), params, eta)
-        gradient = self.layout.flatten(regularised_gradient(params, eta))
+        f0 = objective(float(loss.value.detach()), params, self.config.weight_decay)
+        gradient = self.layout.flatten(regularised_gradient(params, self.config.weight_decay))
         record: dict[str, Any] = {"step": state["step"], "loss": f0, "rho": None, "alpha": None, "mu": None,
                                   "cg_iterations": 0, "cg_stop_reason": None, "rejected": False}
         if reject_nonfinite([gradient], f0):
             return self._reject(loss, state, record)
-        chunk = Loss.from_model(self.model, chunk_inputs(loss.inputs, config.chunks, state["step"] - 1), loss.build_terms)
-        shift = damping + eta
-        with torch.enable_grad():
-            preconditioner = self._preconditioner(chunk, shift)
-            result = conjugate_gradient(
-                lambda v: self._curvature_product(chunk, v) + shift * v,
-                -gradient, config.warm_start_decay * state["cg_start"], preconditioner,
-                config.max_cg_iterations, config.cg_tolerance,
-            )
+        result = self._run_cg(loss, gradient, state)
         record.update(cg_iterations=result.iterations, cg_stop_reason=result.stop_reason)
         if reject_nonfinite([result.solution]):
             return self._reject(loss, state, record)
-
-        def f_at(direction: Tensor) -> float:
-            moved = {n: p.detach() + d for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))}
-            return objective(float(loss.value_at(moved)), list(moved.values()), eta)
-
-        if config.backtrack:
-            iteration, direction, f1 = backtrack(result, f_at)
-        else:
-            iteration, direction, f1 = result.iterations, result.solution, f_at(result.solution)
-        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)
-        rho = reduction_ratio(f1 - f0, predicted)
-        state["damping"] = levenberg_marquardt_update(damping, rho, config.damping_decrease, config.damping_increase)
-        slope = float(gradient @ direction)
-        rate, _ = armijo_rate(lambda r: f_at(r * direction), f0, slope, f1, config.line_search_shrink,
-                              config.line_search_c, config.line_search_max_shrinks)
-        record.update(rho=rho, alpha=rate, backtracked_iteration=iteration, damping=state["damping"])
+        direction, rate = self._backtrack_and_search(loss, gradient, result, f0, record)
         if rate == 0.0:
             return self._reject(loss, state, record, raise_damping=False)
         for p, d in zip(params, self.layout.unflatten(rate * direction)):
@@ -226,6 +202,43 @@ class HessianFree(torch.optim.Optimizer):
         record["rejected_steps"] = state["rejected_steps"]
         self.last_step_record = record
         return loss
+
+    def _run_cg(self, loss: Loss, gradient: Tensor, state: dict) -> CGResult:
+        """Steps 1-3: PCG on ``(G_chunk + (lambda + eta) I) p = -g`` from ``0.95 p_prev``."""
+        config = self.config
+        inputs = chunk_inputs(loss.inputs, config.chunks, state["step"] - 1)
+        chunk = Loss.from_model(self.model, inputs, loss.build_terms)
+        shift = state["damping"] + config.weight_decay
+        with torch.enable_grad():
+            preconditioner = self._preconditioner(chunk, shift)
+            return conjugate_gradient(
+                lambda v: self._curvature_product(chunk, v) + shift * v,
+                -gradient, config.warm_start_decay * state["cg_start"], preconditioner,
+                config.max_cg_iterations, config.cg_tolerance,
+            )
+
+    def _backtrack_and_search(
+        self, loss: Loss, gradient: Tensor, result: CGResult, f0: float, record: dict
+    ) -> tuple[Tensor, float]:
+        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate)``."""
+        config, state = self.config, self.state["hessian_free"]
+
+        def f_at(direction: Tensor) -> float:
+            moved = {n: p.detach() + d for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))}
+            return objective(float(loss.value_at(moved)), list(moved.values()), config.weight_decay)
+
+        if config.backtrack:
+            iteration, direction, f1 = backtrack(result, f_at)
+        else:
+            iteration, direction, f1 = result.iterations, result.solution, f_at(result.solution)
+        damping = state["damping"]
+        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)  # q without lambda
+        rho = reduction_ratio(f1 - f0, predicted)
+        state["damping"] = levenberg_marquardt_update(damping, rho, config.damping_decrease, config.damping_increase)
+        rate, _ = armijo_rate(lambda r: f_at(r * direction), f0, float(gradient @ direction), f1,
+                              config.line_search_shrink, config.line_search_c, config.line_search_max_shrinks)
+        record.update(rho=rho, alpha=rate, backtracked_iteration=iteration, damping=state["damping"])
+        return direction, rate
 
     def _curvature_product(self, chunk: Loss, flat: Tensor) -> Tensor:
         product = curvature_vector_product(chunk, self.layout.unflatten(flat), kind=self.config.curvature)

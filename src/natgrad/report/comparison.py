@@ -31,7 +31,7 @@ class Report:
 def machine_line() -> str:
     """CPU, core count and torch version, for reproducibility notes."""
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _describe(comparison: Comparison) -> str:
@@ -41,8 +41,10 @@ def _describe(comparison: Comparison) -> str:
     limit = " and ".join(x for x in (f"{budget.steps} steps" if budget.steps else "",
                                       f"{budget.seconds:g} s" if budget.seconds else "") if x)
     arch = config.model.sizes or config.model.problem or data.dataset
+    threads = config.threads if config.threads is not None else f"default ({torch.get_num_threads()})"
     return (f"{config.model.kind} ({arch}) on {data.dataset} ({sizes}), batch {config.batch_size}, "
-            f"budget {limit}, L2 eta {config.optimizer.l2:g}, evaluation every {config.eval.every} steps")
+            f"budget {limit}, L2 eta {config.optimizer.l2:g}, evaluation every {config.eval.every} steps, "
+            f"torch threads {threads}")
 
 
 def comparison_section(comparison: Comparison, runs: Mapping[str, list[RunCurves]], out_dir: Path) -> str:

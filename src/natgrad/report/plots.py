@@ -3,8 +3,8 @@
 Each optimizer's line is the median over seeds, the shaded band spans min to max over seeds; the
 train error is drawn solid, the test error dashed. Over steps, seeds share their evaluation steps;
 over time, each seed's curve is interpolated (in log space) onto a common grid that stops at the
-shortest seed. The y axis is logarithmic. Figures are written as PNG (200 dpi) and PDF with the
-non-interactive Agg backend.
+shortest seed. The y axis is logarithmic when the values span more than a factor of 3. Figures
+are written as PNG (200 dpi) and PDF with the non-interactive Agg backend.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from natgrad.report.curves import RunCurves  # noqa: E402
 
@@ -56,8 +56,11 @@ def _draw(ax, x: np.ndarray, values: np.ndarray, color: str, linestyle: str) -> 
                             linewidth=0)
 
 
-def _positive(values: Mapping[str, Sequence[RunCurves]], key: str) -> bool:
-    return all(np.all(c.metrics[key][np.isfinite(c.metrics[key])] > 0) for cs in values.values() for c in cs)
+def _use_log_scale(runs: Mapping[str, Sequence[RunCurves]], keys: Sequence[str]) -> bool:
+    """Log scale when every value is positive and they span more than a factor of 3."""
+    values = np.concatenate([c.metrics[k] for cs in runs.values() for c in cs for k in keys])
+    values = values[np.isfinite(values)]
+    return values.size > 0 and values.min() > 0 and values.max() / values.min() > 3.0
 
 
 def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric_label: str, title: str,
@@ -79,13 +82,14 @@ def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric
                 key = f"{split}.{metric}"
                 _draw(axes[0], *_band_over_time(curves, key), color, style)
                 _draw(axes[1], *_band_over_steps(curves, key), color, style)
-        positive = all(_positive(runs, f"{s}.{metric}") for s, _ in splits)
+        log_scale = _use_log_scale(runs, [f"{s}.{metric}" for s, _ in splits])
         for ax, xlabel in zip(axes, ("training time (s, evaluation excluded)", "optimizer steps")):
             ax.set_xlabel(xlabel)
-            if positive:
+            if log_scale:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             if target is not None:
                 ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":")
         axes[0].set_ylabel(metric_label)
