@@ -1,4 +1,18 @@
-"""natgrad: natural-gradient training of VAEs and deep autoencoders."""
+"""natgrad: natural-gradient training of VAEs and deep autoencoders.
+
+Layers, lowest first: distributions <- models <- losses/curvature <- optim <- experiments <- report
+<- cli. The public API below is what a user needs for their own training loop.
+"""
+from natgrad.curvature import (
+    KFAC as KFACCurvature,
+)
+from natgrad.curvature import (
+    CurvatureConfig,
+    CurvatureKind,
+    CurvatureRepresentation,
+    DiagonalCurvature,
+    TridiagonalKFAC,
+)
 from natgrad.distributions import (
     Bernoulli,
     DiagonalGaussianPosterior,
@@ -6,15 +20,33 @@ from natgrad.distributions import (
     GaussianLearnedVariance,
     OutputDistribution,
 )
+from natgrad.losses import Loss, LossTerm, build_loss, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
+from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
 
 __version__ = "0.1.0"
 __all__ = [
     "Bernoulli",
+    "CurvatureConfig",
+    "CurvatureKind",
+    "CurvatureRepresentation",
     "DeepAutoencoder",
+    "DiagonalCurvature",
     "DiagonalGaussianPosterior",
+    "DiagonalNaturalGradient",
     "Gaussian",
     "GaussianLearnedVariance",
+    "HessianFree",
+    "KFAC",
+    "KFACCurvature",
+    "Loss",
+    "LossTerm",
     "OutputDistribution",
+    "PRONG",
+    "TONGA",
+    "TridiagonalKFAC",
     "VAE",
+    "build_loss",
+    "kl_term",
+    "likelihood_term",
 ]

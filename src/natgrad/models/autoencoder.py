@@ -31,6 +31,13 @@ def likelihood_from_outputs(name: str, outputs: Tensor) -> OutputDistribution:
     raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
 
 
+def problem_arguments(problem: str, kwargs: dict) -> tuple[tuple[int, ...], dict]:
+    """Sizes of a benchmark problem and ``kwargs`` with its likelihood, for ``for_problem``."""
+    if problem not in ARCHITECTURES:
+        raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
+    return ARCHITECTURES[problem], {"likelihood": LIKELIHOODS[problem], **kwargs}
+
+
 @dataclass
 class AutoencoderOutput:
     """What a deep autoencoder returns: the likelihood of the input given its code."""
@@ -66,10 +73,8 @@ class DeepAutoencoder(nn.Module):
     @classmethod
     def for_problem(cls, problem: str, **kwargs) -> "DeepAutoencoder":
         """The paper architecture for 'mnist', 'curves' or 'faces'."""
-        if problem not in ARCHITECTURES:
-            raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
-        kwargs.setdefault("likelihood", LIKELIHOODS[problem])
-        return cls(ARCHITECTURES[problem], **kwargs)
+        sizes, arguments = problem_arguments(problem, kwargs)
+        return cls(sizes, **arguments)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
         code = self.encoder(x.flatten(1))

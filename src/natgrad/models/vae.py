@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
-from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOODS, likelihood_from_outputs
+from natgrad.models.autoencoder import likelihood_from_outputs, problem_arguments
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -55,10 +55,8 @@ class VAE(nn.Module):
     @classmethod
     def for_problem(cls, problem: str, **kwargs) -> "VAE":
         """The deep-autoencoder shapes of 'mnist', 'curves' or 'faces' as a VAE."""
-        if problem not in ARCHITECTURES:
-            raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
-        kwargs.setdefault("likelihood", LIKELIHOODS[problem])
-        return cls(ARCHITECTURES[problem], **kwargs)
+        sizes, arguments = problem_arguments(problem, kwargs)
+        return cls(sizes, **arguments)
 
     def encode(self, x: Tensor) -> DiagonalGaussianPosterior:
         mu, log_var = self.encoder(x.flatten(1)).chunk(2, dim=-1)
