@@ -171,13 +171,13 @@ register(Command("demo", "the baseline comparison on real MNIST (what `make demo
 # -- geometry (owned by the geometry study, issue 8) -----------------------------------------------
 
 def _add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
-    from natgrad.geometry.study import add_arguments
+    from natgrad.experiments.geometry_study.study import add_arguments
 
     add_arguments(parser)
 
 
 def _run_geometry(args: argparse.Namespace) -> int:
-    from natgrad.geometry.study import main as geometry_main
+    from natgrad.experiments.geometry_study.study import main as geometry_main
 
     return geometry_main(args)
 

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogFormatter  # noqa: E402
 
 from natgrad.report.plots import STYLE  # noqa: E402
 
@@ -70,6 +71,8 @@ def plot_traces(runs: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping
             ax.set_ylabel(TRACE_PANELS[name])
             if name == "damping":
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # labels minors on short ranges
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.suptitle(f"{title}: adaptive damping and step size (median, band min–max over seeds)", fontsize=10)

@@ -3,7 +3,7 @@ r"""Training with the steepest-descent direction of a divergence's local metric.
 One step on a mini-batch, for a metric ``G_M`` (:class:`~natgrad.geometry.pullback.PulledBackMetric`;
 ``None`` means the Euclidean metric ``I``, i.e. the plain gradient direction):
 
-1. ``Delta = -(G_M + lambda_M I)^{-1} g`` by CG (:func:`~natgrad.geometry.directions.steepest_descent_direction`),
+1. ``Delta = -(G_M + lambda_M I)^{-1} g`` by CG (:func:`~natgrad.experiments.geometry_study.directions.steepest_descent_direction`),
    ``lambda_M = relative_damping * tr(G_M)/P`` (so every positive multiple of a metric -- every
    f-divergence -- gives the same ``Delta``).
 2. The step size from the *same* quadratic model for every metric, the loss's exact Gauss-Newton
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.exact import ggn_vector_product
-from natgrad.geometry.directions import mean_eigenvalue, steepest_descent_direction
+from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction
 from natgrad.geometry.divergences import Divergence
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss

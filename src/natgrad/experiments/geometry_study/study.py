@@ -11,10 +11,10 @@ fixed probe batch and fixed VAE noise), with ``G_M`` each divergence's pulled-ba
 3. Agreement: ``u^T G_M u / u^T F u`` across directions (constant iff ``G_M`` is a multiple of
    ``F`` on them) and Spearman rank correlations of the norms, and of the true divergences at ``l = 1``.
 4. Steepest descent: ``d_M = (G_M + lambda_M I)^{-1} g`` and its cosine to ``d_F``.
-5. Training the VAE with each metric's direction (:mod:`natgrad.geometry.metric_training`).
+5. Training the VAE with each metric's direction (:mod:`natgrad.experiments.geometry_study.metric_training`).
 
 ``run_study`` returns the results and writes ``results.json``, the plots and ``report.md``
-(:mod:`natgrad.geometry.report`) into ``out_dir``.
+(:mod:`natgrad.experiments.geometry_study.report`) into ``out_dir``.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from natgrad.data import load_dataset
-from natgrad.geometry.directions import mean_eigenvalue, steepest_descent_direction, top_eigenvectors, unit
+from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction, top_eigenvectors, unit
 from natgrad.geometry.divergences import Divergence, NoLocalMetricError, get_divergence
-from natgrad.geometry.metric_training import MetricTrainingConfig, train_with_metric
+from natgrad.experiments.geometry_study.metric_training import MetricTrainingConfig, train_with_metric
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
@@ -197,7 +197,7 @@ def _probe_model(name: str, model: nn.Module, data: Tensor, config: StudyConfig,
 
 def run_study(config: StudyConfig) -> dict[str, Any]:
     """Run the whole study, write ``results.json``, the plots and ``report.md`` into ``config.out_dir``."""
-    from natgrad.geometry.report import write_report
+    from natgrad.experiments.geometry_study.report import write_report
 
     start = time.perf_counter()
     torch.manual_seed(config.seed)

@@ -8,8 +8,8 @@ import torch
 
 from natgrad.cli import main as cli_main
 from natgrad.geometry import PulledBackMetric, get_divergence, model_outputs
-from natgrad.geometry.directions import steepest_descent_direction, top_eigenvectors
-from natgrad.geometry.metric_training import MetricTrainingConfig, train_with_metric
+from natgrad.experiments.geometry_study.directions import steepest_descent_direction, top_eigenvectors
+from natgrad.experiments.geometry_study.metric_training import MetricTrainingConfig, train_with_metric
 from natgrad.geometry.pullback import flat_parameters
 from natgrad.models import VAE, DeepAutoencoder
 
