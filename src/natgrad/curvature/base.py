@@ -123,7 +123,10 @@ class CurvatureRepresentation(ABC):
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         for key, value in self._batch_statistics(batch).items():
             old = self._averages.get(key)
-            self._averages[key] = value if old is None else decay * old + (1.0 - decay) * value
+            if old is None:
+                self._averages[key] = value.clone()  # owned: later updates work in place
+            else:  # in place: no temporaries the size of the factors
+                old.mul_(decay).add_(value, alpha=1.0 - decay)
 
     def refresh(self) -> None:
         """Freeze the current averages as the represented matrix and factorise it (amortised).

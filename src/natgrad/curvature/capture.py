@@ -209,7 +209,7 @@ def capture(
 def input_factor(record: LayerRecord, batch_size: int) -> Tensor:
     """``A = (1/N) sum_{n,t} a_bar a_bar^T`` as one batched matrix product: ``(d_in, d_in)``."""
     a = record.inputs.flatten(0, 1)
-    return a.T @ a / batch_size
+    return torch.mm(a.T, a).div_(batch_size)
 
 
 def gradient_factor(record: LayerRecord, batch_size: int) -> Tensor:
@@ -217,7 +217,7 @@ def gradient_factor(record: LayerRecord, batch_size: int) -> Tensor:
     g = record.output_grads
     locations = g.shape[2]
     g = g.flatten(0, 2)
-    return g.T @ g / (batch_size * locations)
+    return torch.mm(g.T, g).div_(batch_size * locations)
 
 
 def cross_input_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:

@@ -30,6 +30,7 @@ representation estimates, so curvature choices are compared under the same step 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from natgrad.curvature.base import CurvatureRepresentation
 from natgrad.curvature.choices import CurvatureKind
-from natgrad.losses import Loss
+from natgrad.losses import Loss, LossTerm
 from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
 from natgrad.optim.natural import (
     QuadraticModelStep,
@@ -71,6 +72,29 @@ def check_loss(loss: Any, optimizer: str) -> Loss:
 def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> float:
     """``h = loss + (eta/2) |theta|^2``."""
     return loss_value + 0.5 * weight_decay * float(sum(p.detach().pow(2).sum() for p in params))
+
+
+def _prefix_term(term: LossTerm, m: int) -> LossTerm:
+    sampler = term.output_gradient_sampler
+    return dataclasses.replace(
+        term,
+        outputs=tuple(z[:m] for z in term.outputs),
+        values=term.values[:m],
+        curvature=tuple(c[:m] for c in term.curvature),
+        output_gradient_sampler=None if sampler is None else (lambda g: tuple(s[:m] for s in sampler(g))),
+    )
+
+
+def batch_subset(loss: Loss, fraction: float) -> Loss:
+    """The loss of the first ``ceil(fraction * N)`` examples, sliced from ``loss`` (no forward pass).
+
+    Every term is per-example, so slicing its outputs, values and curvature gives exactly the
+    terms a forward pass on the prefix would build; statistics capture re-runs that forward with
+    hooks anyway (on ``loss.inputs``), so evaluating it here would be wasted.
+    """
+    inputs = batch_prefix(loss.inputs, fraction)
+    m = int(inputs[0].shape[0])
+    return Loss(loss.model, inputs, loss.build_terms, tuple(_prefix_term(t, m) for t in loss.terms))
 
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
@@ -172,8 +196,7 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
 
     def _update_curvature(self, loss: Loss, k: int) -> None:
         if (k - 1) % self.schedule.statistics_every == 0:
-            inputs = batch_prefix(loss.inputs, self.schedule.statistics_fraction)
-            subset = Loss.from_model(loss.model, inputs, loss.build_terms)  # no graph: capture re-runs it
+            subset = batch_subset(loss, self.schedule.statistics_fraction)
             with torch.enable_grad():
                 self.curvature.update(self.curvature.capture(subset, self.generator))
         if k <= self.schedule.warmup_refreshes or k % self.schedule.inverse_every == 0:

@@ -76,8 +76,8 @@ def ggn_gram(
     batch = int(inputs[0].shape[0])
     k = len(directions)
     gram = torch.zeros(k, k, dtype=torch.float64)
-    for c, ju in zip(curvature, projected):
+    for c, ju in zip(curvature, projected):  # (k, k) products, accumulated in float64
         flat = ju.reshape(k, -1)
-        gram += ((flat * c.reshape(1, -1)) @ flat.T).double()
+        gram += (flat * c.reshape(1, -1)).double() @ flat.double().T
     gram /= batch
     return (gram + gram.T) / 2
