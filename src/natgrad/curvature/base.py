@@ -24,8 +24,9 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
 * :meth:`solve` applies ``M(lambda)^{-1}``, where ``M(lambda)`` is the representation's damped
   matrix, ``M(lambda) = to_dense(lambda)`` (for K-FAC the factored Tikhonov approximation of
   ``C + lambda I``, section 6.3; otherwise exactly ``C + lambda I``). Damping-dependent work is
-  cached for the last damping value, so trying several dampings (section 6.6) costs one small
-  factorisation each and never touches the statistics.
+  cached per damping value, so trying several dampings (section 6.6) costs one small
+  factorisation each and never touches the statistics; the last :data:`DAMPED_CACHE` dampings
+  stay cached, so returning to the chosen candidate after the search costs nothing.
 * :meth:`matvec` multiplies by the undamped ``C``; :meth:`to_dense` returns ``C`` or ``M(lambda)``
   as a ``(P, P)`` matrix (tests and tiny models only).
 * :meth:`state_dict` / :meth:`load_state_dict` hold everything needed to resume exactly: the moving
@@ -48,6 +49,10 @@ from natgrad.curvature.capture import CapturedBatch, capture
 from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
+
+
+#: Damped factorisations kept per refresh: the three gamma candidates of a search (section 6.6).
+DAMPED_CACHE = 3
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class CurvatureRepresentation(ABC):
         self._averages: dict[str, Tensor] = {}
         self._frozen: dict[str, Tensor] | None = None
         self._factors: dict[str, Any] = {}
-        self._damped: tuple[float, Any] | None = None
+        self._damped: dict[float, Any] = {}  # damping -> damped factors, at most DAMPED_CACHE entries
 
     @property
     def params(self) -> list[Tensor]:
@@ -138,7 +143,7 @@ class CurvatureRepresentation(ABC):
             raise RuntimeError(f"{type(self).__name__}.refresh() called before any update()")
         self._frozen = {k: v.clone() for k, v in self._averages.items()}
         self._factors = self._factorise(self._frozen)
-        self._damped = None
+        self._damped = {}
 
     # ---- products ---------------------------------------------------------------------------
     def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
@@ -146,9 +151,11 @@ class CurvatureRepresentation(ABC):
         vectors = self.layout.check(vectors)
         damping = check_damping(damping)
         frozen = self._require_frozen()
-        if self._damped is None or self._damped[0] != damping:
-            self._damped = (damping, self._damped_factors(frozen, damping))
-        return self._solve(vectors, damping, self._damped[1])
+        if damping not in self._damped:
+            if len(self._damped) >= DAMPED_CACHE:
+                del self._damped[next(iter(self._damped))]  # the oldest
+            self._damped[damping] = self._damped_factors(frozen, damping)
+        return self._solve(vectors, damping, self._damped[damping])
 
     def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
         """``C v`` with the undamped represented matrix."""
@@ -182,7 +189,7 @@ class CurvatureRepresentation(ABC):
         frozen = state["frozen"]
         self._frozen = None if frozen is None else {k: v.clone() for k, v in frozen.items()}
         self._factors = {} if self._frozen is None else self._factorise(self._frozen)
-        self._damped = None
+        self._damped = {}
 
     def _require_frozen(self) -> dict[str, Tensor]:
         if self._frozen is None:

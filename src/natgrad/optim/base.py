@@ -6,13 +6,15 @@ at step ``k`` (counted from 1):
 1. ``closure()`` gives the :class:`~natgrad.losses.Loss` of the batch and ``\nabla loss`` in
    ``.grad``; ``grad = \nabla loss + eta theta``, ``h = loss + (eta/2)|theta|^2``.
 2. Every ``statistics_every`` steps: capture statistics on the first ``tau_1`` of the batch
-   (sampled targets, section 5) and fold them into the representation's moving averages.
+   (sampled targets, section 5; that subset's loss is sliced from the closure's, no extra
+   forward pass) and fold them into the representation's moving averages.
 3. If ``k <= warmup_refreshes`` or ``k mod T3 = 0``: refresh the representation (amortised
    eigendecompositions, section 8).
 4. Every ``T2`` steps try three ``gamma`` (section 6.6), otherwise the current one; for each,
    ``Delta = -(C + gamma^2)^{-1} grad`` (the representation applies the factored Tikhonov damping,
    section 6.3) and ``(alpha, mu)`` from the exact-GGN quadratic model with ``lambda + eta``
    (sections 6.4, 7); keep the candidate with the lowest ``M(delta) - M(0)``.
+   All candidates and ``delta_0`` share one forward-mode pass for their exact-GGN products.
 5. ``delta = alpha Delta + mu delta_0``. A non-finite ``delta``, objective or model value rejects
    the step: parameters unchanged, ``lambda`` raised by ``1/omega_1``, momentum reset, the event
    counted in the state and reported in :attr:`last_step_record`.
@@ -21,7 +23,8 @@ at step ``k`` (counted from 1):
 
 Departures from the paper, each selected by a config field: fixed ``(alpha, mu)`` without the
 quadratic model (``step.quadratic_model = False``, the cheaper variant Martens' code keeps
-commented; no ``rho`` then, so ``lambda`` stays fixed); ``gamma`` tied to ``sqrt(lambda + eta)``
+commented; no ``rho`` then, so ``lambda`` stays fixed, and no model to rank ``gamma`` candidates,
+so ``gamma`` stays at its start value too); ``gamma`` tied to ``sqrt(lambda + eta)``
 (``damping.adapt_gamma = False``, section 6.3 before 6.6); rejecting steps whose objective rose
 (``step.reject_increase``, which evaluates ``h(theta + delta)`` every step).
 The quadratic model always uses the *full* GGN of the objective, whatever curvature the
@@ -204,34 +207,44 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
 
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
         damping = self.damping_config
-        if damping.adapt_gamma and k % damping.gamma_every == 0:
+        if damping.adapt_gamma and self.step_config.quadratic_model and k % damping.gamma_every == 0:
             gammas = damping_candidates(state["gamma"], damping.gamma_factor, damping.gamma_floor(), damping.gamma_max)
         else:
             gammas = (state["gamma"],)
+        directions = [precondition(self.curvature, gradient, gamma**2) for gamma in gammas]
         best = None
-        for gamma in gammas:
-            direction = precondition(self.curvature, gradient, gamma**2)
-            model_step = self._coefficients(loss, gradient, direction, state)
+        for direction, model_step, gamma in zip(directions, self._coefficients(loss, gradient, directions, state), gammas):
             if best is None or model_step.predicted_change < best[1].predicted_change:
                 best = (direction, model_step, gamma)
         direction, model_step, gamma = best
         return combine_update(direction, state["previous_update"], model_step), model_step, gamma
 
-    def _coefficients(self, loss: Loss, gradient: list[Tensor], direction: list[Tensor], state: dict) -> QuadraticModelStep:
+    def _coefficients(self, loss: Loss, gradient: list[Tensor], candidates: list[list[Tensor]],
+                      state: dict) -> list[QuadraticModelStep]:
+        """The quadratic model of each candidate direction (with ``delta_0``), one per candidate.
+
+        All candidates (three on a ``gamma`` search step) and ``delta_0`` share one Gram matrix, so
+        one forward-mode pass (:func:`~natgrad.optim.quadratic_model.ggn_gram`) serves them all;
+        candidate ``i`` uses the rows and columns ``(i, delta_0)``, exactly its own 2x2 model.
+        """
         config = self.step_config
         previous = state["previous_update"]
         if not config.quadratic_model:
             group = self.param_groups[0]
-            return QuadraticModelStep(alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan)
+            return [QuadraticModelStep(alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan)
+                    for _ in candidates]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
-        directions = [direction, previous] if use_previous else [direction]
+        directions = list(candidates) + ([previous] if use_previous else [])
         inputs = batch_prefix(loss.inputs, config.model_fraction)
-        with torch.enable_grad():
-            curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs)
+        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs)
         euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
         gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
         gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)
-        return quadratic_model_coefficients(gram, gradient_products)
+        steps = []
+        for i in range(len(candidates)):
+            index = torch.tensor([i, len(directions) - 1] if use_previous else [i])
+            steps.append(quadratic_model_coefficients(gram[index][:, index], gradient_products[index]))
+        return steps
 
     def _adapts_damping(self, k: int) -> bool:
         return self.step_config.quadratic_model and k % self.damping_config.adapt_every == 0

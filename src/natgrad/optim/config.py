@@ -148,7 +148,8 @@ class StepConfig:
     Attributes:
         quadratic_model: choose ``alpha`` (and ``mu``) by minimising the exact-GGN quadratic model
             (the paper). False uses the fixed ``learning_rate`` and ``momentum`` below, with no
-            ``rho`` and hence no damping adaptation (Martens' code, commented alternative).
+            ``rho`` and hence no damping adaptation, nor a ``gamma`` search (Martens' code, commented
+            alternative).
         momentum_from_model: include the previous update ``delta_0`` in the model (section 7);
             False is section 6.4's rescaling only.
         learning_rate, momentum: the fixed ``alpha`` and ``mu`` when ``quadratic_model`` is False.
