@@ -22,3 +22,20 @@ def test_mnist_subset(shared_data_dir):
     assert data.train.shape == (100, 784) and data.test.shape == (10, 784)
     assert data.train.dtype == torch.float32 and 0.0 <= float(data.train.min()) < float(data.train.max()) <= 1.0
     assert (data.likelihood, data.image_shape) == ("bernoulli", (28, 28))
+
+
+def test_regenerated_curves_train_the_curves_architecture(tmp_path, monkeypatch):
+    """A regenerated cache loads as 'curves-regen' but is still the CURVES problem (paper network)."""
+    from natgrad.data import paths, prepare_dataset
+    from natgrad.data.curves import CurvesRecipe
+    from natgrad.experiments.config import ModelConfig
+    from natgrad.experiments.runner import build_model
+
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(paths, "shared_data_dir", lambda: tmp_path / "no-shared")
+    prepare_dataset("curves", tmp_path / "data", recipe=CurvesRecipe(n_train=40, n_test=20), progress=False)
+    data = load_run_data(DataConfig(dataset="curves", data_dir=str(tmp_path / "data")))
+    assert (data.name, data.problem, data.train.shape) == ("curves-regen", "curves", (40, 784))
+    model = build_model(ModelConfig(kind="autoencoder"), data, torch.Generator().manual_seed(0))
+    assert model.sizes == (784, 400, 200, 100, 50, 25, 6)

@@ -18,7 +18,6 @@ IDS = [case.name for case in CASES]
 def _problem(seed: int = 0):
     """A tiny logistic autoencoder and a fixed sequence of binary batches."""
     g = torch.Generator().manual_seed(seed)
-    model = DeepAutoencoder([16, 6, 3], init="default", generator=g)
     torch.manual_seed(seed)
     model = DeepAutoencoder([16, 6, 3], init="default")
     prototypes = torch.rand(4, 16, generator=g)
@@ -98,6 +97,26 @@ def test_guard_rejects_injected_nan_and_run_continues(case):
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert _mean_loss(model, batches) < start
     assert optimizer.state_dict() is not None
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_nan_in_the_batch_is_rejected_logged_and_leaves_the_curvature_clean(case, caplog):
+    """A NaN from the forward pass (bad data), not only in .grad: the step is rejected before any
+    statistics are taken, the log says so, and later steps are finite and accepted."""
+    model, batches = _problem()
+    optimizer = case.build(model)
+    for x in batches[:3]:
+        optimizer.step(_closure(optimizer, model, x))
+    poisoned = batches[3].clone()
+    poisoned[0, 0] = math.nan
+    with caplog.at_level("WARNING"):
+        optimizer.step(_closure(optimizer, model, poisoned))
+    assert optimizer.last_step_record["rejected"] is True
+    assert "rejected" in caplog.text
+    for x in batches[4:]:
+        optimizer.step(_closure(optimizer, model, x))
+        assert optimizer.last_step_record["rejected"] is False
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @pytest.mark.parametrize(

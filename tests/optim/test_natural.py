@@ -114,3 +114,11 @@ def test_precondition_and_combine():
     torch.testing.assert_close(direction[0], torch.tensor([-1.0, -2.0]))
     update = combine_update(direction, [torch.tensor([1.0, 1.0])], QuadraticModelStep(2.0, 0.5, -1.0))
     torch.testing.assert_close(update[0], torch.tensor([-1.5, -3.5]))
+
+
+def test_damping_candidates_never_turn_an_increase_into_a_cut():
+    # gamma_0 = sqrt(150) above gamma_max = 1 (the autoencoder defaults): "increase" stays gamma.
+    gamma = 150**0.5
+    assert damping_candidates(gamma, 0.5, 0.01, 1.0) == (0.5 * gamma, gamma)
+    # and symmetrically below gamma_min: "decrease" stays gamma
+    assert damping_candidates(0.05, 0.5, 0.1, 1.0) == (0.05, 0.1)

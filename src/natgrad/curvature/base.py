@@ -55,6 +55,10 @@ from natgrad.losses import Loss
 DAMPED_CACHE = 3
 
 
+class NonFiniteStatistics(ArithmeticError):
+    """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update` refused it."""
+
+
 @dataclass(frozen=True)
 class CurvatureConfig:
     """What a representation estimates and how fast its statistics forget.
@@ -118,15 +122,23 @@ class CurvatureRepresentation(ABC):
 
         ``decay`` defaults to ``min(1 - 1/k, max_decay)`` with ``k`` the update count from 1.
 
+        A batch with a NaN or Inf statistic is refused before anything is folded in, so one bad
+        batch never poisons the averages.
+
         Raises:
             ValueError: ``decay`` outside ``[0, 1)``.
+            NonFiniteStatistics: a statistic of ``batch`` is NaN or Inf (nothing was changed).
         """
+        if decay is not None and not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        statistics = self._batch_statistics(batch)
+        bad = [key for key, value in statistics.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
         self.steps += 1
         if decay is None:
             decay = min(1.0 - 1.0 / self.steps, self.config.max_decay)
-        elif not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        for key, value in self._batch_statistics(batch).items():
+        for key, value in statistics.items():
             old = self._averages.get(key)
             if old is None:
                 self._averages[key] = value.clone()  # owned: later updates work in place

@@ -38,7 +38,12 @@ class InverseMethod(str, Enum):
 
 
 def _spd_inverse(matrix: Tensor) -> Tensor:
-    return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+    """Inverse of a damped factor, through Cholesky in float64 (cast back).
+
+    Done once per refresh or damping change, not per step; float32 Cholesky fails on the nearly
+    singular MNIST input factor, as float32 eigh does.
+    """
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype)
 
 
 class KFAC(CurvatureRepresentation):

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import check_damping
+from natgrad.curvature.base import NonFiniteStatistics, check_damping
 from natgrad.curvature.exact import per_example_gradients
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
@@ -203,11 +203,14 @@ class TongaCurvature:
         Raises:
             ValueError: ``gradients`` does not match the parameters, has too few examples, or
                 ``decay`` is outside ``[0, 1)``.
+            NonFiniteStatistics: a gradient is NaN or Inf (nothing was changed).
         """
         self._check_vectors(gradients, lead=1)
         m = int(gradients[0].shape[0])
         if m < 1 or (self.config.centred and m < 2):
             raise ValueError(f"TONGA update needs >= {2 if self.config.centred else 1} examples, got {m}")
+        if not all(bool(torch.isfinite(g).all()) for g in gradients):
+            raise NonFiniteStatistics("non-finite per-example gradients; TONGA factor left unchanged")
         self.steps += 1
         if decay is None:
             decay = min(1.0 - 1.0 / self.steps, self.config.discount)

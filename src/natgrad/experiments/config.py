@@ -10,6 +10,7 @@ TOML layout (every key optional; nested tables mirror the dataclasses)::
 
     seed = 0
     batch_size = 500
+    batch_schedule = "fixed"
     [data]
     dataset = "mnist"
     train_size = 10000
@@ -40,6 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+from natgrad.experiments.batches import SCHEDULES as BATCH_SCHEDULES
 from natgrad.models.autoencoder import ARCHITECTURES
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
@@ -239,6 +241,11 @@ class RunConfig:
 
     ``threads`` sets torch's intra-op threads for the run (None: torch's default). Tiny models run
     much faster with 1 thread on a busy machine; results are reproducible for a fixed thread count.
+
+    ``batch_schedule`` is 'fixed' (every batch has ``batch_size`` examples) or 'exponential':
+    batch ``k`` has ``min(floor(batch_size * 2^((k-1)/b)), |train|)`` examples, growing to the whole
+    training set at batch ``batch_full_at`` (Martens & Grosse 2015, section 13: 1000 to 60,000 by
+    step 500, i.e. ``batch_size = 1000``, ``batch_full_at = 500``).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -247,6 +254,8 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     batch_size: int = 500
+    batch_schedule: str = "fixed"
+    batch_full_at: int = 500
     seed: int = 0
     out_dir: str = "runs/train"
     checkpoint_every: int = 100
@@ -254,6 +263,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
+        _require(self.batch_schedule in BATCH_SCHEDULES, "batch_schedule", self.batch_schedule,
+                 ", ".join(BATCH_SCHEDULES))
+        ok = isinstance(self.batch_full_at, int) and not isinstance(self.batch_full_at, bool) and self.batch_full_at >= 2
+        _require(ok, "batch_full_at", self.batch_full_at, "an integer >= 2 (the batch reaching |train|)")
         _check_optional_positive_int("threads", self.threads)
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
                  self.seed, "an integer >= 0")

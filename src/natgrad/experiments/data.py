@@ -22,8 +22,14 @@ SYNTHETIC_LATENT = 4
 
 @dataclass(frozen=True)
 class RunData:
-    """Flattened float32 train and test examples, ``(N, D)``, and how to model them."""
+    """Flattened float32 train and test examples, ``(N, D)``, and how to model them.
 
+    ``problem`` is the configured dataset (``data.dataset``: 'mnist', 'curves', 'faces' or
+    'synthetic') and selects the paper architecture; ``name`` is what was loaded, e.g.
+    ``curves-regen`` for a regenerated CURVES cache, and is for messages and provenance only.
+    """
+
+    problem: str
     name: str
     train: Tensor
     test: Tensor
@@ -41,7 +47,8 @@ def synthetic_data() -> RunData:
     probs = torch.sigmoid(torch.randn(n, SYNTHETIC_LATENT, generator=generator) @ weights)
     x = torch.bernoulli(probs, generator=generator)
     train, test = x[: SYNTHETIC_SIZES[0]], x[SYNTHETIC_SIZES[0]:]
-    return RunData("synthetic", train, test, SYNTHETIC_SHAPE, "bernoulli", f"generated (seed {SYNTHETIC_SEED})")
+    return RunData("synthetic", "synthetic", train, test, SYNTHETIC_SHAPE, "bernoulli",
+                   f"generated (seed {SYNTHETIC_SEED})")
 
 
 @lru_cache(maxsize=2)
@@ -50,7 +57,7 @@ def _benchmark(name: str, data_dir: str | None) -> RunData:
     from natgrad.data import load_dataset
 
     ds = load_dataset(name, data_dir)
-    return RunData(ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
+    return RunData(name, ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
                    ds.likelihood, str(ds.source))
 
 
@@ -68,6 +75,6 @@ def load_run_data(config: DataConfig) -> RunData:
             raise ValueError(f"{field_name} = {size} exceeds the {full.shape[0]} examples of {data.name!r}")
     train = train if config.train_size is None else train[: config.train_size]
     test = test if config.test_size is None else test[: config.test_size]
-    return RunData(data.name, train.float().reshape(train.shape[0], -1).contiguous(),
+    return RunData(data.problem, data.name, train.float().reshape(train.shape[0], -1).contiguous(),
                    test.float().reshape(test.shape[0], -1).contiguous(), data.image_shape, data.likelihood,
                    data.source)

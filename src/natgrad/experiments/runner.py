@@ -75,15 +75,18 @@ def derive_seed(seed: int, purpose: str, *extra: int) -> int:
 def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) -> nn.Module:
     """The network of ``config`` for ``data`` (input size and likelihood come from the data).
 
+    Without ``model.sizes`` or ``model.problem`` the architecture is that of ``data.problem``, the
+    configured dataset, so a regenerated ``curves-regen`` cache still trains the CURVES network.
+
     Raises:
         ConfigError: no architecture is known for the dataset, or its input size does not match.
     """
     if config.sizes is not None:
         sizes = list(config.sizes)
     else:
-        problem = config.problem or data.name
+        problem = config.problem or data.problem
         if problem not in ARCHITECTURES:
-            raise ConfigError(f"model.problem and model.sizes are both unset and dataset {data.name!r} has no paper "
+            raise ConfigError(f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no paper "
                               f"architecture; set model.sizes or model.problem ({', '.join(sorted(ARCHITECTURES))})")
         sizes = list(ARCHITECTURES[problem])
     if sizes[0] != data.train.shape[1]:
@@ -122,7 +125,8 @@ class Trainer:
         self.data = load_run_data(config.data)
         self.model = build_model(config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init")))
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        self.sampler = BatchSampler(self.data.train.shape[0], config.batch_size, derive_seed(config.seed, "data-order"))
+        self.sampler = BatchSampler(self.data.train.shape[0], config.batch_size, derive_seed(config.seed, "data-order"),
+                                    config.batch_schedule, config.batch_full_at)
         self.noise = torch.Generator().manual_seed(derive_seed(config.seed, "noise"))
         self.step = 0
         self.train_time = 0.0

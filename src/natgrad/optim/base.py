@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import CurvatureRepresentation
+from natgrad.curvature.base import CurvatureRepresentation, NonFiniteStatistics
 from natgrad.curvature.choices import CurvatureKind
 from natgrad.losses import Loss, LossTerm
 from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
@@ -58,6 +59,8 @@ from natgrad.optim.natural import (
     reject_nonfinite,
 )
 from natgrad.optim.quadratic_model import batch_prefix, ggn_gram
+
+_log = logging.getLogger(__name__)
 
 _STATE = "natural_gradient"
 
@@ -161,17 +164,22 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
         eta = self.damping_config.weight_decay
         h0 = objective(float(loss.value.detach()), params, eta)
         gradient = regularised_gradient(params, eta)
-        self._update_curvature(loss, k)
         record = {"step": k, "loss": h0, "rho": None, "gamma": state["gamma"], "alpha": None, "mu": None,
                   "predicted_change": None, "cg_iterations": None, "cg_stop_reason": None, "rejected": False}
-        if reject_nonfinite(gradient, h0):
-            self._reject(state)
+        if reject_nonfinite(gradient, h0):  # checked before the statistics, which it would poison
+            self._reject(state, f"non-finite loss or gradient at step {k}")
             record["rejected"] = True
         else:
-            update, model_step, gamma = self._choose_update(loss, gradient, state, k)
-            record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
-                          predicted_change=model_step.predicted_change)
-            record["rejected"], record["rho"] = self._apply_or_reject(loss, update, model_step, gamma, h0, k)
+            try:
+                self._update_curvature(loss, k)
+                update, model_step, gamma = self._choose_update(loss, gradient, state, k)
+            except (NonFiniteStatistics, torch.linalg.LinAlgError) as error:
+                self._reject(state, f"curvature failed at step {k}: {error}")
+                record["rejected"] = True
+            else:
+                record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
+                              predicted_change=model_step.predicted_change)
+                record["rejected"], record["rho"] = self._apply_or_reject(loss, update, model_step, gamma, h0, k)
         record.update(damping=state["damping"], rejected_steps=state["rejected_steps"])
         self.last_step_record = record
         return loss
@@ -186,7 +194,7 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
             checked.append(model_step.predicted_change)
         rose = self.step_config.reject_increase and h1 is not None and h1 > h0
         if reject_nonfinite(update, *checked) or rose:
-            self._reject(state)
+            self._reject(state, f"step {k} {'raised the objective' if rose else 'was not finite'}")
             return True, None
         rho = None
         if h1 is not None and self._adapts_damping(k):
@@ -263,8 +271,11 @@ class NaturalGradientOptimizer(torch.optim.Optimizer):
         state["damping"] = min(max(new, config.minimum), config.maximum)
         return rho
 
-    def _reject(self, state: dict) -> None:
+    def _reject(self, state: dict, reason: str) -> None:
+        """Drop the step, raise damping by the LM factor and say so in the log (never silently)."""
         config = self.damping_config
+        _log.warning("%s rejected a step (%s); damping %.4g -> %.4g", type(self).__name__, reason,
+                     state["damping"], min(state["damping"] / config.lm_decrease, config.maximum))
         state["damping"] = min(state["damping"] / config.lm_decrease, config.maximum)
         state["rejected_steps"] += 1
         state["previous_update"] = [torch.zeros_like(p) for p in state["previous_update"]]

@@ -30,6 +30,7 @@ warm start reset, event counted and reported). ``lambda`` starts at 45 for the p
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from natgrad.optim.base import check_loss, objective, regularised_gradient
 from natgrad.optim.cg import CGResult, conjugate_gradient
 from natgrad.optim.config import require, require_fraction, require_nonnegative, require_period, require_positive
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,9 @@ class HessianFree(torch.optim.Optimizer):
     def _reject(self, loss: Loss, state: dict, record: dict, raise_damping: bool = True) -> Loss:
         if raise_damping:
             state["damping"] *= self.config.damping_increase
+        _log.warning("HessianFree rejected step %d (%s); damping now %.4g", state["step"],
+                     "non-finite loss, gradient or CG solution" if raise_damping else "line search found no decrease",
+                     state["damping"])
         state["rejected_steps"] += 1
         state["cg_start"] = torch.zeros_like(state["cg_start"])
         record.update(rejected=True, damping=state["damping"], rejected_steps=state["rejected_steps"])

@@ -146,12 +146,20 @@ def lm_decay(base: float, period: int) -> float:
 
 
 def damping_candidates(gamma: float, omega: float, gamma_min: float, gamma_max: float) -> tuple[float, ...]:
-    r"""The three values of the factored-Tikhonov strength tried every T2 steps (section 6.6).
+    r"""The values of the factored-Tikhonov strength tried every T2 steps (section 6.6).
 
     ``{max(omega_2 gamma, gamma_min), gamma, min(gamma / omega_2, gamma_max)}``, duplicates removed
     in order (a clipped candidate equal to ``gamma`` is tried once).
+
+    Departure from a literal clip: the bounds only stop ``gamma`` from moving further out; they never
+    turn a move into its opposite. With the autoencoder defaults (lambda_0 = 150, so
+    ``gamma_0 = sqrt(150) = 12.2``, and Martens' ``gamma_max = 1``) a literal clip would make the
+    "increase" candidate a cut to 1; here it is ``gamma`` itself until ``gamma`` falls below
+    ``gamma_max`` (and symmetrically for ``gamma_min``).
     """
-    values = (max(omega * gamma, gamma_min), gamma, min(gamma / omega, gamma_max))
+    lower = max(omega * gamma, min(gamma, gamma_min))
+    upper = min(gamma / omega, max(gamma, gamma_max))
+    values = (lower, gamma, upper)
     return tuple(dict.fromkeys(values))
 
 
