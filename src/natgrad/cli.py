@@ -54,6 +54,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--lr": ("optimizer.lr", float),
     "--curvature": ("optimizer.curvature", str),
     "--batch-size": ("batch_size", int),
+    "--batch-schedule": ("batch_schedule", str),
     "--steps": ("budget.steps", int),
     "--seconds": ("budget.seconds", float),
     "--eval-every": ("eval.every", int),

@@ -20,6 +20,8 @@ INVALID = [
     ({"eval": {"iwae_samples": -1}}, r"eval\.iwae_samples = -1 is invalid"),
     ({"batch_size": 0}, r"batch_size = 0 is invalid; allowed: an integer >= 1"),
     ({"seed": -3}, r"seed = -3 is invalid; allowed: an integer >= 0"),
+    ({"batch_schedule": "linear"}, r"batch_schedule = 'linear' is invalid; allowed: fixed, exponential"),
+    ({"batch_full_at": 1}, r"batch_full_at = 1 is invalid; allowed: an integer >= 2"),
     ({"optimiser": {}}, r"unknown key\(s\) optimiser; allowed: .*optimizer"),
     ({"optimizer": {"learning_rate": 1.0}}, r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr"),
 ]
@@ -69,3 +71,14 @@ def test_parse_value():
     assert parse_value("adam") == "adam"
     assert parse_value('"a b"') == "a b"
     assert parse_value("null") is None
+
+
+def test_batch_schedule_from_set_and_from_the_cli_flag():
+    from natgrad.cli import build_parser, config_overrides
+
+    assert RunConfig().batch_schedule == "fixed"
+    config = load_run_config(None, ["batch_schedule=exponential", "batch_full_at=50"])
+    assert (config.batch_schedule, config.batch_full_at) == ("exponential", 50)
+    args = build_parser().parse_args(["train", "--batch-schedule", "exponential", "--batch-size", "1000"])
+    config = load_run_config(None, config_overrides(args))
+    assert (config.batch_schedule, config.batch_size) == ("exponential", 1000)

@@ -56,7 +56,7 @@ def test_warm_start_at_solution_stops_immediately(float64):
     matrix, b = _spd(10, 10.0)
     exact = torch.linalg.solve(matrix, b)
     result = conjugate_gradient(lambda v: matrix @ v, matrix @ exact, exact.clone())
-    assert result.stop_reason in STOP_REASONS
+    assert result.stop_reason in STOP_REASONS and result.iterations <= 1
     torch.testing.assert_close(result.solution, exact)
 
 
@@ -64,6 +64,11 @@ def test_non_positive_curvature_is_reported(float64):
     b = torch.ones(3)
     result = conjugate_gradient(lambda v: -v, b, torch.zeros(3))
     assert (result.stop_reason, result.iterations) == ("non-positive-curvature", 0)
+
+
+def test_non_finite_curvature_is_reported_not_mistaken_for_negative(float64):
+    result = conjugate_gradient(lambda v: v * math.nan, torch.ones(3), torch.zeros(3))
+    assert (result.stop_reason, result.iterations) == ("non-finite", 0)
 
 
 def test_iterates_stored_on_martens_schedule(float64):

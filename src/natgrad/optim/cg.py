@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 #: Why :func:`conjugate_gradient` returned.
-STOP_REASONS = ("relative-progress", "max-iterations", "residual-vanished", "non-positive-curvature")
+STOP_REASONS = ("relative-progress", "max-iterations", "residual-vanished", "non-positive-curvature", "non-finite")
 
 
 @dataclass
@@ -107,6 +107,9 @@ def conjugate_gradient(
             break
         curvature_direction = matvec(direction)
         curvature = float(direction @ curvature_direction)
+        if not math.isfinite(curvature):
+            result.stop_reason = "non-finite"
+            break
         if not curvature > 0:
             result.stop_reason = "non-positive-curvature"
             break
