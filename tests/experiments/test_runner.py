@@ -155,3 +155,40 @@ def test_killed_runs_resume_bitwise_identically(tmp_path):
         values = {**load_toml(tmp_path / f"{kind}.toml"), "out_dir": str(tmp_path / f"{kind}-reference")}
         train(RunConfig.from_dict(values), show_progress=False)
         assert_same_run(tmp_path / f"{kind}-reference", tmp_path / kind)
+
+
+def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch):
+    """Batch k has m_k examples (50 growing to all 2000 at k = 20); a run interrupted at step 13 and
+    resumed ends bitwise like the uninterrupted one."""
+    import os
+
+    from natgrad.experiments.batches import BatchSampler
+
+    sizes: list[int] = []
+    draw = BatchSampler.next_indices
+    monkeypatch.setattr(BatchSampler, "next_indices", lambda self: sizes.append(draw(self).numel()) or self.permutation[
+        self.cursor - sizes[-1]:self.cursor])
+    interrupt_at: list[int] = []
+
+    class Interrupting(torch.optim.SGD):
+        """SGD that sends this process SIGINT once, when the sampler has drawn ``interrupt_at[0]`` batches."""
+
+        def step(self, closure):
+            if interrupt_at and len(sizes) == interrupt_at[0]:
+                interrupt_at.clear()
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().step(closure)
+
+    monkeypatch.setitem(registry.OPTIMIZERS, "interrupting",
+                        lambda model, config: Interrupting(model.parameters(), lr=config.lr, momentum=0.9))
+    schedule = {"batch_schedule": "exponential", "batch_full_at": 20, "checkpoint_every": 5}
+    reference = train(tiny_config(tmp_path, "reference", optimizer="interrupting", steps=30, **schedule),
+                      show_progress=False)
+    assert sizes[0] == 50 and sizes[19:] == [2000] * 11 and sizes == sorted(sizes) and 50 < sizes[10] < 2000
+    interrupt_at.append(len(sizes) + 13)
+    stopped = train(tiny_config(tmp_path, "resumed", optimizer="interrupting", steps=30, **schedule),
+                    show_progress=False)
+    assert (stopped.status, stopped.step) == ("interrupted", 13)
+    resumed = resume(stopped.run_dir, show_progress=False)
+    assert (resumed.status, resumed.step, reference.step) == ("completed", 30, 30)
+    assert_same_run(reference.run_dir, resumed.run_dir)
