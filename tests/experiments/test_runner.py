@@ -166,8 +166,13 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
 
     sizes: list[int] = []
     draw = BatchSampler.next_indices
-    monkeypatch.setattr(BatchSampler, "next_indices", lambda self: sizes.append(draw(self).numel()) or self.permutation[
-        self.cursor - sizes[-1]:self.cursor])
+
+    def recording_draw(self: BatchSampler) -> torch.Tensor:
+        batch = draw(self)
+        sizes.append(batch.numel())
+        return batch
+
+    monkeypatch.setattr(BatchSampler, "next_indices", recording_draw)
     interrupt_at: list[int] = []
 
     class Interrupting(torch.optim.SGD):

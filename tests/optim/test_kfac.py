@@ -137,3 +137,11 @@ def test_exponential_batch_schedule_matches_section_13():
     assert exponential_batch_size(3, 500) == 500
     with pytest.raises(ValueError, match="step"):
         exponential_batch_size(0, 60000)
+
+
+def test_exponential_batch_schedule_reaches_the_full_set_exactly_at_full_at():
+    assert exponential_batch_size(1, 60000) == 1000
+    assert exponential_batch_size(500, 60000) == 60000
+    assert exponential_batch_size(499, 60000) < 60000
+    # float rounding once gave 999 here (2^{39/39 * log2 100} * 10 = 999.99...)
+    assert exponential_batch_size(40, 1000, initial=10, full_at=40) == 1000

@@ -82,3 +82,34 @@ def test_missing_log_is_reported(tmp_path):
     (tmp_path / "log.jsonl").write_text('{"kind": "step", "step": 1, "time": 0.1, "loss": 1.0}\n')
     with pytest.raises(ValueError, match="has no evaluation record"):
         load_curves(tmp_path)
+
+
+@pytest.mark.parametrize(("values", "ticks", "limits"), [
+    ([52.0, 58.0], [50.0, 60.0], (50.0, 60.0)),  # narrow: integer mantissas, limits widened to them
+    ([0.8, 30.0], [1.0, 2.0, 5.0, 10.0, 20.0], None),  # wide: 1-2-5 per decade, autoscaled limits
+])
+def test_error_axis_is_always_log_and_labelled(values, ticks, limits):
+    import matplotlib.pyplot as plt
+
+    from natgrad.report.plots import format_error_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], values)
+    assert format_error_axis(ax, np.array(values)) and ax.get_yscale() == "log"
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    shown = [label for label in ax.get_yticklabels() if lo <= label.get_position()[1] <= hi]
+    assert [label.get_text() for label in shown] == [f"{t:g}" for t in ticks]  # plain numbers, no 10^k
+    if limits is not None:
+        assert np.allclose((lo, hi), limits)
+    plt.close(fig)
+
+
+def test_error_axis_stays_linear_for_non_positive_values():
+    import matplotlib.pyplot as plt
+
+    from natgrad.report.plots import format_error_axis
+
+    fig, ax = plt.subplots()
+    assert not format_error_axis(ax, np.array([-3.0, 5.0])) and ax.get_yscale() == "linear"
+    plt.close(fig)

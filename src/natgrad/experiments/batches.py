@@ -55,8 +55,6 @@ class BatchSampler:
         """``m_k``, the size of batch ``k`` (counting from 1) under the schedule."""
         if self.schedule == "fixed":
             return self.batch_size
-        if k >= self.full_at:  # exact at full_at: the float power can land just below N (999.99.. for N/m_1 = 100)
-            return self.num_examples
         return exponential_batch_size(k, self.num_examples, initial=self.batch_size, full_at=self.full_at)
 
     def next_indices(self) -> Tensor:

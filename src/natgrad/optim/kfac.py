@@ -41,7 +41,7 @@ def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, fu
     require(isinstance(step, int) and step >= 1, "batch schedule step", step, "an integer >= 1")
     require(dataset_size >= 1 and initial >= 1, "batch schedule sizes", (dataset_size, initial), "integers >= 1")
     require(isinstance(full_at, int) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
-    if dataset_size <= initial:
+    if dataset_size <= initial or step >= full_at:  # exact at full_at: the float power can land at N - 1
         return dataset_size
     doubling = (full_at - 1) / math.log2(dataset_size / initial)
     return min(math.floor(initial * 2.0 ** ((step - 1) / doubling)), dataset_size)

@@ -3,8 +3,11 @@
 Each optimizer's line is the median over seeds, the shaded band spans min to max over seeds; the
 train error is drawn solid, the test error dashed. Over steps, seeds share their evaluation steps;
 over time, each seed's curve is interpolated (in log space) onto a common grid that stops at the
-shortest seed. The y axis is logarithmic when the values span more than a factor of 3. Figures
-are written as PNG (200 dpi) and PDF with the non-interactive Agg backend.
+shortest seed. The error (y) axis is always logarithmic, labelled in plain numbers at 1-2-5 per
+decade, or at every integer mantissa (50, 60, ...) with the limits widened to the enclosing ticks
+when the values span too little for two 1-2-5 ticks; only an error that is not positive (a
+Gaussian -ELBO can be negative) keeps a linear axis. Figures are written as PNG (200 dpi) and PDF
+with the non-interactive Agg backend.
 """
 from __future__ import annotations
 
@@ -56,11 +59,39 @@ def _draw(ax, x: np.ndarray, values: np.ndarray, color: str, linestyle: str) -> 
                             linewidth=0)
 
 
-def _use_log_scale(runs: Mapping[str, Sequence[RunCurves]], keys: Sequence[str]) -> bool:
-    """Log scale when every value is positive and they span more than a factor of 3."""
-    values = np.concatenate([c.metrics[k] for cs in runs.values() for c in cs for k in keys])
+def _ticks_within(lo: float, hi: float, subs: Sequence[float]) -> int:
+    """How many ticks ``m * 10^e`` (``m`` in ``subs``) lie in ``[lo, hi]``, for ``0 < lo <= hi``."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.floor(np.log10(hi))) + 1)
+    return sum(lo <= m * 10.0**e <= hi for e in decades for m in subs)
+
+
+def _enclosing_ticks(lo: float, hi: float) -> tuple[float, float]:
+    """The largest integer-mantissa tick ``<= lo`` and the smallest ``>= hi`` (52, 58 -> 50, 60)."""
+    lo_unit, hi_unit = 10.0 ** np.floor(np.log10(lo)), 10.0 ** np.floor(np.log10(hi))
+    return float(np.floor(lo / lo_unit) * lo_unit), float(np.ceil(hi / hi_unit) * hi_unit)
+
+
+def format_error_axis(ax, values: np.ndarray) -> bool:
+    """Make ``ax``'s y axis logarithmic and readable for the errors ``values``; True if it is log.
+
+    Ticks are labelled ``%g`` at 1-2-5 per decade; when fewer than two of those fall within the
+    values, every integer mantissa is labelled and the limits widen to the enclosing ticks. Values
+    that are not all positive (or none finite) leave the axis linear.
+    """
+    values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    return values.size > 0 and values.min() > 0 and values.max() / values.min() > 3.0
+    if values.size == 0 or values.min() <= 0:
+        return False
+    lo, hi = float(values.min()), float(values.max())
+    ax.set_yscale("log")
+    subs = (1.0, 2.0, 5.0)
+    if _ticks_within(lo, hi, subs) < 2:
+        subs = tuple(float(m) for m in range(1, 10))
+        ax.set_ylim(*_enclosing_ticks(lo, hi))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
 
 
 def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric_label: str, title: str,
@@ -82,14 +113,10 @@ def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric
                 key = f"{split}.{metric}"
                 _draw(axes[0], *_band_over_time(curves, key), color, style)
                 _draw(axes[1], *_band_over_steps(curves, key), color, style)
-        log_scale = _use_log_scale(runs, [f"{s}.{metric}" for s, _ in splits])
+        values = [c.metrics[f"{s}.{metric}"] for cs in runs.values() for c in cs for s, _ in splits]
         for ax, xlabel in zip(axes, ("training time (s, evaluation excluded)", "optimizer steps")):
             ax.set_xlabel(xlabel)
-            if log_scale:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(NullFormatter())
+            format_error_axis(ax, np.concatenate(values + ([[target]] if target is not None else [])))
             if target is not None:
                 ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":")
         axes[0].set_ylabel(metric_label)
