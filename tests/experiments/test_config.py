@@ -82,3 +82,19 @@ def test_batch_schedule_from_set_and_from_the_cli_flag():
     args = build_parser().parse_args(["train", "--batch-schedule", "exponential", "--batch-size", "1000"])
     config = load_run_config(None, config_overrides(args))
     assert (config.batch_schedule, config.batch_size) == ("exponential", 1000)
+
+
+def test_model_likelihood_is_validated_and_reaches_the_model():
+    import torch
+
+    from natgrad.distributions import GaussianLearnedVariance
+    from natgrad.experiments.config import DataConfig, ModelConfig
+    from natgrad.experiments.data import load_run_data
+    from natgrad.experiments.runner import build_model
+
+    with pytest.raises(ConfigError, match="model.likelihood"):
+        ModelConfig(likelihood="poisson")
+    data = load_run_data(DataConfig(dataset="synthetic"))
+    model = build_model(ModelConfig(sizes=[data.train.shape[1], 8, 3], likelihood="gaussian-learned"), data,
+                        torch.Generator().manual_seed(0))
+    assert isinstance(model(data.train[:2]).likelihood, GaussianLearnedVariance)

@@ -42,7 +42,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 from natgrad.experiments.batches import SCHEDULES as BATCH_SCHEDULES
-from natgrad.models.autoencoder import ARCHITECTURES
+from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
 
@@ -110,6 +110,8 @@ class ModelConfig:
         activation: hidden nonlinearity.
         init: 'sparse' (Martens 2010) or 'default' (PyTorch); None: sparse for the autoencoder,
             default for the VAE.
+        likelihood: output distribution; None means the dataset's ('bernoulli' for MNIST and
+            CURVES, 'gaussian' for FACES); 'gaussian-learned' adds a log-variance per pixel.
     """
 
     kind: str = "autoencoder"
@@ -117,6 +119,7 @@ class ModelConfig:
     sizes: list[int] | None = None
     activation: str = "sigmoid"
     init: str | None = None
+    likelihood: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.kind in MODEL_KINDS, "model.kind", self.kind, ", ".join(MODEL_KINDS))
@@ -131,6 +134,8 @@ class ModelConfig:
         _require(self.activation in ACTIVATIONS, "model.activation", self.activation, ", ".join(sorted(ACTIVATIONS)))
         _require(self.init is None or self.init in INITIALISATIONS, "model.init", self.init,
                  ", ".join(INITIALISATIONS) + " (or omitted)")
+        _require(self.likelihood is None or self.likelihood in LIKELIHOOD_NAMES, "model.likelihood",
+                 self.likelihood, ", ".join(LIKELIHOOD_NAMES) + " (or omitted)")
 
 
 @dataclass

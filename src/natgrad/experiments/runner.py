@@ -94,7 +94,8 @@ def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) 
                           "fix model.sizes or model.problem")
     init = config.init or ("sparse" if config.kind == "autoencoder" else "default")
     cls = VAE if config.kind == "vae" else DeepAutoencoder
-    return cls(sizes, likelihood=data.likelihood, activation=config.activation, init=init, generator=generator)
+    likelihood = config.likelihood or data.likelihood
+    return cls(sizes, likelihood=likelihood, activation=config.activation, init=init, generator=generator)
 
 
 @contextmanager

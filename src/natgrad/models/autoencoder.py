@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from natgrad.distributions import Bernoulli, Gaussian, OutputDistribution
+from natgrad.distributions import Bernoulli, Gaussian, GaussianLearnedVariance, OutputDistribution
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -19,16 +19,36 @@ ARCHITECTURES: dict[str, tuple[int, ...]] = {
 }
 #: Output likelihood of each problem: logistic + cross-entropy, or linear + squared error.
 LIKELIHOODS: dict[str, str] = {"mnist": "bernoulli", "curves": "bernoulli", "faces": "gaussian"}
-LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
+#: 'gaussian-learned': the decoder outputs a mean and a log-variance per pixel (twice the width).
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned")
+
+
+def check_likelihood(name: str) -> str:
+    if name not in LIKELIHOOD_NAMES:
+        raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
+    return name
+
+
+def output_width(name: str, data_dim: int) -> int:
+    """Width of the decoder's last linear layer for likelihood ``name`` on ``data_dim`` pixels."""
+    return 2 * data_dim if check_likelihood(name) == "gaussian-learned" else data_dim
 
 
 def likelihood_from_outputs(name: str, outputs: Tensor) -> OutputDistribution:
     """The output distribution ``name`` built on the decoder's last linear layer."""
-    if name == "bernoulli":
+    if check_likelihood(name) == "bernoulli":
         return Bernoulli(outputs)
     if name == "gaussian":
         return Gaussian(outputs, sigma=1.0)
-    raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
+    mean, log_var = outputs.chunk(2, dim=-1)
+    return GaussianLearnedVariance(mean, log_var)
+
+
+def decoder_sizes(sizes: tuple[int, ...], likelihood: str) -> list[int]:
+    """The decoder mirrors the encoder ``sizes``, its last layer widened for the likelihood."""
+    mirrored = list(sizes[::-1])
+    mirrored[-1] = output_width(likelihood, sizes[0])
+    return mirrored
 
 
 def problem_arguments(problem: str, kwargs: dict) -> tuple[tuple[int, ...], dict]:
@@ -63,11 +83,10 @@ class DeepAutoencoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        likelihood_from_outputs(likelihood, torch.zeros(1, 1))  # validates the name
         self.sizes = tuple(int(s) for s in sizes)
-        self.likelihood_name = likelihood
+        self.likelihood_name = check_likelihood(likelihood)
         self.encoder = mlp(self.sizes, activation, final_activation=False)
-        self.decoder = mlp(self.sizes[::-1], activation, final_activation=False)
+        self.decoder = mlp(decoder_sizes(self.sizes, likelihood), activation, final_activation=False)
         initialise_(self, init, generator)
 
     @classmethod

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
-from natgrad.models.autoencoder import likelihood_from_outputs, problem_arguments
+from natgrad.models.autoencoder import check_likelihood, decoder_sizes, likelihood_from_outputs, problem_arguments
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -40,16 +40,15 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        likelihood_from_outputs(likelihood, torch.zeros(1, 1))
         self.sizes = tuple(int(s) for s in sizes)
         if len(self.sizes) < 2:
             raise ValueError(f"VAE sizes need an input and a latent size, got {list(sizes)}")
         self.latent_dim = self.sizes[-1]
-        self.likelihood_name = likelihood
+        self.likelihood_name = check_likelihood(likelihood)
         hidden = self.sizes[:-1]
         trunk = mlp(hidden, activation, final_activation=True) if len(hidden) > 1 else nn.Sequential()
         self.encoder = nn.Sequential(*trunk, nn.Linear(hidden[-1], 2 * self.latent_dim))
-        self.decoder = mlp(self.sizes[::-1], activation, final_activation=False)
+        self.decoder = mlp(decoder_sizes(self.sizes, likelihood), activation, final_activation=False)
         initialise_(self, init, generator)
 
     @classmethod
