@@ -119,6 +119,14 @@ def test_nan_in_the_batch_is_rejected_logged_and_leaves_the_curvature_clean(case
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_second_param_group_is_refused_not_ignored(case):
+    model, _ = _problem()
+    optimizer = case.build(model)
+    with pytest.raises(ValueError, match="one parameter group"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+
+
 @pytest.mark.parametrize(
     "case, overrides, message",
     [(case, overrides, message) for case in CASES for overrides, message in case.invalid],

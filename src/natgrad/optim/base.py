@@ -108,7 +108,22 @@ def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tens
     return [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach() for p in params]
 
 
-class NaturalGradientOptimizer(torch.optim.Optimizer):
+class SingleParameterGroup(torch.optim.Optimizer):
+    """An optimizer whose curvature spans all its parameters jointly: exactly one param group.
+
+    K-FAC's Kronecker blocks, the quadratic model's (alpha, mu) and Hessian-free's CG act on the
+    whole parameter vector, so per-group hyper-parameters have no meaning; adding a second group
+    is refused with an error instead of being silently ignored.
+    """
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups:
+            raise ValueError(f"{type(self).__name__} supports one parameter group (its curvature couples all "
+                             "parameters); construct it on the whole model instead of calling add_param_group")
+        super().add_param_group(param_group)
+
+
+class NaturalGradientOptimizer(SingleParameterGroup):
     """The shared K-FAC-style step over a :class:`~natgrad.curvature.base.CurvatureRepresentation`.
 
     Args:

@@ -45,7 +45,7 @@ from natgrad.curvature.diagonal import DiagonalCurvature
 from natgrad.curvature.exact import curvature_vector_product
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
-from natgrad.optim.base import check_loss, objective, regularised_gradient
+from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
 from natgrad.optim.cg import CGResult, conjugate_gradient
 from natgrad.optim.config import require, require_fraction, require_nonnegative, require_period, require_positive
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
@@ -152,7 +152,7 @@ def armijo_rate(
     return 0.0, f0
 
 
-class HessianFree(torch.optim.Optimizer):
+class HessianFree(SingleParameterGroup):
     """Martens' Hessian-free optimiser as a torch optimizer over ``model``'s trainable parameters.
 
     ``step(closure)``: the closure zeroes the gradients, builds the batch's
