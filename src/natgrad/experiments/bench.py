@@ -38,7 +38,6 @@ so a grid is resumable as a whole; the checkpoint of a finished cell is deleted 
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -55,7 +54,15 @@ from tqdm import tqdm
 
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from natgrad.experiments.compare import run_config
-from natgrad.experiments.config import MODEL_KINDS, ConfigError, RunConfig, apply_overrides, load_toml
+from natgrad.experiments.config import (
+    MODEL_KINDS,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    check_keys,
+    load_toml,
+    merge_tables,
+)
 from natgrad.experiments.metrics import HEADLINE_METRICS
 from natgrad.experiments.runlog import read_log
 
@@ -123,23 +130,6 @@ class BenchOutcome:
     interrupted: bool = False
 
 
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict merge: tables merge recursively, other values are replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
-
-
 def _string_list(values: Mapping[str, Any], key: str, default: Sequence[str], where: str) -> list[str]:
     items = values.get(key, list(default))
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
@@ -164,7 +154,7 @@ def _variants(label: str, entry: Mapping[str, Any]) -> list[tuple[str, dict[str,
 
 def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
     scope = values.get(table, {}).get(name, {})
-    _check_keys(scope, _SCOPE_KEYS, f"[{table}.{name}]")
+    check_keys(scope, _SCOPE_KEYS, f"[{table}.{name}]")
     return scope
 
 
@@ -172,20 +162,20 @@ def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: 
                    out_dir: Path, overrides: Sequence[str]) -> list[Cell]:
     problem = f"{dataset}-{model}"
     data_scope, model_scope = _scope(values, "dataset", dataset), _scope(values, "model", model)
-    base = _merge(values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}})
-    base = _merge(_merge(base, data_scope.get("run", {})), model_scope.get("run", {}))
+    base = merge_tables(values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}})
+    base = merge_tables(merge_tables(base, data_scope.get("run", {})), model_scope.get("run", {}))
     target = values.get("target", {}).get(problem)
     if target is not None and not isinstance(target, (int, float)):
         raise ConfigError(f"target.{problem} = {target!r} must be a number (a train error)")
     cells = []
     for label in labels:
-        entry = _merge({"name": label}, values.get("optimizer", {}).get(label, {}))
-        entry = _merge(_merge(entry, data_scope.get("optimizer", {}).get(label, {})),
+        entry = merge_tables({"name": label}, values.get("optimizer", {}).get(label, {}))
+        entry = merge_tables(merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
                        model_scope.get("optimizer", {}).get(label, {}))
         run_keys = {k: entry.pop(k) for k in _LABEL_RUN_KEYS if k in entry}
         for variant, grid, optimizer in _variants(label, entry):
             for seed in seeds:
-                run = _merge(base, {**run_keys, "optimizer": optimizer, "seed": seed,
+                run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,
                                     "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}")})
                 config = RunConfig.from_dict(apply_overrides(run, overrides))
                 cells.append(Cell(problem, label, variant, seed, config, None if target is None else float(target), grid))
@@ -201,7 +191,7 @@ def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | P
     """
     values = load_toml(path)
     where = str(path)
-    _check_keys(values, _BENCH_KEYS, where)
+    check_keys(values, _BENCH_KEYS, where)
     seeds = values.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")

@@ -30,7 +30,6 @@ runs that completed and resumes interrupted ones, so a suite is resumable as a w
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME
-from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, load_toml
+from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, check_keys, load_toml, merge_tables
 from natgrad.experiments.runlog import LOG_NAME
 from natgrad.experiments.runner import CONFIG_NAME, RESULT_NAME, resume, train
 
@@ -91,23 +90,6 @@ class SuiteOutcome:
     interrupted: bool = False
 
 
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict merge: tables are merged recursively, other values replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
-
-
 def _resolve_labels(values: Mapping[str, Any], only: Sequence[str] | None) -> list[str]:
     declared = dict(values.get("optimizer", {}))
     labels = list(values.get("optimizers", declared.keys()))
@@ -123,16 +105,16 @@ def _resolve_labels(values: Mapping[str, Any], only: Sequence[str] | None) -> li
 
 def _comparison(values: Mapping[str, Any], suite: Mapping[str, Any], labels: list[str], seeds: list[int],
                 out_dir: Path, overrides: Sequence[str]) -> Comparison:
-    _check_keys(values, _COMPARISON_KEYS, f"comparison {values.get('name', '?')!r}")
+    check_keys(values, _COMPARISON_KEYS, f"comparison {values.get('name', '?')!r}")
     name = str(values.get("name", "comparison"))
-    base = _merge(suite.get("run", {}), values.get("run", {}))
+    base = merge_tables(suite.get("run", {}), values.get("run", {}))
     runs: dict[str, list[RunConfig]] = {}
     for label in labels:
-        optimizer = _merge({"name": label}, suite.get("optimizer", {}).get(label, {}))
-        optimizer = _merge(optimizer, values.get("optimizer", {}).get(label, {}))
+        optimizer = merge_tables({"name": label}, suite.get("optimizer", {}).get(label, {}))
+        optimizer = merge_tables(optimizer, values.get("optimizer", {}).get(label, {}))
         runs[label] = []
         for seed in seeds:
-            run = _merge(base, {"optimizer": optimizer, "seed": seed,
+            run = merge_tables(base, {"optimizer": optimizer, "seed": seed,
                                 "out_dir": str(out_dir / name / label / f"seed-{seed}")})
             runs[label].append(RunConfig.from_dict(apply_overrides(run, overrides)))
     target = values.get("target")
@@ -156,7 +138,7 @@ def load_comparison_suite(
         ConfigError: an unknown key, an empty optimizer list, or an invalid run config.
     """
     values = load_toml(path)
-    _check_keys(values, _SUITE_KEYS, str(path))
+    check_keys(values, _SUITE_KEYS, str(path))
     seeds = list(values.get("seeds", [0]))
     if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"seeds = {seeds!r} in {path} must be a non-empty list of integers >= 0")

@@ -28,6 +28,7 @@ Overrides use dotted paths, ``optimizer.lr=1e-3``; the value is parsed as a TOML
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -364,3 +365,21 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
     """A :class:`RunConfig` from an optional TOML file, then ``overrides`` applied in order."""
     values = load_toml(path) if path is not None else {}
     return RunConfig.from_dict(apply_overrides(values, overrides))
+
+
+def merge_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested TOML-table merge: tables merge recursively, other values are replaced (deep copies)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Raise :class:`ConfigError` naming any key of ``values`` outside ``allowed``."""
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
