@@ -23,7 +23,7 @@ These functions are the test oracle and the product Hessian-free optimisation us
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -54,6 +54,38 @@ def _aligned(params: dict[str, Tensor], vectors: Sequence[Tensor]) -> dict[str, 
     return dict(zip(params, vectors))
 
 
+class OutputJacobian:
+    r"""The Jacobian ``J`` of ``fn: point -> tuple of output tensors`` at one point, never formed.
+
+    ``J v`` is one forward-mode pass (``jvp``); ``J^T u`` reuses one reverse pass (``vjp``) built at
+    construction, so repeated products (CG, Lanczos) pay its forward once. The one place natgrad
+    pulls an output-space matrix back to parameters: :func:`ggn_vector_product` (with the loss
+    terms' curvature) and :class:`natgrad.geometry.PulledBackMetric` (with a divergence's metric).
+    With ``has_aux`` ``fn`` returns ``(outputs, aux)`` and :attr:`aux` keeps the second part.
+    """
+
+    def __init__(self, fn: Callable, point, has_aux: bool = False) -> None:
+        self.point = point
+        if has_aux:
+            self.outputs, self._pullback, self.aux = vjp(fn, point, has_aux=True)
+            self._forward = lambda p: fn(p)[0]
+        else:
+            self.outputs, self._pullback = vjp(fn, point)
+            self._forward, self.aux = fn, None
+
+    def jvp(self, tangent):
+        """``J v``: a tuple aligned with the outputs."""
+        return jvp(self._forward, (self.point,), (tangent,))[1]
+
+    def vjp(self, cotangent):
+        """``J^T u``: shaped like the point."""
+        return self._pullback(tuple(cotangent))[0]
+
+    def pullback_product(self, diagonal_metric: Sequence[Tensor], tangent):
+        """``J^T diag(M) J v`` for an output-space metric given by its diagonal, per output."""
+        return self.vjp(m * u for m, u in zip(diagonal_metric, self.jvp(tangent)))
+
+
 def _term_outputs(loss: Loss, kind: CurvatureKind):
     """``theta -> (outputs of the selected terms, flat)`` with their curvature scaled by 1/N as aux."""
 
@@ -80,10 +112,8 @@ def ggn_vector_product(
     kind = _gauss_newton_kind(kind)
     params = _point(loss, params)
     tangent = _aligned(params, vectors)
-    fn = _term_outputs(loss, kind)
-    _, pullback, curvature = vjp(fn, params, has_aux=True)
-    _, jv = jvp(lambda p: fn(p)[0], (params,), (tangent,))
-    (gv,) = pullback(tuple(c * u for c, u in zip(curvature, jv)))
+    jacobian = OutputJacobian(_term_outputs(loss, kind), params, has_aux=True)
+    gv = jacobian.pullback_product(jacobian.aux, tangent)
     return [gv[k] for k in params]
 
 

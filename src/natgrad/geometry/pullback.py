@@ -12,12 +12,10 @@ because the first derivative of ``D`` vanishes at ``delta = 0`` (so no second-de
 term survives; the same argument that makes the Fisher a Gauss-Newton matrix, Martens 2014
 section 9). With ``M`` the KL metric, ``G_M`` is the Fisher/GGN of the curvature core.
 
-Products use ``torch.func``: ``J v`` by forward mode (``jvp``), ``J^T u`` by one reverse pass whose
-``vjp`` closure is built once at construction. The dense matrix (tiny models, tests) is built from
+Products use the curvature core's :class:`~natgrad.curvature.exact.OutputJacobian` (the same
+jvp -> output metric -> vjp machinery as the GGN-vector product): ``J v`` by forward mode, ``J^T u``
+by one reverse pass built once at construction. The dense matrix (tiny models, tests) is built from
 the full Jacobian with ``jacrev``, an independent code path.
-
-This file writes its own jvp/vjp pull-back because ``natgrad.curvature.exact`` did not exist when it
-was written; its products should be unified with the curvature core's exact oracles.
 """
 from __future__ import annotations
 
@@ -25,8 +23,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, jvp, vjp
+from torch.func import functional_call, jacrev
 
+from natgrad.curvature.exact import OutputJacobian
 from natgrad.geometry.divergences import Divergence
 from natgrad.models import VAEOutput
 
@@ -99,7 +98,7 @@ class PulledBackMetric:
         distributions = outputs(self.theta)
         self.metric = tuple(m.detach() for d in distributions for m in divergence.output_metric(d))
         self.batch_size = int(self.metric[0].shape[0])
-        _, self._vjp = vjp(self._fn, self.theta)
+        self._jacobian = OutputJacobian(self._fn, self.theta)
 
     @property
     def dim(self) -> int:
@@ -107,13 +106,11 @@ class PulledBackMetric:
 
     def matvec(self, v: Tensor) -> Tensor:
         """``G_M v``: one forward-mode and one reverse-mode pass."""
-        _, jv = jvp(self._fn, (self.theta,), (v,))
-        (out,) = self._vjp(tuple(m * j for m, j in zip(self.metric, jv)))
-        return out / self.batch_size
+        return self._jacobian.pullback_product(self.metric, v) / self.batch_size
 
     def quadratic_form(self, v: Tensor) -> Tensor:
         """``v^T G_M v = (1/N) sum_n (J_n v)^T M_n (J_n v)`` from one forward-mode pass."""
-        _, jv = jvp(self._fn, (self.theta,), (v,))
+        jv = self._jacobian.jvp(v)
         return sum((m * j * j).sum() for m, j in zip(self.metric, jv)) / self.batch_size
 
     def to_dense(self) -> Tensor:
