@@ -191,7 +191,8 @@ class Trainer:
             "kind": "step",
             "step": self.step,
             "loss": float(first[0].value.detach()),
-            "lr": group.get("lr"),
+            # natural-gradient steps choose their own size: it is the record's alpha, not a group lr
+            "lr": None if record is not None and "alpha" in record else group.get("lr"),
             "record": dict(record) if record is not None else None,
         }
 
