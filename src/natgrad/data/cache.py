@@ -25,8 +25,13 @@ FORMAT_VERSION = 1
 _CHUNK = 1 << 22
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` via a temporary file, fsync and ``os.replace``; no partial file remains."""
+def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` via a temporary file, fsync, ``os.replace`` and an fsync of the
+    directory (so the rename itself survives a crash); no partial file ever remains at ``dest``.
+
+    The one atomic writer of natgrad: data caches and training checkpoints both use it.
+    """
+    dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # usual permissions, unlike mkstemp
     try:
         with open(tmp, "xb") as handle:
@@ -37,6 +42,11 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -1,40 +1,21 @@
 """Atomic files: a checkpoint (or any file) is either the old complete one or the new complete one.
 
-Write to a temporary file in the same directory, flush and ``fsync`` it, ``os.replace`` it over the
-target (atomic on POSIX), then ``fsync`` the directory so the rename itself survives a crash. A
+Every write goes through :func:`natgrad.data.cache.atomic_write_bytes`: a temporary file in the
+same directory, flushed and ``fsync``-ed, ``os.replace``-d over the target (atomic on POSIX), then
+an ``fsync`` of the directory so the rename itself survives a crash. A
 process killed at any instant (SIGKILL included) leaves no half-written checkpoint behind.
 """
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from natgrad.data.cache import atomic_write_bytes
+
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
