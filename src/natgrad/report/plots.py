@@ -39,6 +39,16 @@ STYLE = {
 }
 
 
+
+def save_figure(fig, out_stem: Path) -> list[Path]:
+    """Lay out ``fig`` and write it as ``out_stem.png`` (200 dpi) and ``out_stem.pdf``; close it."""
+    fig.tight_layout()
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=200)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
 def _band_over_steps(curves: Sequence[RunCurves], key: str) -> tuple[np.ndarray, np.ndarray]:
     length = min(len(c.steps) for c in curves)
     return curves[0].steps[:length], np.stack([c.metrics[key][:length] for c in curves])
@@ -128,9 +138,4 @@ def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric
         band = f"; band: min–max over {n_seeds} seeds" if n_seeds > 1 else ""
         fig.suptitle(f"{title} (median{band})", fontsize=10)
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-        fig.tight_layout()
-        paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-        fig.savefig(paths[0], dpi=200)
-        fig.savefig(paths[1])
-        plt.close(fig)
-    return paths
+        return save_figure(fig, out_stem)

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogFormatter  # noqa: E402
 
-from natgrad.report.plots import STYLE  # noqa: E402
+from natgrad.report.plots import STYLE, save_figure  # noqa: E402
 
 #: trace field -> axis label; the panels drawn when some method records them.
 TRACE_PANELS = {"damping": "damping λ", "alpha": "step size α", "mu": "momentum μ"}
@@ -76,10 +76,5 @@ def plot_traces(runs: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.suptitle(f"{title}: adaptive damping and step size (median, band min–max over seeds)", fontsize=10)
-        fig.tight_layout()
-        paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-        fig.savefig(paths[0], dpi=200)
-        fig.savefig(paths[1])
-        plt.close(fig)
-    return paths
+        return save_figure(fig, out_stem)
 
