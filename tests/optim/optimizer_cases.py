@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from natgrad.losses import build_loss
 from natgrad.optim import KFAC, TONGA, DiagonalNaturalGradient, HessianFree
 
 _SHARED = {
@@ -69,3 +70,15 @@ CASES = (
         ),
     ),
 )
+
+
+def loss_closure(optimizer, model, x, eps=None):
+    """The closure contract of every natgrad optimizer: zero grads, build the Loss, backward, return it."""
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = build_loss(model, x, eps=eps)
+        loss.value.backward()
+        return loss
+
+    return closure

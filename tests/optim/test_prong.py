@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from optimizer_cases import loss_closure
 
 from natgrad.curvature.whitening import WhitenedLinear
 from natgrad.experiments.config import OptimizerConfig
@@ -25,16 +26,6 @@ def _batch(kind: str, seed: int, n: int = 16):
     return x, (torch.randn(n, 2, generator=gen) if kind == "vae" else None)
 
 
-def _closure(optimizer, model, x, eps):
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        loss = build_loss(model, x, eps=eps)
-        loss.value.backward()
-        return loss
-
-    return closure
-
-
 def test_reestimates_every_T_steps_on_the_most_recent_samples(float64):
     model = _model("autoencoder")
     optimizer = PRONG(model, lr=0.1, reestimate_every=3, samples=40, epsilon=1e-3)
@@ -42,7 +33,7 @@ def test_reestimates_every_T_steps_on_the_most_recent_samples(float64):
     for step in range(1, 8):
         x, eps = _batch("autoencoder", step)
         centre = optimizer.layers[0].centre.clone()
-        optimizer.step(_closure(optimizer, model, x, eps))
+        optimizer.step(loss_closure(optimizer, model, x, eps))
         record = optimizer.last_step_record
         seen.append(record["reestimated"])
         if record["reestimated"]:  # 40 rows: this batch of 16 and the 24 before it
@@ -57,7 +48,7 @@ def test_step_is_sgd_with_momentum_in_the_whitened_parameters(float64):
     model = _model("autoencoder")
     optimizer = PRONG(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, reestimate_every=1)
     x, _ = _batch("autoencoder", 1)
-    optimizer.step(_closure(optimizer, model, x, None))
+    optimizer.step(loss_closure(optimizer, model, x, None))
     optimizer.param_groups[0]["reestimate_every"] = 100  # no further re-estimation
     reference = copy.deepcopy(model)
     sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -65,8 +56,8 @@ def test_step_is_sgd_with_momentum_in_the_whitened_parameters(float64):
         sgd.state[q]["momentum_buffer"] = optimizer.state[p]["momentum_buffer"].clone()
     for seed in (2, 3):
         x, _ = _batch("autoencoder", seed)
-        optimizer.step(_closure(optimizer, model, x, None))
-        sgd.step(_closure(sgd, reference, x, None))
+        optimizer.step(loss_closure(optimizer, model, x, None))
+        sgd.step(loss_closure(sgd, reference, x, None))
     for p, q in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-12)
 
@@ -75,7 +66,7 @@ def test_momentum_is_mapped_with_the_parameters(float64):
     """After a re-estimation the velocity is the same displacement of the canonical (W, b)."""
     model = _model("autoencoder")
     optimizer = PRONG(model, lr=0.05, momentum=0.9, reestimate_every=100)
-    optimizer.step(_closure(optimizer, model, *_batch("autoencoder", 1)))
+    optimizer.step(loss_closure(optimizer, model, *_batch("autoencoder", 1)))
     layer = optimizer.layers[1]
 
     def canonical_velocity():
@@ -83,7 +74,7 @@ def test_momentum_is_mapped_with_the_parameters(float64):
         w = v_w @ layer.whitening
         return w, v_d - w @ layer.centre
 
-    optimizer.step(_closure(optimizer, model, *_batch("autoencoder", 2)))
+    optimizer.step(loss_closure(optimizer, model, *_batch("autoencoder", 2)))
     before = canonical_velocity()
     optimizer._reestimate(optimizer.state["prong"]["samples"], optimizer.param_groups[0])
     assert not torch.equal(layer.whitening, torch.eye(layer.in_features))
@@ -97,14 +88,14 @@ def test_state_dict_round_trip_gives_identical_steps(kind, batch_norm):
     model = _model(kind)
     optimizer = PRONG(model, lr=0.05, reestimate_every=2, samples=12, batch_norm=batch_norm)
     for seed in range(3):
-        optimizer.step(_closure(optimizer, model, *_batch(kind, seed)))
+        optimizer.step(loss_closure(optimizer, model, *_batch(kind, seed)))
     clone_model = _model(kind)
     clone = PRONG(clone_model, lr=0.05, reestimate_every=2, samples=12, batch_norm=batch_norm)
     clone_model.load_state_dict(model.state_dict())
     clone.load_state_dict(optimizer.state_dict())
     for seed in range(3, 6):
-        optimizer.step(_closure(optimizer, model, *_batch(kind, seed)))
-        clone.step(_closure(clone, clone_model, *_batch(kind, seed)))
+        optimizer.step(loss_closure(optimizer, model, *_batch(kind, seed)))
+        clone.step(loss_closure(clone, clone_model, *_batch(kind, seed)))
         assert optimizer.last_step_record == clone.last_step_record
     for p, q in zip(model.state_dict().values(), clone_model.state_dict().values()):
         assert torch.equal(p, q)
@@ -117,7 +108,7 @@ def test_descends_and_rejects_a_nan_gradient(kind):
     # diverges at any lr >= 0.02 with momentum 0.9 (the regulariser matters, as the paper says).
     optimizer = PRONG(model, lr=0.05, reestimate_every=5, epsilon=1e-2, batch_norm=kind == "vae")
     x, eps = _batch(kind, 0, n=32)
-    closure = _closure(optimizer, model, x, eps)
+    closure = loss_closure(optimizer, model, x, eps)
     first = float(optimizer.step(closure).value.detach())
     for _ in range(20):
         optimizer.step(closure)

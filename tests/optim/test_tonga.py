@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from optimizer_cases import loss_closure
 
 from natgrad.curvature.exact import per_example_gradients
 from natgrad.experiments.config import OptimizerConfig
@@ -17,16 +18,6 @@ from natgrad.optim.tonga import TONGA
 def _data(n: int = 16, d: int = 8, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, d, generator=gen).round(), gen
-
-
-def _closure(optimizer, model, x, eps=None):
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        loss = build_loss(model, x, eps=eps)
-        loss.value.backward()
-        return loss
-
-    return closure
 
 
 def test_fixed_step_is_the_papers_update_at_full_rank(float64):
@@ -46,7 +37,7 @@ def test_fixed_step_is_the_papers_update_at_full_rank(float64):
     g = per_example_gradients(build_loss(model, x[:4]))
     fisher = g.T @ g / 4
     expected = theta0 - lr * torch.linalg.solve(fisher + (lam + eta) * torch.eye(len(theta0)), grad)
-    optimizer.step(_closure(optimizer, model, x))
+    optimizer.step(loss_closure(optimizer, model, x))
     theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert (theta1 - expected).abs().max() <= 1e-10 * expected.abs().max()
 
@@ -61,13 +52,13 @@ def test_state_dict_round_trip_gives_identical_steps(kind):
                "schedule": {"statistics_fraction": 0.5, "inverse_every": 2}}
     optimizer = TONGA(model, **options)
     for _ in range(3):
-        optimizer.step(_closure(optimizer, model, x, eps))
+        optimizer.step(loss_closure(optimizer, model, x, eps))
     clone = copy.deepcopy(model)
     clone_optimizer = TONGA(clone, **options)
     clone_optimizer.load_state_dict(optimizer.state_dict())
     for _ in range(3):
-        optimizer.step(_closure(optimizer, model, x, eps))
-        clone_optimizer.step(_closure(clone_optimizer, clone, x, eps))
+        optimizer.step(loss_closure(optimizer, model, x, eps))
+        clone_optimizer.step(loss_closure(clone_optimizer, clone, x, eps))
         assert optimizer.last_step_record == clone_optimizer.last_step_record
     for p, q in zip(model.parameters(), clone.parameters()):
         assert torch.equal(p, q)
@@ -79,7 +70,7 @@ def test_descends_on_a_small_autoencoder():
     x, _ = _data(n=32)
     optimizer = TONGA(model, tonga={"rank": 4, "examples_per_update": 8}, damping={"initial": 1.0},
                       schedule={"statistics_fraction": 0.25})
-    closure = _closure(optimizer, model, x)
+    closure = loss_closure(optimizer, model, x)
     first = float(optimizer.step(closure).value.detach())
     for _ in range(15):
         optimizer.step(closure)
