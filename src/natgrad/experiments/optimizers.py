@@ -71,12 +71,7 @@ def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
     """
     from natgrad.optim.tonga import TONGA
 
-    _check_option_keys(config, ("tonga", "damping", "schedule", "step", "seed"))
-    options = dict(config.options)
-    fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
-    options["step"] = fixed | dict(options.get("step") or {})
-    options["damping"] = {"weight_decay": config.l2} | dict(options.get("damping") or {})
-    return TONGA(model, **options)
+    return TONGA(model, **_natural_options(config, ("tonga",), with_curvature=False))
 
 
 def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
@@ -95,16 +90,17 @@ def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
 _NATURAL_OPTIONS = ("damping", "schedule", "step", "seed")
 
 
-def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = ()) -> dict:
+def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
-    ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and
-    ``curvature`` as the curvature kind."""
+    ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
+    ``with_curvature``, ``curvature`` as the curvature kind (TONGA has its own matrix)."""
     _check_option_keys(config, _NATURAL_OPTIONS + extra)
     options = dict(config.options)
     fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
     options["step"] = fixed | dict(options.get("step") or {})
     options["damping"] = {"weight_decay": config.l2} | dict(options.get("damping") or {})
-    options["curvature"] = {"kind": config.curvature or "full"}
+    if with_curvature:
+        options["curvature"] = {"kind": config.curvature or "full"}
     return options
 
 
