@@ -42,6 +42,8 @@ lr = [0.01, 0.1]
 batch_size = 200
 [optimizer.adam]
 lr = 0.01
+batch_schedule = "exponential"
+batch_full_at = 7
 """
 
 
@@ -63,6 +65,8 @@ def test_grid_is_the_cross_product_with_scoped_overrides(tmp_path):
     assert sgd.config.batch_size == 200  # the label's batch size wins over [model.vae.run]
     adam_vae = next(c for c in bench.cells if c.variant == "adam" and c.problem == "synthetic-vae")
     assert adam_vae.config.batch_size == 50 and adam_vae.config.model.kind == "vae"
+    assert (adam_vae.config.batch_schedule, adam_vae.config.batch_full_at) == ("exponential", 7)
+    assert (sgd.config.batch_schedule, sgd.config.batch_full_at) == ("fixed", 500)
     assert {c.target for c in bench.cells if c.problem == "synthetic-autoencoder"} == {40.0}
     assert {c.target for c in bench.cells if c.problem == "synthetic-vae"} == {None}
     assert Path(sgd.config.out_dir) == tmp_path / "out" / "runs" / "synthetic-vae" / "sgd-lr0.1" / "seed-1"

@@ -17,6 +17,18 @@ def test_synthetic_is_deterministic_and_subsettable():
         load_run_data(DataConfig(dataset="synthetic", train_size=5000))
 
 
+def test_strided_subset_spreads_over_the_file_and_prefix_is_the_default():
+    full = load_run_data(DataConfig(dataset="synthetic"))
+    strided = load_run_data(DataConfig(dataset="synthetic", train_size=300, test_size=50, subset="strided"))
+    # rows floor(i * 2000 / 300): 0, 6, 13, 20, ..., 1993 -- the last one near the end of the file
+    rows = [i * 2000 // 300 for i in range(300)]
+    assert rows[-1] == 1993 and torch.equal(strided.train, full.train[rows])
+    assert torch.equal(strided.test, full.test[[i * 500 // 50 for i in range(50)]])
+    assert DataConfig().subset == "prefix"
+    with pytest.raises(ValueError, match=r"data\.subset = 'random' is invalid; allowed: prefix, strided"):
+        DataConfig(subset="random")
+
+
 def test_mnist_subset(shared_data_dir):
     data = load_run_data(DataConfig(dataset="mnist", data_dir=str(shared_data_dir), train_size=100, test_size=10))
     assert data.train.shape == (100, 784) and data.test.shape == (10, 784)

@@ -27,7 +27,8 @@ ends first, both recorded), the same seeds and the same data. Layout::
 
     [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the label
     lr = [0.01, 0.03]                     # a list is a grid: one variant per value ("sgd-lr0.01", ...)
-    batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size)
+    batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size);
+    batch_schedule = "exponential"        # batch_schedule and batch_full_at likewise
 
 A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
 and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
@@ -76,7 +77,7 @@ TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejecte
 _BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
                "target", "optimizer"}
 _SCOPE_KEYS = {"run", "optimizer"}
-_LABEL_RUN_KEYS = ("batch_size",)
+_LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at")
 
 
 @dataclass(frozen=True)

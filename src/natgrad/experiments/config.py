@@ -50,6 +50,7 @@ from natgrad.models.mlp import ACTIVATIONS
 MODEL_KINDS = ("autoencoder", "vae")
 #: Datasets a run can train on: the three benchmark problems, and a seeded synthetic set for tests.
 DATASETS = ("mnist", "curves", "faces", "synthetic")
+SUBSETS = ("prefix", "strided")
 
 
 class ConfigError(ValueError):
@@ -84,19 +85,25 @@ class DataConfig:
         dataset: one of :data:`DATASETS`. ``"synthetic"`` is a seeded set of binary images for
             tests and smoke runs (see :mod:`natgrad.experiments.data`).
         data_dir: first directory of the data search path (``--data-dir``); None uses the default.
-        train_size: use only the first ``train_size`` training examples (None: all).
-        test_size: use only the first ``test_size`` test examples (None: all).
+        train_size: use only ``train_size`` training examples (None: all).
+        test_size: use only ``test_size`` test examples (None: all).
+        subset: how a ``train_size`` / ``test_size`` subset is taken: 'prefix' (the first N
+            examples) or 'strided' (N examples evenly spaced over the file, ``floor(i * M / N)``;
+            the same for every seed). FACES is stored person by person, so only 'strided' gives
+            a subset showing every person.
     """
 
     dataset: str = "mnist"
     data_dir: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    subset: str = "prefix"
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
         _check_optional_positive_int("data.train_size", self.train_size)
         _check_optional_positive_int("data.test_size", self.test_size)
+        _require(self.subset in SUBSETS, "data.subset", self.subset, ", ".join(SUBSETS))
 
 
 @dataclass

@@ -61,8 +61,19 @@ def _benchmark(name: str, data_dir: str | None) -> RunData:
                    ds.likelihood, str(ds.source))
 
 
+def _subset(examples: Tensor, size: int | None, how: str) -> Tensor:
+    """``size`` of ``examples``: the first ones ('prefix') or evenly spaced ones ('strided': rows
+    ``floor(i * M / size)``, i = 0..size-1, of the M examples)."""
+    if size is None:
+        return examples
+    if how == "prefix":
+        return examples[:size]
+    return examples[torch.arange(size) * examples.shape[0] // size]
+
+
 def load_run_data(config: DataConfig) -> RunData:
-    """The train/test data of ``config``, truncated to ``train_size`` / ``test_size`` examples.
+    """The train/test data of ``config``, subset to ``train_size`` / ``test_size`` examples as
+    ``config.subset`` says.
 
     Raises:
         natgrad.data.DataError: the dataset files are missing or corrupt.
@@ -73,8 +84,7 @@ def load_run_data(config: DataConfig) -> RunData:
     for field_name, size, full in (("data.train_size", config.train_size, train), ("data.test_size", config.test_size, test)):
         if size is not None and size > full.shape[0]:
             raise ValueError(f"{field_name} = {size} exceeds the {full.shape[0]} examples of {data.name!r}")
-    train = train if config.train_size is None else train[: config.train_size]
-    test = test if config.test_size is None else test[: config.test_size]
+    train, test = _subset(train, config.train_size, config.subset), _subset(test, config.test_size, config.subset)
     return RunData(data.problem, data.name, train.float().reshape(train.shape[0], -1).contiguous(),
                    test.float().reshape(test.shape[0], -1).contiguous(), data.image_shape, data.likelihood,
                    data.source)
