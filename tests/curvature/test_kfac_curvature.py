@@ -75,6 +75,30 @@ def test_solve_and_matvec_match_own_dense(float64, problem, inverse_method):
     assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-12
 
 
+@pytest.mark.parametrize("problem", ["autoencoder", "conv_net"])
+def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
+    """The bf16 departure: damped inverses and V rounded to bf16 (unit roundoff u = 2^-9), products
+    accumulated in float32. Each entry of G^-1 V A^-1 carries a relative error of order a few u
+    times the cancellation in its sums; with damping 0.3 the factors are well conditioned, so the
+    whole solve stays within 3% of float32's (measured about 0.5%) and is not equal to it (it
+    really ran in bf16)."""
+    loss = PROBLEMS[problem]()
+    reference = refreshed(KFAC(loss.model, inverse_method="inverse"), loss)
+    low = refreshed(KFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss)
+    v = random_vectors(loss)
+    expected, got = flat(reference.solve(v, 0.3)), flat(low.solve(v, 0.3))
+    assert got.dtype == torch.float32
+    assert 1e-5 < relative_error(got, expected) < 3e-2
+
+
+def test_bfloat16_solve_needs_explicit_inverses():
+    loss = PROBLEMS["autoencoder"]()
+    with pytest.raises(ValueError, match="solve_dtype = 'bfloat16' needs inverse_method = 'inverse'"):
+        KFAC(loss.model, solve_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"solve_dtype must be one of \['float32', 'bfloat16'\], got 'float16'"):
+        KFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
+
+
 def test_factored_tikhonov_damping_blocks(float64):
     """Each block of M(lambda) is (A + pi gamma I) (x) (G + gamma/pi I), pi the trace norm (§6.3)."""
     loss = PROBLEMS["autoencoder"]()

@@ -106,10 +106,10 @@ def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), wit
 
 def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
-    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``."""
+    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``."""
     from natgrad.optim.kfac import KFAC
 
-    return KFAC(model, **_natural_options(config, ("inverse_method",)))
+    return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype")))
 
 
 def make_kfac_tridiag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
