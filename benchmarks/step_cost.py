@@ -3,7 +3,8 @@
 On the MNIST deep autoencoder (784-1000-500-250-30-250-500-1000-784, sparse init, Bernoulli output, float32, CPU),
 for each batch size: ``--warmup`` steps (covering K-FAC's refreshes at k <= 3), then the median of
 ``--repeats`` timed ``optimizer.step(closure)`` calls. The SGD step (Nesterov momentum, the papers'
-baseline) is the unit. For the shared-step optimizers the *amortised* cost adds what the timed
+baseline) is the unit. The timed steps are taken round-robin (one step of every optimizer, then the
+next round), so a change in the machine's load during the run hits the unit and the ratios alike. For the shared-step optimizers the *amortised* cost adds what the timed
 ordinary steps skip: the inverse refresh every T3 = 20 steps and the two extra gamma candidates
 every T2 = 20 steps (two extra solves with their damped inverses; with the quadratic model all
 candidates share one forward-mode pass), each measured separately. Hessian-free's step is dominated by CG; it runs with ``max_cg_iterations`` capped at
@@ -46,8 +47,12 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
     "kfac-fixed-eigen": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, inverse_method="eigen"),
                          "as kfac-fixed with eigendecompositions instead of explicit inverses"),
     "kfac": (lambda m, cg: KFAC(m), "K-FAC block-diagonal, quadratic model (paper)"),
+    "kfac-fixed-bf16": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, solve_dtype="bfloat16"),
+                        "as kfac-fixed with the solve in bfloat16 (departure)"),
     "kfac-model-quarter": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}),
-                           "K-FAC block-diagonal, quadratic model on 1/4 of the batch"),
+                           "K-FAC block-diagonal, quadratic model on 1/4 of the batch (departure)"),
+    "kfac-model-quarter-bf16": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, solve_dtype="bfloat16"),
+                                "as kfac-model-quarter with the solve in bfloat16 (departures)"),
     "kfac-tridiag": (lambda m, cg: KFAC(m, structure="tridiagonal"), "K-FAC block-tridiagonal, quadratic model"),
     "diag": (lambda m, cg: DiagonalNaturalGradient(m), "diagonal Fisher, quadratic model"),
     "hf": (lambda m, cg: HessianFree(m, max_cg_iterations=cg), "Hessian-free (CG capped, see per-iteration cost)"),
@@ -83,43 +88,62 @@ def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> 
     return refresh, max(search - plain, 0.0)
 
 
-def measure(label: str, x: torch.Tensor, warmup: int, repeats: int, hf_cg: int) -> dict:
-    model = DeepAutoencoder.for_problem("mnist", generator=torch.Generator().manual_seed(0))
-    optimizer = VARIANTS[label][0](model, hf_cg)
+class TimedOptimizer:
+    """One optimizer on its own copy of the network (same initialisation for all) and its closure."""
 
-    def closure():
-        optimizer.zero_grad()
-        loss = build_loss(model, x)
+    def __init__(self, label: str, x: torch.Tensor, hf_cg: int) -> None:
+        self.label, self.x = label, x
+        self.model = DeepAutoencoder.for_problem("mnist", generator=torch.Generator().manual_seed(0))
+        self.optimizer = VARIANTS[label][0](self.model, hf_cg)
+        self.times: list[float] = []
+        self.records: list[dict] = []
+
+    def closure(self):
+        self.optimizer.zero_grad()
+        loss = build_loss(self.model, self.x)
         loss.value.backward()
         return loss
 
-    for _ in range(warmup):
-        optimizer.step(closure)
-    times, records = [], []
+    def step(self) -> float:
+        return timed(lambda: self.optimizer.step(self.closure))
+
+    def timed_step(self) -> None:
+        self.times.append(self.step())
+        self.records.append(dict(getattr(self.optimizer, "last_step_record", {})))
+
+    def result(self) -> dict:
+        optimizer, x = self.optimizer, self.x
+        result = {"median_seconds": statistics.median(self.times), "seconds": self.times}
+        if isinstance(optimizer, NaturalGradientOptimizer):
+            refresh, search = amortised_extras(optimizer, self.closure)
+            periods = optimizer.schedule.inverse_every, optimizer.damping_config.gamma_every
+            result.update(refresh_seconds=refresh, gamma_search_extra_seconds=search,
+                          amortised_seconds=result["median_seconds"] + refresh / periods[0] + search / periods[1])
+        if isinstance(optimizer, HessianFree):
+            result["cg_iterations"] = [r["cg_iterations"] for r in self.records]
+            result["cg_iteration_seconds"] = timed(lambda: optimizer._curvature_product(
+                build_loss(self.model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]),
+                torch.randn(optimizer.layout.dimension)))
+        return result
+
+
+def measure(labels: list[str], x: torch.Tensor, warmup: int, repeats: int, hf_cg: int) -> dict[str, dict]:
+    """Warm every optimizer up, then time ``repeats`` rounds of one step each (round-robin)."""
+    runs = [TimedOptimizer(label, x, hf_cg) for label in labels]
+    for run in runs:
+        for _ in range(warmup):
+            run.step()
     for _ in range(repeats):
-        times.append(timed(lambda: optimizer.step(closure)))
-        records.append(dict(getattr(optimizer, "last_step_record", {})))
-    result = {"median_seconds": statistics.median(times), "seconds": times}
-    if isinstance(optimizer, NaturalGradientOptimizer):
-        refresh, search = amortised_extras(optimizer, closure)
-        periods = optimizer.schedule.inverse_every, optimizer.damping_config.gamma_every
-        result.update(refresh_seconds=refresh, gamma_search_extra_seconds=search,
-                      amortised_seconds=result["median_seconds"] + refresh / periods[0] + search / periods[1])
-    if isinstance(optimizer, HessianFree):
-        iterations = [r["cg_iterations"] for r in records]
-        result["cg_iterations"] = iterations
-        per_iteration = timed(lambda: optimizer._curvature_product(
-            build_loss(model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]),
-            torch.randn(optimizer.layout.dimension)))
-        result["cg_iteration_seconds"] = per_iteration
-    return result
+        for run in runs:
+            run.timed_step()
+    return {run.label: run.result() for run in runs}
 
 
 def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg: int, data_dir: str | None) -> dict:
     rows = []
     for batch in batches:
         x = load_dataset("mnist", data_dir, split_train_size=batch).train.flatten(1)
-        results = {label: measure(label, x, warmup, repeats, hf_cg) for label in labels}
+        results = measure(labels, x, warmup, repeats, hf_cg)
         unit = results["sgd"]["median_seconds"]
         for label, r in results.items():
             row = {"batch": batch, "optimizer": label, "description": VARIANTS[label][1], **r,

@@ -22,10 +22,14 @@ from natgrad.distributions import (
 )
 from natgrad.losses import Loss, LossTerm, build_loss, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
-from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
+from natgrad.optim import KFAC, PRONG, TONGA, DiagonalNaturalGradient, HessianFree
 
 __version__ = "0.1.0"
 __all__ = [
+    "KFAC",
+    "PRONG",
+    "TONGA",
+    "VAE",
     "Bernoulli",
     "CurvatureConfig",
     "CurvatureKind",
@@ -37,15 +41,11 @@ __all__ = [
     "Gaussian",
     "GaussianLearnedVariance",
     "HessianFree",
-    "KFAC",
     "KFACCurvature",
     "Loss",
     "LossTerm",
     "OutputDistribution",
-    "PRONG",
-    "TONGA",
     "TridiagonalKFAC",
-    "VAE",
     "build_loss",
     "kl_term",
     "likelihood_term",

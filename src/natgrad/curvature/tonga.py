@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from natgrad.curvature.base import NonFiniteStatistics, check_damping
 from natgrad.curvature.exact import per_example_gradients
 from natgrad.curvature.layout import ParameterLayout
+from natgrad.finite import all_finite
 from natgrad.losses import Loss
 
 BLOCK_STRUCTURES = ("unit", "layer", "none")
@@ -209,7 +210,7 @@ class TongaCurvature:
         m = int(gradients[0].shape[0])
         if m < 1 or (self.config.centred and m < 2):
             raise ValueError(f"TONGA update needs >= {2 if self.config.centred else 1} examples, got {m}")
-        if not all(bool(torch.isfinite(g).all()) for g in gradients):
+        if not all_finite(gradients):
             raise NonFiniteStatistics("non-finite per-example gradients; TONGA factor left unchanged")
         self.steps += 1
         if decay is None:
@@ -291,7 +292,7 @@ class TongaCurvature:
 
     def state_dict(self) -> dict:
         """Factors, Gram matrices and the update count (everything later steps depend on)."""
-        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
+        clone = lambda ts: [None if t is None else t.clone() for t in ts]
         return {"steps": self.steps, "factors": clone(self.factors), "grams": clone(self.grams)}
 
     def load_state_dict(self, state: Mapping) -> None:

@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
+from natgrad.curvature.choices import (
+    CurvatureKind,
+    OutputGradientEstimator,
+    parse_choice,
+)
 
 T = TypeVar("T")
 

@@ -23,7 +23,14 @@ from torch import nn
 from natgrad.curvature.kfac import KFAC as KFACCurvature
 from natgrad.curvature.kfac_tridiagonal import TridiagonalKFAC
 from natgrad.optim.base import NaturalGradientOptimizer
-from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce, require
+from natgrad.optim.config import (
+    CurvatureChoice,
+    DampingConfig,
+    ScheduleConfig,
+    StepConfig,
+    coerce,
+    require,
+)
 from natgrad.optim.diagonal import curvature_config
 
 STRUCTURES = ("block-diagonal", "tridiagonal")

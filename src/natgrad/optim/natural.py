@@ -25,6 +25,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from natgrad.finite import all_finite
+
 #: Thresholds of the reduction ratio ``rho`` (Martens 2010 section 4.1; Martens & Grosse 2015 section 6.5).
 RHO_LOW, RHO_HIGH = 0.25, 0.75
 
@@ -171,7 +173,7 @@ def reject_nonfinite(update: Sequence[Tensor], *scalars: float) -> bool:
     """
     if any(not math.isfinite(s) for s in scalars):
         return True
-    return any(not bool(torch.isfinite(u).all()) for u in update)
+    return not all_finite(update)
 
 
 def combine_update(direction: Sequence[Tensor], previous: Sequence[Tensor], step: QuadraticModelStep) -> list[Tensor]:

@@ -38,7 +38,12 @@ from natgrad.report.html import markdown_to_html
 from natgrad.report.papers import K_FAC_NOTE, papers_table
 from natgrad.report.plots import plot_comparison
 from natgrad.report.summary import OptimizerSummary, Spread, default_target, summarise
-from natgrad.report.tables import METRIC_NAMES, comparison_table, format_number, format_spread
+from natgrad.report.tables import (
+    METRIC_NAMES,
+    comparison_table,
+    format_number,
+    format_spread,
+)
 from natgrad.report.traces import plot_traces, traced
 
 REPORT_MD, REPORT_HTML, FIGURES_DIR = "report.md", "report.html", "figures"
