@@ -34,7 +34,6 @@ from natgrad.losses import build_loss
 from natgrad.models import DeepAutoencoder
 from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree, NaturalGradientOptimizer
 from natgrad.optim.base import regularised_gradient
-from natgrad.optim.natural import precondition
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,6 +46,8 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
     "kfac-fixed-eigen": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, inverse_method="eigen"),
                          "as kfac-fixed with eigendecompositions instead of explicit inverses"),
     "kfac": (lambda m, cg: KFAC(m), "K-FAC block-diagonal, quadratic model (paper)"),
+    "kfac-bf16": (lambda m, cg: KFAC(m, step={"model_dtype": "bfloat16"}, solve_dtype="bfloat16"),
+                  "as kfac with the solve and the model's forward-mode pass in bfloat16 (departures)"),
     "kfac-fixed-bf16": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, solve_dtype="bfloat16"),
                         "as kfac-fixed with the solve in bfloat16 (departure)"),
     "kfac-model-quarter": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}),

@@ -95,7 +95,7 @@ def test_bfloat16_solve_needs_explicit_inverses():
     loss = PROBLEMS["autoencoder"]()
     with pytest.raises(ValueError, match="solve_dtype = 'bfloat16' needs inverse_method = 'inverse'"):
         KFAC(loss.model, solve_dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"solve_dtype must be one of \['float32', 'bfloat16'\], got 'float16'"):
+    with pytest.raises(ValueError, match=r"solve_dtype must be one of \['factors', 'bfloat16'\], got 'float16'"):
         KFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
 
 

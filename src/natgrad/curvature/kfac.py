@@ -49,7 +49,7 @@ class InverseMethod(str, Enum):
 class SolveDtype(str, Enum):
     """Precision of the damped solve's matrix products (see module docstring)."""
 
-    FLOAT32 = "float32"
+    FACTORS = "factors"  # the factors' own dtype
     BFLOAT16 = "bfloat16"
 
 
@@ -69,7 +69,7 @@ class KFAC(CurvatureRepresentation):
         model: the module whose trainable parameters are the coordinates.
         config: curvature kind, estimator and EMA cap.
         inverse_method: ``"eigen"`` (default; damping changes are cheap) or ``"inverse"``.
-        solve_dtype: ``"float32"`` (default: the factors' own dtype) or ``"bfloat16"`` (a departure,
+        solve_dtype: ``"factors"`` (default: the factors' own dtype) or ``"bfloat16"`` (a departure,
             ``"inverse"`` only; see module docstring).
 
     Raises:
@@ -81,7 +81,7 @@ class KFAC(CurvatureRepresentation):
         model: nn.Module,
         config: CurvatureConfig | None = None,
         inverse_method: InverseMethod | str = "eigen",
-        solve_dtype: SolveDtype | str = "float32",
+        solve_dtype: SolveDtype | str = "factors",
     ) -> None:
         super().__init__(model, config)
         self.inverse_method = parse_choice(InverseMethod, "inverse_method", inverse_method)

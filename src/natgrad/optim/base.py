@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from natgrad.curvature.base import CurvatureRepresentation, NonFiniteStatistics
 from natgrad.curvature.choices import CurvatureKind
 from natgrad.losses import Loss, LossTerm
-from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
+from natgrad.optim.config import MODEL_DTYPES, DampingConfig, ScheduleConfig, StepConfig
 from natgrad.optim.natural import (
     QuadraticModelStep,
     combine_update,
@@ -259,7 +259,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
         inputs = batch_prefix(loss.inputs, config.model_fraction)
-        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs)
+        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs, MODEL_DTYPES[config.model_dtype])
         euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
         gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
         gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)

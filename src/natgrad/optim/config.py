@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from natgrad.curvature.choices import (
     CurvatureKind,
     OutputGradientEstimator,
@@ -145,6 +147,10 @@ class ScheduleConfig:
         require(_number(self.ema_cap) and 0 <= self.ema_cap < 1, "schedule.ema_cap", self.ema_cap, "a number in [0, 1)")
 
 
+#: Precisions of the quadratic model's forward-mode pass (``StepConfig.model_dtype``).
+MODEL_DTYPES: dict[str, torch.dtype | None] = {"parameters": None, "bfloat16": torch.bfloat16}
+
+
 @dataclass(frozen=True)
 class StepConfig:
     r"""How the update is scaled: the quadratic model (sections 6.4, 7) or fixed coefficients.
@@ -161,6 +167,10 @@ class StepConfig:
             Martens' code: "a value below 1 is dangerous").
         reject_increase: also reject steps whose objective rose on the batch (evaluates
             ``h(theta + delta)`` every step; the paper only lets ``rho = -inf`` raise the damping).
+        model_dtype: precision of the model's forward-mode products ``J u``: 'parameters' (the
+            parameters' own dtype, the paper) or 'bfloat16' (a departure: parameters, inputs and directions rounded to bfloat16 for
+            that pass, about 2x faster on CPUs with AVX512-BF16; the Gram entries are still summed
+            in float64; see :func:`natgrad.optim.quadratic_model.ggn_gram`).
     """
 
     quadratic_model: bool = True
@@ -169,6 +179,7 @@ class StepConfig:
     momentum: float = 0.9
     model_fraction: float = 1.0
     reject_increase: bool = False
+    model_dtype: str = "parameters"
 
     def __post_init__(self) -> None:
         require(isinstance(self.reject_increase, bool), "step.reject_increase", self.reject_increase, "true or false")
@@ -178,6 +189,7 @@ class StepConfig:
         require_positive("step.learning_rate", self.learning_rate)
         require(_number(self.momentum) and 0 <= self.momentum < 1, "step.momentum", self.momentum, "a number in [0, 1)")
         require_fraction("step.model_fraction", self.model_fraction)
+        require(self.model_dtype in MODEL_DTYPES, "step.model_dtype", self.model_dtype, ", ".join(MODEL_DTYPES))
 
 
 @dataclass(frozen=True)
