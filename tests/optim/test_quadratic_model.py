@@ -49,7 +49,7 @@ def test_bfloat16_gram_is_the_float64_gram_to_bfloat16_precision(float64, model_
     """The model_dtype departure: the jvp pass in bf16 (unit roundoff u = 2^-9) and float64 sums.
 
     Each J u entry and each output curvature carries a relative error of a few u, so the Gram is
-    within 2% of the exact one (measured 0.1-0.5%); it must also differ from it (bf16 really ran).
+    within 2% of the exact one (measured 0.04% AE, 0.06% VAE); it must differ from it (bf16 ran).
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
