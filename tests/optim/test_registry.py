@@ -30,6 +30,9 @@ def test_registry_passes_options_and_rejects_unknown_ones():
     model = VAE([8, 4, 2])
     optimizer = build_optimizer(model, OptimizerConfig(name="kfac", options={"damping": {"initial": 7.0}}))
     assert optimizer.state["natural_gradient"]["damping"] == 7.0
+    low = build_optimizer(model, OptimizerConfig(name="kfac", options={
+        "inverse_method": "inverse", "solve_dtype": "bfloat16", "step": {"model_dtype": "bfloat16"}}))
+    assert low.curvature.solve_dtype.value == "bfloat16" and low.step_config.model_dtype == "bfloat16"
     with pytest.raises(ValueError, match="bogus"):
         build_optimizer(model, OptimizerConfig(name="kfac", options={"bogus": 1}))
     with pytest.raises(ValueError, match="optimizer.curvature"):
