@@ -65,7 +65,7 @@ class KFAC(NaturalGradientOptimizer):
         inverse_method: block-diagonal only: ``"inverse"`` (default) keeps explicit damped factor
             inverses, rebuilt only when ``gamma`` changes (every T2 steps) or after a refresh, so a
             step costs two matrix products per layer; ``"eigen"`` eigendecomposes at each refresh and
-            makes any damping cheap but costs four products per step (measured 0.42 s vs 0.35 s per
+            makes any damping cheap but costs four products per step (measured 0.48 s vs 0.36 s per
             step on the MNIST autoencoder at batch 1000, ``benchmarks/step_cost.py``). None means ``"inverse"``.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
             or ``"bfloat16"``, a
