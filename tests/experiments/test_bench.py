@@ -153,5 +153,5 @@ def test_smoke_config_end_to_end(tmp_path, capsys):
     for problem in bench.problems:
         assert f"## {problem}" in markdown and (out / "figures" / f"{problem}-curves.png").is_file()
         assert (out / "figures" / f"{problem}-traces.pdf").is_file()
-    assert "vs Adam (time)" in markdown and "<table>" in (out / "report.html").read_text()
+    assert "vs Adam (time, to the common target)" in markdown and "<table>" in (out / "report.html").read_text()
     assert "Report:" in capsys.readouterr().out
