@@ -22,14 +22,10 @@ from natgrad.distributions import (
 )
 from natgrad.losses import Loss, LossTerm, build_loss, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
-from natgrad.optim import KFAC, PRONG, TONGA, DiagonalNaturalGradient, HessianFree
+from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
 
 __version__ = "0.1.0"
 __all__ = [
-    "KFAC",
-    "PRONG",
-    "TONGA",
-    "VAE",
     "Bernoulli",
     "CurvatureConfig",
     "CurvatureKind",
@@ -41,11 +37,15 @@ __all__ = [
     "Gaussian",
     "GaussianLearnedVariance",
     "HessianFree",
+    "KFAC",
     "KFACCurvature",
     "Loss",
     "LossTerm",
     "OutputDistribution",
+    "PRONG",
+    "TONGA",
     "TridiagonalKFAC",
+    "VAE",
     "build_loss",
     "kl_term",
     "likelihood_term",

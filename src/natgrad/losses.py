@@ -142,7 +142,7 @@ class Loss:
     terms: tuple[LossTerm, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module, inputs: Sequence[Tensor], build_terms: TermBuilder) -> Loss:
+    def from_model(cls, model: nn.Module, inputs: Sequence[Tensor], build_terms: TermBuilder) -> "Loss":
         """Run ``model(*inputs)`` and build its terms; the entry point for user-defined models."""
         inputs = tuple(inputs)
         terms = tuple(build_terms(model(*inputs), inputs))
@@ -177,7 +177,7 @@ class Loss:
         """``h(params)`` on the same batch and noise."""
         return sum(t.values for t in self.evaluate(params, inputs)).mean()
 
-    def rebuild(self) -> Loss:
+    def rebuild(self) -> "Loss":
         """The same loss (same inputs and noise) re-evaluated at the model's current parameters."""
         return Loss.from_model(self.model, self.inputs, self.build_terms)
 

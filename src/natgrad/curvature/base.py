@@ -46,14 +46,11 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.capture import CapturedBatch, capture
-from natgrad.curvature.choices import (
-    CurvatureKind,
-    OutputGradientEstimator,
-    parse_choice,
-)
+from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
+
 
 #: Damped factorisations kept per refresh: the three gamma candidates of a search (section 6.6).
 DAMPED_CACHE = 3
@@ -136,8 +133,8 @@ class CurvatureRepresentation(ABC):
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         statistics = self._batch_statistics(batch)
-        bad = [key for key, value in statistics.items() if not all_finite((value,))]
-        if bad:
+        if not all_finite(statistics.values()):  # one pass; name the culprits only on failure
+            bad = [key for key, value in statistics.items() if not all_finite((value,))]
             raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
         self.steps += 1
         if decay is None:

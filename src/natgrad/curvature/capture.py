@@ -37,11 +37,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 from torch.nn import functional as F
 
-from natgrad.curvature.choices import (
-    CurvatureKind,
-    OutputGradientEstimator,
-    select_terms,
-)
+from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, select_terms
 from natgrad.curvature.layout import KroneckerLayer, ParameterLayout
 from natgrad.losses import Loss, LossTerm
 
@@ -106,7 +102,7 @@ class _Recorder:
         self.outputs: dict[int, Tensor] = {}
         self._handles: list = []
 
-    def __enter__(self) -> _Recorder:
+    def __enter__(self) -> "_Recorder":
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(self._hook(i)))
         return self

@@ -141,7 +141,7 @@ class KFAC(CurvatureRepresentation):
             return shifts
         low = self.solve_dtype is SolveDtype.BFLOAT16
         return [
-            tuple(_spd_inverse(f).to(torch.bfloat16) if low else _spd_inverse(f)
+            tuple(_spd_inverse(f).to(torch.bfloat16 if low else f.dtype)
                   for f in self.damped_layer_factors(frozen, i, damping))
             for i in range(len(self.layout.layers))
         ]

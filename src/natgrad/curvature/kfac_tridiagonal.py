@@ -36,11 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.base import CurvatureConfig
-from natgrad.curvature.capture import (
-    CapturedBatch,
-    cross_gradient_factor,
-    cross_input_factor,
-)
+from natgrad.curvature.capture import CapturedBatch, cross_gradient_factor, cross_input_factor
 from natgrad.curvature.kfac import KFAC
 
 

@@ -292,7 +292,7 @@ class TongaCurvature:
 
     def state_dict(self) -> dict:
         """Factors, Gram matrices and the update count (everything later steps depend on)."""
-        clone = lambda ts: [None if t is None else t.clone() for t in ts]
+        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
         return {"steps": self.steps, "factors": clone(self.factors), "grams": clone(self.grams)}
 
     def load_state_dict(self, state: Mapping) -> None:

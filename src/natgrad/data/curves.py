@@ -65,7 +65,7 @@ def spline_points(x: np.ndarray, y: np.ndarray, segments: int) -> tuple[np.ndarr
     frac = np.linspace(0.0, 1.0, segments + 1)
     xs = x[:, :1] + frac[None, :] * (x[:, 2:] - x[:, :1])  # (B, S+1)
     seg = (xs > x[:, 1:2]).astype(np.intp)  # 0 on [x0, x1], 1 on (x1, x2]
-    take = lambda a, off: np.take_along_axis(a, seg + off, axis=1)
+    take = lambda a, off: np.take_along_axis(a, seg + off, axis=1)  # noqa: E731
     xl, xr, yl, yr, ml, mr = take(x, 0), take(x, 1), take(y, 0), take(y, 1), take(m, 0), take(m, 1)
     hs = xr - xl
     ys = (

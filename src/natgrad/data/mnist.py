@@ -88,7 +88,7 @@ def _fetch(name: str) -> bytes:
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
+            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (fixed https URLs)
                 return response.read()
         except OSError as exc:
             errors.append(f"{url}: {exc}")

@@ -9,13 +9,7 @@ from pathlib import Path
 from natgrad.data import mnist, sources
 from natgrad.data.cache import read_manifest
 from natgrad.data.calibration import PAPER_PCA_ERROR, pca_test_error
-from natgrad.data.datasets import (
-    DATASET_NAMES,
-    Dataset,
-    DatasetStatus,
-    cache_dir_name,
-    find_cache,
-)
+from natgrad.data.datasets import DATASET_NAMES, Dataset, DatasetStatus, cache_dir_name, find_cache
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file
 

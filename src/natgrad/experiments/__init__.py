@@ -20,12 +20,12 @@ from natgrad.experiments.optimizers import OPTIMIZERS, build_optimizer
 from natgrad.experiments.runner import RunResult, resume, train
 
 __all__ = [
-    "OPTIMIZERS",
     "BudgetConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "OPTIMIZERS",
     "OptimizerConfig",
     "RunConfig",
     "RunResult",

@@ -39,14 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME
-from natgrad.experiments.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    check_keys,
-    load_toml,
-    merge_tables,
-)
+from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, check_keys, load_toml, merge_tables
 from natgrad.experiments.runlog import LOG_NAME
 from natgrad.experiments.runner import CONFIG_NAME, RESULT_NAME, resume, train
 

@@ -178,11 +178,8 @@ class OptimizerConfig:
     curvature: str | None = None
 
     def __post_init__(self) -> None:
+        from natgrad.experiments.optimizers import CURVATURE_OPTIMIZERS, OPTIMIZERS  # registry imports this module
         from natgrad.curvature.choices import CurvatureKind
-        from natgrad.experiments.optimizers import (  # registry imports this module
-            CURVATURE_OPTIMIZERS,
-            OPTIMIZERS,
-        )
 
         kinds = [k.value for k in CurvatureKind]
         _require(self.curvature is None or self.curvature in kinds, "optimizer.curvature", self.curvature,
@@ -294,7 +291,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
         """Build from a nested mapping; unknown keys raise :class:`ConfigError` naming them."""
         return _build(cls, values, "")
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from natgrad.distributions import standard_normal_log_prob
 from natgrad.models import VAE
 
+
 #: The metric (without its ``train.``/``test.`` split) each model kind is judged by.
 HEADLINE_METRICS = {"autoencoder": "reconstruction_error", "vae": "neg_elbo"}
 

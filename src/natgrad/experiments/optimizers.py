@@ -33,7 +33,7 @@ OptimizerFactory = Callable[[nn.Module, "OptimizerConfig"], torch.optim.Optimize
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "prong": 0.01}
 
 
-def _reject_options(config: OptimizerConfig) -> None:
+def _reject_options(config: "OptimizerConfig") -> None:
     if config.options:
         raise ValueError(
             f"optimizer.options {sorted(config.options)} are not used by {config.name!r}; "
@@ -41,7 +41,7 @@ def _reject_options(config: OptimizerConfig) -> None:
         )
 
 
-def make_sgd(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_sgd(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """SGD with (Nesterov) momentum, the papers' first-order baseline (Sutskever et al. 2013)."""
     _reject_options(config)
     lr = config.lr if config.lr is not None else DEFAULT_LR["sgd"]
@@ -50,7 +50,7 @@ def make_sgd(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer
                            weight_decay=config.l2)
 
 
-def make_adam(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_adam(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015) with the L2 penalty coupled into the gradient."""
     _reject_options(config)
     lr = config.lr if config.lr is not None else DEFAULT_LR["adam"]
@@ -58,13 +58,13 @@ def make_adam(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimize
                             weight_decay=config.l2)
 
 
-def _check_option_keys(config: OptimizerConfig, allowed: tuple[str, ...]) -> None:
+def _check_option_keys(config: "OptimizerConfig", allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(config.options) - set(allowed))
     if unknown:
         raise ValueError(f"optimizer.options {unknown} are not used by {config.name!r}; allowed: {', '.join(allowed)}")
 
 
-def make_tonga(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """TONGA on the shared step; ``l2`` is ``damping.weight_decay``, ``lr``/``momentum`` the fixed step's.
 
     ``options``: ``tonga``, ``damping``, ``schedule``, ``step`` (tables of their config fields), ``seed``.
@@ -74,7 +74,7 @@ def make_tonga(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimiz
     return TONGA(model, **_natural_options(config, ("tonga",), with_curvature=False))
 
 
-def make_prong(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """PRONG (PRONG+ with ``options.batch_norm = true``): whitens ``model`` in place, then SGD-momentum.
 
     ``options``: ``reestimate_every`` (T), ``samples`` (N_s), ``epsilon``, ``batch_norm``.
@@ -90,7 +90,7 @@ def make_prong(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimiz
 _NATURAL_OPTIONS = ("damping", "schedule", "step", "seed")
 
 
-def _natural_options(config: OptimizerConfig, extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
+def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
     ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
     ``with_curvature``, ``curvature`` as the curvature kind (TONGA has its own matrix)."""
@@ -104,7 +104,7 @@ def _natural_options(config: OptimizerConfig, extra: tuple[str, ...] = (), with_
     return options
 
 
-def make_kfac(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
     (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``."""
     from natgrad.optim.kfac import KFAC
@@ -112,21 +112,21 @@ def make_kfac(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimize
     return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype")))
 
 
-def make_kfac_tridiag(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_kfac_tridiag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-tridiagonal K-FAC (section 4.3); options as :func:`make_kfac`."""
     from natgrad.optim.kfac import KFAC
 
     return KFAC(model, structure="tridiagonal", **_natural_options(config))
 
 
-def make_diag(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_diag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Diagonal natural gradient (sampled-target Fisher diagonal) on the shared step."""
     from natgrad.optim.diagonal import DiagonalNaturalGradient
 
     return DiagonalNaturalGradient(model, **_natural_options(config))
 
 
-def make_hf(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def make_hf(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Hessian-free (Martens 2010); ``options`` are :class:`natgrad.optim.HessianFreeConfig` fields,
     ``l2`` is its ``weight_decay`` and ``curvature`` its curvature kind; ``lr`` is not used."""
     from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
@@ -155,7 +155,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 }
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """The optimizer ``config.name`` over ``model``'s parameters.
 
     Raises:

@@ -26,22 +26,16 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from natgrad.experiments.batches import BatchSampler
-from natgrad.experiments.checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-)
+from natgrad.experiments.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
 from natgrad.experiments.config import ConfigError, ModelConfig, RunConfig
 from natgrad.experiments.data import RunData, load_run_data
 from natgrad.experiments.metrics import HEADLINE_METRICS, evaluate

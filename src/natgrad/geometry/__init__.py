@@ -19,15 +19,15 @@ from natgrad.geometry.divergences import (
 from natgrad.geometry.pullback import PulledBackMetric, mean_divergence, model_outputs
 
 __all__ = [
-    "DIVERGENCES",
-    "KL",
-    "MMD",
     "Alpha",
     "ChiSquared",
+    "DIVERGENCES",
     "Divergence",
     "FDivergence",
     "Jeffreys",
     "JensenShannon",
+    "KL",
+    "MMD",
     "NoLocalMetricError",
     "PulledBackMetric",
     "ReverseKL",

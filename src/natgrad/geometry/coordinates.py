@@ -16,12 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad.distributions import (
-    Bernoulli,
-    DiagonalGaussianPosterior,
-    Gaussian,
-    GaussianLearnedVariance,
-)
+from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior, Gaussian, GaussianLearnedVariance
 
 SUPPORTED = ("Bernoulli", "Gaussian", "GaussianLearnedVariance", "DiagonalGaussianPosterior")
 

@@ -7,12 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from natgrad.distributions import (
-    Bernoulli,
-    Gaussian,
-    GaussianLearnedVariance,
-    OutputDistribution,
-)
+from natgrad.distributions import Bernoulli, Gaussian, GaussianLearnedVariance, OutputDistribution
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -95,7 +90,7 @@ class DeepAutoencoder(nn.Module):
         initialise_(self, init, generator)
 
     @classmethod
-    def for_problem(cls, problem: str, **kwargs) -> DeepAutoencoder:
+    def for_problem(cls, problem: str, **kwargs) -> "DeepAutoencoder":
         """The paper architecture for 'mnist', 'curves' or 'faces'."""
         sizes, arguments = problem_arguments(problem, kwargs)
         return cls(sizes, **arguments)

@@ -8,12 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
-from natgrad.models.autoencoder import (
-    check_likelihood,
-    decoder_sizes,
-    likelihood_from_outputs,
-    problem_arguments,
-)
+from natgrad.models.autoencoder import check_likelihood, decoder_sizes, likelihood_from_outputs, problem_arguments
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -57,7 +52,7 @@ class VAE(nn.Module):
         initialise_(self, init, generator)
 
     @classmethod
-    def for_problem(cls, problem: str, **kwargs) -> VAE:
+    def for_problem(cls, problem: str, **kwargs) -> "VAE":
         """The deep-autoencoder shapes of 'mnist', 'curves' or 'faces' as a VAE."""
         sizes, arguments = problem_arguments(problem, kwargs)
         return cls(sizes, **arguments)

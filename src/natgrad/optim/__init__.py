@@ -1,12 +1,7 @@
 """Natural-gradient optimizers (torch.optim.Optimizer subclasses taking a Loss-returning closure)."""
 from natgrad.optim.base import NaturalGradientOptimizer
 from natgrad.optim.cg import CGResult, conjugate_gradient
-from natgrad.optim.config import (
-    CurvatureChoice,
-    DampingConfig,
-    ScheduleConfig,
-    StepConfig,
-)
+from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig
 from natgrad.optim.diagonal import DiagonalNaturalGradient
 from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
 from natgrad.optim.kfac import KFAC, exponential_batch_size
@@ -15,8 +10,6 @@ from natgrad.optim.tonga import TONGA
 
 __all__ = [
     "KFAC",
-    "PRONG",
-    "TONGA",
     "CGResult",
     "CurvatureChoice",
     "DampingConfig",
@@ -24,8 +17,10 @@ __all__ = [
     "HessianFree",
     "HessianFreeConfig",
     "NaturalGradientOptimizer",
+    "PRONG",
     "ScheduleConfig",
     "StepConfig",
+    "TONGA",
     "conjugate_gradient",
     "exponential_batch_size",
 ]

@@ -15,11 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from natgrad.curvature.choices import (
-    CurvatureKind,
-    OutputGradientEstimator,
-    parse_choice,
-)
+from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
 
 T = TypeVar("T")
 
@@ -168,9 +164,10 @@ class StepConfig:
         reject_increase: also reject steps whose objective rose on the batch (evaluates
             ``h(theta + delta)`` every step; the paper only lets ``rho = -inf`` raise the damping).
         model_dtype: precision of the model's forward-mode products ``J u``: 'parameters' (the
-            parameters' own dtype, the paper) or 'bfloat16' (a departure: parameters, inputs and directions rounded to bfloat16 for
-            that pass, about 2x faster on CPUs with AVX512-BF16; the Gram entries are still summed
-            in float64; see :func:`natgrad.optim.quadratic_model.ggn_gram`).
+            parameters' own dtype, the paper) or 'bfloat16' (a departure: parameters, inputs and
+            directions rounded to bfloat16 for that pass, about 2x faster on CPUs with
+            AVX512-BF16; the Gram entries are still summed in float64; see
+            :func:`natgrad.optim.quadratic_model.ggn_gram`).
     """
 
     quadratic_model: bool = True

@@ -16,13 +16,7 @@ from torch import nn
 from natgrad.curvature.base import CurvatureConfig
 from natgrad.curvature.diagonal import DiagonalCurvature
 from natgrad.optim.base import NaturalGradientOptimizer
-from natgrad.optim.config import (
-    CurvatureChoice,
-    DampingConfig,
-    ScheduleConfig,
-    StepConfig,
-    coerce,
-)
+from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce
 
 
 def curvature_config(choice: CurvatureChoice, schedule: ScheduleConfig) -> CurvatureConfig:

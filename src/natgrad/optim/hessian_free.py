@@ -45,25 +45,10 @@ from natgrad.curvature.diagonal import DiagonalCurvature
 from natgrad.curvature.exact import curvature_vector_product
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
-from natgrad.optim.base import (
-    SingleParameterGroup,
-    check_loss,
-    objective,
-    regularised_gradient,
-)
+from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
 from natgrad.optim.cg import CGResult, conjugate_gradient
-from natgrad.optim.config import (
-    require,
-    require_fraction,
-    require_nonnegative,
-    require_period,
-    require_positive,
-)
-from natgrad.optim.natural import (
-    levenberg_marquardt_update,
-    reduction_ratio,
-    reject_nonfinite,
-)
+from natgrad.optim.config import require, require_fraction, require_nonnegative, require_period, require_positive
+from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
 
 _log = logging.getLogger(__name__)
 

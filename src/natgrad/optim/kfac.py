@@ -23,14 +23,7 @@ from torch import nn
 from natgrad.curvature.kfac import KFAC as KFACCurvature
 from natgrad.curvature.kfac_tridiagonal import TridiagonalKFAC
 from natgrad.optim.base import NaturalGradientOptimizer
-from natgrad.optim.config import (
-    CurvatureChoice,
-    DampingConfig,
-    ScheduleConfig,
-    StepConfig,
-    coerce,
-    require,
-)
+from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce, require
 from natgrad.optim.diagonal import curvature_config
 
 STRUCTURES = ("block-diagonal", "tridiagonal")
@@ -68,9 +61,8 @@ class KFAC(NaturalGradientOptimizer):
             makes any damping cheap but costs four products per step (measured 0.48 s vs 0.36 s per
             step on the MNIST autoencoder at batch 1000, ``benchmarks/step_cost.py``). None means ``"inverse"``.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
-            or ``"bfloat16"``, a
-            departure that multiplies by the damped inverses in bfloat16, about 2.4x faster on CPUs
-            with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
+            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, about
+            2.4x faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
         seed: seed of the sampled targets of the statistics.
 
     Raises:

@@ -37,12 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.whitening import (
-    WhitenedLinear,
-    capture_layer_inputs,
-    reparametrise_all,
-    whiten,
-)
+from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, reparametrise_all, whiten
 from natgrad.losses import Loss
 from natgrad.optim.base import check_loss, objective, regularised_gradient
 from natgrad.optim.natural import reject_nonfinite

@@ -33,7 +33,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
+    def of(cls, values: Sequence[float]) -> "Spread":
         finite = [v for v in values if math.isfinite(v)]
         if not finite:
             return cls(math.nan, math.nan, math.nan, 0)

@@ -16,11 +16,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.ticker import FormatStrFormatter, LogFormatter
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogFormatter  # noqa: E402
 
-from natgrad.report.plots import STYLE, save_figure
+from natgrad.report.plots import STYLE, save_figure  # noqa: E402
 
 #: trace field -> axis label; the panels drawn when some method records them.
 TRACE_PANELS = {"damping": "damping λ", "alpha": "step size α", "mu": "momentum μ"}

@@ -26,23 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.exact import ggn_vector_product
-from natgrad.experiments.geometry_study.directions import (
-    mean_eigenvalue,
-    steepest_descent_direction,
-)
+from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction
 from natgrad.geometry.divergences import Divergence
-from natgrad.geometry.pullback import (
-    PulledBackMetric,
-    flat_parameters,
-    model_outputs,
-    unflatten,
-)
+from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
-from natgrad.optim.natural import (
-    levenberg_marquardt_update,
-    quadratic_model_coefficients,
-    reduction_ratio,
-)
+from natgrad.optim.natural import levenberg_marquardt_update, quadratic_model_coefficients, reduction_ratio
 
 
 @dataclass(frozen=True)

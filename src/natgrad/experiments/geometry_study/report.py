@@ -7,8 +7,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 KEY_DIRECTIONS = ("gradient", "natural gradient", "F eigvec 1")
 TOLERANCE = 0.1  # |ratio - 1| below which the quadratic approximation "holds"

@@ -33,23 +33,10 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from natgrad.data import load_dataset
-from natgrad.experiments.geometry_study.directions import (
-    mean_eigenvalue,
-    steepest_descent_direction,
-    top_eigenvectors,
-    unit,
-)
-from natgrad.experiments.geometry_study.metric_training import (
-    MetricTrainingConfig,
-    train_with_metric,
-)
+from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction, top_eigenvectors, unit
 from natgrad.geometry.divergences import Divergence, NoLocalMetricError, get_divergence
-from natgrad.geometry.pullback import (
-    PulledBackMetric,
-    flat_parameters,
-    model_outputs,
-    unflatten,
-)
+from natgrad.experiments.geometry_study.metric_training import MetricTrainingConfig, train_with_metric
+from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
 
@@ -104,7 +91,7 @@ class StudyConfig:
             raise ValueError("StudyConfig.relative_damping and pretrain_lr must be > 0")
 
     @classmethod
-    def quick(cls, out_dir: Path, data_dir: str | None = None) -> StudyConfig:
+    def quick(cls, out_dir: Path, data_dir: str | None = None) -> "StudyConfig":
         """A seconds-long configuration for smoke tests (numbers not meaningful)."""
         return cls(out_dir=Path(out_dir), data_dir=data_dir, train_size=200, test_size=100, hidden=8, code=4, latent=2,
                    pretrain_steps=5, probe_batch=20, random_directions=3, eigen_directions=1, cg_iterations=5,
