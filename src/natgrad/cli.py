@@ -225,11 +225,23 @@ register(Command("data", "list, prepare or download the benchmark datasets", _ad
 
 # -- bench and report (owned by the benchmark grid, issue 7) --------------------------------------
 
+def _shard(text: str) -> tuple[int, int]:
+    from natgrad.experiments.bench import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="bench TOML (see benchmarks/README.md)")
     parser.add_argument("--out", type=Path, help="output directory (default: the file's out_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of every cell's run config, e.g. --set budget.steps=50 (repeatable)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                        help="run only cells I, I+N, I+2N, ... of the grid (0-based); start N of these, one per "
+                             "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
     parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -239,7 +251,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from natgrad.report.bench_report import write_bench_report
 
     bench = load_bench(args.config, args.overrides, args.out)
-    outcome = run_bench(bench, show_progress=not args.no_progress)
+    outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard)
     sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
     if not args.no_report and not outcome.interrupted:
         report = write_bench_report(bench.out_dir, title=bench.title)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from natgrad.experiments.metrics import (
+    elbo_terms,
     evaluate,
     iwae_log_likelihood,
     negative_elbo,
@@ -110,8 +111,27 @@ def test_reconstruction_error_gaussian_uses_linear_outputs(float64):
 def test_evaluate_keys_and_vae_reconstruction_at_posterior_mean(float64):
     vae, x, _ = linear_gaussian_vae(exact_posterior=True)
     metrics = evaluate(vae, x[:100], x[100:], chunk_size=50, iwae_samples=3, iwae_examples=10)
-    assert set(metrics) == {"train.reconstruction_error", "train.neg_elbo", "test.reconstruction_error",
-                            "test.neg_elbo", "test.iwae_ll"}
+    per_split = ("reconstruction_error", "neg_elbo", "kl", "active_units")
+    assert set(metrics) == {f"{s}.{m}" for s in ("train", "test") for m in per_split} | {"test.iwae_ll"}
     recon = vae.decoder(vae.encode(x[100:]).mu).detach()
     assert metrics["test.reconstruction_error"] == pytest.approx(float(((x[100:] - recon) ** 2).sum(1).mean()))
     assert math.isfinite(metrics["test.iwae_ll"])
+
+
+def test_kl_and_active_units_follow_the_posterior_means(float64):
+    """KL in closed form, and Burda et al.'s active units: Cov_x(mu_j(x)) > 0.01, unit by unit."""
+    vae = VAE([6, 3], likelihood="bernoulli", generator=torch.Generator().manual_seed(0)).double()
+    x = torch.rand(40, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64).round()
+    with torch.no_grad():
+        head = vae.encoder[-1]
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, :] = 1.0  # mu_0 = sum(x): varies over examples; mu_1, mu_2 = 0; log_var = 0
+    terms = elbo_terms(vae, x, chunk_size=7)
+    mu0 = x.sum(1)
+    assert terms["active_units"] == 1.0
+    assert terms["kl"] == pytest.approx(float((0.5 * mu0**2).mean()), rel=1e-12)
+    with torch.no_grad():
+        head.weight.zero_()
+    collapsed = elbo_terms(vae, x, chunk_size=7)
+    assert collapsed["active_units"] == 0.0 and collapsed["kl"] == pytest.approx(0.0, abs=1e-12)

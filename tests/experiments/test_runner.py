@@ -94,8 +94,8 @@ def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypat
     assert all(r["lr"] == 0.01 and r["loss"] > 0 for r in steps)
     times = [r["time"] for r in steps]
     assert times == sorted(times)
-    assert set(evals[-1]["metrics"]) == {"train.reconstruction_error", "train.neg_elbo",
-                                         "test.reconstruction_error", "test.neg_elbo"}
+    per_split = ("reconstruction_error", "neg_elbo", "kl", "active_units")
+    assert set(evals[-1]["metrics"]) == {f"{s}.{m}" for s in ("train", "test") for m in per_split}
     assert json.loads((result.run_dir / "result.json").read_text())["status"] == "completed"
     assert json.loads((result.run_dir / "config.json").read_text())["optimizer"]["name"] == "recording"
 

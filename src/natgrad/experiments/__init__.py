@@ -10,6 +10,7 @@ from natgrad.experiments.config import (
     load_run_config,
 )
 from natgrad.experiments.metrics import (
+    elbo_terms,
     evaluate,
     iwae_log_likelihood,
     negative_elbo,
@@ -30,6 +31,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "build_optimizer",
+    "elbo_terms",
     "evaluate",
     "iwae_log_likelihood",
     "load_run_config",

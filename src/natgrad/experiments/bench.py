@@ -29,6 +29,7 @@ ends first, both recorded), the same seeds and the same data. Layout::
     lr = [0.01, 0.03]                     # a list is a grid: one variant per value ("sgd-lr0.01", ...)
     batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size);
     batch_schedule = "exponential"        # batch_schedule and batch_full_at likewise
+    model = {activation = "sigmoid"}      # optional: merged over [run.model] (architecture variants)
 
 A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
 and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
@@ -77,7 +78,7 @@ TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejecte
 _BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
                "target", "optimizer"}
 _SCOPE_KEYS = {"run", "optimizer"}
-_LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at")
+_LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at", "model")
 
 
 @dataclass(frozen=True)
@@ -311,14 +312,33 @@ def run_cell(bench: Bench, cell: Cell) -> str:
     return status
 
 
-def run_bench(bench: Bench, show_progress: bool = True) -> BenchOutcome:
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``: shard ``I`` (0-based) of ``N`` interleaved shards of a grid's cells.
+
+    Raises:
+        ConfigError: not two integers with ``0 <= I < N``.
+    """
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count)) if sep else None
+    except ValueError:
+        shard = None
+    if shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"shard {text!r} must be I/N with integers 0 <= I < N, e.g. 0/2")
+    return shard
+
+
+def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1)) -> BenchOutcome:
     """Run every unfinished cell of ``bench`` in order (a progress bar over cells on stderr).
 
     A cell whose JSON exists is skipped; an interrupted cell (SIGINT/SIGTERM) stops the grid after
-    its checkpoint, and the next call resumes it.
+    its checkpoint, and the next call resumes it. ``shard = (I, N)`` runs only the cells whose
+    index is ``I`` modulo ``N``: N processes, one per core, then run neighbouring cells of the
+    grid (e.g. K-FAC and Adam on the same problem and seed) side by side under the same load.
     """
     outcome = BenchOutcome()
-    bar = tqdm(bench.cells, desc=bench.title, unit="cell", file=sys.stderr, disable=not show_progress,
+    index, count = shard
+    bar = tqdm(bench.cells[index::count], desc=bench.title, unit="cell", file=sys.stderr, disable=not show_progress,
                dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.key, refresh=True)

@@ -115,7 +115,9 @@ class ModelConfig:
         problem: paper architecture 'mnist', 'curves' or 'faces'; None with ``sizes`` None means
             the architecture of the dataset's own problem.
         sizes: custom encoder sizes (input ... code/latent), mirrored by the decoder.
-        activation: hidden nonlinearity.
+        activation: hidden nonlinearity; None: 'sigmoid' (the papers' logistic units) for the
+            autoencoder, 'tanh' for the VAE (Kingma & Welling 2014, appendix C; see
+            docs/vae-training.md for why the VAE does not use logistic units).
         init: 'sparse' (Martens 2010) or 'default' (PyTorch); None: sparse for the autoencoder,
             default for the VAE.
         likelihood: output distribution; None means the dataset's ('bernoulli' for MNIST and
@@ -125,7 +127,7 @@ class ModelConfig:
     kind: str = "autoencoder"
     problem: str | None = None
     sizes: list[int] | None = None
-    activation: str = "sigmoid"
+    activation: str | None = None
     init: str | None = None
     likelihood: str | None = None
 
@@ -139,7 +141,8 @@ class ModelConfig:
             self.sizes = list(self.sizes)
             ok = len(self.sizes) >= 2 and all(isinstance(s, int) and s >= 1 for s in self.sizes)
             _require(ok, "model.sizes", self.sizes, "a list of >= 2 positive integers")
-        _require(self.activation in ACTIVATIONS, "model.activation", self.activation, ", ".join(sorted(ACTIVATIONS)))
+        _require(self.activation is None or self.activation in ACTIVATIONS, "model.activation", self.activation,
+                 ", ".join(sorted(ACTIVATIONS)) + " (or omitted)")
         _require(self.init is None or self.init in INITIALISATIONS, "model.init", self.init,
                  ", ".join(INITIALISATIONS) + " (or omitted)")
         _require(self.likelihood is None or self.likelihood in LIKELIHOOD_NAMES, "model.likelihood",
@@ -226,6 +229,9 @@ class EvalConfig:
 
     Attributes:
         every: evaluation interval in steps.
+        every_seconds: also evaluate when the training time crosses a multiple of this many
+            seconds (None: steps only). Optimizers whose steps differ in cost then get curves of
+            the same time resolution, which time-to-error comparisons need.
         chunk_size: examples per forward pass when evaluating the full sets.
         iwae_samples: k of the importance-weighted bound (Burda et al. 2016) for VAEs; 0 disables it.
         iwae_examples: evaluate the IWAE bound on the first ``iwae_examples`` test examples only
@@ -234,6 +240,7 @@ class EvalConfig:
     """
 
     every: int = 100
+    every_seconds: float | None = None
     chunk_size: int = 1000
     iwae_samples: int = 0
     iwae_examples: int | None = None
@@ -241,6 +248,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int("eval.every", self.every)
+        ok = self.every_seconds is None or (isinstance(self.every_seconds, (int, float))
+                                            and not isinstance(self.every_seconds, bool)
+                                            and math.isfinite(self.every_seconds) and self.every_seconds > 0)
+        _require(ok, "eval.every_seconds", self.every_seconds, "a finite number > 0 (or omitted)")
         _check_positive_int("eval.chunk_size", self.chunk_size)
         ok = isinstance(self.iwae_samples, int) and not isinstance(self.iwae_samples, bool) and self.iwae_samples >= 0
         _require(ok, "eval.iwae_samples", self.iwae_samples, "an integer >= 0 (0 disables the IWAE bound)")

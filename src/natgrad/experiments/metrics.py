@@ -74,15 +74,36 @@ def negative_log_likelihood(model: nn.Module, x: Tensor, chunk_size: int = 1000)
 
 
 @torch.no_grad()
-def negative_elbo(model: VAE, x: Tensor, chunk_size: int = 1000, generator: torch.Generator | None = None) -> float:
-    """Negative ELBO in nats per example, one reparameterised sample per example."""
-    total = 0.0
+def elbo_terms(model: VAE, x: Tensor, chunk_size: int = 1000,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    r"""Negative ELBO, its KL term and the active latent units of ``model`` on ``x``.
+
+    * ``neg_elbo``: nats per example, one reparameterised sample per example.
+    * ``kl``: :math:`\frac1N \sum_n \mathrm{KL}(q(z|x_n) \| N(0, I))` in nats, the part of the
+      bound spent on the code; 0 on the posterior-collapse plateau (posterior = prior).
+    * ``active_units``: the number of latent units :math:`j` with
+      :math:`\mathrm{Cov}_x(\mathbb E_{q(z|x)}[z_j]) > 0.01` (Burda et al. 2016, section 5.2).
+    """
+    total, kl, means = 0.0, 0.0, []
     for chunk in _chunks(x, chunk_size):
         posterior = model.encode(chunk)
         eps = torch.randn(posterior.mu.shape, generator=generator, dtype=posterior.mu.dtype)
         nll = model.decode(posterior.rsample(eps)).nll(chunk)
-        total += float((nll + posterior.kl_to_standard_normal()).sum(dtype=torch.float64))
-    return total / x.shape[0]
+        chunk_kl = posterior.kl_to_standard_normal()
+        total += float((nll + chunk_kl).sum(dtype=torch.float64))
+        kl += float(chunk_kl.sum(dtype=torch.float64))
+        means.append(posterior.mu.double())
+    active = int((torch.cat(means).var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum()) if x.shape[0] > 1 else 0
+    return {"neg_elbo": total / x.shape[0], "kl": kl / x.shape[0], "active_units": float(active)}
+
+
+#: Burda et al. (2016, section 5.2): a latent unit is active when its posterior mean varies by more than this.
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def negative_elbo(model: VAE, x: Tensor, chunk_size: int = 1000, generator: torch.Generator | None = None) -> float:
+    """Negative ELBO in nats per example, one reparameterised sample per example."""
+    return elbo_terms(model, x, chunk_size, generator)["neg_elbo"]
 
 
 def _iwae_chunk(model: VAE, x: Tensor, k: int, samples_per_pass: int, generator: torch.Generator | None) -> Tensor:
@@ -136,8 +157,8 @@ def evaluate(
 ) -> dict[str, float]:
     """All metrics of ``model`` on the full train and test sets, keyed ``"<split>.<metric>"``.
 
-    Autoencoder: ``reconstruction_error`` and ``nll``. VAE: ``reconstruction_error`` and
-    ``neg_elbo``, plus ``test.iwae_ll`` (on the first ``iwae_examples`` test examples) when
+    Autoencoder: ``reconstruction_error`` and ``nll``. VAE: ``reconstruction_error`` and the
+    :func:`elbo_terms` (``neg_elbo``, ``kl``, ``active_units``), plus ``test.iwae_ll`` (on the first ``iwae_examples`` test examples) when
     ``iwae_samples`` > 0. The model is put in eval mode and restored.
     """
     was_training = model.training
@@ -146,7 +167,7 @@ def evaluate(
     for split, x in (("train", train), ("test", test)):
         metrics[f"{split}.reconstruction_error"] = reconstruction_error(model, x, chunk_size)
         if isinstance(model, VAE):
-            metrics[f"{split}.neg_elbo"] = negative_elbo(model, x, chunk_size, generator)
+            metrics.update({f"{split}.{name}": value for name, value in elbo_terms(model, x, chunk_size, generator).items()})
         else:
             metrics[f"{split}.nll"] = negative_log_likelihood(model, x, chunk_size)
     if isinstance(model, VAE) and iwae_samples > 0:

@@ -92,10 +92,12 @@ def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) 
     if sizes[0] != data.train.shape[1]:
         raise ConfigError(f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset {data.name!r}; "
                           "fix model.sizes or model.problem")
-    init = config.init or ("sparse" if config.kind == "autoencoder" else "default")
-    cls = VAE if config.kind == "vae" else DeepAutoencoder
+    autoencoder = config.kind == "autoencoder"
+    init = config.init or ("sparse" if autoencoder else "default")
+    activation = config.activation or ("sigmoid" if autoencoder else "tanh")
+    cls = DeepAutoencoder if autoencoder else VAE
     likelihood = config.likelihood or data.likelihood
-    return cls(sizes, likelihood=likelihood, activation=config.activation, init=init, generator=generator)
+    return cls(sizes, likelihood=likelihood, activation=activation, init=init, generator=generator)
 
 
 @contextmanager
@@ -133,6 +135,7 @@ class Trainer:
         self.train_time = 0.0
         self.wall_offset = 0.0
         self.last_eval_step = -1
+        self.last_eval_time = 0.0
         self.metrics: dict[str, float] = {}
 
     # -- state -------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class Trainer:
             "train_time": self.train_time,
             "wall": self.wall(),
             "last_eval_step": self.last_eval_step,
+            "last_eval_time": self.last_eval_time,
             "metrics": self.metrics,
             "log_position": log_position,
         }
@@ -161,6 +165,7 @@ class Trainer:
         self.train_time = float(state["train_time"])
         self.wall_offset = float(state["wall"])
         self.last_eval_step = int(state["last_eval_step"])
+        self.last_eval_time = float(state.get("last_eval_time", 0.0))
         self.metrics = dict(state["metrics"])
 
     def wall(self) -> float:
@@ -204,7 +209,16 @@ class Trainer:
         self.metrics = evaluate(self.model, self.data.train, self.data.test, ev.chunk_size, iwae,
                                 ev.iwae_examples, generator)
         self.last_eval_step = self.step
+        self.last_eval_time = self.train_time
         return self.metrics
+
+    def evaluation_due(self) -> bool:
+        """Every ``eval.every`` steps, or when the training time crossed a multiple of ``eval.every_seconds``."""
+        ev = self.config.eval
+        if self.step % ev.every == 0:
+            return True
+        return ev.every_seconds is not None and (self.train_time // ev.every_seconds
+                                                 > self.last_eval_time // ev.every_seconds)
 
     # -- the loop ------------------------------------------------------------------------------
     def budget_left(self) -> bool:
@@ -244,7 +258,7 @@ class Trainer:
                 if not math.isfinite(record["loss"]):
                     status = "diverged"
                     break
-                if self.step % self.config.eval.every == 0:
+                if self.evaluation_due():
                     self._log_eval(log, progress, final=not self.budget_left())
                 if self.step % self.config.checkpoint_every == 0:
                     save_checkpoint(self.run_dir, self.state_dict(log.position()))

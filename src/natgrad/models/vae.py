@@ -29,13 +29,18 @@ class VAE(nn.Module):
     ``sizes`` are as for :class:`~natgrad.models.DeepAutoencoder`, the last entry being the latent
     dimension; the decoder mirrors the encoder and ends in the dataset's likelihood. All Linear
     layers are one chain in forward order (encoder, head, decoder).
+
+    Hidden units are ``tanh`` by default, as in Kingma & Welling's (2014, appendix C) MLP encoder
+    and decoder, with PyTorch's default initialisation. The autoencoder papers' logistic units
+    (``activation="sigmoid"``) hold every optimizer longer on the posterior-collapse plateau and
+    K-FAC on it for good (docs/vae-training.md).
     """
 
     def __init__(
         self,
         sizes: Sequence[int],
         likelihood: str = "bernoulli",
-        activation: str = "sigmoid",
+        activation: str = "tanh",
         init: str = "default",
         generator: torch.Generator | None = None,
     ) -> None:
