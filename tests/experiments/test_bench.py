@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from natgrad.cli import main
-from natgrad.experiments.bench import first_reach, load_bench, machine_info, run_bench
+from natgrad.experiments.bench import first_reach, load_bench, machine_info, parse_shard, run_bench
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME
 from natgrad.experiments.config import ConfigError
 
@@ -155,3 +155,29 @@ def test_smoke_config_end_to_end(tmp_path, capsys):
         assert (out / "figures" / f"{problem}-traces.pdf").is_file()
     assert "vs Adam (time, to the common target)" in markdown and "<table>" in (out / "report.html").read_text()
     assert "Report:" in capsys.readouterr().out
+
+
+def test_shards_split_the_grid_into_interleaved_disjoint_parts(tmp_path):
+    text = (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
+            .replace("seeds = [0, 1]", "seeds = [0]").replace("[model.vae.run]\nbatch_size = 50\n", ""))
+    bench = load_bench(write(tmp_path, text), out_dir=tmp_path / "out")
+    keys = [c.key for c in bench.cells]
+    first = run_bench(bench, show_progress=False, shard=parse_shard("0/2"))
+    second = run_bench(bench, show_progress=False, shard=parse_shard("1/2"))
+    assert first.ran == keys[0::2] and second.ran == keys[1::2]
+    assert run_bench(bench, show_progress=False).skipped == keys
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "0/0"])
+def test_bad_shards_are_refused(text):
+    with pytest.raises(ConfigError, match="must be I/N"):
+        parse_shard(text)
+
+
+def test_a_label_may_change_the_model(tmp_path):
+    text = TINY.replace('lr = 0.01\nbatch_schedule', 'lr = 0.01\nmodel = {activation = "tanh"}\nbatch_schedule')
+    bench = load_bench(write(tmp_path, text))
+    activations = {(c.variant, c.problem): c.config.model.activation for c in bench.cells}
+    assert activations[("adam", "synthetic-vae")] == activations[("adam", "synthetic-autoencoder")] == "tanh"
+    assert activations[("sgd-lr0.01", "synthetic-vae")] is None
+    assert all(c.config.model.sizes == [64, 8, 2] for c in bench.cells)  # merged over [run.model]

@@ -34,8 +34,12 @@ def test_demo_config_is_valid():
     assert [c.name for c in suite.comparisons] == ["mnist-autoencoder", "mnist-vae"]
     config = suite.comparisons[0].runs["sgd"][0]
     assert (config.data.dataset, config.model.kind, config.optimizer.nesterov) == ("mnist", "autoencoder", True)
-    assert config.budget.steps is not None  # a steps budget: reruns give identical numbers
-    assert load_comparison_suite(DEMO_CONFIG, optimizers=["adam"]).labels == ["adam"]
+    vae = suite.comparisons[1]
+    assert all(c.reference == "adam" for c in suite.comparisons)  # the headline: time to Adam's final error
+    budgets = {label: (runs[0].budget.seconds, runs[0].eval.every_seconds) for label, runs in vae.runs.items()}
+    assert len(set(budgets.values())) == 1 and None not in budgets["adam"]  # equal training time, timed evals
+    assert vae.runs["kfac"][0].batch_size == 1000 and vae.runs["adam"][0].batch_size == 100
+    assert load_comparison_suite(DEMO_CONFIG, optimizers=["sgd"]).comparisons[0].reference is None
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -45,6 +49,7 @@ def test_demo_config_is_valid():
     ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\ntarget = "low"\n', "target = 'low' must be a number"),
     ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\n[[comparison]]\nname = "a"\n', "names must be unique"),
     ('optimizers = ["nope"]\n', r"optimizer\.name = 'nope' is invalid"),
+    ('optimizers = ["sgd"]\nreference = "adamw"\n', r"reference = 'adamw' is not an optimizer label; allowed: sgd"),
 ])
 def test_suite_errors(tmp_path, text, message):
     path = tmp_path / "suite.toml"
@@ -76,3 +81,13 @@ def test_run_suite_runs_everything_once(tmp_path):
     assert again.run_dirs == outcome.run_dirs
     assert all((d / "log.jsonl").read_text() == text for d, text in logs.items() if d != victim)
     assert read_log(victim)[:len(records)] == records
+
+
+def test_a_label_may_set_its_own_batch_and_model(tmp_path):
+    text = SMOKE.read_text().replace("[optimizer.adam]\n", '[optimizer.adam]\nbatch_size = 25\nmodel = {activation = "tanh"}\n')
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    ae, vae = load_comparison_suite(path).comparisons
+    assert ae.runs["sgd"][0].batch_size == 50 and ae.runs["adam"][0].batch_size == 25
+    assert (vae.runs["adam"][0].model.kind, vae.runs["adam"][0].model.activation) == ("vae", "tanh")
+    assert ae.runs["adam"][0].model.sizes == [64, 16, 4] and ae.runs["sgd"][0].model.activation is None

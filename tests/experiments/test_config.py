@@ -98,3 +98,23 @@ def test_model_likelihood_is_validated_and_reaches_the_model():
     model = build_model(ModelConfig(sizes=[data.train.shape[1], 8, 3], likelihood="gaussian-learned"), data,
                         torch.Generator().manual_seed(0))
     assert isinstance(model(data.train[:2]).likelihood, GaussianLearnedVariance)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), True, "often"])
+def test_eval_every_seconds_is_a_positive_finite_number(value):
+    with pytest.raises(ConfigError, match=r"eval\.every_seconds .* is invalid; allowed: a finite number > 0"):
+        RunConfig.from_dict({"eval": {"every_seconds": value}})
+
+
+def test_units_default_to_the_papers_for_the_autoencoder_and_tanh_for_the_vae(tmp_path):
+    from natgrad.experiments.data import load_run_data
+    from natgrad.experiments.runner import build_model
+
+    data = load_run_data(RunConfig.from_dict({"data": {"dataset": "synthetic"}}).data)
+    activations = {}
+    for kind in ("autoencoder", "vae"):
+        model = build_model(RunConfig.from_dict({"model": {"kind": kind, "sizes": [64, 8, 2]}}).model, data, None)
+        activations[kind] = {type(m).__name__ for m in model.modules()} & {"Sigmoid", "Tanh"}
+    assert activations == {"autoencoder": {"Sigmoid"}, "vae": {"Tanh"}}
+    chosen = RunConfig.from_dict({"model": {"kind": "vae", "sizes": [64, 8, 2], "activation": "sigmoid"}}).model
+    assert {type(m).__name__ for m in build_model(chosen, data, None).modules()} & {"Tanh"} == set()

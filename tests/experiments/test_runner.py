@@ -197,3 +197,15 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
     resumed = resume(stopped.run_dir, show_progress=False)
     assert (resumed.status, resumed.step, reference.step) == ("completed", 30, 30)
     assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+def test_evaluation_every_seconds_of_training(tmp_path, monkeypatch):
+    """eval.every_seconds evaluates when the training time crosses a multiple of it (steps give no eval here)."""
+    clock = iter(float(t) for t in range(10_000))
+    monkeypatch.setattr("natgrad.experiments.runner.time.perf_counter", lambda: next(clock))
+    config = tiny_config(tmp_path, "timed", steps=9, eval={"every": 1000, "every_seconds": 2.5})
+    result = train(config, show_progress=False)
+    evals = [r for r in read_log(result.run_dir) if r["kind"] == "eval"]
+    steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
+    assert all(r["time"] == r["step"] for r in steps)  # each step takes one tick of the fake clock
+    assert [e["step"] for e in evals] == [0, 3, 5, 8, 9]  # crossings of 2.5, 5, 7.5; then the final one

@@ -9,7 +9,8 @@ import pytest
 
 from natgrad.experiments.compare import load_comparison_suite, run_suite
 from natgrad.report import Spread, comparison_table, default_target, plot_comparison, summarise, write_suite_report
-from natgrad.report.curves import RunCurves
+from natgrad.report.comparison import conclusion
+from natgrad.report.curves import RunCurves, load_curves
 from natgrad.report.summary import first_reach
 
 SMOKE = Path(__file__).parents[1] / "experiments" / "configs" / "smoke.toml"
@@ -68,7 +69,7 @@ def test_suite_report_from_real_runs(tmp_path):
     text = report.markdown
     assert "## synthetic-autoencoder" in text and "## synthetic-vae" in text
     assert "Target train error 18 (given)" in text
-    assert "final test IWAE log-likelihood (nats)" in text  # the VAE table has the IWAE column
+    assert "final test -L_k (IWAE bound, nats per image)" in text  # the VAE table has the IWAE column
     assert text.count("| sgd | 2 |") == 2 and text.count("| adam | 2 |") == 2
     for name in ("synthetic-autoencoder", "synthetic-vae"):
         assert (tmp_path / name / "curves.png").is_file() and (tmp_path / name / "curves.pdf").is_file()
@@ -87,6 +88,7 @@ def test_missing_log_is_reported(tmp_path):
 @pytest.mark.parametrize(("values", "ticks", "limits"), [
     ([52.0, 58.0], [50.0, 60.0], (50.0, 60.0)),  # narrow: integer mantissas, limits widened to them
     ([0.8, 30.0], [1.0, 2.0, 5.0, 10.0, 20.0], None),  # wide: 1-2-5 per decade, autoscaled limits
+    ([206.0, 544.0], [200.0, 300.0, 400.0, 500.0, 600.0], (200.0, 600.0)),  # one 1-2-5 tick: mantissas
 ])
 def test_error_axis_is_always_log_and_labelled(values, ticks, limits):
     import matplotlib.pyplot as plt
@@ -113,3 +115,39 @@ def test_error_axis_stays_linear_for_non_positive_values():
     fig, ax = plt.subplots()
     assert not format_error_axis(ax, np.array([-3.0, 5.0])) and ax.get_yscale() == "linear"
     plt.close(fig)
+
+
+def test_iwae_bound_is_shown_as_a_positive_loss_beside_the_negative_elbo():
+    """One sign convention: every column is a loss in nats; L_k (a log-likelihood) is shown as -L_k."""
+    run = curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0])
+    run.metrics["test.iwae_ll"] = np.array([-120.0, -95.5])
+    table = comparison_table([summarise("adam", [run], "reconstruction_error", 6.0, ["test.iwae_ll"])])
+    assert table.splitlines()[-1].endswith("| 95.5 |")
+
+
+def test_reference_sets_the_target_and_the_speed_ups_and_the_conclusion(tmp_path):
+    text = SMOKE.read_text().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "adam"]\nreference = "sgd"')
+    path = tmp_path / "suite.toml"
+    path.write_text(text.replace("target = 18.0\n", ""))
+    suite = load_comparison_suite(path, out_dir=str(tmp_path / "out"))
+    outcome = run_suite(suite, show_progress=False)
+    markdown = write_suite_report(suite, outcome.run_dirs).markdown
+    for name in ("synthetic-autoencoder", "synthetic-vae"):
+        section = markdown.split(f"## {name}")[1].split("## ")[0]
+        metric = "neg_elbo" if name.endswith("vae") else "reconstruction_error"
+        sgd = [load_curves(d) for d in outcome.run_dirs[name]["sgd"]]
+        target = float(np.median([c.metrics[f"train.{metric}"][-1] for c in sgd]))
+        assert f"Target train error {target:.4g} (sgd's final train error, median over seeds)" in section
+        assert "speed-up vs sgd" in section and "**Conclusion.** Within the same budget sgd ends" in section
+
+
+def test_conclusion_states_each_optimizer_against_the_reference():
+    adam = summarise("adam", [curves([10.0, 6.0, 4.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])], "reconstruction_error", 4.0)
+    kfac = summarise("kfac", [curves([10.0, 3.0, 2.0], [1.0, 1.0, 1.0], [0.0, 1.0, 4.0])], "reconstruction_error", 4.0)
+    sgd = summarise("sgd", [curves([10.0, 8.0, 7.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])], "reconstruction_error", 4.0)
+    text = conclusion([sgd, adam, kfac], "adam", 4.0)
+    assert text.startswith("**Conclusion.** Within the same budget adam ends at a train error of 4; ")
+    assert "sgd does not reach it in 4 s (final 7)" in text
+    assert "kfac reaches it after 1 s, 4x sooner than adam (4 s), and ends at 2" in text
+    assert "| 4x |" in comparison_table([sgd, adam, kfac], "adam")
+    assert conclusion([sgd, kfac], "adam", 4.0) == ""

@@ -64,6 +64,7 @@ from natgrad.experiments.config import (
     check_keys,
     load_toml,
     merge_tables,
+    split_label_entry,
 )
 from natgrad.experiments.metrics import HEADLINE_METRICS
 from natgrad.experiments.runlog import read_log
@@ -78,7 +79,6 @@ TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejecte
 _BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
                "target", "optimizer"}
 _SCOPE_KEYS = {"run", "optimizer"}
-_LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at", "model")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: 
         entry = merge_tables({"name": label}, values.get("optimizer", {}).get(label, {}))
         entry = merge_tables(merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
                        model_scope.get("optimizer", {}).get(label, {}))
-        run_keys = {k: entry.pop(k) for k in _LABEL_RUN_KEYS if k in entry}
+        entry, run_keys = split_label_entry(entry)
         for variant, grid, optimizer in _variants(label, entry):
             for seed in seeds:
                 run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,

@@ -14,12 +14,17 @@ A *suite* (one TOML file) holds one or more comparisons. Layout::
 
     [optimizer.sgd]                     # label -> OptimizerConfig values (name defaults to the label)
     lr = 0.01
+    batch_size = 100                    # optional: this label's batch_size, batch_schedule, batch_full_at
+                                        # and model table (merged over [run.model])
     [optimizer.adam]
     lr = 1e-3
 
+    reference = "adam"                  # optional: the target is this label's final train error
+                                        # (median over seeds), and the report gives speed-ups against it
+
     [[comparison]]                      # one problem; omit to compare on [run] alone
     name = "mnist-autoencoder"
-    target = 20.0                       # optional target train error for "time to target"
+    target = 20.0                       # optional target train error for "time to target" (wins over reference)
     [comparison.run.model]              # merged over [run]
     kind = "autoencoder"
     [comparison.optimizer.sgd]          # merged over [optimizer.sgd] for this problem only
@@ -39,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME
-from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, check_keys, load_toml, merge_tables
+from natgrad.experiments.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    check_keys,
+    load_toml,
+    merge_tables,
+    split_label_entry,
+)
 from natgrad.experiments.runlog import LOG_NAME
 from natgrad.experiments.runner import CONFIG_NAME, RESULT_NAME, resume, train
 
@@ -48,8 +61,8 @@ logger = logging.getLogger(__name__)
 #: The packaged comparison that ``natgrad demo`` (and ``make demo``) runs.
 DEMO_CONFIG = Path(str(resources.files("natgrad.experiments").joinpath("configs/demo.toml")))
 
-_SUITE_KEYS = {"title", "out_dir", "seeds", "optimizers", "run", "optimizer", "comparison"}
-_COMPARISON_KEYS = {"name", "target", "run", "optimizer"}
+_SUITE_KEYS = {"title", "out_dir", "seeds", "optimizers", "run", "optimizer", "comparison", "reference"}
+_COMPARISON_KEYS = {"name", "target", "run", "optimizer", "reference"}
 
 
 @dataclass
@@ -60,11 +73,14 @@ class Comparison:
         name: directory and table name, e.g. ``"mnist-autoencoder"``.
         runs: label -> one RunConfig per seed (same order as the suite's seeds).
         target: train error defining "time to target"; None lets the report choose it.
+        reference: the label whose final train error is the target when ``target`` is None, and
+            against which the report states speed-ups (None: no reference).
     """
 
     name: str
     runs: dict[str, list[RunConfig]]
     target: float | None = None
+    reference: str | None = None
 
     @property
     def model_kind(self) -> str:
@@ -111,16 +127,23 @@ def _comparison(values: Mapping[str, Any], suite: Mapping[str, Any], labels: lis
     runs: dict[str, list[RunConfig]] = {}
     for label in labels:
         optimizer = merge_tables({"name": label}, suite.get("optimizer", {}).get(label, {}))
-        optimizer = merge_tables(optimizer, values.get("optimizer", {}).get(label, {}))
+        optimizer, run_keys = split_label_entry(merge_tables(optimizer, values.get("optimizer", {}).get(label, {})))
         runs[label] = []
         for seed in seeds:
-            run = merge_tables(base, {"optimizer": optimizer, "seed": seed,
+            run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,
                                 "out_dir": str(out_dir / name / label / f"seed-{seed}")})
             runs[label].append(RunConfig.from_dict(apply_overrides(run, overrides)))
     target = values.get("target")
     if target is not None and not isinstance(target, (int, float)):
         raise ConfigError(f"comparison {name!r}: target = {target!r} must be a number (a train error)")
-    return Comparison(name, runs, None if target is None else float(target))
+    reference = values.get("reference", suite.get("reference"))
+    declared = set(labels) | set(suite.get("optimizer", {}))
+    if reference is not None and reference not in declared:
+        raise ConfigError(f"comparison {name!r}: reference = {reference!r} is not an optimizer label; "
+                          f"allowed: {', '.join(sorted(declared))}")
+    # A reference left out of this run (--optimizers) gives no target: the report says so.
+    return Comparison(name, runs, None if target is None else float(target),
+                      reference if reference in labels else None)
 
 
 def load_comparison_suite(

@@ -396,6 +396,21 @@ def merge_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str
     return out
 
 
+#: Keys an optimizer label of a comparison or bench file may set for its runs: batch and architecture.
+LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at", "model")
+
+
+def split_label_entry(entry: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An optimizer label's table as (optimizer values, run values of :data:`LABEL_RUN_KEYS`).
+
+    A label may train with its own batch size or schedule (each method at its best batch) and its
+    own ``model`` table (merged over the run's, for architecture variants); everything else in the
+    table is an :class:`OptimizerConfig` value.
+    """
+    optimizer = dict(entry)
+    return optimizer, {k: optimizer.pop(k) for k in LABEL_RUN_KEYS if k in optimizer}
+
+
 def check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None:
     """Raise :class:`ConfigError` naming any key of ``values`` outside ``allowed``."""
     unknown = sorted(set(values) - allowed)

@@ -106,17 +106,18 @@ def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), wit
 
 def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
-    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``."""
+    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``,
+    ``preset`` (``"paper"`` for Martens & Grosse's damping and quadratic-model batch)."""
     from natgrad.optim.kfac import KFAC
 
-    return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype")))
+    return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype", "preset")))
 
 
 def make_kfac_tridiag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-tridiagonal K-FAC (section 4.3); options as :func:`make_kfac`."""
     from natgrad.optim.kfac import KFAC
 
-    return KFAC(model, structure="tridiagonal", **_natural_options(config))
+    return KFAC(model, structure="tridiagonal", **_natural_options(config, ("preset",)))
 
 
 def make_diag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:

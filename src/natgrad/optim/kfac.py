@@ -7,7 +7,9 @@ parameter a diagonal block. Everything else - factored Tikhonov damping with ``g
 exact-GGN quadratic model for ``(alpha, mu)``, the Levenberg-Marquardt rule, statistics on
 ``tau_1 = 1/8`` of the batch with moving averages capped at 0.95, inverses every ``T3`` steps - is
 the shared step of :mod:`natgrad.optim.base` with the paper's defaults (section 13:
-``lambda_0 = 150``, ``T1, T2, T3 = 5, 20, 20``, ``eta = 1e-5``).
+``T1, T2, T3 = 5, 20, 20``, ``eta = 1e-5``), except natgrad's damping and model-batch defaults
+(``preset="natgrad"``; ``preset="paper"`` gives the paper's ``lambda_0 = 150``, ``gamma`` search
+and whole-batch quadratic model).
 
 The paper's autoencoder runs grow the mini-batch exponentially (section 13);
 :func:`exponential_batch_size` gives that schedule for a training loop to follow.
@@ -63,6 +65,11 @@ class KFAC(NaturalGradientOptimizer):
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
             or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, about
             2.4x faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
+        preset: the starting point of the config groups, before the fields given in ``damping``,
+            ``step`` etc.: ``"natgrad"`` (default: ``lambda_0 = 1`` with ``gamma`` tied to
+            ``lambda``, the quadratic model on a quarter of the batch; departures measured in
+            docs/vae-training.md) or ``"paper"`` (Martens & Grosse's ``lambda_0 = 150``, ``gamma``
+            search and whole-batch model; natgrad's behaviour before these defaults, bitwise).
         seed: seed of the sampled targets of the statistics.
 
     Raises:
@@ -79,10 +86,11 @@ class KFAC(NaturalGradientOptimizer):
         structure: str = "block-diagonal",
         inverse_method: str | None = None,
         solve_dtype: str = "factors",
+        preset: str = "natgrad",
         seed: int = 0,
     ) -> None:
         require(structure in STRUCTURES, "structure", structure, ", ".join(STRUCTURES))
-        schedule = coerce(ScheduleConfig, schedule, "schedule")
+        schedule = coerce(ScheduleConfig, schedule, "schedule", preset)
         config = curvature_config(coerce(CurvatureChoice, curvature, "curvature"), schedule)
         if structure == "tridiagonal":
             require(inverse_method is None, "inverse_method", inverse_method,
@@ -95,8 +103,8 @@ class KFAC(NaturalGradientOptimizer):
         super().__init__(
             model,
             representation,
-            coerce(DampingConfig, damping, "damping"),
+            coerce(DampingConfig, damping, "damping", preset),
             schedule,
-            coerce(StepConfig, step, "step"),
+            coerce(StepConfig, step, "step", preset),
             seed,
         )

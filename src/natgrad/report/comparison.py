@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +11,12 @@ import torch
 
 from natgrad.experiments.checkpoint import atomic_write_text
 from natgrad.experiments.compare import Comparison, ComparisonSuite
+from natgrad.experiments.config import RunConfig
 from natgrad.experiments.metrics import HEADLINE_METRICS
 from natgrad.report.curves import RunCurves, load_curves
 from natgrad.report.plots import plot_comparison
-from natgrad.report.summary import default_target, summarise
-from natgrad.report.tables import METRIC_NAMES, comparison_table, format_number
+from natgrad.report.summary import OptimizerSummary, Spread, default_target, summarise
+from natgrad.report.tables import METRIC_NAMES, comparison_table, format_number, speedup
 
 REPORT_NAME = "report.md"
 
@@ -34,6 +35,23 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def _evaluation_period(config: RunConfig) -> str:
+    steps = f"every {config.eval.every} steps"
+    seconds = config.eval.every_seconds
+    return steps if seconds is None else f"{steps} and every {seconds:g} s of training"
+
+
+def _test_note(comparison: Comparison) -> str:
+    dataset = next(iter(comparison.runs.values()))[0].data.dataset
+    return f" {MNIST_TEST_BELOW_TRAIN}" if dataset == "mnist" else ""
+
+
+#: Why a test error can be below the train error (it is, early on, on MNIST).
+MNIST_TEST_BELOW_TRAIN = ("A test error below the train error is not a bug: early in training nothing is "
+                          "fitted to the training images yet, and the MNIST test images are slightly easier to "
+                          "reconstruct than the training images.")
+
+
 def _describe(comparison: Comparison) -> str:
     config = next(iter(comparison.runs.values()))[0]
     data, budget = config.data, config.budget
@@ -43,24 +61,58 @@ def _describe(comparison: Comparison) -> str:
     arch = config.model.sizes or config.model.problem or data.dataset
     threads = config.threads if config.threads is not None else f"default ({torch.get_num_threads()})"
     return (f"{config.model.kind} ({arch}) on {data.dataset} ({sizes}), batch {config.batch_size}, "
-            f"budget {limit}, L2 eta {config.optimizer.l2:g}, evaluation every {config.eval.every} steps, "
+            f"budget {limit}, L2 eta {config.optimizer.l2:g}, evaluation {_evaluation_period(config)}, "
             f"torch threads {threads}")
+
+
+def choose_target(comparison: Comparison, runs: Mapping[str, list[RunCurves]], metric: str) -> tuple[float, str]:
+    """The target train error of a comparison and how it was chosen (given, the reference's, or default)."""
+    if comparison.target is not None:
+        return comparison.target, "given"
+    reference = comparison.reference
+    if reference is not None and reference in runs:
+        final = Spread.of([float(c.metrics[f"train.{metric}"][-1]) for c in runs[reference]]).median
+        return final, f"{reference}'s final train error, median over seeds"
+    return default_target(runs, metric), "the largest median final train error over optimizers"
+
+
+def conclusion(rows: Sequence[OptimizerSummary], reference: str | None, target: float) -> str:
+    """One sentence: when each optimizer reached the reference's final train error, against the reference."""
+    by_label = {row.label: row for row in rows}
+    if reference not in by_label:
+        return ""
+    ref = by_label[reference]
+    parts = []
+    for row in rows:
+        if row.label == reference:
+            continue
+        if row.time_to_target.n == 0:
+            parts.append(f"{row.label} does not reach it in {format_number(row.time.median)} s "
+                         f"(final {format_number(row.final_train.median)})")
+            continue
+        ratio = speedup(ref, row)
+        relation = f"{format_number(ratio)}x sooner than" if ratio >= 1 else f"{format_number(1 / ratio)}x later than"
+        parts.append(f"{row.label} reaches it after {format_number(row.time_to_target.median)} s, {relation} "
+                     f"{reference} ({format_number(ref.time_to_target.median)} s), and ends at "
+                     f"{format_number(row.final_train.median)}")
+    return (f"**Conclusion.** Within the same budget {reference} ends at a train error of "
+            f"{format_number(target)}; " + "; ".join(parts) + ".\n")
 
 
 def comparison_section(comparison: Comparison, runs: Mapping[str, list[RunCurves]], out_dir: Path) -> str:
     """Markdown for one comparison (and its figure, written next to the report)."""
     metric = HEADLINE_METRICS[comparison.model_kind]
-    target = comparison.target if comparison.target is not None else default_target(runs, metric)
+    target, how = choose_target(comparison, runs, metric)
     extra = ["test.iwae_ll"] if any("test.iwae_ll" in c.metrics for cs in runs.values() for c in cs) else []
     rows = [summarise(label, curves, metric, target, extra) for label, curves in runs.items()]
     label = METRIC_NAMES[metric]
     paths = plot_comparison(runs, metric, label, comparison.name, out_dir / comparison.name / "curves", target)
-    how = "given" if comparison.target is not None else "the largest median final train error over optimizers"
     return (f"## {comparison.name}\n\n{_describe(comparison)}.\n\n"
             f"Metric: {label}; median over seeds [min–max]. Target train error {format_number(target)} ({how}); "
-            f"times are training seconds, evaluation excluded.\n\n{comparison_table(rows)}\n"
+            f"times are training seconds, evaluation excluded.{_test_note(comparison)}\n\n"
+            f"{comparison_table(rows, comparison.reference)}\n"
             f"![{comparison.name}]({paths[0].relative_to(out_dir)}) "
-            f"([PDF]({paths[1].relative_to(out_dir)}))\n")
+            f"([PDF]({paths[1].relative_to(out_dir)}))\n\n{conclusion(rows, comparison.reference, target)}")
 
 
 def write_suite_report(suite: ComparisonSuite, run_dirs: Mapping[str, Mapping[str, list[Path]]]) -> Report:

@@ -5,7 +5,7 @@ train error is drawn solid, the test error dashed. Over steps, seeds share their
 over time, each seed's curve is interpolated (in log space) onto a common grid that stops at the
 shortest seed. The error (y) axis is always logarithmic, labelled in plain numbers at 1-2-5 per
 decade, or at every integer mantissa (50, 60, ...) with the limits widened to the enclosing ticks
-when the values span too little for two 1-2-5 ticks; only an error that is not positive (a
+when the values span too little for three 1-2-5 ticks; only an error that is not positive (a
 Gaussian -ELBO can be negative) keeps a linear axis. Figures are written as PNG (200 dpi) and PDF
 with the non-interactive Agg backend.
 """
@@ -84,7 +84,7 @@ def _enclosing_ticks(lo: float, hi: float) -> tuple[float, float]:
 def format_error_axis(ax, values: np.ndarray) -> bool:
     """Make ``ax``'s y axis logarithmic and readable for the errors ``values``; True if it is log.
 
-    Ticks are labelled ``%g`` at 1-2-5 per decade; when fewer than two of those fall within the
+    Ticks are labelled ``%g`` at 1-2-5 per decade; when fewer than three of those fall within the
     values, every integer mantissa is labelled and the limits widen to the enclosing ticks. Values
     that are not all positive (or none finite) leave the axis linear.
     """
@@ -95,7 +95,7 @@ def format_error_axis(ax, values: np.ndarray) -> bool:
     lo, hi = float(values.min()), float(values.max())
     ax.set_yscale("log")
     subs = (1.0, 2.0, 5.0)
-    if _ticks_within(lo, hi, subs) < 2:
+    if _ticks_within(lo, hi, subs) < 3:
         subs = tuple(float(m) for m in range(1, 10))
         ax.set_ylim(*_enclosing_ticks(lo, hi))
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
