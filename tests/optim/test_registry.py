@@ -42,22 +42,22 @@ def test_registry_passes_options_and_rejects_unknown_ones():
 
 
 def test_defaults_and_the_paper_preset():
-    """natgrad's defaults (lambda_0 = 1, gamma tied, model on a quarter of the batch) and Martens &
-    Grosse's setting one option away: the preset gives natgrad's former defaults exactly."""
+    """natgrad's damping defaults (lambda_0 = 1, gamma tied) and Martens & Grosse's one option
+    away: the preset gives natgrad's former defaults exactly."""
     from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
 
-    assert (DampingConfig().initial, DampingConfig().adapt_gamma, StepConfig().model_fraction) == (1.0, False, 0.25)
+    assert (DampingConfig().initial, DampingConfig().adapt_gamma) == (1.0, False)
     paper_damping = DampingConfig(initial=150.0, adapt_gamma=True)  # the paper's (natgrad's former) defaults
-    paper_step = StepConfig(model_fraction=1.0)
-    assert (DampingConfig.paper(), StepConfig.paper()) == (paper_damping, paper_step)
+    assert DampingConfig.paper() == paper_damping
     assert coerce(DampingConfig, None, "damping", "paper") == paper_damping
     assert coerce(DampingConfig, {"initial": 10.0}, "damping", "paper") == DampingConfig(initial=10.0, adapt_gamma=True)
     assert coerce(ScheduleConfig, None, "schedule", "paper") == ScheduleConfig()
+    assert coerce(StepConfig, None, "step", "paper") == StepConfig()
     with pytest.raises(ValueError, match=r"Invalid preset: 'martens'; allowed: natgrad, paper"):
         coerce(DampingConfig, None, "damping", "martens")
     model = VAE([8, 4, 2])
     paper = build_optimizer(model, OptimizerConfig(name="kfac", options={"preset": "paper"}))
-    assert (paper.damping_config, paper.step_config) == (paper_damping, paper_step)
+    assert (paper.damping_config, paper.step_config) == (paper_damping, StepConfig())
     assert paper.state["natural_gradient"]["gamma"] == (150.0 + 1e-5) ** 0.5
     tuned = build_optimizer(model, OptimizerConfig(name="kfac", options={"preset": "paper", "damping": {"initial": 3.0}}))
     assert (tuned.damping_config.initial, tuned.damping_config.adapt_gamma) == (3.0, True)

@@ -107,7 +107,7 @@ def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), wit
 def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
     (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``,
-    ``preset`` (``"paper"`` for Martens & Grosse's damping and quadratic-model batch)."""
+    ``preset`` (``"paper"`` for Martens & Grosse's damping)."""
     from natgrad.optim.kfac import KFAC
 
     return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype", "preset")))

@@ -7,9 +7,9 @@ parameter a diagonal block. Everything else - factored Tikhonov damping with ``g
 exact-GGN quadratic model for ``(alpha, mu)``, the Levenberg-Marquardt rule, statistics on
 ``tau_1 = 1/8`` of the batch with moving averages capped at 0.95, inverses every ``T3`` steps - is
 the shared step of :mod:`natgrad.optim.base` with the paper's defaults (section 13:
-``T1, T2, T3 = 5, 20, 20``, ``eta = 1e-5``), except natgrad's damping and model-batch defaults
-(``preset="natgrad"``; ``preset="paper"`` gives the paper's ``lambda_0 = 150``, ``gamma`` search
-and whole-batch quadratic model).
+``T1, T2, T3 = 5, 20, 20``, ``eta = 1e-5``), except natgrad's damping defaults
+(``preset="natgrad"``; ``preset="paper"`` gives the paper's ``lambda_0 = 150`` and ``gamma``
+search).
 
 The paper's autoencoder runs grow the mini-batch exponentially (section 13);
 :func:`exponential_batch_size` gives that schedule for a training loop to follow.
@@ -67,9 +67,8 @@ class KFAC(NaturalGradientOptimizer):
             2.4x faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
         preset: the starting point of the config groups, before the fields given in ``damping``,
             ``step`` etc.: ``"natgrad"`` (default: ``lambda_0 = 1`` with ``gamma`` tied to
-            ``lambda``, the quadratic model on a quarter of the batch; departures measured in
-            docs/vae-training.md) or ``"paper"`` (Martens & Grosse's ``lambda_0 = 150``, ``gamma``
-            search and whole-batch model; natgrad's behaviour before these defaults, bitwise).
+            ``lambda``; departures measured in docs/vae-training.md) or ``"paper"`` (Martens &
+            Grosse's ``lambda_0 = 150`` and ``gamma`` search; natgrad's former defaults, bitwise).
         seed: seed of the sampled targets of the statistics.
 
     Raises:
