@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vmap
 from torch.nn import functional as F
 
 from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, select_terms
+from natgrad.curvature.exact import per_example_gradients_of
 from natgrad.curvature.layout import KroneckerLayer, ParameterLayout
-from natgrad.losses import Loss, LossTerm
+from natgrad.losses import Loss, LossTerm, root_columns
 
 #: One backward pass: per selected term, the vectors to contract with its outputs.
 OutputVectors = list[tuple[Tensor, ...]]
@@ -82,13 +82,10 @@ def output_vector_passes(
         return [[t.sample_output_gradient(generator) for t in chosen]]
     passes = []
     for i, term in enumerate(chosen):
-        roots = term.curvature_sqrt()
-        for j, root in enumerate(roots):
-            for col in range(root.shape[1]):
+        for j, (root, output) in enumerate(zip(term.curvature_sqrt(), term.outputs)):
+            for column in root_columns(root, output):
                 vecs = [tuple(torch.zeros_like(z) for z in t.outputs) for t in chosen]
-                unit = torch.zeros_like(root)
-                unit[:, col] = root[:, col]
-                vecs[i] = tuple(unit if m == j else v for m, v in enumerate(vecs[i]))
+                vecs[i] = tuple(column if m == j else v for m, v in enumerate(vecs[i]))
                 passes.append(vecs)
     return passes
 
@@ -151,22 +148,27 @@ def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
 def _other_diagonal(
     layout: ParameterLayout, loss: Loss, kind: CurvatureKind, passes: list[OutputVectors]
 ) -> dict[int, Tensor]:
-    """``(1/N) sum_{k,n} (grad_theta <s_{k,n}, z_n(theta)>)^2`` for the other parameters (vmap over n)."""
+    """``(1/N) sum_{k,n} (grad_theta <s_{k,n}, z_n(theta)>)^2`` for the other parameters.
+
+    Per-example gradients by :func:`~natgrad.curvature.exact.per_example_gradients_of`; the
+    vectors ``s`` ride along with the batch so that each example meets its own.
+    """
     if not layout.other:
         return {}
     fixed = {n: p.detach() for n, p in zip(layout.names, layout.params)}
     other_names = [layout.names[i] for i in layout.other]
+    width = len(loss.batch)
 
-    def contraction(other: dict[str, Tensor], inputs: tuple[Tensor, ...], vectors: OutputVectors) -> Tensor:
-        batch1 = tuple(t.unsqueeze(0) for t in inputs)
-        terms = select_terms(loss.evaluate({**fixed, **other}, batch1), kind)
-        return _contract(terms, [tuple(v.unsqueeze(0) for v in vs) for vs in vectors])
+    def contractions(other: dict[str, Tensor], batch: tuple[Tensor, ...]) -> Tensor:
+        terms = select_terms(loss.evaluate({**fixed, **other}, batch[:width]), kind)
+        flat_vectors = iter(batch[width:])
+        return sum((z * next(flat_vectors)).flatten(1).sum(1) for t in terms for z in t.outputs)
 
-    per_example = vmap(grad(contraction), in_dims=(None, 0, 0))
     total = {n: torch.zeros_like(fixed[n]) for n in other_names}
     for vectors in passes:
-        detached = [tuple(v.detach() for v in vs) for vs in vectors]
-        grads = per_example({n: fixed[n] for n in other_names}, loss.inputs, detached)
+        batch = loss.batch + tuple(v.detach() for vs in vectors for v in vs)
+        grads = per_example_gradients_of(contractions, {n: fixed[n] for n in other_names}, batch,
+                                         loss.random_state is not None)
         for n in other_names:
             total[n] += grads[n].pow(2).sum(0)
     return {i: total[layout.names[i]] / loss.batch_size for i in layout.other}

@@ -190,7 +190,7 @@ class TongaCurvature:
         no sampled targets); it is accepted for the shared interface.
         """
         m = self.config.examples_per_update
-        sub_batch = Loss.from_model(loss.model, tuple(t[:m] for t in loss.inputs), loss.build_terms)
+        sub_batch = loss.on_batch(tuple(t[:m] for t in loss.batch))
         flat = per_example_gradients(sub_batch)  # (m, P)
         offsets = self.layout.offsets
         return [flat[:, a:b].reshape(-1, *shape) for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)]

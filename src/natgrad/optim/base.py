@@ -96,11 +96,13 @@ def batch_subset(loss: Loss, fraction: float) -> Loss:
 
     Every term is per-example, so slicing its outputs, values and curvature gives exactly the
     terms a forward pass on the prefix would build; statistics capture re-runs that forward with
-    hooks anyway (on ``loss.inputs``), so evaluating it here would be wasted.
+    hooks anyway (on ``loss.batch``, targets sliced with the inputs), so evaluating it here would
+    be wasted.
     """
-    inputs = batch_prefix(loss.inputs, fraction)
-    m = int(inputs[0].shape[0])
-    return Loss(loss.model, inputs, loss.build_terms, tuple(_prefix_term(t, m) for t in loss.terms))
+    batch = batch_prefix(loss.batch, fraction)
+    m = int(batch[0].shape[0])
+    inputs, targets = batch[: len(loss.inputs)], batch[len(loss.inputs):]
+    return dataclasses.replace(loss, inputs=inputs, targets=targets, terms=tuple(_prefix_term(t, m) for t in loss.terms))
 
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
@@ -258,8 +260,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
                     for _ in candidates]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
-        inputs = batch_prefix(loss.inputs, config.model_fraction)
-        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs, MODEL_DTYPES[config.model_dtype])
+        batch = batch_prefix(loss.batch, config.model_fraction)
+        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, batch, MODEL_DTYPES[config.model_dtype])
         euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
         gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
         gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)

@@ -209,8 +209,7 @@ class HessianFree(SingleParameterGroup):
     def _run_cg(self, loss: Loss, gradient: Tensor, state: dict) -> CGResult:
         """Steps 1-3: PCG on ``(G_chunk + (lambda + eta) I) p = -g`` from ``0.95 p_prev``."""
         config = self.config
-        inputs = chunk_inputs(loss.inputs, config.chunks, state["step"] - 1)
-        chunk = Loss.from_model(self.model, inputs, loss.build_terms)
+        chunk = loss.on_batch(chunk_inputs(loss.batch, config.chunks, state["step"] - 1))
         shift = state["damping"] + config.weight_decay
         with torch.enable_grad():
             preconditioner = self._preconditioner(chunk, shift)
