@@ -273,6 +273,10 @@ class Loss:
         """The scalar objective ``h = (1/N) sum_n sum_t L_t(z_{t,n})``."""
         return self.per_example.mean()
 
+    def backward(self) -> None:
+        """``value.backward()``: a closure written for a torch optimizer keeps its ``loss.backward()`` line."""
+        self.value.backward()
+
     def parameters(self) -> dict[str, Tensor]:
         """The model's trainable parameters by name (the order every curvature matrix uses)."""
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}

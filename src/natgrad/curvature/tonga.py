@@ -172,6 +172,10 @@ class TongaCurvature:
         self.factors: list[Tensor | None] = [None] * len(self.groups)  # X: (B, n_b, r)
         self.grams: list[Tensor | None] = [None] * len(self.groups)  # X^T X: (B, r, r)
 
+    def describe(self) -> str:
+        """Every parameter and its block: low-rank plus diagonal, grouped by ``config.blocks``."""
+        return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks!r})")
+
     @property
     def params(self) -> list[Tensor]:
         """The parameters every vector is aligned with."""
