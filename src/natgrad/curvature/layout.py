@@ -114,11 +114,6 @@ def kronecker_form(module: nn.Module) -> tuple[KroneckerForm | None, str | None]
     return (None, why) if why else (form, None)
 
 
-def is_kronecker_module(module: nn.Module) -> bool:
-    """True for the module types and settings of :data:`KRONECKER_FORMS`."""
-    return kronecker_form(module)[0] is not None
-
-
 def check_modules(model: nn.Module) -> None:
     """Refuse modules the curvature cannot represent.
 
@@ -275,7 +270,7 @@ class ParameterLayout:
             label = f"Kronecker ({type(layer.module).__name__} {layer.name!r})"
             blocks.update({i: label for i in (layer.weight_index, layer.bias_index) if i is not None})
         for i in self.other:
-            blocks[i] = f"diagonal ({self._why_diagonal.get(i, 'used outside any module')})"
+            blocks[i] = f"diagonal ({self._why_diagonal[i]})"
         return [(name, tuple(p.shape), blocks[i]) for i, (name, p) in enumerate(zip(self.names, self.params))]
 
     def describe_table(self, block: str | None = None) -> str:
