@@ -121,3 +121,25 @@ def test_tied_weights_are_refused_with_the_parameter_name(float64):
     rep = KFAC(loss.model)
     with pytest.raises(ValueError, match=r"\['encoder.weight'\] are used more than once"):
         rep.capture(loss)
+
+
+class EmbeddingRegression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding, self.out = nn.Embedding(5, 3), nn.Linear(3, 4)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.embedding(indices)))
+
+
+def test_embedding_block_is_exact_for_one_example_with_a_diagonal_input_factor(float64):
+    torch.manual_seed(24)
+    model = EmbeddingRegression().double()
+    loss = Loss.from_model(model, (torch.tensor([3]),), target_terms, targets=(torch.rand(1, 4),))
+    rep, dense = refreshed_exact(loss), exact.dense_ggn(loss)
+    layer = rep.layout.layers[0]
+    assert type(layer.module) is nn.Embedding and (layer.d_out, layer.d_in) == (3, 5)
+    index = rep.layout.layer_indices(layer)
+    assert relative_error(rep.to_dense()[index][:, index], dense[index][:, index]) < 1e-12
+    a = rep.layer_factors(rep._require_frozen(), 0)[0]
+    assert torch.equal(a, torch.diag(torch.diag(a)))

@@ -26,6 +26,9 @@ class VAEWithNoiseInput(nn.Module):
 
     def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = self.encoder(x).chunk(2, dim=1)
+        return self.decode(mu, log_var, eps)
+
+    def decode(self, mu: Tensor, log_var: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.decoder(mu + torch.exp(0.5 * log_var) * eps), mu, log_var
 
 
@@ -33,8 +36,8 @@ class VAEDrawingNoise(VAEWithNoiseInput):
     """The same network written the usual way: the noise is drawn in ``forward``."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        mu, _ = self.encoder(x).chunk(2, dim=1)
-        return super().forward(x, torch.randn_like(mu))
+        mu, log_var = self.encoder(x).chunk(2, dim=1)
+        return self.decode(mu, log_var, torch.randn_like(mu))
 
 
 def elbo_terms(out, batch):

@@ -171,10 +171,20 @@ def dense_ggn(loss: Loss, params: Params | None = None, kind: CurvatureKind | st
     params = _point(loss, params)
     outputs, curvature = _term_outputs(loss, kind)(params)
     jacobians = jacrev(lambda p: _term_outputs(loss, kind)(p)[0])(params)
+    columns = [_flatten_jacobian(jac, z.numel()).T.reshape(-1, *z.shape) for jac, z in zip(jacobians, outputs)]
+    return dense_pullback(columns, curvature)
+
+
+def dense_pullback(columns: Sequence[Tensor], metric: Sequence[Tensor]) -> Tensor:
+    """``sum_k J_k^T M_k J_k`` as a ``(P, P)`` matrix (tiny models only).
+
+    ``columns[k]`` is output ``k``'s Jacobian as ``(P, *output shape)`` (one column per parameter),
+    ``metric[k]`` its output-space matrix: the diagonal or per-example matrices
+    (:func:`natgrad.losses.curvature_product`).
+    """
     total = 0
-    for jac, c, z in zip(jacobians, curvature, outputs):
-        j = _flatten_jacobian(jac, z.numel()).T.reshape(-1, *z.shape)  # (P, *output shape)
-        weighted = vmap(curvature_product, in_dims=(None, 0))(c, j)  # H J, one column per parameter
+    for j, m in zip(columns, metric):
+        weighted = vmap(curvature_product, in_dims=(None, 0))(m, j)  # M J, column by column
         total = total + j.reshape(j.shape[0], -1) @ weighted.reshape(j.shape[0], -1).T
     return total
 

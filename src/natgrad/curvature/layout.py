@@ -14,12 +14,17 @@ module                        ``a_bar_t`` (``d_in``)        ``s_t`` (``d_out``) 
 ``nn.Linear``                 input ``[x; 1]``              output               ``[W, b]``
 ``nn.Conv1d`` / ``Conv2d``    unfolded patch ``[x_t; 1]``  output channels      ``[W, b]``, weight as ``(out, in*k)``
 ``nn.ConvTranspose2d``        input pixel ``x_t``           the patch it writes  ``W^T``, weight as ``(in, out*k)``
+``nn.Embedding``              one-hot index ``e_t``         the embedding row    ``W^T``, weight as ``(num, dim)``
 ============================  ===========================  ==================  ==================
 
+An embedding's input factor ``A = (1/N) sum e_t e_t^T`` is diagonal (the index counts); it is
+stored as a dense ``(num_embeddings, num_embeddings)`` matrix, so large vocabularies are costly.
+
 Convolutions need ``groups == 1`` and zero padding given as numbers (``ConvTranspose2d`` also
-``output_padding < stride``, so the patches tile the output). A transposed convolution's bias is
+``output_padding < stride``, so the patches tile the output; embeddings neither ``sparse`` nor
+``max_norm``). A transposed convolution's bias is
 added after its patches overlap, so it is an *other* parameter. Every other trainable parameter
-(normalisation scales, embeddings, grouped or reflect-padded convolutions, ...) is *other* and gets
+(normalisation scales, grouped or reflect-padded convolutions, ...) is *other* and gets
 a diagonal curvature block; :meth:`ParameterLayout.describe` lists every parameter's block and
 why, and the representations log that table once when built.
 
@@ -95,12 +100,25 @@ def _transposed_conv_reason(module: nn.Module) -> str | None:
     return _conv_reason(module)
 
 
+def _one_hot_rows(module: nn.Module, indices: Tensor) -> Tensor:
+    """An embedding's input as one-hot rows ``(N, T, num_embeddings)``: its ``A`` is diagonal (the counts)."""
+    one_hot = F.one_hot(indices.reshape(indices.shape[0], -1), module.num_embeddings)
+    return one_hot.to(module.weight.dtype)
+
+
+def _embedding_reason(module: nn.Module) -> str | None:
+    if module.sparse or module.max_norm is not None:
+        return "sparse gradients" if module.sparse else f"max_norm = {module.max_norm} (renormalised in place)"
+    return None
+
+
 #: Module type -> its Kronecker form, and the check that names why an instance does not qualify.
 KRONECKER_FORMS: dict[type, tuple[KroneckerForm, Callable[[nn.Module], str | None]]] = {
     nn.Linear: (KroneckerForm(_linear_rows, _linear_rows), lambda m: None),
     nn.Conv1d: (KroneckerForm(_conv1d_patches, _channels_last), _conv_reason),
     nn.Conv2d: (KroneckerForm(_conv2d_patches, _channels_last), _conv_reason),
     nn.ConvTranspose2d: (KroneckerForm(_channels_last, _transposed_conv_patches, True, False), _transposed_conv_reason),
+    nn.Embedding: (KroneckerForm(_one_hot_rows, _linear_rows, True, False), _embedding_reason),
 }
 
 
@@ -187,10 +205,11 @@ class ParameterLayout:
                                               else f"{type(module).__name__}: no Kronecker form")
             if form is None or id(module.weight) not in index:
                 continue
-            if module.bias is not None and not form.bias_in_block and id(module.bias) in index:
-                self._why_diagonal[index[id(module.bias)]] = f"{type(module).__name__} bias, added after the patches overlap"
+            bias = getattr(module, "bias", None)  # an Embedding has none
+            if bias is not None and not form.bias_in_block and id(bias) in index:
+                self._why_diagonal[index[id(bias)]] = f"{type(module).__name__} bias, added after the patches overlap"
             weight_index = index[id(module.weight)]
-            bias_index = index.get(id(module.bias)) if module.bias is not None and form.bias_in_block else None
+            bias_index = index.get(id(bias)) if bias is not None and form.bias_in_block else None
             self.layers.append(KroneckerLayer(mod_name, module, weight_index, bias_index, form))
         claimed = {i for layer in self.layers for i in (layer.weight_index, layer.bias_index) if i is not None}
         self.other: list[int] = [i for i in range(len(named)) if i not in claimed]
