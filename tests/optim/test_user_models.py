@@ -43,7 +43,7 @@ def test_unchanged_sequential_classifier_trains(optimizer):
             loss.backward()
             return loss
 
-        value = float(opt.step(closure).value)
+        value = float(opt.step(closure).value.detach())
         first = value if first is None else first
         assert not opt.last_step_record["rejected"]
     assert float(cross_entropy(model, x, y).value) < first
@@ -75,7 +75,7 @@ def test_closure_without_backward_is_refused(optimizer):
 def test_scheduler_changing_lr_under_the_quadratic_model_is_refused():
     model, (x, y) = sequential_classifier(), data()
     opt = KFAC(model, damping=1.0)
-    torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.0).step()
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.0)  # sets lr = 0.1 * 0 at construction
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] changed from 0.1 to 0.0"):
         opt.step(lambda: _backward(cross_entropy(model, x, y)))
 
