@@ -61,3 +61,18 @@ def test_data_list_shows_the_datasets(capsys, shared_data_dir):
     assert main(["data", "list", "--data-dir", str(shared_data_dir)]) == 0
     out = capsys.readouterr().out
     assert "mnist" in out and "curves" in out and "faces" in out
+
+
+def test_train_help_lists_the_names_the_config_accepts(tmp_path, capsys):
+    """Optimizers, models, datasets and curvature kinds in --help, the same list as in the error."""
+    from natgrad.cli import train_flag_choices
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    choices = train_flag_choices()
+    for flag in ("--dataset", "--model", "--optimizer", "--curvature"):
+        assert "".join(f"one of: {', '.join(choices[flag])}".split()) in help_text
+    assert {"kfac", "hf", "adam", "tonga"} <= set(choices["--optimizer"])
+    assert main(["train", *TINY, "--optimizer", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert f"allowed: {', '.join(choices['--optimizer'])}" in capsys.readouterr().err

@@ -15,18 +15,20 @@ from natgrad.curvature import (
 )
 from natgrad.distributions import (
     Bernoulli,
+    Categorical,
     DiagonalGaussianPosterior,
     Gaussian,
     GaussianLearnedVariance,
     OutputDistribution,
 )
-from natgrad.losses import Loss, LossTerm, build_loss, kl_term, likelihood_term
+from natgrad.losses import Loss, LossTerm, build_loss, cross_entropy, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
 from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
 
 __version__ = "0.1.0"
 __all__ = [
     "Bernoulli",
+    "Categorical",
     "CurvatureConfig",
     "CurvatureKind",
     "CurvatureRepresentation",
@@ -47,6 +49,7 @@ __all__ = [
     "TridiagonalKFAC",
     "VAE",
     "build_loss",
+    "cross_entropy",
     "kl_term",
     "likelihood_term",
 ]

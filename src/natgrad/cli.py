@@ -68,13 +68,25 @@ def _flag_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def train_flag_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of the flags that name something: the lists the config validation uses."""
+    from natgrad.curvature.choices import CurvatureKind
+    from natgrad.experiments.config import DATASETS, MODEL_KINDS
+    from natgrad.experiments.optimizers import OPTIMIZERS
+
+    return {"--dataset": DATASETS, "--model": MODEL_KINDS, "--optimizer": tuple(sorted(OPTIMIZERS)),
+            "--curvature": tuple(kind.value for kind in CurvatureKind)}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and the explicit flags of :data:`TRAIN_FLAGS`."""
     parser.add_argument("--config", type=Path, help="TOML file with the run configuration")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    choices = train_flag_choices()
     for flag, (path, kind) in TRAIN_FLAGS.items():
-        parser.add_argument(flag, dest=_flag_dest(flag), type=kind, help=f"sets {path}")
+        allowed = f"; one of: {', '.join(choices[flag])}" if flag in choices else ""
+        parser.add_argument(flag, dest=_flag_dest(flag), type=kind, help=f"sets {path}{allowed}")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:

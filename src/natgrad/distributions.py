@@ -11,11 +11,13 @@ Notation (fixed for the whole package):
   variance) ``H_L = F_R`` (Martens 2014, "New insights", section 9.2), so the generalised
   Gauss-Newton matrix equals the Fisher.
 
-Every distribution here has a *diagonal* output curvature, returned by
-:meth:`OutputDistribution.curvature_diagonal` as a tuple aligned with :attr:`params`. The curvature
-code multiplies by it, takes its square root, and samples vectors with that covariance
-(:meth:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing there
-branches on the distribution type.
+Every distribution returns its output curvature from :meth:`OutputDistribution.curvature`, a tuple
+aligned with :attr:`params`: the diagonal (shaped like the parameter) for the factorised ones, a
+per-example ``(N, K, K)`` matrix for :class:`Categorical`, whose softmax couples the logits
+(``H_L = diag(p) - p p^T``). The curvature code multiplies by it
+(:func:`natgrad.losses.curvature_product`), takes its square root, and samples vectors with that
+covariance (:meth:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing
+there branches on the distribution type.
 """
 from __future__ import annotations
 
@@ -54,6 +56,14 @@ class OutputDistribution(ABC):
         For natural parameters this is ``H_L = F_R`` (independent of the target). Where the NLL is
         not convex in ``z`` (learned variance) it is the Fisher ``F_R``, the expected Hessian.
         """
+
+    def curvature(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The output curvature per parameter: its diagonal here (a factorised distribution)."""
+        return self.curvature_diagonal(target)
+
+    def as_target(self, target: Tensor) -> Tensor:
+        """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per output)."""
+        return target.reshape(self.params[0].shape)
 
     def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
@@ -156,6 +166,52 @@ class GaussianLearnedVariance(OutputDistribution):
     def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
         v = self.log_var.detach()
         return (torch.exp(-v), torch.full_like(v, 0.5))
+
+
+class Categorical(OutputDistribution):
+    r"""One of ``K`` classes with logits ``z`` (softmax cross-entropy): ``L = logsumexp(z) - z_y``.
+
+    ``p = softmax(z)``; the Hessian ``H_L = diag(p) - p p^T`` does not depend on ``y`` and equals
+    the Fisher (logits are the natural parameters; Martens 2014, section 9.2). It is not diagonal:
+    :meth:`curvature` returns the per-example ``(N, K, K)`` matrix (the exact estimator
+    back-propagates the columns of its square root, :meth:`natgrad.losses.LossTerm.curvature_sqrt`).
+    Targets are class indices, shape ``(N,)``.
+    """
+
+    def __init__(self, logits: Tensor) -> None:
+        if logits.dim() != 2:
+            raise ValueError(f"Categorical logits must have shape (N, classes), got {tuple(logits.shape)}")
+        self.logits = logits
+        self.params = (logits,)
+
+    def nll(self, target: Tensor) -> Tensor:
+        return F.cross_entropy(self.logits, target, reduction="none")
+
+    def as_target(self, target: Tensor) -> Tensor:
+        return target.reshape(self.logits.shape[0])
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.multinomial(self.mean.detach(), 1, generator=generator).squeeze(1)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.softmax(self.logits, dim=1)
+
+    def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``p (1 - p)``: only the diagonal of :meth:`curvature` (what a diagonal estimate keeps)."""
+        p = torch.softmax(self.logits.detach(), dim=1)
+        return (p * (1.0 - p),)
+
+    def curvature(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``diag(p) - p p^T`` per example: ``(N, K, K)``."""
+        p = torch.softmax(self.logits.detach(), dim=1)
+        return (torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1),)
+
+    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        # dL/dz at a sampled class y: p - onehot(y), covariance diag(p) - p p^T.
+        p = torch.softmax(self.logits.detach(), dim=1)
+        y = torch.multinomial(p, 1, generator=generator).squeeze(1)
+        return (p - F.one_hot(y, p.shape[1]).to(p.dtype),)
 
 
 class DiagonalGaussianPosterior:

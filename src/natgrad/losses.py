@@ -1,9 +1,11 @@
 r"""Losses that carry their curvature: a loss is a sum of convex terms of network outputs.
 
 Notation (as in :mod:`natgrad.distributions`): a *term* ``t`` is a function ``L_t(z_t)`` of one
-network output ``z_t = f_t(x, \theta)`` (a tuple of tensors of shape ``(N, d)``) with a known,
-diagonal output-space curvature ``H_t = \nabla^2_{z_t} L_t`` (the Fisher ``F_R`` where ``L_t`` is not
-convex, e.g. a learned-variance Gaussian). The objective is
+network output ``z_t = f_t(x, \theta)`` (a tuple of batch-first tensors) with a known output-space
+curvature ``H_t = \nabla^2_{z_t} L_t`` (the Fisher ``F_R`` where ``L_t`` is not convex, e.g. a
+learned-variance Gaussian), given per output either as its diagonal (shaped like the output) or,
+for a ``(N, d)`` output whose curvature couples its entries (softmax cross-entropy), as the
+per-example matrix ``(N, d, d)``. The objective is
 
 .. math::  h(\theta) = \frac{1}{N} \sum_n \sum_t L_t(z_{t,n}),
 
@@ -15,24 +17,31 @@ Kingma & Welling 2014, App. B).
 
 A :class:`Loss` is re-evaluable as a pure function of a parameter dict
 (``torch.func.functional_call`` with the same inputs, including the VAE's noise ``eps``), which is
-what the exact oracles in :mod:`natgrad.curvature.exact` differentiate.
+what the exact oracles in :mod:`natgrad.curvature.exact` differentiate. A model that draws random
+numbers in ``forward`` (``torch.randn_like``, ``nn.Dropout``) from torch's default CPU generator
+is re-evaluated with that generator's state replayed, so every re-evaluation (statistics, GGN
+products, ``rho``) sees the noise of the loss it belongs to; a forward that draws from its own
+``torch.Generator`` or on a GPU is not replayed (pass such noise as an input instead).
 
-Using your own model: write a ``TermBuilder`` that turns the model's output (and its inputs) into
-:class:`LossTerm` objects, then call :meth:`Loss.from_model`::
+Using your own model: write a ``TermBuilder`` that turns the model's output and the batch (the
+model's positional inputs followed by the loss's targets) into :class:`LossTerm` objects, then call
+:meth:`Loss.from_model`::
 
-    def my_terms(out, inputs):
-        x, = inputs
-        return (likelihood_term(out.likelihood, x), LossTerm("sparsity", (out.code,), ...))
+    def my_terms(out, batch):
+        x, y = batch
+        return (likelihood_term(Categorical(out), y),)
 
-    loss = Loss.from_model(model, (x,), my_terms)
+    loss = Loss.from_model(model, (x,), my_terms, targets=(y,))   # model(x); y sliced with x
 
-Any term whose output curvature is diagonal fits: give the per-example value and the diagonal.
+(:func:`cross_entropy` is exactly this.) Any term fits whose output curvature is known: give the
+per-example value and the diagonal or per-example matrix.
 Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss`; the curvature code
 sees terms, never models.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +49,59 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
+from natgrad.distributions import Categorical, DiagonalGaussianPosterior, OutputDistribution
 from natgrad.models import VAE, AutoencoderOutput, VAEOutput
 
 OutputGradientSampler = Callable[[torch.Generator | None], tuple[Tensor, ...]]
+
+
+def is_matrix_curvature(curvature: Tensor, vector: Tensor) -> bool:
+    """True when ``curvature`` is the per-example ``(N, d, d)`` matrix of the ``(N, d)`` ``vector``."""
+    return curvature.dim() == vector.dim() + 1
+
+
+def curvature_product(curvature: Tensor, vector: Tensor) -> Tensor:
+    """``H v`` per example for one output: ``c * v`` (diagonal) or ``H_n v_n`` (``(N, d, d)`` matrix).
+
+    ``vector`` is shaped like the output (or, for a square root ``B`` of shape ``(N, d, r)``, like
+    its ``(N, r)`` columns' coefficients).
+    """
+    if is_matrix_curvature(curvature, vector):
+        return (curvature @ vector.unsqueeze(-1)).squeeze(-1)
+    return curvature * vector
+
+
+def _check_curvature_shape(name: str, output: Tensor, curvature: Tensor) -> None:
+    matrix = (*output.shape, output.shape[-1])
+    if curvature.shape == output.shape or (output.dim() == 2 and curvature.shape == matrix):
+        return
+    allowed = f"{tuple(output.shape)} (its diagonal)"
+    if output.dim() == 2:
+        allowed += f" or {matrix} (one matrix per example)"
+    raise ValueError(f"LossTerm {name!r}: curvature shape {tuple(curvature.shape)} does not fit output shape "
+                     f"{tuple(output.shape)}; give {allowed}")
+
+
+def _matrix_sqrt(matrix: Tensor) -> Tensor:
+    """``B = Q diag(sqrt(max(d, 0)))`` with ``B B^T = M`` for symmetric PSD ``M = Q diag(d) Q^T``, batched."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors * values.clamp(min=0.0).sqrt().unsqueeze(-2)
+
+
+def root_columns(root: Tensor, output: Tensor) -> Iterator[Tensor]:
+    """The columns of a curvature square root as output-shaped vectors, one per backward pass.
+
+    A diagonal root gives ``sqrt(c_j) e_j`` for every output entry ``j`` (all dimensions of an
+    image-shaped output), a matrix root ``B`` of shape ``(N, d, r)`` its ``r`` columns ``B[:, :, j]``.
+    """
+    if is_matrix_curvature(root, output):
+        yield from root.unbind(-1)
+        return
+    flat = root.reshape(root.shape[0], -1)
+    for j in range(flat.shape[1]):
+        column = torch.zeros_like(flat)
+        column[:, j] = flat[:, j]
+        yield column.reshape(output.shape)
 
 
 @dataclass(frozen=True)
@@ -55,12 +113,18 @@ class LossTerm:
         outputs: the network outputs ``z`` the term is a function of, each ``(N, d_k)``, attached
             to the autograd graph of the parameters.
         values: per-example value ``L(z_n)``, shape ``(N,)``.
-        curvature: diagonal of the per-example output Hessian ``H = \nabla^2_z L`` (or the Fisher
-            where ``L`` is not convex), aligned with ``outputs``, detached.
+        curvature: the per-example output Hessian ``H = \nabla^2_z L`` (or the Fisher where ``L`` is
+            not convex), aligned with ``outputs``, detached: each either its diagonal (shaped like
+            the output) or, for an ``(N, d)`` output, the ``(N, d, d)`` matrix.
         is_likelihood: True for a data likelihood NLL; the VAE's "decoder-only" curvature keeps
             only these terms.
-        output_gradient_sampler: draws ``s`` with ``E[s s^T] = diag(curvature)``; defaults to
-            ``sqrt(curvature) * N(0, I)``.
+        output_gradient_sampler: draws ``s`` with ``E[s s^T] = H``; defaults to
+            ``H^{1/2} N(0, I)``.
+
+    Raises:
+        ValueError: ``outputs`` and ``curvature`` are not aligned, or a curvature has neither the
+            output's shape nor the per-example matrix shape (e.g. a softmax output's ``p (1 - p)``
+            given for a batch of another size).
     """
 
     name: str
@@ -77,35 +141,39 @@ class LossTerm:
                 f"{len(self.curvature)}; they must be aligned"
             )
         for z, c in zip(self.outputs, self.curvature):
-            if z.shape != c.shape:
-                raise ValueError(f"LossTerm {self.name!r}: output shape {tuple(z.shape)} != curvature shape {tuple(c.shape)}")
+            _check_curvature_shape(self.name, z, c)
 
     def hessian_vp(self, vectors: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """``H v`` per example in output space (``H`` diagonal), aligned with :attr:`outputs`."""
-        return tuple(c * v for c, v in zip(self.curvature, vectors))
+        """``H v`` per example in output space, aligned with :attr:`outputs`."""
+        return tuple(curvature_product(c, v) for c, v in zip(self.curvature, vectors))
 
     def curvature_sqrt(self) -> tuple[Tensor, ...]:
-        """The diagonal square root ``B`` with ``B B^T = H`` (exact-Fisher square roots, K-FAC §5)."""
-        return tuple(c.sqrt() for c in self.curvature)
+        """A square root ``B`` with ``B B^T = H`` per output (exact-Fisher square roots, K-FAC §5).
+
+        The diagonal's elementwise square root, or for a matrix curvature ``Q diag(sqrt d)`` from
+        its eigendecomposition, ``(N, d, d)``.
+        """
+        return tuple(_matrix_sqrt(c) if is_matrix_curvature(c, z) else c.sqrt()
+                     for c, z in zip(self.curvature, self.outputs))
 
     def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """A random ``s`` with ``E[s s^T] = H`` per example (Monte-Carlo Fisher, K-FAC §5)."""
         if self.output_gradient_sampler is not None:
             return self.output_gradient_sampler(generator)
         return tuple(
-            c.sqrt() * torch.randn(c.shape, generator=generator, dtype=c.dtype, device=c.device)
-            for c in self.curvature
+            curvature_product(b, torch.randn(z.shape, generator=generator, dtype=b.dtype, device=b.device))
+            for b, z in zip(self.curvature_sqrt(), self.outputs)
         )
 
 
 def likelihood_term(likelihood: OutputDistribution, target: Tensor) -> LossTerm:
     """The NLL ``-log r(x | z)`` of ``target`` under an output distribution, as a loss term."""
-    target = target.reshape(likelihood.params[0].shape)
+    target = likelihood.as_target(target)
     return LossTerm(
         name="likelihood",
         outputs=tuple(likelihood.params),
         values=likelihood.nll(target),
-        curvature=likelihood.curvature_diagonal(target),
+        curvature=likelihood.curvature(target),
         is_likelihood=True,
         output_gradient_sampler=likelihood.sample_output_gradient,
     )
@@ -121,8 +189,22 @@ def kl_term(posterior: DiagonalGaussianPosterior) -> LossTerm:
     )
 
 
-#: Turns a model's output and the positional inputs it was called with into loss terms.
+#: Turns a model's output and the batch (its positional inputs, then the loss's targets) into loss terms.
 TermBuilder = Callable[[Any, tuple[Tensor, ...]], tuple[LossTerm, ...]]
+
+
+@contextmanager
+def replayed_random_state(state: Tensor | None) -> Iterator[None]:
+    """Run the block with torch's default CPU generator at ``state``, restoring it afterwards.
+
+    ``None`` (a forward that drew no random numbers) leaves the generator alone.
+    """
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(state)
+        yield
 
 
 @dataclass(frozen=True)
@@ -132,23 +214,50 @@ class Loss:
     Attributes:
         model: the module; its named parameters are the coordinates of every curvature matrix.
         inputs: positional, batch-first arguments of ``model`` (``(x,)`` or ``(x, eps)``).
-        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)``.
+        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)`` and :attr:`batch`.
         terms: the terms at the model's current parameters.
+        targets: batch-first tensors the terms need but the model does not take (class labels);
+            sliced together with ``inputs`` wherever the loss is restricted to a sub-batch.
+        random_state: torch's default-generator state before the forward when the forward drew
+            random numbers (``randn_like``, Dropout), else None; every re-evaluation replays it.
     """
 
     model: nn.Module
     inputs: tuple[Tensor, ...]
     build_terms: TermBuilder
     terms: tuple[LossTerm, ...]
+    targets: tuple[Tensor, ...] = ()
+    random_state: Tensor | None = None
 
     @classmethod
-    def from_model(cls, model: nn.Module, inputs: Sequence[Tensor], build_terms: TermBuilder) -> "Loss":
-        """Run ``model(*inputs)`` and build its terms; the entry point for user-defined models."""
-        inputs = tuple(inputs)
-        terms = tuple(build_terms(model(*inputs), inputs))
+    def from_model(
+        cls,
+        model: nn.Module,
+        inputs: Sequence[Tensor],
+        build_terms: TermBuilder,
+        targets: Sequence[Tensor] = (),
+    ) -> "Loss":
+        """Run ``model(*inputs)`` and build its terms; the entry point for user-defined models.
+
+        Raises:
+            ValueError: ``build_terms`` returned no term, or a target's batch size differs from the inputs'.
+        """
+        inputs, targets = tuple(inputs), tuple(targets)
+        sizes = {int(t.shape[0]) for t in inputs + targets}
+        if len(sizes) > 1:
+            raise ValueError(f"inputs and targets must share the batch size (first dimension), got sizes {sorted(sizes)}")
+        state = torch.get_rng_state()
+        out = model(*inputs)
+        drew = not torch.equal(state, torch.get_rng_state())
+        terms = tuple(build_terms(out, inputs + targets))
         if not terms:
             raise ValueError("build_terms returned no loss terms; a Loss needs at least one")
-        return cls(model, inputs, build_terms, terms)
+        return cls(model, inputs, build_terms, terms, targets, state if drew else None)
+
+    @property
+    def batch(self) -> tuple[Tensor, ...]:
+        """``inputs + targets``: everything batch-first that a sub-batch slices."""
+        return self.inputs + self.targets
 
     @property
     def batch_size(self) -> int:
@@ -164,22 +273,41 @@ class Loss:
         """The scalar objective ``h = (1/N) sum_n sum_t L_t(z_{t,n})``."""
         return self.per_example.mean()
 
+    def backward(self) -> None:
+        """``value.backward()``: a closure written for a torch optimizer keeps its ``loss.backward()`` line."""
+        self.value.backward()
+
     def parameters(self) -> dict[str, Tensor]:
         """The model's trainable parameters by name (the order every curvature matrix uses)."""
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
-    def evaluate(self, params: Mapping[str, Tensor], inputs: Sequence[Tensor] | None = None) -> tuple[LossTerm, ...]:
-        """The terms at ``params`` (a pure function of them), optionally on other ``inputs``."""
-        inputs = self.inputs if inputs is None else tuple(inputs)
-        return tuple(self.build_terms(functional_call(self.model, dict(params), inputs), inputs))
+    def evaluate(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> tuple[LossTerm, ...]:
+        """The terms at ``params`` (a pure function of them), optionally on another ``batch``.
 
-    def value_at(self, params: Mapping[str, Tensor], inputs: Sequence[Tensor] | None = None) -> Tensor:
+        ``batch`` is aligned with :attr:`batch` (inputs, then targets), e.g. a slice of it; the
+        forward replays :attr:`random_state`.
+        """
+        batch = self.batch if batch is None else tuple(batch)
+        with replayed_random_state(self.random_state):
+            out = functional_call(self.model, dict(params), batch[: len(self.inputs)])
+        return tuple(self.build_terms(out, batch))
+
+    def value_at(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> Tensor:
         """``h(params)`` on the same batch and noise."""
-        return sum(t.values for t in self.evaluate(params, inputs)).mean()
+        return sum(t.values for t in self.evaluate(params, batch)).mean()
+
+    def on_batch(self, batch: Sequence[Tensor]) -> "Loss":
+        """The loss on another ``batch`` (aligned with :attr:`batch`) at the model's current parameters.
+
+        The forward replays :attr:`random_state`, so ``on_batch(loss.batch)`` rebuilds ``loss`` exactly.
+        """
+        batch = tuple(batch)
+        with replayed_random_state(self.random_state):
+            return Loss.from_model(self.model, batch[: len(self.inputs)], self.build_terms, batch[len(self.inputs):])
 
     def rebuild(self) -> "Loss":
         """The same loss (same inputs and noise) re-evaluated at the model's current parameters."""
-        return Loss.from_model(self.model, self.inputs, self.build_terms)
+        return self.on_batch(self.batch)
 
 
 def autoencoder_terms(out: AutoencoderOutput, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:
@@ -190,6 +318,20 @@ def autoencoder_terms(out: AutoencoderOutput, inputs: tuple[Tensor, ...]) -> tup
 def vae_terms(out: VAEOutput, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:
     """Two terms: likelihood NLL on the decoder output, KL on the encoder output ``(mu, log sigma^2)``."""
     return (likelihood_term(out.likelihood, inputs[0]), kl_term(out.posterior))
+
+
+def classification_terms(logits: Tensor, batch: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:
+    """One term: the softmax cross-entropy of the class labels ``batch[-1]`` under ``logits``."""
+    return (likelihood_term(Categorical(logits), batch[-1]),)
+
+
+def cross_entropy(model: nn.Module, x: Tensor, labels: Tensor) -> Loss:
+    """The mean softmax cross-entropy of a classifier ``model(x) -> logits``, as a :class:`Loss`.
+
+    ``labels`` (class indices, ``(N,)``) are the loss's targets, so any ``nn.Sequential`` works
+    unchanged; its ``value`` equals ``torch.nn.functional.cross_entropy(model(x), labels)``.
+    """
+    return Loss.from_model(model, (x,), classification_terms, targets=(labels,))
 
 
 def _terms_for_output(out: Any, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:

@@ -34,7 +34,7 @@ def test_gram_on_a_prefix_uses_only_those_examples(float64):
     prefix = batch_prefix((x,), 0.3)
     assert prefix[0].shape[0] == 3
     full = ggn_gram(build_loss(model, x[:3]), direction)
-    torch.testing.assert_close(ggn_gram(build_loss(model, x), direction, inputs=prefix), full, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ggn_gram(build_loss(model, x), direction, batch=prefix), full, rtol=1e-12, atol=0)
 
 
 def test_empirical_kind_is_rejected():

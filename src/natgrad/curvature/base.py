@@ -113,6 +113,10 @@ class CurvatureRepresentation(ABC):
         """The parameters every vector is aligned with."""
         return self.layout.params
 
+    def describe(self) -> str:
+        """A table of every trainable parameter, its shape and its block (:meth:`ParameterLayout.describe`)."""
+        return self.layout.describe_table()
+
     # ---- statistics -------------------------------------------------------------------------
     def capture(self, loss: Loss, generator: torch.Generator | None = None) -> CapturedBatch:
         """Layer statistics of ``loss``'s batch for this representation's curvature kind and estimator."""

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vmap
-from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, select_terms
-from natgrad.curvature.layout import KroneckerLayer, ParameterLayout
-from natgrad.losses import Loss, LossTerm
+from natgrad.curvature.exact import per_example_gradients_of
+from natgrad.curvature.layout import KroneckerLayer, ParameterLayout, check_modules
+from natgrad.losses import Loss, LossTerm, root_columns
 
 #: One backward pass: per selected term, the vectors to contract with its outputs.
 OutputVectors = list[tuple[Tensor, ...]]
@@ -82,13 +83,10 @@ def output_vector_passes(
         return [[t.sample_output_gradient(generator) for t in chosen]]
     passes = []
     for i, term in enumerate(chosen):
-        roots = term.curvature_sqrt()
-        for j, root in enumerate(roots):
-            for col in range(root.shape[1]):
+        for j, (root, output) in enumerate(zip(term.curvature_sqrt(), term.outputs)):
+            for column in root_columns(root, output):
                 vecs = [tuple(torch.zeros_like(z) for z in t.outputs) for t in chosen]
-                unit = torch.zeros_like(root)
-                unit[:, col] = root[:, col]
-                vecs[i] = tuple(unit if m == j else v for m, v in enumerate(vecs[i]))
+                vecs[i] = tuple(column if m == j else v for m, v in enumerate(vecs[i]))
                 passes.append(vecs)
     return passes
 
@@ -116,7 +114,7 @@ class _Recorder:
             if i in self.inputs:
                 raise RuntimeError(
                     f"layer {self.layers[i].name!r} was called twice in one forward pass; K-FAC capture "
-                    "needs each Linear/Conv2d used once (share weights through an 'other' module instead)"
+                    "needs each Kronecker layer used once (share weights through an 'other' module instead)"
                 )
             self.inputs[i] = args[0].detach()
             self.outputs[i] = output
@@ -124,24 +122,34 @@ class _Recorder:
         return hook
 
 
-def layer_inputs(layer: KroneckerLayer, x: Tensor) -> Tensor:
-    """``a_bar`` of shape ``(N, T, d_in)``: unfolded patches for a Conv2d, ones column for a bias."""
-    module = layer.module
-    if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        a = patches.transpose(1, 2)  # (N, T, in*kh*kw)
-    else:
-        a = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, d_in)
-    if layer.bias_index is not None:
-        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-    return a
+class _ParameterUses(TorchFunctionMode):
+    """Counts the torch calls that take each Kronecker layer's weight or bias during one forward.
 
+    A Kronecker block is built from its module's own call; any other use of the parameter (a
+    tied decoder's ``encoder.weight.t()``, a second call of the module) would be missing from it.
+    """
 
-def _as_locations(g: Tensor) -> Tensor:
-    """A layer-output gradient as ``(N, T, d_out)`` (channels last for a conv map)."""
-    if g.dim() == 4:
-        return g.flatten(2).transpose(1, 2)
-    return g.reshape(g.shape[0], -1, g.shape[-1])
+    def __init__(self, layout: ParameterLayout) -> None:
+        super().__init__()
+        indices = [i for layer in layout.layers for i in (layer.weight_index, layer.bias_index) if i is not None]
+        self.names = {id(layout.params[i]): layout.names[i] for i in indices}
+        self.counts: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for leaf in tree_leaves((args, kwargs)):
+            if id(leaf) in self.names:
+                self.counts[id(leaf)] = self.counts.get(id(leaf), 0) + 1
+        return func(*args, **kwargs)
+
+    def check(self) -> None:
+        """Raises ValueError naming every Kronecker parameter used more than once."""
+        shared = sorted(self.names[key] for key, count in self.counts.items() if count > 1)
+        if shared:
+            raise ValueError(
+                f"parameters {shared} are used more than once in one forward pass (tied or shared weights, or a "
+                "module called twice); their Kronecker blocks would see one use only. Untie them, or share them "
+                "through a module without a Kronecker form (its parameters get an exact diagonal block)")
 
 
 def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
@@ -151,22 +159,27 @@ def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
 def _other_diagonal(
     layout: ParameterLayout, loss: Loss, kind: CurvatureKind, passes: list[OutputVectors]
 ) -> dict[int, Tensor]:
-    """``(1/N) sum_{k,n} (grad_theta <s_{k,n}, z_n(theta)>)^2`` for the other parameters (vmap over n)."""
+    """``(1/N) sum_{k,n} (grad_theta <s_{k,n}, z_n(theta)>)^2`` for the other parameters.
+
+    Per-example gradients by :func:`~natgrad.curvature.exact.per_example_gradients_of`; the
+    vectors ``s`` ride along with the batch so that each example meets its own.
+    """
     if not layout.other:
         return {}
     fixed = {n: p.detach() for n, p in zip(layout.names, layout.params)}
     other_names = [layout.names[i] for i in layout.other]
+    width = len(loss.batch)
 
-    def contraction(other: dict[str, Tensor], inputs: tuple[Tensor, ...], vectors: OutputVectors) -> Tensor:
-        batch1 = tuple(t.unsqueeze(0) for t in inputs)
-        terms = select_terms(loss.evaluate({**fixed, **other}, batch1), kind)
-        return _contract(terms, [tuple(v.unsqueeze(0) for v in vs) for vs in vectors])
+    def contractions(other: dict[str, Tensor], batch: tuple[Tensor, ...]) -> Tensor:
+        terms = select_terms(loss.evaluate({**fixed, **other}, batch[:width]), kind)
+        flat_vectors = iter(batch[width:])
+        return sum((z * next(flat_vectors)).flatten(1).sum(1) for t in terms for z in t.outputs)
 
-    per_example = vmap(grad(contraction), in_dims=(None, 0, 0))
     total = {n: torch.zeros_like(fixed[n]) for n in other_names}
     for vectors in passes:
-        detached = [tuple(v.detach() for v in vs) for vs in vectors]
-        grads = per_example({n: fixed[n] for n in other_names}, loss.inputs, detached)
+        batch = loss.batch + tuple(v.detach() for vs in vectors for v in vs)
+        grads = per_example_gradients_of(contractions, {n: fixed[n] for n in other_names}, batch,
+                                         loss.random_state is not None)
         for n in other_names:
             total[n] += grads[n].pow(2).sum(0)
     return {i: total[layout.names[i]] / loss.batch_size for i in layout.other}
@@ -184,8 +197,10 @@ def capture(
     Cost: one forward pass plus one backward pass to the layer outputs per pass (one pass unless
     ``estimator`` is EXACT), plus a vmap'd per-example pass when the model has other parameters.
     """
-    with _Recorder(layout.layers) as rec:
+    check_modules(loss.model)
+    with _Recorder(layout.layers) as rec, _ParameterUses(layout) as uses:
         fresh = loss.rebuild()
+    uses.check()
     missing = [layout.layers[i].name for i in range(len(layout.layers)) if i not in rec.inputs]
     if missing:
         raise RuntimeError(f"layers {missing} were not called in the forward pass; remove them or freeze their parameters")
@@ -198,8 +213,8 @@ def capture(
         grads_per_pass.append([torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)])
     records = tuple(
         LayerRecord(
-            inputs=layer_inputs(layer, rec.inputs[i]),
-            output_grads=torch.stack([_as_locations(gs[i].detach()) for gs in grads_per_pass]),
+            inputs=layer.inputs(rec.inputs[i]),
+            output_grads=torch.stack([layer.output_gradients(gs[i].detach()) for gs in grads_per_pass]),
         )
         for i, layer in enumerate(layout.layers)
     )

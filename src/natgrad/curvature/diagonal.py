@@ -23,6 +23,9 @@ from natgrad.curvature.capture import CapturedBatch, per_example_layer_gradients
 class DiagonalCurvature(CurvatureRepresentation):
     """Diagonal of the curvature, one tensor per parameter (see the module docstring)."""
 
+    def describe(self) -> str:
+        return self.layout.describe_table(block="diagonal")
+
     def _batch_statistics(self, batch: CapturedBatch) -> dict[str, Tensor]:
         diagonal = [None] * len(self.params)
         for layer, record in zip(self.layout.layers, batch.layers):

@@ -1,13 +1,15 @@
 r"""Exact curvature oracles with torch.func: matrix-vector products and dense matrices.
 
 Notation: ``h(theta) = (1/N) sum_n sum_t L_t(z_{t,n}(theta))`` is a :class:`~natgrad.losses.Loss`,
-``J_t`` the Jacobian of term ``t``'s outputs, ``H_t`` its diagonal output curvature
+``J_t`` the Jacobian of term ``t``'s outputs, ``H_t`` its output curvature
 (:attr:`~natgrad.losses.LossTerm.curvature`). Parameters and vectors follow the order of
 ``loss.parameters()`` (the same as :class:`~natgrad.curvature.layout.ParameterLayout`); every
 product takes and returns a list of tensors aligned with it, every dense matrix is ``(P, P)``.
 
 * GGN (Schraudolph 2002; Martens 2010 §4.2): ``G v = (1/N) sum_t J_t^T H_t J_t v`` — one ``jvp``,
-  a multiplication by ``H_t`` in output space, one ``vjp``; no matrix is formed. For the VAE with
+  a multiplication by ``H_t`` in output space (diagonal, or a per-example matrix such as the
+  softmax's ``diag(p) - p p^T``; :func:`natgrad.losses.curvature_product`), one ``vjp``; no
+  matrix is formed. For the VAE with
   :class:`~natgrad.curvature.choices.CurvatureKind` ``FULL`` the likelihood Jacobian runs through
   ``z = mu + sigma * eps`` (fixed ``eps``) into the encoder and the KL term adds
   ``J_enc^T diag(1, sigma^2/2) J_enc``; ``DECODER_ONLY`` keeps the likelihood term alone.
@@ -30,7 +32,7 @@ from torch import Tensor
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 from natgrad.curvature.choices import CurvatureKind, parse_choice, select_terms
-from natgrad.losses import Loss
+from natgrad.losses import Loss, curvature_product
 
 Params = Mapping[str, Tensor]
 
@@ -81,9 +83,9 @@ class OutputJacobian:
         """``J^T u``: shaped like the point."""
         return self._pullback(tuple(cotangent))[0]
 
-    def pullback_product(self, diagonal_metric: Sequence[Tensor], tangent):
-        """``J^T diag(M) J v`` for an output-space metric given by its diagonal, per output."""
-        return self.vjp(m * u for m, u in zip(diagonal_metric, self.jvp(tangent)))
+    def pullback_product(self, metric: Sequence[Tensor], tangent):
+        """``J^T M J v`` for an output-space metric given per output by its diagonal or per-example matrix."""
+        return self.vjp(curvature_product(m, u) for m, u in zip(metric, self.jvp(tangent)))
 
 
 def _term_outputs(loss: Loss, kind: CurvatureKind):
@@ -167,11 +169,23 @@ def dense_ggn(loss: Loss, params: Params | None = None, kind: CurvatureKind | st
     """``G = (1/N) sum_t J_t^T H_t J_t`` as a ``(P, P)`` matrix (tiny models only)."""
     kind = _gauss_newton_kind(kind)
     params = _point(loss, params)
-    jacobians, curvature = jacrev(_term_outputs(loss, kind), has_aux=True)(params)
+    outputs, curvature = _term_outputs(loss, kind)(params)
+    jacobians = jacrev(lambda p: _term_outputs(loss, kind)(p)[0])(params)
+    columns = [_flatten_jacobian(jac, z.numel()).T.reshape(-1, *z.shape) for jac, z in zip(jacobians, outputs)]
+    return dense_pullback(columns, curvature)
+
+
+def dense_pullback(columns: Sequence[Tensor], metric: Sequence[Tensor]) -> Tensor:
+    """``sum_k J_k^T M_k J_k`` as a ``(P, P)`` matrix (tiny models only).
+
+    ``columns[k]`` is output ``k``'s Jacobian as ``(P, *output shape)`` (one column per parameter),
+    ``metric[k]`` its output-space matrix: the diagonal or per-example matrices
+    (:func:`natgrad.losses.curvature_product`).
+    """
     total = 0
-    for jac, c in zip(jacobians, curvature):
-        j = _flatten_jacobian(jac, c.numel())  # (N * d, P)
-        total = total + j.T @ (c.reshape(-1, 1) * j)
+    for j, m in zip(columns, metric):
+        weighted = vmap(curvature_product, in_dims=(None, 0))(m, j)  # M J, column by column
+        total = total + j.reshape(j.shape[0], -1) @ weighted.reshape(j.shape[0], -1).T
     return total
 
 
@@ -180,14 +194,36 @@ def dense_fisher(loss: Loss, params: Params | None = None) -> Tensor:
     return dense_ggn(loss, params, CurvatureKind.DECODER_ONLY)
 
 
+#: ``(params, batch) -> (N,)`` per-example values whose per-example gradients are wanted.
+PerExampleValues = Callable[[dict[str, Tensor], tuple[Tensor, ...]], Tensor]
+
+
+def per_example_gradients_of(
+    values: PerExampleValues, params: dict[str, Tensor], batch: tuple[Tensor, ...], random_forward: bool
+) -> dict[str, Tensor]:
+    """``grad_theta values(theta, batch)[n]`` for every example ``n``: ``{name: (N, *shape)}``.
+
+    A deterministic forward is differentiated one example at a time under ``vmap(grad)`` (memory of
+    one example per ``vmap`` lane). A forward that draws random numbers cannot be split into
+    examples (its noise is drawn for the whole batch and replayed), so then the whole batch's value
+    vector is differentiated with ``jacrev``: one forward, ``N`` batched backward passes.
+    """
+    if random_forward:
+        return jacrev(lambda p: values(p, batch), chunk_size=16)(params)
+
+    def one(p: dict[str, Tensor], example: tuple[Tensor, ...]) -> Tensor:
+        return values(p, tuple(t.unsqueeze(0) for t in example)).sum()
+
+    return vmap(grad(one), in_dims=(None, 0))(params, batch)
+
+
 def per_example_gradients(loss: Loss, params: Params | None = None) -> Tensor:
-    """``grad l_n`` for every example with ``vmap(grad)``: ``(N, P)``."""
-    params = _point(loss, params)
+    """``grad l_n`` for every example (:func:`per_example_gradients_of`): ``(N, P)``."""
 
-    def one(p: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
-        return sum(t.values for t in loss.evaluate(p, tuple(x.unsqueeze(0) for x in inputs))).sum()
+    def losses(p: dict[str, Tensor], batch: tuple[Tensor, ...]) -> Tensor:
+        return sum(t.values for t in loss.evaluate(p, batch))
 
-    grads = vmap(grad(one), in_dims=(None, 0))(params, loss.inputs)
+    grads = per_example_gradients_of(losses, _point(loss, params), loss.batch, loss.random_state is not None)
     return _flatten_jacobian(grads, loss.batch_size)
 
 

@@ -172,6 +172,10 @@ class TongaCurvature:
         self.factors: list[Tensor | None] = [None] * len(self.groups)  # X: (B, n_b, r)
         self.grams: list[Tensor | None] = [None] * len(self.groups)  # X^T X: (B, r, r)
 
+    def describe(self) -> str:
+        """Every parameter and its block: low-rank plus diagonal, grouped by ``config.blocks``."""
+        return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks!r})")
+
     @property
     def params(self) -> list[Tensor]:
         """The parameters every vector is aligned with."""
@@ -190,7 +194,7 @@ class TongaCurvature:
         no sampled targets); it is accepted for the shared interface.
         """
         m = self.config.examples_per_update
-        sub_batch = Loss.from_model(loss.model, tuple(t[:m] for t in loss.inputs), loss.build_terms)
+        sub_batch = loss.on_batch(tuple(t[:m] for t in loss.batch))
         flat = per_example_gradients(sub_batch)  # (m, P)
         offsets = self.layout.offsets
         return [flat[:, a:b].reshape(-1, *shape) for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)]

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from natgrad.distributions import Categorical
 from natgrad.geometry.coordinates import (
     BernoulliCoordinates,
     Coordinates,
@@ -66,11 +67,17 @@ class Divergence(ABC):
         return self._gaussian(p, q)
 
     def output_metric(self, p: object) -> tuple[Tensor, ...]:
-        """Diagonal of the local metric ``M`` in the distribution's parameters, aligned with ``p.params``.
+        """The local metric ``M`` in the distribution's parameters, aligned with ``p.params``.
+
+        Its diagonal for the factorised families; for a :class:`~natgrad.distributions.Categorical`
+        one ``(K, K)`` matrix per example.
 
         Raises:
-            NoLocalMetricError: if this divergence is not twice differentiable at ``delta = 0``.
+            NoLocalMetricError: if this divergence is not twice differentiable at ``delta = 0``, or
+                has no local metric for Categorical outputs here.
         """
+        if isinstance(p, Categorical):
+            return self._categorical_metric(p)
         coords = coordinates_of(p)
         if isinstance(coords, BernoulliCoordinates):
             return self._bernoulli_metric(coords)
@@ -88,6 +95,9 @@ class Divergence(ABC):
     @abstractmethod
     def _gaussian_metric(self, p: GaussianCoordinates) -> tuple[Tensor, ...]: ...
 
+    def _categorical_metric(self, p: Categorical) -> tuple[Tensor, ...]:
+        raise NoLocalMetricError(f"{type(self).__name__} has no local metric for Categorical outputs in natgrad")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -103,6 +113,10 @@ class FDivergence(Divergence):
 
     def _gaussian_metric(self, p: GaussianCoordinates) -> tuple[Tensor, ...]:
         return tuple(self.f_second_derivative_at_one * m for m in fisher_diagonal(p))
+
+    def _categorical_metric(self, p: Categorical) -> tuple[Tensor, ...]:
+        """``f''(1) (diag(p) - p p^T)``: the softmax's Fisher in its logits, per example."""
+        return tuple(self.f_second_derivative_at_one * m for m in p.curvature())
 
 
 # ----------------------------------------------------------------------------------------------

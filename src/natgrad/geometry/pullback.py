@@ -2,7 +2,8 @@ r"""Output-space metrics pulled back to the parameters: ``G_M = (1/N) sum_n J_n^
 
 Notation: ``theta`` is the flat parameter vector, ``z_n(theta)`` the parameters of example ``n``'s
 output distributions (decoder logits, and for a VAE also the posterior ``(mu, log sigma^2)``),
-``J_n = dz_n/dtheta`` and ``M_n`` the diagonal output-space metric of a divergence
+``J_n = dz_n/dtheta`` and ``M_n`` the output-space metric of a divergence (diagonal, or one matrix
+per example for a softmax output)
 (:meth:`~natgrad.geometry.divergences.Divergence.output_metric`). Then for the batch-mean divergence
 
 .. math::  \bar D(\theta, \theta + \delta) = \frac1N \sum_n D(p_{z_n(\theta)} \| p_{z_n(\theta+\delta)})
@@ -25,8 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
-from natgrad.curvature.exact import OutputJacobian
+from natgrad.curvature.exact import OutputJacobian, dense_pullback
 from natgrad.geometry.divergences import Divergence
+from natgrad.losses import curvature_product
 from natgrad.models import VAEOutput
 
 #: ``theta (flat) -> the output distributions on a fixed batch``.
@@ -111,13 +113,9 @@ class PulledBackMetric:
     def quadratic_form(self, v: Tensor) -> Tensor:
         """``v^T G_M v = (1/N) sum_n (J_n v)^T M_n (J_n v)`` from one forward-mode pass."""
         jv = self._jacobian.jvp(v)
-        return sum((m * j * j).sum() for m, j in zip(self.metric, jv)) / self.batch_size
+        return sum((j * curvature_product(m, j)).sum() for m, j in zip(self.metric, jv)) / self.batch_size
 
     def to_dense(self) -> Tensor:
         """The ``(P, P)`` matrix from the full Jacobian (``jacrev``); for tiny models only."""
-        jacobians = jacrev(self._fn)(self.theta)  # each (N, d_k, P)
-        dense = torch.zeros(self.dim, self.dim, dtype=self.theta.dtype)
-        for m, jac in zip(self.metric, jacobians):
-            flat = jac.reshape(-1, self.dim)
-            dense += flat.T @ (m.reshape(-1, 1) * flat)
-        return dense / self.batch_size
+        jacobians = jacrev(self._fn)(self.theta)  # each (*output shape, P)
+        return dense_pullback([jac.movedim(-1, 0) for jac in jacobians], self.metric) / self.batch_size

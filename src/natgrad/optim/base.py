@@ -66,13 +66,33 @@ _STATE = "natural_gradient"
 
 
 def check_loss(loss: Any, optimizer: str) -> Loss:
-    """``loss`` if it is a :class:`~natgrad.losses.Loss`, else a TypeError stating the closure contract."""
+    """The closure's :class:`~natgrad.losses.Loss`, once it is one and has been back-propagated.
+
+    Raises:
+        TypeError: the closure returned something else (the message states the closure contract).
+        ValueError: no parameter has a nonzero gradient: the closure forgot ``loss.value.backward()``
+            (the step would silently be near zero).
+    """
     if not isinstance(loss, Loss):
         raise TypeError(
             f"{optimizer}.step(closure): the closure must zero the gradients, build a natgrad.losses.Loss "
-            f"(e.g. build_loss(model, x)), call loss.value.backward() and return the Loss; got {type(loss).__name__}"
+            f"(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got {type(loss).__name__}"
         )
+    if all(p.grad is None or not bool(p.grad.any()) for p in loss.parameters().values()):
+        raise ValueError(f"{optimizer}.step(closure): no parameter has a gradient; the closure must call "
+                         "loss.backward() before returning the Loss")
     return loss
+
+
+def damping_fields(damping: Any) -> Any:
+    """A bare number means the initial damping: ``1.0`` is ``{"initial": 1.0}`` (other values unchanged).
+
+    Every optimizer accepts the same forms for ``damping``: a number, a mapping of
+    :class:`~natgrad.optim.config.DampingConfig` fields, or (shared step) a ``DampingConfig``.
+    """
+    if isinstance(damping, (int, float)) and not isinstance(damping, bool):
+        return {"initial": float(damping)}
+    return damping
 
 
 def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> float:
@@ -96,11 +116,13 @@ def batch_subset(loss: Loss, fraction: float) -> Loss:
 
     Every term is per-example, so slicing its outputs, values and curvature gives exactly the
     terms a forward pass on the prefix would build; statistics capture re-runs that forward with
-    hooks anyway (on ``loss.inputs``), so evaluating it here would be wasted.
+    hooks anyway (on ``loss.batch``, targets sliced with the inputs), so evaluating it here would
+    be wasted.
     """
-    inputs = batch_prefix(loss.inputs, fraction)
-    m = int(inputs[0].shape[0])
-    return Loss(loss.model, inputs, loss.build_terms, tuple(_prefix_term(t, m) for t in loss.terms))
+    batch = batch_prefix(loss.batch, fraction)
+    m = int(batch[0].shape[0])
+    inputs, targets = batch[: len(loss.inputs)], batch[len(loss.inputs):]
+    return dataclasses.replace(loss, inputs=inputs, targets=targets, terms=tuple(_prefix_term(t, m) for t in loss.terms))
 
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
@@ -155,6 +177,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
         self.generator = torch.Generator().manual_seed(seed)
         self.last_step_record: dict[str, Any] = {}
+        _log.info("%s curvature blocks:\n%s", type(self).__name__, self.describe())
         params = self._params()
         self.state[_STATE] = {
             "step": 0,
@@ -163,6 +186,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             "rejected_steps": 0,
             "previous_update": [torch.zeros_like(p) for p in params],
         }
+
+    def describe(self) -> str:
+        """A table of every trainable parameter, its shape and its curvature block (and why diagonal)."""
+        return self.curvature.describe()
 
     # ---- the step --------------------------------------------------------------------------
     @torch.no_grad()
@@ -173,6 +200,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             raise ValueError(f"{name}.step needs a closure returning a natgrad.losses.Loss")
         with torch.enable_grad():
             loss = check_loss(closure(), name)
+        self._check_learning_rate()
         state, params = self.state[_STATE], self._params()
         state["step"] += 1
         k = state["step"]
@@ -258,8 +286,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
                     for _ in candidates]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
-        inputs = batch_prefix(loss.inputs, config.model_fraction)
-        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, inputs, MODEL_DTYPES[config.model_dtype])
+        batch = batch_prefix(loss.batch, config.model_fraction)
+        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, batch, MODEL_DTYPES[config.model_dtype])
         euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
         gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
         gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)
@@ -268,6 +296,26 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             index = torch.tensor([i, len(directions) - 1] if use_previous else [i])
             steps.append(quadratic_model_coefficients(gram[index][:, index], gradient_products[index]))
         return steps
+
+    def _check_learning_rate(self) -> None:
+        """Refuse a changed group ``lr``/``momentum`` that the quadratic model would silently ignore.
+
+        With ``step.quadratic_model = False`` the group's ``lr`` and ``momentum`` *are* ``alpha`` and
+        ``mu``, so a learning-rate scheduler works; with the model they are chosen each step.
+
+        Raises:
+            ValueError: ``lr`` or ``momentum`` of the group differs from the constructed value.
+        """
+        if not self.step_config.quadratic_model:
+            return
+        group = self.param_groups[0]
+        for key in ("lr", "momentum"):
+            if group[key] != self.defaults[key]:
+                raise ValueError(
+                    f"{type(self).__name__}: param_groups[0][{key!r}] changed from {self.defaults[key]} to {group[key]} "
+                    "(a scheduler?), but the quadratic model chooses the step size and momentum, so it would be "
+                    "ignored; for a fixed or scheduled step size use step={'quadratic_model': False, "
+                    "'learning_rate': ...} and schedule param_groups[0]['lr']")
 
     def _adapts_damping(self, k: int) -> bool:
         return self.step_config.quadratic_model and k % self.damping_config.adapt_every == 0

@@ -15,7 +15,7 @@ from torch import nn
 
 from natgrad.curvature.base import CurvatureConfig
 from natgrad.curvature.diagonal import DiagonalCurvature
-from natgrad.optim.base import NaturalGradientOptimizer
+from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
 from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce
 
 
@@ -40,7 +40,7 @@ class DiagonalNaturalGradient(NaturalGradientOptimizer):
     def __init__(
         self,
         model: nn.Module,
-        damping: DampingConfig | Mapping[str, Any] | None = None,
+        damping: DampingConfig | Mapping[str, Any] | float | None = None,
         schedule: ScheduleConfig | Mapping[str, Any] | None = None,
         step: StepConfig | Mapping[str, Any] | None = None,
         curvature: CurvatureChoice | Mapping[str, Any] | None = None,
@@ -51,7 +51,7 @@ class DiagonalNaturalGradient(NaturalGradientOptimizer):
         super().__init__(
             model,
             DiagonalCurvature(model, curvature_config(choice, schedule)),
-            coerce(DampingConfig, damping, "damping"),
+            coerce(DampingConfig, damping_fields(damping), "damping"),
             schedule,
             coerce(StepConfig, step, "step"),
             seed,

@@ -47,7 +47,7 @@ from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
 from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
 from natgrad.optim.cg import CGResult, conjugate_gradient
-from natgrad.optim.config import require, require_fraction, require_nonnegative, require_period, require_positive
+from natgrad.optim.config import DampingConfig, require, require_fraction, require_nonnegative, require_period, require_positive
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
 
 _log = logging.getLogger(__name__)
@@ -111,6 +111,30 @@ class HessianFreeConfig:
         return max(1, round(1.0 / self.curvature_fraction))
 
 
+#: The keys of a damping mapping that Hessian-free understands, and the config field each sets.
+_DAMPING_KEYS = {"initial": "damping", "weight_decay": "weight_decay"}
+
+
+def hessian_free_fields(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments with ``damping`` in any form the other optimizers accept.
+
+    A number is ``lambda_0``; a mapping (or :class:`~natgrad.optim.config.DampingConfig`) gives
+    ``initial`` (``lambda_0``) and optionally ``weight_decay``; its other fields belong to K-FAC's
+    damping rule and are refused.
+
+    Raises:
+        ValueError: a damping field Hessian-free has no use for.
+    """
+    damping = hyperparameters.get("damping")
+    if isinstance(damping, DampingConfig):
+        damping = {"initial": damping.initial, "weight_decay": damping.weight_decay}
+    if not isinstance(damping, Mapping):
+        return dict(hyperparameters)
+    unknown = sorted(set(damping) - set(_DAMPING_KEYS))
+    require(not unknown, "hf.damping", unknown, f"keys among {sorted(_DAMPING_KEYS)} (Hessian-free adapts lambda by its own rule)")
+    return {**hyperparameters, **{_DAMPING_KEYS[key]: value for key, value in damping.items()}}
+
+
 def chunk_inputs(inputs: tuple[Tensor, ...], chunks: int, index: int) -> tuple[Tensor, ...]:
     """The ``index``-th of ``chunks`` consecutive slices of batch-first ``inputs``."""
     n = int(inputs[0].shape[0])
@@ -157,7 +181,8 @@ class HessianFree(SingleParameterGroup):
 
     ``step(closure)``: the closure zeroes the gradients, builds the batch's
     :class:`~natgrad.losses.Loss`, calls ``loss.value.backward()`` and returns the Loss.
-    Keyword arguments are the fields of :class:`HessianFreeConfig`.
+    Keyword arguments are the fields of :class:`HessianFreeConfig`; ``damping`` may also be a
+    mapping ``{"initial": ..., "weight_decay": ...}`` or a ``DampingConfig``, as for K-FAC.
 
     Raises:
         ValueError: an invalid hyper-parameter (the message names it, e.g. ``hf.damping``).
@@ -165,7 +190,7 @@ class HessianFree(SingleParameterGroup):
     """
 
     def __init__(self, model: nn.Module, **hyperparameters: Any) -> None:
-        self.config = HessianFreeConfig(**hyperparameters)
+        self.config = HessianFreeConfig(**hessian_free_fields(hyperparameters))
         self.model = model
         self.layout = ParameterLayout(model)
         super().__init__(self.layout.params, {})  # hyper-parameters live in self.config
@@ -209,8 +234,7 @@ class HessianFree(SingleParameterGroup):
     def _run_cg(self, loss: Loss, gradient: Tensor, state: dict) -> CGResult:
         """Steps 1-3: PCG on ``(G_chunk + (lambda + eta) I) p = -g`` from ``0.95 p_prev``."""
         config = self.config
-        inputs = chunk_inputs(loss.inputs, config.chunks, state["step"] - 1)
-        chunk = Loss.from_model(self.model, inputs, loss.build_terms)
+        chunk = loss.on_batch(chunk_inputs(loss.batch, config.chunks, state["step"] - 1))
         shift = state["damping"] + config.weight_decay
         with torch.enable_grad():
             preconditioner = self._preconditioner(chunk, shift)

@@ -24,7 +24,7 @@ from torch import nn
 
 from natgrad.curvature.kfac import KFAC as KFACCurvature
 from natgrad.curvature.kfac_tridiagonal import TridiagonalKFAC
-from natgrad.optim.base import NaturalGradientOptimizer
+from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
 from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce, require
 from natgrad.optim.diagonal import curvature_config
 
@@ -78,7 +78,7 @@ class KFAC(NaturalGradientOptimizer):
     def __init__(
         self,
         model: nn.Module,
-        damping: DampingConfig | Mapping[str, Any] | None = None,
+        damping: DampingConfig | Mapping[str, Any] | float | None = None,
         schedule: ScheduleConfig | Mapping[str, Any] | None = None,
         step: StepConfig | Mapping[str, Any] | None = None,
         curvature: CurvatureChoice | Mapping[str, Any] | None = None,
@@ -102,7 +102,7 @@ class KFAC(NaturalGradientOptimizer):
         super().__init__(
             model,
             representation,
-            coerce(DampingConfig, damping, "damping", preset),
+            coerce(DampingConfig, damping_fields(damping), "damping", preset),
             schedule,
             coerce(StepConfig, step, "step", preset),
             seed,

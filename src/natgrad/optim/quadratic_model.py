@@ -11,8 +11,8 @@ which costs far less than the ``ggn_vector_product`` of :mod:`natgrad.curvature.
 under ``torch.func.vmap`` over the stacked tangents computes the primal outputs once and each
 layer's tangent products for all directions as one batched product (for the MNIST autoencoder at
 batch 1000 about 5 forward-pass equivalents for ``k = 2`` instead of 6 with one jvp per
-direction). The Gram entries are then ``[W_i]^T [J u_j]`` with ``W = c * J u`` (one ``(k, k)``
-product per output). Tests check it against :func:`natgrad.curvature.exact.dense_ggn`.
+direction). The Gram entries are then ``[W_i]^T [J u_j]`` with ``W = H J u`` (one ``(k, k)``
+product per output; ``H`` diagonal or a per-example matrix, :func:`natgrad.losses.curvature_product`). Tests check it against :func:`natgrad.curvature.exact.dense_ggn`.
 
 ``dtype = torch.bfloat16`` (``StepConfig.model_dtype``, a departure from the paper) runs that
 pass with the parameters, floating inputs (and a VAE's noise) and directions rounded to bfloat16:
@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from natgrad.curvature.choices import CurvatureKind, select_terms
-from natgrad.losses import Loss
+from natgrad.losses import Loss, curvature_product
 
 
 def batch_prefix(inputs: Sequence[Tensor], fraction: float) -> tuple[Tensor, ...]:
@@ -45,17 +45,17 @@ def ggn_gram(
     loss: Loss,
     directions: Sequence[Sequence[Tensor]],
     kind: CurvatureKind = CurvatureKind.FULL,
-    inputs: Sequence[Tensor] | None = None,
+    batch: Sequence[Tensor] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``[u_i^T G u_j]`` at the model's current parameters, on ``inputs`` (default: the loss's batch).
+    """``[u_i^T G u_j]`` at the model's current parameters, on ``batch`` (default: the loss's batch).
 
     Args:
         loss: the :class:`~natgrad.losses.Loss` whose GGN is used.
         directions: ``k`` vectors, each a list of tensors aligned with ``loss.parameters()``.
         kind: which terms enter ``G`` (see :class:`~natgrad.curvature.choices.CurvatureKind`;
             'empirical' is not a Gauss-Newton matrix and is rejected).
-        inputs: batch-first model inputs (e.g. :func:`batch_prefix` of ``loss.inputs``).
+        batch: batch-first inputs and targets aligned with ``loss.batch`` (e.g. its :func:`batch_prefix`).
         dtype: run the forward-mode pass in this floating dtype (see module docstring); None keeps
             the parameters' own.
 
@@ -71,10 +71,10 @@ def ggn_gram(
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
     params = {name: cast(p.detach()) for name, p in loss.parameters().items()}
-    inputs = tuple(cast(t) for t in (loss.inputs if inputs is None else inputs))
+    batch = tuple(cast(t) for t in (loss.batch if batch is None else batch))
 
     def outputs(p: dict[str, Tensor]):
-        terms = select_terms(loss.evaluate(p, inputs), kind)
+        terms = select_terms(loss.evaluate(p, batch), kind)
         return tuple(z for t in terms for z in t.outputs), tuple(c for t in terms for c in t.curvature)
 
     names = list(params)
@@ -82,15 +82,13 @@ def ggn_gram(
 
     def tangent_outputs(tangent: dict[str, Tensor]):
         _, ju, curvature = jvp(outputs, (params,), (tangent,), has_aux=True)
-        return ju, curvature
+        return ju, tuple(curvature_product(c, u) for c, u in zip(curvature, ju))
 
-    # one forward-mode pass for all directions; the curvature does not depend on the tangent
-    projected, curvature = vmap(tangent_outputs, out_dims=(0, None))(tangents)
-    batch = int(inputs[0].shape[0])
+    # one forward-mode pass for all directions; a forward's noise is replayed, the same for every lane
+    projected, weighted = vmap(tangent_outputs, randomness="same")(tangents)
     k = len(directions)
     gram = torch.zeros(k, k, dtype=torch.float64)
-    for c, ju in zip(curvature, projected):  # (k, k) products, accumulated in float64
-        flat = ju.reshape(k, -1)
-        gram += (flat * c.reshape(1, -1)).double() @ flat.double().T
-    gram /= batch
+    for ju, hju in zip(projected, weighted):  # (k, k) products, accumulated in float64
+        gram += hju.reshape(k, -1).double() @ ju.reshape(k, -1).double().T
+    gram /= int(batch[0].shape[0])
     return (gram + gram.T) / 2

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from natgrad.curvature.tonga import TongaConfig, TongaCurvature
-from natgrad.optim.base import NaturalGradientOptimizer
+from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
 from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
 
 #: The shared-step settings TONGA changes from K-FAC's defaults (see the module docstring).
@@ -59,7 +59,7 @@ class TONGA(NaturalGradientOptimizer):
         self,
         model: nn.Module,
         tonga: TongaConfig | Mapping[str, Any] | None = None,
-        damping: DampingConfig | Mapping[str, Any] | None = None,
+        damping: DampingConfig | Mapping[str, Any] | float | None = None,
         schedule: ScheduleConfig | Mapping[str, Any] | None = None,
         step: StepConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -67,7 +67,7 @@ class TONGA(NaturalGradientOptimizer):
         super().__init__(
             model,
             TongaCurvature(model, coerce(TongaConfig, tonga, "tonga")),
-            _with_defaults(DampingConfig, damping, TONGA_DAMPING, "damping"),
+            _with_defaults(DampingConfig, damping_fields(damping), TONGA_DAMPING, "damping"),
             _with_defaults(ScheduleConfig, schedule, TONGA_SCHEDULE, "schedule"),
             coerce(StepConfig, step, "step"),
             seed,
