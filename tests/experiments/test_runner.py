@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from natgrad.experiments import optimizers as registry
+from natgrad.experiments.checkpoint import load_checkpoint
 from natgrad.experiments.config import RunConfig, load_toml
 from natgrad.experiments.runlog import read_log
 from natgrad.experiments.runner import RunExistsError, resume, train
@@ -36,16 +37,16 @@ every = 250
 
 
 def tiny_config(tmp_path: Path, name: str, kind: str = "autoencoder", optimizer: str = "sgd", steps: int = 60,
-                **changes) -> RunConfig:
+                lr: float = 0.01, **changes) -> RunConfig:
     values = {"batch_size": 50, "checkpoint_every": 20, "threads": 1, "out_dir": str(tmp_path / name),
               "data": {"dataset": "synthetic"}, "model": {"kind": kind, "sizes": [64, 16, 4]},
-              "optimizer": {"name": optimizer, "lr": 0.01}, "budget": {"steps": steps}, "eval": {"every": 20}}
+              "optimizer": {"name": optimizer, "lr": lr}, "budget": {"steps": steps}, "eval": {"every": 20}}
     values.update(changes)
     return RunConfig.from_dict(values)
 
 
 def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    return load_checkpoint(run_dir)["model"]
 
 
 def without_times(records: list[dict]) -> list[dict]:
@@ -102,8 +103,24 @@ def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypat
 
 def test_existing_run_is_not_overwritten(tmp_path):
     train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
-    with pytest.raises(RunExistsError, match="already holds a run; resume it with --resume"):
+    with pytest.raises(RunExistsError, match=r"already holds a run \(config.json.*resume it with --resume"):
         train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+
+
+def test_a_directory_with_part_of_a_run_is_refused_naming_the_differences_unless_forced(tmp_path):
+    """Issue 15, item 18: a directory holding only log.jsonl and result.json is not overwritten; a
+    different config is named field by field; --force replaces the run."""
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "log.jsonl").write_text("{}\n")
+    (stray / "result.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"already holds a run \(log.jsonl, result.json\)"):
+        train(tiny_config(tmp_path, "stray", steps=5), show_progress=False)
+    train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+    with pytest.raises(RunExistsError, match=r"different config \(optimizer.lr: 0.01 -> 0.5; seed: 0 -> 3\)"):
+        train(tiny_config(tmp_path, "a", steps=5, seed=3, lr=0.5), show_progress=False)
+    forced = train(tiny_config(tmp_path, "a", steps=5, seed=3), show_progress=False, force=True)
+    assert forced.status == "completed" and json.loads((forced.run_dir / "config.json").read_text())["seed"] == 3
 
 
 def test_resume_of_completed_run_does_nothing(tmp_path):
@@ -196,4 +213,39 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
     assert (stopped.status, stopped.step) == ("interrupted", 13)
     resumed = resume(stopped.run_dir, show_progress=False)
     assert (resumed.status, resumed.step, reference.step) == ("completed", 30, 30)
+    assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+# -- what happens when things go wrong (issue 15) ----------------------------------------------------
+
+def interrupted_run(tmp_path: Path, name: str, at: int, monkeypatch, **changes) -> Path:
+    """A run stopped by SIGINT after step ``at`` (checkpointed there, result.json 'interrupted')."""
+    import os
+
+    from natgrad.experiments.runner import Trainer
+
+    step = Trainer.train_step
+
+    def interrupting(self: Trainer) -> dict:
+        if self.step + 1 == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", interrupting)
+        result = train(tiny_config(tmp_path, name, **changes), show_progress=False)
+    assert (result.status, result.step) == ("interrupted", at)
+    return result.run_dir
+
+
+@pytest.mark.parametrize(("optimizer", "kind"), [("sgd", "autoencoder"), ("adam", "autoencoder"),
+                                                 ("kfac", "autoencoder"), ("kfac", "vae")])
+def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(tmp_path, monkeypatch, optimizer, kind):
+    """SGD's momentum, Adam's moments and K-FAC's factors all resume exactly; the interrupted run
+    reports the step its metrics were evaluated at (step 0 here), not only the step it stopped at."""
+    reference = train(tiny_config(tmp_path, "reference", kind, optimizer, steps=30), show_progress=False)
+    stopped = interrupted_run(tmp_path, "resumed", 13, monkeypatch, kind=kind, optimizer=optimizer, steps=30)
+    assert json.loads((stopped / "result.json").read_text())["eval_step"] == 0
+    resumed = resume(stopped, show_progress=False)
+    assert (resumed.status, resumed.step, resumed.eval_step) == ("completed", 30, 30)
     assert_same_run(reference.run_dir, resumed.run_dir)
