@@ -249,3 +249,127 @@ def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(tmp_path, mo
     resumed = resume(stopped, show_progress=False)
     assert (resumed.status, resumed.step, resumed.eval_step) == ("completed", 30, 30)
     assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_path):
+    """Item 1: what SIGKILL (or a full disk) before the first checkpoint leaves - config.json and
+    part of the log - resumes from step 0 to the result of an uninterrupted run."""
+    reference = train(tiny_config(tmp_path, "reference", steps=30), show_progress=False)
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text((reference.run_dir / "config.json").read_text())
+    (run_dir / "log.jsonl").write_text("".join((reference.run_dir / "log.jsonl").read_text().splitlines(True)[:4]))
+    resumed = resume(run_dir, show_progress=False)
+    assert (resumed.status, resumed.step) == ("completed", 30)
+    assert_same_run(reference.run_dir, run_dir)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temporaries_of_dead_writers_are_removed_on_start_and_resume(tmp_path, monkeypatch):
+    """Item 2: a writer SIGKILLed mid-checkpoint leaves .checkpoint.pt.<pid>.<uuid>.tmp; the next
+    start or resume removes it (a live writer's temporary is left alone)."""
+    import os
+
+    new = tmp_path / "new"
+    new.mkdir()
+    orphan = new / f".checkpoint.pt.{_dead_pid()}.0123abcd.tmp"
+    orphan.write_bytes(b"partial")
+    train(tiny_config(tmp_path, "new", steps=3), show_progress=False)
+    assert not orphan.exists()
+    run_dir = interrupted_run(tmp_path, "stopped", 5, monkeypatch, steps=10)
+    orphan = run_dir / f".checkpoint.pt.{_dead_pid()}.4567cdef.tmp"
+    live = run_dir / f".checkpoint.pt.{os.getppid()}.89abcdef.tmp"
+    orphan.write_bytes(b"partial")
+    live.write_bytes(b"being written")
+    assert resume(run_dir, show_progress=False).status == "completed"
+    assert not orphan.exists() and live.exists()
+
+
+def _finished_then_reopened(tmp_path: Path, name: str, monkeypatch, **changes) -> Path:
+    """A run interrupted at step 10 of 30 after checkpoints at 5 and 10 (checkpoint.prev.pt is step 5)."""
+    return interrupted_run(tmp_path, name, 10, monkeypatch, steps=30, checkpoint_every=5, **changes)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch, damage):
+    """Item 3: no raw unpickling traceback; the error names the file and says it is damaged."""
+    from natgrad.experiments.checkpoint import CheckpointError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    (run_dir / "checkpoint.prev.pt").unlink()
+    path = run_dir / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "random": bytes(range(256)) * 40, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged"):
+        resume(run_dir, show_progress=False)
+    assert (run_dir / "result.json").exists()  # nothing deleted
+
+
+def _flip_a_weight(path: Path, weight: torch.Tensor) -> None:
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(weight.numpy().tobytes()[:64])
+    data[at:at + 8] = bytes(b ^ 0x5A for b in data[at:at + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp_path, monkeypatch):
+    """Item 4: bytes flipped inside a weight are detected (never loaded as 8.9e23); with the previous
+    checkpoint present the run falls back to it and still ends bitwise like an uninterrupted run."""
+    from natgrad.experiments.checkpoint import CheckpointError
+
+    reference = train(tiny_config(tmp_path, "reference", steps=30, checkpoint_every=5), show_progress=False)
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    path = run_dir / "checkpoint.pt"
+    _flip_a_weight(path, load_checkpoint(run_dir)["model"]["encoder.0.weight"])
+    previous = (run_dir / "checkpoint.prev.pt").read_bytes()
+    (run_dir / "checkpoint.prev.pt").unlink()
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged: the checksum"):
+        resume(run_dir, show_progress=False)
+    (run_dir / "checkpoint.prev.pt").write_bytes(previous)
+    assert resume(run_dir, show_progress=False).status == "completed"
+    assert_same_run(reference.run_dir, run_dir)
+
+
+@pytest.mark.parametrize(("field", "value"), [("seed", 1), ("data.train_size", 500), ("optimizer.name", "adam"),
+                                              ("model.kind", "vae"), ("optimizer.options", {"damping": {"initial": 1}})])
+def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_anything_changes(
+        tmp_path, monkeypatch, field, value):
+    """Item 5: an edited config.json is refused naming the field; result.json and the log are untouched."""
+    from natgrad.experiments.config import ConfigError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch, optimizer="kfac")
+    config = json.loads((run_dir / "config.json").read_text())
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = {name: (run_dir / name).read_bytes() for name in ("result.json", "log.jsonl", "checkpoint.pt")}
+    with pytest.raises(ConfigError, match=f"config.json differs from the config of the run's checkpoint: {field}"):
+        resume(run_dir, show_progress=False)
+    assert before == {name: (run_dir / name).read_bytes() for name in before}
+
+
+def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_path, monkeypatch):
+    """Item 6: invalid config.json names the file; a garbage result.json does not block resuming a
+    valid checkpoint; a missing log is reported before result.json is deleted."""
+    from natgrad.experiments.config import ConfigError
+    from natgrad.experiments.runlog import RunLogError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    config = (run_dir / "config.json").read_text()
+    (run_dir / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{run_dir / 'config.json'} is not valid JSON"):
+        resume(run_dir, show_progress=False)
+    (run_dir / "config.json").write_text(config)
+    log = (run_dir / "log.jsonl").read_bytes()
+    (run_dir / "log.jsonl").unlink()
+    with pytest.raises(RunLogError, match=f"{run_dir / 'log.jsonl'} is missing"):
+        resume(run_dir, show_progress=False)
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
+    (run_dir / "log.jsonl").write_bytes(log)
+    (run_dir / "result.json").write_text("garbage")
+    assert resume(run_dir, show_progress=False).status == "completed"

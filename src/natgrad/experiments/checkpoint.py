@@ -5,8 +5,8 @@ same directory, flushed and ``fsync``-ed, ``os.replace``-d over the target (atom
 an ``fsync`` of the directory so the rename itself survives a crash. A
 process killed at any instant (SIGKILL included) leaves no half-written checkpoint behind.
 
-``checkpoint.pt`` holds ``{"format": 1, "sha256": ..., "content": bytes}``, ``content`` being the
-``torch.save`` serialisation of the state and ``sha256`` its digest, checked on load: a damaged
+``checkpoint.pt`` holds ``{"format": 1, "sha256": ..., "content": uint8 tensor}``, ``content`` being
+the ``torch.save`` serialisation of the state and ``sha256`` its digest, checked on load: a damaged
 file (truncated, overwritten, bits flipped) is refused with :class:`CheckpointError` naming it,
 never loaded as wrong weights. Each save first renames the current checkpoint to
 ``checkpoint.prev.pt``, so :func:`load_checkpoint` can fall back to the previous good one.
@@ -49,7 +49,8 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` with its checksum to ``run_dir/checkpoint.pt`` atomically, keeping the previous
     checkpoint as ``checkpoint.prev.pt``; return the path."""
     content = _serialise(state)
-    envelope = {"format": FORMAT, "sha256": hashlib.sha256(content).hexdigest(), "content": content}
+    envelope = {"format": FORMAT, "sha256": hashlib.sha256(content).hexdigest(),
+                "content": torch.frombuffer(bytearray(content), dtype=torch.uint8)}
     path = Path(run_dir) / CHECKPOINT_NAME
     atomic_write_bytes(path, _serialise(envelope), previous=Path(run_dir) / PREVIOUS_CHECKPOINT_NAME)
     return path
@@ -68,9 +69,10 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
                               f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or "content" not in envelope:
         raise CheckpointError(f"checkpoint {path} is not a natgrad checkpoint of format {FORMAT}")
-    if hashlib.sha256(envelope["content"]).hexdigest() != envelope.get("sha256"):
+    content = envelope["content"].numpy().tobytes()
+    if hashlib.sha256(content).hexdigest() != envelope.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is damaged: the checksum of its content does not match")
-    return torch.load(io.BytesIO(envelope["content"]), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(content), map_location="cpu", weights_only=False)
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
