@@ -61,3 +61,14 @@ def test_data_list_shows_the_datasets(capsys, shared_data_dir):
     assert main(["data", "list", "--data-dir", str(shared_data_dir)]) == 0
     out = capsys.readouterr().out
     assert "mnist" in out and "curves" in out and "faces" in out
+
+
+def test_out_is_used_exactly_as_given(tmp_path):
+    """Issue 15, item 12: quotes and backslashes in --out reach the run directory unchanged."""
+    from natgrad.cli import config_overrides
+    from natgrad.experiments.config import load_run_config
+
+    out = str(tmp_path / "runs" / 'it\'s "q" \\ x')
+    args = build_parser().parse_args(["train", "--out", out, "--data-dir", "d'ir"])
+    config = load_run_config(None, config_overrides(args))
+    assert (config.out_dir, config.data.data_dir) == (out, "d'ir")

@@ -373,3 +373,86 @@ def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_pat
     (run_dir / "log.jsonl").write_bytes(log)
     (run_dir / "result.json").write_text("garbage")
     assert resume(run_dir, show_progress=False).status == "completed"
+
+
+def test_a_nan_batch_rejected_by_kfac_does_not_stop_the_run(tmp_path):
+    """Items 14 and 15: fault.nan_batch_at puts a NaN in step 3's batch; K-FAC rejects that step
+    (as designed), the parameters stay finite and the run completes."""
+    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, fault={"nan_batch_at": [3]}),
+                   show_progress=False)
+    assert (result.status, result.step) == ("completed", 10)
+    steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
+    assert [r["step"] for r in steps if r["record"]["rejected"]] == [3]
+    assert all(torch.isfinite(p).all() for p in final_parameters(result.run_dir).values())
+
+
+def test_consecutive_rejected_steps_stop_the_run_as_diverged(tmp_path):
+    """Item 14: max_rejected_steps rejected steps in a row make the run diverge, saying why."""
+    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, max_rejected_steps=3,
+                               fault={"nan_batch_at": [2, 4, 5, 6, 7]}), show_progress=False)
+    assert (result.status, result.step) == ("diverged", 6)
+    saved = json.loads((result.run_dir / "result.json").read_text())
+    assert saved["status"] == "diverged" and "rejected 3 steps in a row" in saved["reason"]
+
+
+def test_non_finite_parameters_stop_the_run_as_diverged(tmp_path):
+    """Items 13 and 15: SGD takes the NaN batch's step, its parameters become NaN: diverged."""
+    result = train(tiny_config(tmp_path, "sgd", steps=10, fault={"nan_batch_at": [4]}), show_progress=False)
+    assert (result.status, result.step, result.reason) == ("diverged", 4, "non-finite parameters after step 4")
+
+
+def test_a_diverged_run_exits_non_zero_and_says_why(tmp_path, capsys):
+    """Item 13: `natgrad train` of a diverging run exits 3 and prints the reason; result.json says diverged."""
+    from natgrad.cli import EXIT_DIVERGED, main
+
+    out = tmp_path / "sgd"
+    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--set", "threads=1",
+                 "--optimizer", "sgd", "--lr", "1e6", "--steps", "30", "--no-progress", "--out", str(out)])
+    assert code == EXIT_DIVERGED
+    assert "diverged at step" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["reason"].startswith("non-finite parameters")
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    """Item 17: ENOSPC while writing the second checkpoint: a message naming the file and the cause,
+    exit status 1, no traceback; once space is back the run resumes to the uninterrupted result."""
+    import errno
+
+    from natgrad.cli import EXIT_FAILURE, main
+    from natgrad.experiments import checkpoint
+
+    config = tmp_path / "run.toml"
+    config.write_text(TINY.format(kind="autoencoder", optimizer="adam", steps=30))
+    write = checkpoint.atomic_write_bytes
+    calls: list[Path] = []
+
+    def full_disk(path, data, previous=None):
+        calls.append(Path(path))
+        if [c.name for c in calls].count("checkpoint.pt") == 2 and Path(path).name == "checkpoint.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data, previous)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    out = tmp_path / "run"
+    command = ["train", "--config", str(config), "--set", "checkpoint_every=10", "--out", str(out), "--no-progress"]
+    assert main(command) == EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert f"cannot write {out / 'checkpoint.pt'}: No space left on device; the run stopped at step 20" in error
+    assert f"--resume {out}" in error and "Traceback" not in error
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    values = {**load_toml(config), "checkpoint_every": 10, "out_dir": str(tmp_path / "reference")}
+    train(RunConfig.from_dict(values), show_progress=False)
+    assert_same_run(tmp_path / "reference", out)
+
+
+def test_an_unusable_out_directory_is_named_with_the_cause(tmp_path, capsys):
+    """Item 16: an out_dir under a regular file is an error naming the path and the cause, no traceback."""
+    from natgrad.cli import main
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--steps", "2", "--no-progress",
+                 "--out", str(out)])
+    assert code != 0
+    assert f"{out}: Not a directory" in capsys.readouterr().err
