@@ -205,6 +205,7 @@ register(Command("geometry", "the perturbation-norm study of divergences' local 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="data_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="show which datasets are found where")
+    listing.add_argument("--verify", action="store_true", help="load every dataset found and check its checksums")
     prepare = actions.add_parser("prepare", help="verify MNIST, regenerate CURVES/FACES (cached)")
     prepare.add_argument("names", nargs="+", metavar="NAME", help="mnist, curves and/or faces")
     prepare.add_argument("--seed", type=int, default=0, help="generation seed of the regenerated datasets")
@@ -221,7 +222,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from natgrad import data
 
     if args.data_action == "list":
-        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir)) + "\n")
+        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir, verify=args.verify)) + "\n")
     elif args.data_action == "prepare":
         for name in args.names:
             start = time.perf_counter()

@@ -129,9 +129,9 @@ def test_resume_of_completed_run_does_nothing(tmp_path):
     assert (again.status, again.step) == ("completed", 5)
 
 
-def _start(tmp_path: Path, name: str, kind: str, steps: int) -> tuple[subprocess.Popen, Path]:
+def _start(tmp_path: Path, name: str, kind: str, optimizer: str, steps: int) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / f"{name}.toml"
-    config.write_text(TINY.format(kind=kind, optimizer="adam", steps=steps))
+    config.write_text(TINY.format(kind=kind, optimizer=optimizer, steps=steps))
     out = tmp_path / name
     command = [sys.executable, "-m", "natgrad", "train", "--config", str(config), "--out", str(out), "--no-progress"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out
@@ -149,12 +149,12 @@ def _kill_after_checkpoint(process: subprocess.Popen, out: Path, sig: int) -> No
 
 
 def test_killed_runs_resume_bitwise_identically(tmp_path):
-    """A VAE run SIGKILLed and an autoencoder run SIGTERMed after a checkpoint, resumed, end exactly
-    like uninterrupted runs. Both run concurrently to halve the subprocess start-up cost."""
+    """A K-FAC VAE run SIGKILLed and an Adam autoencoder run SIGTERMed after a checkpoint, resumed,
+    end exactly like uninterrupted runs. Both run concurrently to halve the subprocess start-up cost."""
     steps = 800
-    cases = {"vae": (signal.SIGKILL, -signal.SIGKILL), "autoencoder": (signal.SIGTERM, 130)}
-    started = {kind: _start(tmp_path, kind, kind, steps) for kind in cases}
-    for kind, (sig, code) in cases.items():
+    cases = {"vae": ("kfac", signal.SIGKILL, -signal.SIGKILL), "autoencoder": ("adam", signal.SIGTERM, 130)}
+    started = {kind: _start(tmp_path, kind, kind, optimizer, steps) for kind, (optimizer, _, _) in cases.items()}
+    for kind, (_, sig, code) in cases.items():
         process, run_dir = started[kind]
         _kill_after_checkpoint(process, run_dir, sig)
         assert process.returncode == code, process.stderr.read().decode()
