@@ -335,8 +335,9 @@ def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp
     assert_same_run(reference.run_dir, run_dir)
 
 
-@pytest.mark.parametrize(("field", "value"), [("seed", 1), ("data.train_size", 500), ("optimizer.name", "adam"),
-                                              ("model.kind", "vae"), ("optimizer.options", {"damping": {"initial": 1}})])
+@pytest.mark.parametrize(("field", "value"), [
+    ("seed", 1), ("data.train_size", 500), ("optimizer.name", "adam"), ("model.kind", "vae"),
+    ("optimizer.options", {"damping": {"initial": 1}})])
 def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_anything_changes(
         tmp_path, monkeypatch, field, value):
     """Item 5: an edited config.json is refused naming the field; result.json and the log are untouched."""

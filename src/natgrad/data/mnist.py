@@ -3,8 +3,8 @@
 Files are looked for as ``<dir>/mnist/<name>`` then ``<dir>/<name>``, ``.gz`` or uncompressed, for
 each directory of :func:`natgrad.data.paths.data_search_path`. The first directory holding either
 image file must hold both (the dataset is read whole from one directory, never train images from one
-place and test images from another), and a corrupt file is an error (never silently skipped). The sha256 sums are those of the uncompressed
-official files (see ../shared/data/README.md).
+place and test images from another), and a corrupt file is an error (never silently skipped). The
+sha256 sums are those of the uncompressed official files (see ../shared/data/README.md).
 """
 from __future__ import annotations
 

@@ -196,7 +196,8 @@ class OptimizerConfig:
         _require(self.curvature is None or self.name in CURVATURE_OPTIMIZERS, "optimizer.curvature", self.curvature,
                  f"omitted for optimizer {self.name!r} (used by {', '.join(CURVATURE_OPTIMIZERS)})")
 
-        _require(isinstance(self.name, str) and self.name in OPTIMIZERS, "optimizer.name", self.name, ", ".join(sorted(OPTIMIZERS)))
+        _require(isinstance(self.name, str) and self.name in OPTIMIZERS, "optimizer.name", self.name,
+                 ", ".join(sorted(OPTIMIZERS)))
         lr_ok = self.lr is None or (_is_number(self.lr) and self.lr > 0)
         _require(lr_ok, "optimizer.lr", self.lr, "a finite number > 0 (or omitted)")
         _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum",
@@ -252,7 +253,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_positive_int("eval.every", self.every)
         _check_positive_int("eval.chunk_size", self.chunk_size)
-        _require(_is_count(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples, "an integer >= 0 (0 disables the IWAE bound)")
+        _require(_is_count(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples,
+                 "an integer >= 0 (0 disables the IWAE bound)")
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
         _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
 
@@ -310,7 +312,8 @@ class RunConfig:
         _check_positive_int("batch_size", self.batch_size)
         _require(self.batch_schedule in BATCH_SCHEDULES, "batch_schedule", self.batch_schedule,
                  ", ".join(BATCH_SCHEDULES))
-        _require(_is_count(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at, "an integer >= 2 (the batch reaching |train|)")
+        _require(_is_count(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at,
+                 "an integer >= 2 (the batch reaching |train|)")
         _check_optional_positive_int("threads", self.threads)
         _require(_is_count(self.seed) and self.seed >= 0, "seed",
                  self.seed, "an integer >= 0")

@@ -248,7 +248,8 @@ class Trainer:
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
         if self.rejected_in_a_row >= self.config.max_rejected_steps:
             return f"the optimizer rejected {self.rejected_in_a_row} steps in a row (max_rejected_steps)"
-        if not math.isfinite(record["loss"]) and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        finite = math.isfinite(record["loss"]) or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not finite:
             return f"non-finite parameters after step {self.step}"
         return None
 
