@@ -76,3 +76,14 @@ def test_train_help_lists_the_names_the_config_accepts(tmp_path, capsys):
     assert {"kfac", "hf", "adam", "tonga"} <= set(choices["--optimizer"])
     assert main(["train", *TINY, "--optimizer", "nope", "--out", str(tmp_path / "x")]) == 2
     assert f"allowed: {', '.join(choices['--optimizer'])}" in capsys.readouterr().err
+
+
+def test_out_is_used_exactly_as_given(tmp_path):
+    """Issue 15, item 12: quotes and backslashes in --out reach the run directory unchanged."""
+    from natgrad.cli import config_overrides
+    from natgrad.experiments.config import load_run_config
+
+    out = str(tmp_path / "runs" / 'it\'s "q" \\ x')
+    args = build_parser().parse_args(["train", "--out", out, "--data-dir", "d'ir"])
+    config = load_run_config(None, config_overrides(args))
+    assert (config.out_dir, config.data.data_dir) == (out, "d'ir")

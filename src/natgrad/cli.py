@@ -2,12 +2,15 @@
 
 Each subcommand is one :class:`Command` (a name, a help line, a function adding its arguments and a
 function running it) registered in :data:`COMMANDS`; adding a subcommand is one ``register(...)``
-call, independent of the others. ``main`` returns the process exit status: 0 on success, 2 on a
-usage or configuration error, 130 when a run was interrupted (SIGINT/SIGTERM) after checkpointing.
+call, independent of the others. ``main`` returns the process exit status: 0 on success, 1 when a
+file could not be read or written (the message names it and the cause), 2 on a usage or
+configuration error, 3 when a run diverged, 130 when a run was interrupted (SIGINT/SIGTERM) after
+checkpointing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +19,7 @@ from pathlib import Path
 
 logger = logging.getLogger("natgrad.cli")
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     for flag, (path, kind) in TRAIN_FLAGS.items():
         value = getattr(args, _flag_dest(flag))
         if value is not None:
-            overrides.append(f"{path}={value!r}" if kind is str else f"{path}={value}")
+            # a JSON string is a TOML basic string: the value arrives exactly as given (quotes, backslashes)
+            overrides.append(f"{path}={json.dumps(value)}" if kind is str else f"{path}={value}")
     return overrides + list(args.overrides)
 
 
@@ -103,10 +107,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_force_argument(parser, "replace a run already in --out (by default it is refused)")
+
+
+def _add_force_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--force", action="store_true", help=help_text)
 
 
 def _status_code(status: str) -> int:
-    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_OK
+    return {"interrupted": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}.get(status, EXIT_OK)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -118,10 +127,12 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UsageError("--resume continues a run with its saved config; give no --config, --set or other flags")
         result = resume(args.resume, show_progress=not args.no_progress)
     else:
-        result = train(load_run_config(args.config, config_overrides(args)), show_progress=not args.no_progress)
+        result = train(load_run_config(args.config, config_overrides(args)), show_progress=not args.no_progress,
+                       force=args.force)
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
-    sys.stdout.write(f"{result.status} at step {result.step} ({result.train_time:.1f}s training) in {result.run_dir}\n"
-                     f"{metrics}\n")
+    reason = f": {result.reason}" if result.reason else ""
+    sys.stdout.write(f"{result.status} at step {result.step}{reason} ({result.train_time:.1f}s training) in "
+                     f"{result.run_dir}\nmetrics at step {result.eval_step}: {metrics}\n")
     return _status_code(result.status)
 
 
@@ -137,24 +148,25 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of the base run config of every comparison (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_force_argument(parser, "rerun runs whose config differs from the one on disk (by default refused)")
 
 
 def _run_comparisons(path: Path, out: Path | None, optimizers: str | None, overrides: Sequence[str],
-                     show_progress: bool) -> int:
+                     show_progress: bool, force: bool) -> int:
     from natgrad.experiments.compare import load_comparison_suite, run_suite
     from natgrad.report.comparison import write_suite_report
 
     suite = load_comparison_suite(path, overrides=overrides,
                                   optimizers=optimizers.split(",") if optimizers else None,
                                   out_dir=str(out) if out is not None else None)
-    outcome = run_suite(suite, show_progress=show_progress)
+    outcome = run_suite(suite, show_progress=show_progress, force=force)
     report = write_suite_report(suite, outcome.run_dirs)
     sys.stdout.write(report.markdown + f"\nReport: {report.path}\n")
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    return _run_comparisons(args.config, args.out, args.optimizers, args.overrides, not args.no_progress)
+    return _run_comparisons(args.config, args.out, args.optimizers, args.overrides, not args.no_progress, args.force)
 
 
 register(Command("compare", "run several optimizers on one problem (same seeds, budget) and report",
@@ -168,13 +180,14 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of every run's config, e.g. --set budget.steps=50")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_force_argument(parser, "rerun runs whose config differs from the one on disk (by default refused)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from natgrad.experiments.compare import DEMO_CONFIG
 
     path = args.config if args.config is not None else DEMO_CONFIG
-    return _run_comparisons(path, args.out, args.optimizers, args.overrides, not args.no_progress)
+    return _run_comparisons(path, args.out, args.optimizers, args.overrides, not args.no_progress, args.force)
 
 
 register(Command("demo", "the baseline comparison on real MNIST (what `make demo` runs)",
@@ -204,6 +217,7 @@ register(Command("geometry", "the perturbation-norm study of divergences' local 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="data_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="show which datasets are found where")
+    listing.add_argument("--verify", action="store_true", help="load every dataset found and check its checksums")
     prepare = actions.add_parser("prepare", help="verify MNIST, regenerate CURVES/FACES (cached)")
     prepare.add_argument("names", nargs="+", metavar="NAME", help="mnist, curves and/or faces")
     prepare.add_argument("--seed", type=int, default=0, help="generation seed of the regenerated datasets")
@@ -220,7 +234,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from natgrad import data
 
     if args.data_action == "list":
-        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir)) + "\n")
+        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir, verify=args.verify)) + "\n")
     elif args.data_action == "prepare":
         for name in args.names:
             start = time.perf_counter()
@@ -256,6 +270,7 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
     parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_force_argument(parser, "rerun cells whose config differs from the one on disk (by default refused)")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -263,7 +278,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from natgrad.report.bench_report import write_bench_report
 
     bench = load_bench(args.config, args.overrides, args.out)
-    outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard)
+    outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard, force=args.force)
     sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
     if not args.no_report and not outcome.interrupted:
         report = write_bench_report(bench.out_dir, title=bench.title)
@@ -309,9 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(error: OSError) -> str:
+    """An OS error as ``path: cause`` (both named), or its own message when it has no path."""
+    if error.filename is None or error.strerror is None:
+        return str(error)
+    return f"cannot use {error.filename}: {error.strerror}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``natgrad`` command line; returns the exit status."""
     from natgrad.data.errors import DataError
+    from natgrad.experiments.runner import RunStoppedError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -322,4 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"natgrad {args.command}: error: {error}\n")
         return EXIT_USAGE
+    except (OSError, RunStoppedError) as error:
+        if args.verbose:
+            raise
+        message = describe_os_error(error) if isinstance(error, OSError) else str(error)
+        sys.stderr.write(f"natgrad {args.command}: error: {message}\n")
+        return EXIT_FAILURE
 

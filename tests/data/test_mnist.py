@@ -103,6 +103,7 @@ def test_corrupt_first_hit_is_an_error_not_skipped(tmp_path, shared_data_dir, ra
     corrupt = bytearray(raw_test_images)
     corrupt[-1] ^= 0x01
     path = _write(tmp_path / "cli", bytes(corrupt))
+    shutil.copy(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz", tmp_path / "cli")
     with pytest.raises(DataError, match="checksum mismatch") as info:
         load_dataset("mnist", tmp_path / "cli")
     assert str(path) in str(info.value)
@@ -110,6 +111,7 @@ def test_corrupt_first_hit_is_an_error_not_skipped(tmp_path, shared_data_dir, ra
 
 def test_missing_files_list_every_directory(isolated, tmp_path, monkeypatch):
     monkeypatch.setenv("NATGRAD_DATA", str(tmp_path / "env"))
+    (tmp_path / "cli").mkdir()
     with pytest.raises(DataError) as info:
         load_dataset("mnist", tmp_path / "cli")
     message = str(info.value)
@@ -130,3 +132,20 @@ def test_uncompressed_copy_in_data_dir_is_found(tmp_path, shared_data_dir, raw_t
 def test_unknown_name():
     with pytest.raises(DataError, match="unknown dataset 'cifar'; choose one of mnist, curves, faces"):
         load_dataset("cifar")
+
+
+def test_one_dataset_comes_whole_from_one_directory(tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch):
+    """Issue 15, item 8: train images in $NATGRAD_DATA without the test images are an error naming
+    the directory and the missing file, never completed from the next directory on the path."""
+    monkeypatch.setattr("natgrad.data.paths.shared_data_dir", lambda: shared_data_dir)
+    (tmp_path / "env").mkdir()
+    shutil.copy(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz", tmp_path / "env")
+    monkeypatch.setenv("NATGRAD_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataError, match=f"{tmp_path / 'env'} holds part of MNIST but not t10k-images-idx3-ubyte"):
+        load_dataset("mnist")
+
+
+def test_an_explicit_data_dir_that_does_not_exist_is_an_error(isolated, tmp_path):
+    """Item 9: --data-dir /nonexistent/x does not silently fall back to the search path."""
+    with pytest.raises(DataError, match=f"data directory {tmp_path / 'none'} .* does not exist"):
+        load_dataset("mnist", tmp_path / "none")

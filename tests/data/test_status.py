@@ -31,7 +31,7 @@ def test_found_original_regenerated_and_invalid(shared_data_dir, isolated, tmp_p
     assert statuses["faces"].state == "original"
     assert statuses["faces"].location == tmp_path / "newfaces_rot_single.mat"
     curves = statuses["curves"]
-    assert curves.state == "regenerated" and curves.detail == "curves-regen: 5 train / 3 test, seed 0"
+    assert curves.state == "regenerated" and curves.detail.startswith("curves-regen: 5 train / 3 test, seed 0")
     table = format_dataset_table(list(statuses.values()))
     assert table.splitlines()[0].split() == ["dataset", "state", "location", "detail"]
     assert "curves-regen: 5 train / 3 test" in table
@@ -55,3 +55,18 @@ def test_summary_line_with_pca():
     expected = pca_test_error(train.numpy(), train[:10].numpy(), 18)
     assert f"PCA-18 test error {expected:.3f} (paper 5.9)" in line
     assert "PCA" not in summarize_dataset(data)
+
+
+def test_list_says_not_verified_and_verify_finds_a_corrupt_file(isolated, tmp_path):
+    """Issue 15, item 7: `data list` does not report corrupt files as fine: it says "not verified",
+    and --verify loads the dataset, checking every checksum (MNIST goes through the same load)."""
+    cache = prepare_dataset("curves", tmp_path, recipe=CurvesRecipe(n_train=5, n_test=3), progress=False)
+    corrupt = cache / "test.npy"
+    data = bytearray(corrupt.read_bytes())
+    data[-1] ^= 0x01
+    corrupt.write_bytes(bytes(data))
+    quick = list_datasets(tmp_path)[1]
+    assert quick.state == "regenerated" and quick.detail.endswith(
+        "not verified (`natgrad data list --verify` checks the checksums)")
+    checked = list_datasets(tmp_path, verify=True)[1]
+    assert checked.state == "invalid" and str(corrupt) in checked.detail and "sha256" in checked.detail

@@ -102,10 +102,14 @@ def test_machine_info_records_cpu_cores_torch_device():
     assert {"cpu", "cores", "threads", "torch", "device"} <= set(info) and info["threads"] == 1
 
 
-def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
-    text = (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
+def autoencoder_grid_of_one_seed() -> str:
+    """:data:`TINY` without the VAE and the second seed."""
+    return (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
             .replace("seeds = [0, 1]", "seeds = [0]").replace("[model.vae.run]\nbatch_size = 50\n", ""))
-    bench = load_bench(write(tmp_path, text), out_dir=tmp_path / "out")
+
+
+def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
+    bench = load_bench(write(tmp_path, autoencoder_grid_of_one_seed()), out_dir=tmp_path / "out")
     first = run_bench(bench, show_progress=False)
     assert len(first.ran) == 3 and not first.skipped and not first.interrupted
 
@@ -134,6 +138,20 @@ def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
     assert rebuilt.ran == [cell.key]
     assert (Path(cell.config.out_dir) / "log.jsonl").read_bytes() == logs[cell.key]
     assert json.loads(bench.cell_path(cell).read_text())["curve"] == record["curve"]
+
+
+def test_a_cell_made_with_another_config_is_refused_naming_the_fields_unless_forced(tmp_path):
+    """Issue 15, item 18: a bench rerun with another learning rate into the same directory does not
+    reuse the old cells; --force reruns them."""
+    from natgrad.experiments.runner import RunExistsError
+
+    path = write(tmp_path, autoencoder_grid_of_one_seed().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["adam"]'))
+    run_bench(load_bench(path, out_dir=tmp_path / "out"), show_progress=False)
+    changed = load_bench(path, ["optimizer.lr=0.5"], out_dir=tmp_path / "out")
+    with pytest.raises(RunExistsError, match=r"different config \(optimizer\.lr: 0\.01 -> 0\.5\); pass --force"):
+        run_bench(changed, show_progress=False)
+    assert run_bench(changed, show_progress=False, force=True).ran == [changed.cells[0].key]
+    assert json.loads(changed.cell_path(changed.cells[0]).read_text())["config"]["optimizer"]["lr"] == 0.5
 
 
 def test_smoke_config_end_to_end(tmp_path, capsys):

@@ -91,3 +91,25 @@ def test_a_label_may_set_its_own_batch_and_model(tmp_path):
     assert ae.runs["sgd"][0].batch_size == 50 and ae.runs["adam"][0].batch_size == 25
     assert (vae.runs["adam"][0].model.kind, vae.runs["adam"][0].model.activation) == ("vae", "tanh")
     assert ae.runs["adam"][0].model.sizes == [64, 16, 4] and ae.runs["sgd"][0].model.activation is None
+
+
+def one_sgd_run(tmp_path: Path, overrides: list[str]):
+    """The smoke suite cut down to its first comparison, SGD, seed 0."""
+    suite = load_comparison_suite(SMOKE, out_dir=str(tmp_path), optimizers=["sgd"], overrides=overrides)
+    suite.comparisons = suite.comparisons[:1]
+    suite.comparisons[0].runs["sgd"] = suite.comparisons[0].runs["sgd"][:1]
+    return suite
+
+
+def test_a_run_made_with_another_config_is_refused_naming_the_fields_unless_forced(tmp_path):
+    """Issue 15, item 18: changing a learning rate and rerunning into the same directory does not
+    silently report the old runs; --force reruns them."""
+    from natgrad.experiments.runner import RunExistsError
+
+    run_suite(one_sgd_run(tmp_path, []), show_progress=False)
+    changed = one_sgd_run(tmp_path, ["optimizer.lr=0.5"])
+    with pytest.raises(RunExistsError, match=r"different config \(optimizer\.lr: .* -> 0\.5\); pass --force"):
+        run_suite(changed, show_progress=False)
+    run_suite(changed, show_progress=False, force=True)
+    run_dir = Path(changed.comparisons[0].runs["sgd"][0].out_dir)
+    assert json.loads((run_dir / "config.json").read_text())["optimizer"]["lr"] == 0.5

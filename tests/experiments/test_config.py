@@ -24,6 +24,20 @@ INVALID = [
     ({"batch_full_at": 1}, r"batch_full_at = 1 is invalid; allowed: an integer >= 2"),
     ({"optimiser": {}}, r"unknown key\(s\) optimiser; allowed: .*optimizer"),
     ({"optimizer": {"learning_rate": 1.0}}, r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr"),
+    # issue 15, item 10: booleans are not numbers, non-finite values are refused
+    ({"optimizer": {"lr": True}}, r"optimizer\.lr = True is invalid; allowed: a finite number > 0"),
+    ({"optimizer": {"momentum": False}}, r"optimizer\.momentum = False is invalid"),
+    ({"optimizer": {"betas": [0.9, True]}}, r"optimizer\.betas = \[0\.9, True\] is invalid"),
+    ({"optimizer": {"eps": float("inf")}}, r"optimizer\.eps = inf is invalid; allowed: a finite number > 0"),
+    ({"optimizer": {"lr": float("nan")}}, r"optimizer\.lr = nan is invalid"),
+    ({"budget": {"seconds": True}}, r"budget\.seconds = True is invalid; allowed: a finite number > 0"),
+    ({"budget": {"seconds": float("inf")}}, r"budget\.seconds = inf is invalid"),
+    ({"model": {"sizes": [64, True, 4]}}, r"model\.sizes = \[64, True, 4\] is invalid"),
+    ({"optimizer": {"name": {"a": 1}}}, r"optimizer\.name = \{'a': 1\} is invalid"),
+    # item 11: a wrong type is refused naming the field, not a TypeError later
+    ({"data": {"data_dir": 5}}, r"data\.data_dir = 5 is invalid; allowed: a directory path as a string"),
+    ({"max_rejected_steps": 0}, r"max_rejected_steps = 0 is invalid; allowed: an integer >= 1"),
+    ({"fault": {"nan_batch_at": [0]}}, r"fault\.nan_batch_at = \[0\] is invalid; allowed: a list of step numbers"),
 ]
 
 
@@ -62,6 +76,28 @@ def test_override_errors_are_explicit(tmp_path):
     bad.write_text("batch_size = = 3")
     with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
         load_run_config(bad)
+
+
+
+def test_unreadable_config_files_are_named(tmp_path):
+    """Issue 15, item 11: a directory or a non-UTF-8 file given as --config is refused naming it."""
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a directory"):
+        load_run_config(tmp_path)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("title = 'caf\u00e9'".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"config file {latin} is not UTF-8 text"):
+        load_run_config(latin)
+
+
+def test_a_non_table_optimizer_option_names_the_field():
+    """Item 11: --set optimizer.options.damping='high' says what is wrong and how to fix it."""
+    from torch import nn
+
+    from natgrad.experiments.optimizers import build_optimizer
+
+    config = RunConfig.from_dict({"optimizer": {"name": "kfac", "options": {"damping": "high"}}})
+    with pytest.raises(ValueError, match=r"optimizer\.options\.damping = 'high' is invalid; allowed: a table"):
+        build_optimizer(nn.Sequential(nn.Linear(2, 2)), config.optimizer)
 
 
 def test_parse_value():

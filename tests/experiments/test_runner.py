@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from natgrad.experiments import optimizers as registry
+from natgrad.experiments.checkpoint import load_checkpoint
 from natgrad.experiments.config import RunConfig, load_toml
 from natgrad.experiments.runlog import read_log
 from natgrad.experiments.runner import RunExistsError, resume, train
@@ -36,16 +37,16 @@ every = 250
 
 
 def tiny_config(tmp_path: Path, name: str, kind: str = "autoencoder", optimizer: str = "sgd", steps: int = 60,
-                **changes) -> RunConfig:
+                lr: float = 0.01, **changes) -> RunConfig:
     values = {"batch_size": 50, "checkpoint_every": 20, "threads": 1, "out_dir": str(tmp_path / name),
               "data": {"dataset": "synthetic"}, "model": {"kind": kind, "sizes": [64, 16, 4]},
-              "optimizer": {"name": optimizer, "lr": 0.01}, "budget": {"steps": steps}, "eval": {"every": 20}}
+              "optimizer": {"name": optimizer, "lr": lr}, "budget": {"steps": steps}, "eval": {"every": 20}}
     values.update(changes)
     return RunConfig.from_dict(values)
 
 
 def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    return load_checkpoint(run_dir)["model"]
 
 
 def without_times(records: list[dict]) -> list[dict]:
@@ -102,8 +103,24 @@ def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypat
 
 def test_existing_run_is_not_overwritten(tmp_path):
     train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
-    with pytest.raises(RunExistsError, match="already holds a run; resume it with --resume"):
+    with pytest.raises(RunExistsError, match=r"already holds a run \(config.json.*resume it with --resume"):
         train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+
+
+def test_a_directory_with_part_of_a_run_is_refused_naming_the_differences_unless_forced(tmp_path):
+    """Issue 15, item 18: a directory holding only log.jsonl and result.json is not overwritten; a
+    different config is named field by field; --force replaces the run."""
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "log.jsonl").write_text("{}\n")
+    (stray / "result.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"already holds a run \(log.jsonl, result.json\)"):
+        train(tiny_config(tmp_path, "stray", steps=5), show_progress=False)
+    train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
+    with pytest.raises(RunExistsError, match=r"different config \(optimizer.lr: 0.01 -> 0.5; seed: 0 -> 3\)"):
+        train(tiny_config(tmp_path, "a", steps=5, seed=3, lr=0.5), show_progress=False)
+    forced = train(tiny_config(tmp_path, "a", steps=5, seed=3), show_progress=False, force=True)
+    assert forced.status == "completed" and json.loads((forced.run_dir / "config.json").read_text())["seed"] == 3
 
 
 def test_resume_of_completed_run_does_nothing(tmp_path):
@@ -112,9 +129,9 @@ def test_resume_of_completed_run_does_nothing(tmp_path):
     assert (again.status, again.step) == ("completed", 5)
 
 
-def _start(tmp_path: Path, name: str, kind: str, steps: int) -> tuple[subprocess.Popen, Path]:
+def _start(tmp_path: Path, name: str, kind: str, optimizer: str, steps: int) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / f"{name}.toml"
-    config.write_text(TINY.format(kind=kind, optimizer="adam", steps=steps))
+    config.write_text(TINY.format(kind=kind, optimizer=optimizer, steps=steps))
     out = tmp_path / name
     command = [sys.executable, "-m", "natgrad", "train", "--config", str(config), "--out", str(out), "--no-progress"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out
@@ -132,12 +149,12 @@ def _kill_after_checkpoint(process: subprocess.Popen, out: Path, sig: int) -> No
 
 
 def test_killed_runs_resume_bitwise_identically(tmp_path):
-    """A VAE run SIGKILLed and an autoencoder run SIGTERMed after a checkpoint, resumed, end exactly
-    like uninterrupted runs. Both run concurrently to halve the subprocess start-up cost."""
+    """A K-FAC VAE run SIGKILLed and an Adam autoencoder run SIGTERMed after a checkpoint, resumed,
+    end exactly like uninterrupted runs. Both run concurrently to halve the subprocess start-up cost."""
     steps = 800
-    cases = {"vae": (signal.SIGKILL, -signal.SIGKILL), "autoencoder": (signal.SIGTERM, 130)}
-    started = {kind: _start(tmp_path, kind, kind, steps) for kind in cases}
-    for kind, (sig, code) in cases.items():
+    cases = {"vae": ("kfac", signal.SIGKILL, -signal.SIGKILL), "autoencoder": ("adam", signal.SIGTERM, 130)}
+    started = {kind: _start(tmp_path, kind, kind, optimizer, steps) for kind, (optimizer, _, _) in cases.items()}
+    for kind, (_, sig, code) in cases.items():
         process, run_dir = started[kind]
         _kill_after_checkpoint(process, run_dir, sig)
         assert process.returncode == code, process.stderr.read().decode()
@@ -209,3 +226,246 @@ def test_evaluation_every_seconds_of_training(tmp_path, monkeypatch):
     steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
     assert all(r["time"] == r["step"] for r in steps)  # each step takes one tick of the fake clock
     assert [e["step"] for e in evals] == [0, 3, 5, 8, 9]  # crossings of 2.5, 5, 7.5; then the final one
+
+
+# -- what happens when things go wrong (issue 15) ----------------------------------------------------
+
+def interrupted_run(tmp_path: Path, name: str, at: int, monkeypatch, **changes) -> Path:
+    """A run stopped by SIGINT after step ``at`` (checkpointed there, result.json 'interrupted')."""
+    import os
+
+    from natgrad.experiments.runner import Trainer
+
+    step = Trainer.train_step
+
+    def interrupting(self: Trainer) -> dict:
+        if self.step + 1 == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", interrupting)
+        result = train(tiny_config(tmp_path, name, **changes), show_progress=False)
+    assert (result.status, result.step) == ("interrupted", at)
+    return result.run_dir
+
+
+@pytest.mark.parametrize(("optimizer", "kind"), [("sgd", "autoencoder"), ("adam", "autoencoder"),
+                                                 ("kfac", "autoencoder"), ("kfac", "vae")])
+def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(tmp_path, monkeypatch, optimizer, kind):
+    """SGD's momentum, Adam's moments and K-FAC's factors all resume exactly; the interrupted run
+    reports the step its metrics were evaluated at (step 0 here), not only the step it stopped at."""
+    reference = train(tiny_config(tmp_path, "reference", kind, optimizer, steps=30), show_progress=False)
+    stopped = interrupted_run(tmp_path, "resumed", 13, monkeypatch, kind=kind, optimizer=optimizer, steps=30)
+    assert json.loads((stopped / "result.json").read_text())["eval_step"] == 0
+    resumed = resume(stopped, show_progress=False)
+    assert (resumed.status, resumed.step, resumed.eval_step) == ("completed", 30, 30)
+    assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_path):
+    """Item 1: what SIGKILL (or a full disk) before the first checkpoint leaves - config.json and
+    part of the log - resumes from step 0 to the result of an uninterrupted run."""
+    reference = train(tiny_config(tmp_path, "reference", steps=30), show_progress=False)
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text((reference.run_dir / "config.json").read_text())
+    (run_dir / "log.jsonl").write_text("".join((reference.run_dir / "log.jsonl").read_text().splitlines(True)[:4]))
+    resumed = resume(run_dir, show_progress=False)
+    assert (resumed.status, resumed.step) == ("completed", 30)
+    assert_same_run(reference.run_dir, run_dir)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temporaries_of_dead_writers_are_removed_on_start_and_resume(tmp_path, monkeypatch):
+    """Item 2: a writer SIGKILLed mid-checkpoint leaves .checkpoint.pt.<pid>.<uuid>.tmp; the next
+    start or resume removes it (a live writer's temporary is left alone)."""
+    import os
+
+    new = tmp_path / "new"
+    new.mkdir()
+    orphan = new / f".checkpoint.pt.{_dead_pid()}.0123abcd.tmp"
+    orphan.write_bytes(b"partial")
+    train(tiny_config(tmp_path, "new", steps=3), show_progress=False)
+    assert not orphan.exists()
+    run_dir = interrupted_run(tmp_path, "stopped", 5, monkeypatch, steps=10)
+    orphan = run_dir / f".checkpoint.pt.{_dead_pid()}.4567cdef.tmp"
+    live = run_dir / f".checkpoint.pt.{os.getppid()}.89abcdef.tmp"
+    orphan.write_bytes(b"partial")
+    live.write_bytes(b"being written")
+    assert resume(run_dir, show_progress=False).status == "completed"
+    assert not orphan.exists() and live.exists()
+
+
+def _finished_then_reopened(tmp_path: Path, name: str, monkeypatch, **changes) -> Path:
+    """A run interrupted at step 10 of 30 after checkpoints at 5 and 10 (checkpoint.prev.pt is step 5)."""
+    return interrupted_run(tmp_path, name, 10, monkeypatch, steps=30, checkpoint_every=5, **changes)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch, damage):
+    """Item 3: no raw unpickling traceback; the error names the file and says it is damaged."""
+    from natgrad.experiments.checkpoint import CheckpointError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    (run_dir / "checkpoint.prev.pt").unlink()
+    path = run_dir / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "random": bytes(range(256)) * 40, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged"):
+        resume(run_dir, show_progress=False)
+    assert (run_dir / "result.json").exists()  # nothing deleted
+
+
+def _flip_a_weight(path: Path, weight: torch.Tensor) -> None:
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(weight.numpy().tobytes()[:64])
+    data[at:at + 8] = bytes(b ^ 0x5A for b in data[at:at + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp_path, monkeypatch):
+    """Item 4: bytes flipped inside a weight are detected (never loaded as 8.9e23); with the previous
+    checkpoint present the run falls back to it and still ends bitwise like an uninterrupted run."""
+    from natgrad.experiments.checkpoint import CheckpointError
+
+    reference = train(tiny_config(tmp_path, "reference", steps=30, checkpoint_every=5), show_progress=False)
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    path = run_dir / "checkpoint.pt"
+    _flip_a_weight(path, load_checkpoint(run_dir)["model"]["encoder.0.weight"])
+    previous = (run_dir / "checkpoint.prev.pt").read_bytes()
+    (run_dir / "checkpoint.prev.pt").unlink()
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged: the checksum"):
+        resume(run_dir, show_progress=False)
+    (run_dir / "checkpoint.prev.pt").write_bytes(previous)
+    assert resume(run_dir, show_progress=False).status == "completed"
+    assert_same_run(reference.run_dir, run_dir)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seed", 1), ("data.train_size", 500), ("optimizer.name", "adam"), ("model.kind", "vae"),
+    ("optimizer.options", {"damping": {"initial": 1}})])
+def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_anything_changes(
+        tmp_path, monkeypatch, field, value):
+    """Item 5: an edited config.json is refused naming the field; result.json and the log are untouched."""
+    from natgrad.experiments.config import ConfigError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch, optimizer="kfac")
+    config = json.loads((run_dir / "config.json").read_text())
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = {name: (run_dir / name).read_bytes() for name in ("result.json", "log.jsonl", "checkpoint.pt")}
+    with pytest.raises(ConfigError, match=f"config.json differs from the config of the run's checkpoint: {field}"):
+        resume(run_dir, show_progress=False)
+    assert before == {name: (run_dir / name).read_bytes() for name in before}
+
+
+def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_path, monkeypatch):
+    """Item 6: invalid config.json names the file; a garbage result.json does not block resuming a
+    valid checkpoint; a missing log is reported before result.json is deleted."""
+    from natgrad.experiments.config import ConfigError
+    from natgrad.experiments.runlog import RunLogError
+
+    run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
+    config = (run_dir / "config.json").read_text()
+    (run_dir / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{run_dir / 'config.json'} is not valid JSON"):
+        resume(run_dir, show_progress=False)
+    (run_dir / "config.json").write_text(config)
+    log = (run_dir / "log.jsonl").read_bytes()
+    (run_dir / "log.jsonl").unlink()
+    with pytest.raises(RunLogError, match=f"{run_dir / 'log.jsonl'} is missing"):
+        resume(run_dir, show_progress=False)
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
+    (run_dir / "log.jsonl").write_bytes(log)
+    (run_dir / "result.json").write_text("garbage")
+    assert resume(run_dir, show_progress=False).status == "completed"
+
+
+def test_a_nan_batch_rejected_by_kfac_does_not_stop_the_run(tmp_path):
+    """Items 14 and 15: fault.nan_batch_at puts a NaN in step 3's batch; K-FAC rejects that step
+    (as designed), the parameters stay finite and the run completes."""
+    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, fault={"nan_batch_at": [3]}),
+                   show_progress=False)
+    assert (result.status, result.step) == ("completed", 10)
+    steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
+    assert [r["step"] for r in steps if r["record"]["rejected"]] == [3]
+    assert all(torch.isfinite(p).all() for p in final_parameters(result.run_dir).values())
+
+
+def test_consecutive_rejected_steps_stop_the_run_as_diverged(tmp_path):
+    """Item 14: max_rejected_steps rejected steps in a row make the run diverge, saying why."""
+    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, max_rejected_steps=3,
+                               fault={"nan_batch_at": [2, 4, 5, 6, 7]}), show_progress=False)
+    assert (result.status, result.step) == ("diverged", 6)
+    saved = json.loads((result.run_dir / "result.json").read_text())
+    assert saved["status"] == "diverged" and "rejected 3 steps in a row" in saved["reason"]
+
+
+def test_non_finite_parameters_stop_the_run_as_diverged(tmp_path):
+    """Items 13 and 15: SGD takes the NaN batch's step, its parameters become NaN: diverged."""
+    result = train(tiny_config(tmp_path, "sgd", steps=10, fault={"nan_batch_at": [4]}), show_progress=False)
+    assert (result.status, result.step, result.reason) == ("diverged", 4, "non-finite parameters after step 4")
+
+
+def test_a_diverged_run_exits_non_zero_and_says_why(tmp_path, capsys):
+    """Item 13: `natgrad train` of a diverging run exits 3 and prints the reason; result.json says diverged."""
+    from natgrad.cli import EXIT_DIVERGED, main
+
+    out = tmp_path / "sgd"
+    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--set", "threads=1",
+                 "--optimizer", "sgd", "--lr", "1e6", "--steps", "30", "--no-progress", "--out", str(out)])
+    assert code == EXIT_DIVERGED
+    assert "diverged at step" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["reason"].startswith("non-finite parameters")
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    """Item 17: ENOSPC while writing the second checkpoint: a message naming the file and the cause,
+    exit status 1, no traceback; once space is back the run resumes to the uninterrupted result."""
+    import errno
+
+    from natgrad.cli import EXIT_FAILURE, main
+    from natgrad.experiments import checkpoint
+
+    config = tmp_path / "run.toml"
+    config.write_text(TINY.format(kind="autoencoder", optimizer="adam", steps=30))
+    write = checkpoint.atomic_write_bytes
+    calls: list[Path] = []
+
+    def full_disk(path, data, previous=None):
+        calls.append(Path(path))
+        if [c.name for c in calls].count("checkpoint.pt") == 2 and Path(path).name == "checkpoint.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data, previous)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    out = tmp_path / "run"
+    command = ["train", "--config", str(config), "--set", "checkpoint_every=10", "--out", str(out), "--no-progress"]
+    assert main(command) == EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert f"cannot write {out / 'checkpoint.pt'}: No space left on device; the run stopped at step 20" in error
+    assert f"--resume {out}" in error and "Traceback" not in error
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    values = {**load_toml(config), "checkpoint_every": 10, "out_dir": str(tmp_path / "reference")}
+    train(RunConfig.from_dict(values), show_progress=False)
+    assert_same_run(tmp_path / "reference", out)
+
+
+def test_an_unusable_out_directory_is_named_with_the_cause(tmp_path, capsys):
+    """Item 16: an out_dir under a regular file is an error naming the path and the cause, no traceback."""
+    from natgrad.cli import main
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--steps", "2", "--no-progress",
+                 "--out", str(out)])
+    assert code != 0
+    assert f"{out}: Not a directory" in capsys.readouterr().err

@@ -52,6 +52,16 @@ def test_summary_statistics_over_seeds():
     assert default_target(runs, "reconstruction_error") == 5.0
 
 
+def test_diverged_seeds_are_marked_in_the_table():
+    """Issue 15, item 13: a comparison's table says how many seeds of an optimizer diverged."""
+    from dataclasses import replace
+
+    seeds = [curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0]),
+             replace(curves([10.0, math.nan], [11.0, math.nan], [0.0, 1.0]), status="diverged")]
+    table = comparison_table([summarise("adam", seeds, "reconstruction_error", target=6.0)])
+    assert "| adam | 2 (1 diverged) | 6 |" in table
+
+
 def test_plot_writes_png_and_pdf(tmp_path):
     runs = {"sgd": [curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
                     curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0])],

@@ -25,9 +25,13 @@ FORMAT_VERSION = 1
 _CHUNK = 1 << 22
 
 
-def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
+def atomic_write_bytes(dest: str | Path, data: bytes, previous: Path | None = None) -> None:
     """Write ``data`` to ``dest`` via a temporary file, fsync, ``os.replace`` and an fsync of the
     directory (so the rename itself survives a crash); no partial file ever remains at ``dest``.
+
+    With ``previous``, an existing ``dest`` is first renamed to ``previous`` (kept as a fallback), so
+    at every instant one of the two holds a complete file. The temporary file is named
+    ``.<name>.<pid>.<random>.tmp``; :func:`remove_stale_temporaries` removes those of dead writers.
 
     The one atomic writer of natgrad: data caches and training checkpoints both use it.
     """
@@ -38,6 +42,8 @@ def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and dest.exists():
+            os.replace(dest, previous)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -47,6 +53,28 @@ def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _writer_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write_bytes` in ``directory`` whose writer process
+    is dead (killed mid-write); return them. Temporaries of live writers are left alone."""
+    stale = []
+    for path in directory.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 3)[-3] if path.name.count(".") >= 4 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _writer_is_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
 
 
 def file_sha256(path: Path) -> str:

@@ -30,7 +30,7 @@ import torch
 from natgrad.data import curves, faces, mnist, sources
 from natgrad.data.cache import file_sha256, read_cache, read_manifest, write_cache
 from natgrad.data.errors import DataError
-from natgrad.data.paths import data_search_path, find_file, writable_data_dir
+from natgrad.data.paths import data_search_path, find_file, require_data_dir, writable_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +124,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, split_train_s
         split_train_size: keep only the first ``split_train_size`` training images (quick runs).
 
     Raises:
-        DataError: unknown name, missing files (listing every directory searched), corrupt files
-            or caches (naming the file and the problem), or a bad ``split_train_size``.
+        DataError: unknown name, a ``data_dir`` that does not exist, missing files (listing every
+            directory searched), corrupt files or caches (naming the file and the problem), or a bad
+            ``split_train_size``.
     """
     _check_name(name)
+    require_data_dir(data_dir)
     label, train, test, source = _load_arrays(name, data_search_path(data_dir))
     if split_train_size is not None:
         if not 1 <= split_train_size <= len(train):

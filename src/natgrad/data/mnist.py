@@ -1,9 +1,10 @@
 """MNIST from the original IDX files: locate on the search path, verify, scale to [0, 1].
 
 Files are looked for as ``<dir>/mnist/<name>`` then ``<dir>/<name>``, ``.gz`` or uncompressed, for
-each directory of :func:`natgrad.data.paths.data_search_path`; the first hit is used and a corrupt
-first hit is an error (never silently skipped). The sha256 sums are those of the uncompressed
-official files (see ../shared/data/README.md).
+each directory of :func:`natgrad.data.paths.data_search_path`. The first directory holding either
+image file must hold both (the dataset is read whole from one directory, never train images from one
+place and test images from another), and a corrupt file is an error (never silently skipped). The
+sha256 sums are those of the uncompressed official files (see ../shared/data/README.md).
 """
 from __future__ import annotations
 
@@ -55,28 +56,34 @@ def candidate_names(name: str) -> list[str]:
     return [f"mnist/{name}.gz", f"mnist/{name}", f"{name}.gz", name]
 
 
-def locate(name: str, search_path: list[Path]) -> Path:
-    """The first copy of IDX file ``name`` on the search path.
+def locate_images(search_path: list[Path]) -> dict[str, Path]:
+    """The train and test image files, both from the first search directory that holds either.
 
     Raises:
-        DataError: listing every directory searched when there is none.
+        DataError: that directory lacks one of them (naming it and the directory), or no directory
+            holds any (listing every directory searched).
     """
-    path = find_file(candidate_names(name), search_path)
-    if path is None:
-        searched = "\n  ".join(str(d) for d in search_path)
-        raise DataError(
-            f"MNIST file {name}.gz not found; looked in (as mnist/{name}[.gz] and {name}[.gz]):\n  {searched}\n"
-            "Run `natgrad data download mnist` or pass --data-dir."
-        )
-    return path
+    for directory in search_path:
+        found = {split: find_file(candidate_names(spec.name), [directory]) for split, spec in IMAGES.items()}
+        missing = [IMAGES[split].name for split, path in found.items() if path is None]
+        if not missing:
+            return found
+        if len(missing) < len(found):
+            raise DataError(f"{directory} holds part of MNIST but not {', '.join(missing)}[.gz]; a dataset is read "
+                            "whole from one directory: add the missing file there or remove the others")
+    name = IMAGES["train"].name
+    searched = "\n  ".join(str(d) for d in search_path)
+    raise DataError(
+        f"MNIST file {name}.gz not found; looked in (as mnist/{name}[.gz] and {name}[.gz]):\n  {searched}\n"
+        "Run `natgrad data download mnist` or pass --data-dir."
+    )
 
 
 def load_mnist_arrays(search_path: list[Path]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """Verified MNIST images as float32 in [0, 1] (pixel / 255): train (60000, 784), test (10000, 784)."""
     arrays, sources = [], []
-    for split in ("train", "test"):
+    for split, path in locate_images(search_path).items():
         spec = IMAGES[split]
-        path = locate(spec.name, search_path)
         pixels = read_idx_images(path, sha256=spec.sha256, count=spec.count)
         arrays.append(pixels.astype(np.float32) / np.float32(255.0))
         sources.append(path)

@@ -55,6 +55,17 @@ def data_search_path(data_dir: str | Path | None = None) -> list[Path]:
     return _unique([explicit, _env_dir(), shared_data_dir(), user_cache_dir()])
 
 
+def require_data_dir(data_dir: str | Path | None) -> None:
+    """Refuse an explicitly given data directory that does not exist (it is never silently skipped).
+
+    Raises:
+        DataError: naming the directory.
+    """
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"data directory {data_dir} (--data-dir or data.data_dir) does not exist or is not a "
+                        "directory; fix the path or omit it to use the search path")
+
+
 def find_file(candidates: Iterable[str], search_path: list[Path]) -> Path | None:
     """First existing ``directory / candidate`` over the search path (directory-major order)."""
     names = list(candidates)

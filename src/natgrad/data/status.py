@@ -1,26 +1,33 @@
 """What is found where and what it looks like: the data layer's half of ``natgrad data list|prepare``.
 
-Checks presence and manifests only (cheap); full checksums are verified when a dataset is loaded.
+By default checks presence and manifests only (cheap) and says "not verified"; with ``verify`` every
+dataset found is loaded, which checks every checksum (as training does).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from natgrad.data import mnist, sources
 from natgrad.data.cache import read_manifest
 from natgrad.data.calibration import PAPER_PCA_ERROR, pca_test_error
-from natgrad.data.datasets import DATASET_NAMES, Dataset, DatasetStatus, cache_dir_name, find_cache
+from natgrad.data.datasets import DATASET_NAMES, Dataset, DatasetStatus, cache_dir_name, find_cache, load_dataset
 from natgrad.data.errors import DataError
-from natgrad.data.paths import data_search_path, find_file
+from natgrad.data.paths import data_search_path, find_file, require_data_dir
+
+NOT_VERIFIED = "not verified (`natgrad data list --verify` checks the checksums)"
 
 
 def _mnist_status(search_path: list[Path]) -> DatasetStatus:
-    found = [find_file(mnist.candidate_names(spec.name), search_path) for spec in mnist.IMAGES.values()]
-    if all(found):
-        return DatasetStatus("mnist", "original", found[0].parent, "60000 train / 10000 test (IDX)", search_path)
-    absent = [spec.name for spec, path in zip(mnist.IMAGES.values(), found) if path is None]
-    return DatasetStatus("mnist", "missing", None, f"missing {', '.join(absent)}; run `natgrad data download mnist`",
-                         search_path)
+    if not any(find_file(mnist.candidate_names(spec.name), search_path) for spec in mnist.IMAGES.values()):
+        names = ", ".join(spec.name for spec in mnist.IMAGES.values())
+        return DatasetStatus("mnist", "missing", None, f"missing {names}; run `natgrad data download mnist`",
+                             search_path)
+    try:
+        found = mnist.locate_images(search_path)
+    except DataError as exc:
+        return DatasetStatus("mnist", "invalid", None, str(exc), search_path)
+    return DatasetStatus("mnist", "original", found["train"].parent, "60000 train / 10000 test (IDX)", search_path)
 
 
 def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
@@ -40,10 +47,30 @@ def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
     return DatasetStatus(name, "regenerated", cache, detail, search_path)
 
 
-def list_datasets(data_dir: str | Path | None = None) -> list[DatasetStatus]:
-    """One status per dataset in :data:`DATASET_NAMES`, with the directories searched."""
+def _verified(status: DatasetStatus, data_dir: str | Path | None) -> DatasetStatus:
+    """``status`` after loading its dataset (every checksum checked): 'verified', or 'invalid' with why."""
+    try:
+        load_dataset(status.name, data_dir)
+    except DataError as exc:
+        return replace(status, state="invalid", detail=str(exc))
+    return replace(status, detail=f"{status.detail}, verified")
+
+
+def list_datasets(data_dir: str | Path | None = None, verify: bool = False) -> list[DatasetStatus]:
+    """One status per dataset in :data:`DATASET_NAMES`, with the directories searched; a dataset
+    found is marked "not verified", or with ``verify`` loaded and checked.
+
+    Raises:
+        DataError: an explicit ``data_dir`` does not exist.
+    """
+    require_data_dir(data_dir)
     search_path = data_search_path(data_dir)
-    return [_mnist_status(search_path)] + [_generated_status(name, search_path) for name in DATASET_NAMES[1:]]
+    statuses = [_mnist_status(search_path)] + [_generated_status(name, search_path) for name in DATASET_NAMES[1:]]
+    found = [status.state in ("original", "regenerated") for status in statuses]
+    if verify:
+        return [_verified(status, data_dir) if ok else status for status, ok in zip(statuses, found)]
+    return [replace(status, detail=f"{status.detail}, {NOT_VERIFIED}") if ok else status
+            for status, ok in zip(statuses, found)]
 
 
 def format_dataset_table(statuses: list[DatasetStatus]) -> str:

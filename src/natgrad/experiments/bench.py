@@ -37,6 +37,8 @@ cell writes ``out_dir/cells/<problem>/<variant>/seed-<seed>.json`` (see :func:`c
 trains in ``out_dir/runs/<problem>/<variant>/seed-<seed>/`` (the runner's directory). Running the
 grid again skips every cell whose JSON exists and resumes an interrupted one from its checkpoint,
 so a grid is resumable as a whole; the checkpoint of a finished cell is deleted (its log stays).
+A cell on disk whose config differs from the bench file's is refused, naming the fields (``force``
+reruns it).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from natgrad.experiments.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from natgrad.experiments.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, atomic_write_text
 from natgrad.experiments.compare import run_config
 from natgrad.experiments.config import (
     MODEL_KINDS,
@@ -62,12 +64,14 @@ from natgrad.experiments.config import (
     RunConfig,
     apply_overrides,
     check_keys,
+    config_differences,
     load_toml,
     merge_tables,
     split_label_entry,
 )
 from natgrad.experiments.metrics import HEADLINE_METRICS
 from natgrad.experiments.runlog import read_log
+from natgrad.experiments.runner import RunExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -299,16 +303,17 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
 
 # -- running the grid -----------------------------------------------------------------------------
 
-def run_cell(bench: Bench, cell: Cell) -> str:
-    """Run (or resume) one cell, write its JSON, delete its checkpoint; returns the run's status."""
-    status = run_config(cell.config, show_progress=False)
+def run_cell(bench: Bench, cell: Cell, force: bool = False) -> str:
+    """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's status."""
+    status = run_config(cell.config, show_progress=False, force=force)
     if status == "interrupted":
         return status
     run_dir = Path(cell.config.out_dir)
     path = bench.cell_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir), indent=1, sort_keys=True) + "\n")
-    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+        (run_dir / name).unlink(missing_ok=True)
     return status
 
 
@@ -328,13 +333,36 @@ def parse_shard(text: str) -> tuple[int, int]:
     return shard
 
 
-def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1)) -> BenchOutcome:
+def _cell_is_done(bench: Bench, cell: Cell, force: bool) -> bool:
+    """Whether the cell's JSON exists with the cell's config.
+
+    Raises:
+        RunExistsError: the JSON was made with another config and ``force`` is false (names the fields).
+        ConfigError: the JSON is unreadable (names the file).
+    """
+    path = bench.cell_path(cell)
+    if not path.is_file():
+        return False
+    try:
+        saved = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is not a valid cell record ({error}); delete it to rerun the cell") from None
+    differences = config_differences(saved.to_dict(), cell.config.to_dict())
+    if differences and not force:
+        raise RunExistsError(f"{path} was made with a different config ({'; '.join(differences)}); "
+                             "pass --force to rerun the cell, or choose another output directory")
+    return not differences
+
+
+def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1),
+              force: bool = False) -> BenchOutcome:
     """Run every unfinished cell of ``bench`` in order (a progress bar over cells on stderr).
 
-    A cell whose JSON exists is skipped; an interrupted cell (SIGINT/SIGTERM) stops the grid after
-    its checkpoint, and the next call resumes it. ``shard = (I, N)`` runs only the cells whose
-    index is ``I`` modulo ``N``: N processes, one per core, then run neighbouring cells of the
-    grid (e.g. K-FAC and Adam on the same problem and seed) side by side under the same load.
+    A cell whose JSON exists with the same config is skipped (another config is refused, or rerun
+    with ``force``); an interrupted cell (SIGINT/SIGTERM) stops the grid after its checkpoint, and
+    the next call resumes it. ``shard = (I, N)`` runs only the cells whose index is ``I`` modulo
+    ``N``: N processes, one per core, then run neighbouring cells of the grid (e.g. K-FAC and Adam
+    on the same problem and seed) side by side under the same load.
     """
     outcome = BenchOutcome()
     index, count = shard
@@ -342,12 +370,12 @@ def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] =
                dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.key, refresh=True)
-        if bench.cell_path(cell).is_file():
+        if _cell_is_done(bench, cell, force):
             outcome.skipped.append(cell.key)
             continue
         if not show_progress:
             logger.info("cell %s", cell.key)
-        status = run_cell(bench, cell)
+        status = run_cell(bench, cell, force)
         if status == "interrupted":
             outcome.interrupted = True
             break

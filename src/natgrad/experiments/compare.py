@@ -31,11 +31,11 @@ A *suite* (one TOML file) holds one or more comparisons. Layout::
     lr = 0.05
 
 Every run goes to ``out_dir/<comparison>/<label>/seed-<seed>``. Running a suite again skips the
-runs that completed and resumes interrupted ones, so a suite is resumable as a whole.
+runs that finished and resumes interrupted ones, so a suite is resumable as a whole. A run on disk
+whose config differs from the suite's is refused, naming the fields (``force`` reruns it).
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,18 +43,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from natgrad.experiments.checkpoint import CHECKPOINT_NAME
 from natgrad.experiments.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
     check_keys,
+    config_differences,
     load_toml,
     merge_tables,
     split_label_entry,
 )
-from natgrad.experiments.runlog import LOG_NAME
-from natgrad.experiments.runner import CONFIG_NAME, RESULT_NAME, resume, train
+from natgrad.experiments.runner import CONFIG_NAME, RunExistsError, load_run_dir_config, resume, train
 
 logger = logging.getLogger(__name__)
 
@@ -175,23 +174,23 @@ def load_comparison_suite(
     return ComparisonSuite(str(values.get("title", Path(path).stem)), out, seeds, labels, built)
 
 
-def _finished(run_dir: Path) -> bool:
-    result = run_dir / RESULT_NAME
-    return result.is_file() and json.loads(result.read_text())["status"] in ("completed", "diverged")
+def run_config(config: RunConfig, show_progress: bool = True, force: bool = False) -> str:
+    """Run, resume, or skip (when finished) one run; returns its status.
 
-
-def run_config(config: RunConfig, show_progress: bool = True) -> str:
-    """Run (or resume, or skip when finished) one run of a comparison; returns its status."""
+    Raises:
+        RunExistsError: the run on disk was made with another config (the message names the fields)
+            and ``force`` is false; with ``force`` it is replaced.
+    """
     run_dir = Path(config.out_dir)
-    if _finished(run_dir):
-        logger.info("%s: already finished, skipped", run_dir)
-        return "completed"
-    if (run_dir / CHECKPOINT_NAME).is_file():
+    if not (run_dir / CONFIG_NAME).is_file():
+        return train(config, show_progress, force=force).status
+    differences = config_differences(load_run_dir_config(run_dir).to_dict(), config.to_dict())
+    if not differences:
         return resume(run_dir, show_progress).status
-    # Started but killed before its first checkpoint: nothing to resume, start afresh.
-    for stale in (CONFIG_NAME, LOG_NAME, RESULT_NAME):
-        (run_dir / stale).unlink(missing_ok=True)
-    return train(config, show_progress).status
+    if not force:
+        raise RunExistsError(f"{run_dir} holds a run with a different config ({'; '.join(differences)}); "
+                             "pass --force to rerun it, or choose another output directory")
+    return train(config, show_progress, force=True).status
 
 
 def iter_runs(suite: ComparisonSuite) -> Iterable[tuple[Comparison, str, RunConfig]]:
@@ -202,13 +201,14 @@ def iter_runs(suite: ComparisonSuite) -> Iterable[tuple[Comparison, str, RunConf
                 yield comparison, label, config
 
 
-def run_suite(suite: ComparisonSuite, show_progress: bool = True) -> SuiteOutcome:
-    """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is interrupted."""
+def run_suite(suite: ComparisonSuite, show_progress: bool = True, force: bool = False) -> SuiteOutcome:
+    """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is interrupted.
+    ``force`` reruns runs whose config on disk differs (see :func:`run_config`)."""
     outcome = SuiteOutcome()
     total = sum(1 for _ in iter_runs(suite))
     for index, (comparison, label, config) in enumerate(iter_runs(suite), start=1):
         logger.info("[%d/%d] %s: %s seed %d", index, total, comparison.name, label, config.seed)
-        status = run_config(config, show_progress)
+        status = run_config(config, show_progress, force)
         outcome.run_dirs.setdefault(comparison.name, {}).setdefault(label, []).append(Path(config.out_dir))
         if status == "interrupted":
             outcome.interrupted = True

@@ -63,18 +63,25 @@ def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None
 
 
 def _check_optional_positive_int(name: str, value: int | None) -> None:
-    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-    _require(ok, name, value, "an integer >= 1 (or omitted)")
+    _require(value is None or (_is_count(value) and value >= 1), name, value, "an integer >= 1 (or omitted)")
 
 
 def _check_positive_int(name: str, value: int) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    _require(ok, name, value, "an integer >= 1")
+    _require(_is_count(value) and value >= 1, name, value, "an integer >= 1")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float; booleans are not numbers (``lr = true`` is refused, not read as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    """An int that is not a boolean."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_nonneg_float(name: str, value: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    _require(ok, name, value, "a finite number >= 0")
+    _require(_is_number(value) and value >= 0, name, value, "a finite number >= 0")
 
 
 @dataclass
@@ -101,6 +108,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
+        _require(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""), "data.data_dir",
+                 self.data_dir, "a directory path as a string (or omitted)")
         _check_optional_positive_int("data.train_size", self.train_size)
         _check_optional_positive_int("data.test_size", self.test_size)
         _require(self.subset in SUBSETS, "data.subset", self.subset, ", ".join(SUBSETS))
@@ -139,7 +148,7 @@ class ModelConfig:
                  "omitted when model.problem is set (give one or the other)")
         if self.sizes is not None:
             self.sizes = list(self.sizes)
-            ok = len(self.sizes) >= 2 and all(isinstance(s, int) and s >= 1 for s in self.sizes)
+            ok = len(self.sizes) >= 2 and all(_is_count(s) and s >= 1 for s in self.sizes)
             _require(ok, "model.sizes", self.sizes, "a list of >= 2 positive integers")
         _require(self.activation is None or self.activation in ACTIVATIONS, "model.activation", self.activation,
                  ", ".join(sorted(ACTIVATIONS)) + " (or omitted)")
@@ -190,16 +199,18 @@ class OptimizerConfig:
         _require(self.curvature is None or self.name in CURVATURE_OPTIMIZERS, "optimizer.curvature", self.curvature,
                  f"omitted for optimizer {self.name!r} (used by {', '.join(CURVATURE_OPTIMIZERS)})")
 
-        _require(self.name in OPTIMIZERS, "optimizer.name", self.name, ", ".join(sorted(OPTIMIZERS)))
-        lr_ok = self.lr is None or (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0)
+        _require(isinstance(self.name, str) and self.name in OPTIMIZERS, "optimizer.name", self.name,
+                 ", ".join(sorted(OPTIMIZERS)))
+        lr_ok = self.lr is None or (_is_number(self.lr) and self.lr > 0)
         _require(lr_ok, "optimizer.lr", self.lr, "a finite number > 0 (or omitted)")
-        _require(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "optimizer.momentum",
+        _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum",
                  self.momentum, "a number in [0, 1)")
         _require(isinstance(self.nesterov, bool), "optimizer.nesterov", self.nesterov, "true or false")
-        self.betas = list(self.betas)
-        betas_ok = len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
+        betas_ok = isinstance(self.betas, (list, tuple)) and len(self.betas) == 2 and all(
+            _is_number(b) and 0 <= b < 1 for b in self.betas)
         _require(betas_ok, "optimizer.betas", self.betas, "two numbers in [0, 1)")
-        _require(isinstance(self.eps, (int, float)) and self.eps > 0, "optimizer.eps", self.eps, "a number > 0")
+        self.betas = list(self.betas)
+        _require(_is_number(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0")
         _check_nonneg_float("optimizer.l2", self.l2)
         _require(isinstance(self.options, dict), "optimizer.options", self.options, "a table of keyword arguments")
 
@@ -217,8 +228,8 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         _check_optional_positive_int("budget.steps", self.steps)
-        ok = self.seconds is None or (isinstance(self.seconds, (int, float)) and self.seconds > 0)
-        _require(ok, "budget.seconds", self.seconds, "a number > 0 (or omitted)")
+        ok = self.seconds is None or (_is_number(self.seconds) and self.seconds > 0)
+        _require(ok, "budget.seconds", self.seconds, "a finite number > 0 (or omitted)")
         _require(self.steps is not None or self.seconds is not None, "budget", (self.steps, self.seconds),
                  "at least one of budget.steps and budget.seconds")
 
@@ -253,10 +264,28 @@ class EvalConfig:
                                             and math.isfinite(self.every_seconds) and self.every_seconds > 0)
         _require(ok, "eval.every_seconds", self.every_seconds, "a finite number > 0 (or omitted)")
         _check_positive_int("eval.chunk_size", self.chunk_size)
-        ok = isinstance(self.iwae_samples, int) and not isinstance(self.iwae_samples, bool) and self.iwae_samples >= 0
-        _require(ok, "eval.iwae_samples", self.iwae_samples, "an integer >= 0 (0 disables the IWAE bound)")
+        _require(_is_count(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples,
+                 "an integer >= 0 (0 disables the IWAE bound)")
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
         _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
+
+
+@dataclass
+class FaultConfig:
+    """Deliberate faults, to exercise the numerical guards end to end (empty by default).
+
+    Attributes:
+        nan_batch_at: steps (from 1) whose mini-batch gets one NaN pixel: the loss and gradients of
+            that step are non-finite, which a natural-gradient optimizer rejects (the parameters
+            stay finite) and which makes SGD's or Adam's parameters non-finite (the run diverges).
+    """
+
+    nan_batch_at: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.nan_batch_at, (list, tuple)) and all(_is_count(k) and k >= 1 for k in self.nan_batch_at)
+        _require(ok, "fault.nan_batch_at", self.nan_batch_at, "a list of step numbers >= 1")
+        self.nan_batch_at = list(self.nan_batch_at)
 
 
 @dataclass
@@ -270,6 +299,9 @@ class RunConfig:
     batch ``k`` has ``min(floor(batch_size * 2^((k-1)/b)), |train|)`` examples, growing to the whole
     training set at batch ``batch_full_at`` (Martens & Grosse 2015, section 13: 1000 to 60,000 by
     step 500, i.e. ``batch_size = 1000``, ``batch_full_at = 500``).
+
+    The run stops as ``diverged`` when the parameters or an evaluated error become non-finite, or
+    when the optimizer has rejected ``max_rejected_steps`` steps in a row.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -277,6 +309,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     batch_size: int = 500
     batch_schedule: str = "fixed"
     batch_full_at: int = 500
@@ -284,17 +317,19 @@ class RunConfig:
     out_dir: str = "runs/train"
     checkpoint_every: int = 100
     threads: int | None = None
+    max_rejected_steps: int = 20
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
         _require(self.batch_schedule in BATCH_SCHEDULES, "batch_schedule", self.batch_schedule,
                  ", ".join(BATCH_SCHEDULES))
-        ok = isinstance(self.batch_full_at, int) and not isinstance(self.batch_full_at, bool) and self.batch_full_at >= 2
-        _require(ok, "batch_full_at", self.batch_full_at, "an integer >= 2 (the batch reaching |train|)")
+        _require(_is_count(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at,
+                 "an integer >= 2 (the batch reaching |train|)")
         _check_optional_positive_int("threads", self.threads)
-        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
+        _require(_is_count(self.seed) and self.seed >= 0, "seed",
                  self.seed, "an integer >= 0")
         _check_positive_int("checkpoint_every", self.checkpoint_every)
+        _check_positive_int("max_rejected_steps", self.max_rejected_steps)
         _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir", self.out_dir, "a non-empty path")
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,6 +348,7 @@ _SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "budget": BudgetConfig,
     "eval": EvalConfig,
+    "fault": FaultConfig,
 }
 
 
@@ -375,6 +411,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -416,3 +458,18 @@ def check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The fields whose values differ between two nested config dicts, as ``"field: saved -> current"``
+    (dotted paths, sorted). The top-level ``out_dir`` is ignored: a run directory may be moved."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if not prefix and key == "out_dir":
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return differences

@@ -90,6 +90,19 @@ def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
 _NATURAL_OPTIONS = ("damping", "schedule", "step", "seed")
 
 
+def _option_table(config: "OptimizerConfig", key: str) -> dict:
+    """``optimizer.options.<key>`` as a dict (empty when unset).
+
+    Raises:
+        ValueError: the value is not a table (the message names the field and shows the fix).
+    """
+    value = config.options.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"optimizer.options.{key} = {value!r} is invalid; allowed: a table of its fields, "
+                         f"e.g. --set optimizer.options.{key}.<field>=<value>")
+    return dict(value)
+
+
 def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
     ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
@@ -97,8 +110,8 @@ def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), wit
     _check_option_keys(config, _NATURAL_OPTIONS + extra)
     options = dict(config.options)
     fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
-    options["step"] = fixed | dict(options.get("step") or {})
-    options["damping"] = {"weight_decay": config.l2} | dict(options.get("damping") or {})
+    options["step"] = fixed | _option_table(config, "step")
+    options["damping"] = {"weight_decay": config.l2} | _option_table(config, "damping")
     if with_curvature:
         options["curvature"] = {"kind": config.curvature or "full"}
     return options

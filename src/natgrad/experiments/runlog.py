@@ -14,13 +14,27 @@ from typing import Any
 LOG_NAME = "log.jsonl"
 
 
+class RunLogError(ValueError):
+    """The log of a run is missing or shorter than its checkpoint recorded; the message names it."""
+
+
 class RunLog:
     """Append-only JSONL writer at ``path``; ``truncate_to`` cuts it back to a checkpointed length."""
 
     def __init__(self, path: str | Path, truncate_to: int | None = None) -> None:
+        """Open the log for appending, first cut back to ``truncate_to`` bytes when given.
+
+        Raises:
+            RunLogError: the log holds fewer than ``truncate_to`` bytes (missing, truncated or replaced).
+        """
         self.path = Path(path)
         if truncate_to is not None:
-            with self.path.open("r+b") as handle:
+            size = self.path.stat().st_size if self.path.is_file() else None
+            if truncate_to > (size or 0):
+                found = "is missing" if size is None else f"holds {size} bytes"
+                raise RunLogError(f"{self.path} {found}, but the checkpoint recorded {truncate_to} bytes of log; "
+                                  "restore the log or start the run again")
+            with self.path.open("a+b") as handle:
                 handle.truncate(truncate_to)
         self._handle = self.path.open("a", encoding="utf-8")
 

@@ -7,16 +7,20 @@ A run directory holds
   "lr", "record"}``, ``record`` being whatever the optimizer exposes as ``last_step_record``) and
   one per evaluation (``{"kind": "eval", "step", "time", "wall", "metrics": {...}}``), ``time``
   being training seconds (evaluation and checkpointing excluded) and ``wall`` the elapsed seconds;
-* ``checkpoint.pt`` - written atomically every ``checkpoint_every`` steps, at the end, and on
-  SIGINT/SIGTERM: model and optimizer ``state_dict``, the data-order sampler, the VAE-noise
-  generator, torch's global RNG, the step, the training time and the log length;
-* ``result.json`` - written when the run ends (status ``completed``, ``diverged`` or
-  ``interrupted``), with the final metrics.
+* ``checkpoint.pt`` - written atomically (with a checksum, the previous one kept as
+  ``checkpoint.prev.pt``; see :mod:`natgrad.experiments.checkpoint`) every ``checkpoint_every``
+  steps, at the end, and on SIGINT/SIGTERM: model and optimizer ``state_dict``, the data-order
+  sampler, the VAE-noise generator, torch's global RNG, the step, the training time, the log length
+  and the resolved config;
+* ``result.json`` - written when the run ends (status ``completed``, ``diverged`` with the
+  ``reason``, or ``interrupted``), with the final metrics and the step they were evaluated at.
 
 Resuming (:func:`resume`) restores all of that, truncates the log to the checkpointed length, and
 continues: the final parameters are bitwise those of an uninterrupted run with the same config on
 the same machine, because every source of randomness is a generator saved in the checkpoint and
-evaluation uses its own generator seeded from (seed, step).
+evaluation uses its own generator seeded from (seed, step). A run killed before its first
+checkpoint resumes from step 0. Everything is checked (config against checkpoint, checksum, log
+length) before anything in the directory is changed.
 """
 from __future__ import annotations
 
@@ -35,8 +39,17 @@ import torch
 from torch import nn
 
 from natgrad.experiments.batches import BatchSampler
-from natgrad.experiments.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
-from natgrad.experiments.config import ConfigError, ModelConfig, RunConfig
+from natgrad.data.cache import remove_stale_temporaries
+from natgrad.experiments.checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    CheckpointError,
+    atomic_write_text,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from natgrad.experiments.config import ConfigError, ModelConfig, RunConfig, config_differences
 from natgrad.experiments.data import RunData, load_run_data
 from natgrad.experiments.metrics import HEADLINE_METRICS, evaluate
 from natgrad.experiments.optimizers import build_optimizer
@@ -49,21 +62,29 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 RESULT_NAME = "result.json"
+#: Every file a run writes in its directory.
+RUN_FILES = (CONFIG_NAME, LOG_NAME, RESULT_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)
 
 
 class RunExistsError(FileExistsError):
-    """The output directory already holds a run (resume it, or choose another out_dir)."""
+    """The output directory already holds a run (resume it, choose another out_dir, or force)."""
+
+
+class RunStoppedError(RuntimeError):
+    """The run could not write its directory (disk full, read-only...); it resumes from its last checkpoint."""
 
 
 @dataclass
 class RunResult:
-    """How a run ended."""
+    """How a run ended; ``metrics`` were evaluated at step ``eval_step``, ``reason`` says why it diverged."""
 
     run_dir: Path
     status: str  # 'completed' | 'diverged' | 'interrupted'
     step: int
     train_time: float
     metrics: dict[str, float] = field(default_factory=dict)
+    eval_step: int = 0
+    reason: str | None = None
 
 
 def derive_seed(seed: int, purpose: str, *extra: int) -> int:
@@ -136,6 +157,7 @@ class Trainer:
         self.wall_offset = 0.0
         self.last_eval_step = -1
         self.last_eval_time = 0.0
+        self.rejected_in_a_row = 0
         self.metrics: dict[str, float] = {}
 
     # -- state -------------------------------------------------------------------------------
@@ -152,7 +174,9 @@ class Trainer:
             "last_eval_step": self.last_eval_step,
             "last_eval_time": self.last_eval_time,
             "metrics": self.metrics,
+            "rejected_in_a_row": self.rejected_in_a_row,
             "log_position": log_position,
+            "config": self.config.to_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,8 +189,9 @@ class Trainer:
         self.train_time = float(state["train_time"])
         self.wall_offset = float(state["wall"])
         self.last_eval_step = int(state["last_eval_step"])
-        self.last_eval_time = float(state.get("last_eval_time", 0.0))
+        self.last_eval_time = float(state["last_eval_time"])
         self.metrics = dict(state["metrics"])
+        self.rejected_in_a_row = int(state["rejected_in_a_row"])
 
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self._wall_start
@@ -175,6 +200,9 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step on the next batch; returns its log record."""
         x = self.data.train[self.sampler.next_indices()]
+        if self.step + 1 in self.config.fault.nan_batch_at:
+            x = x.clone()
+            x[0, 0] = math.nan
         eps = None
         if isinstance(self.model, VAE):
             eps = torch.randn((x.shape[0], self.model.latent_dim), generator=self.noise, dtype=x.dtype)
@@ -227,12 +255,41 @@ class Trainer:
             return False
         return budget.seconds is None or self.train_time < budget.seconds
 
+    def divergence(self, record: dict[str, Any]) -> str | None:
+        """Why the run must stop after the step of ``record``, or None. A non-finite loss alone is not
+        a reason (an optimizer may reject that step and keep finite parameters)."""
+        rejected = bool((record.get("record") or {}).get("rejected"))
+        self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
+        if self.rejected_in_a_row >= self.config.max_rejected_steps:
+            return f"the optimizer rejected {self.rejected_in_a_row} steps in a row (max_rejected_steps)"
+        finite = math.isfinite(record["loss"]) or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not finite:
+            return f"non-finite parameters after step {self.step}"
+        return None
+
+    def evaluation_divergence(self) -> str | None:
+        """Why the last evaluation shows divergence (a non-finite headline train error), or None."""
+        key = f"train.{HEADLINE_METRICS[self.config.model.kind]}"
+        value = self.metrics.get(key, 0.0)
+        return None if math.isfinite(value) else f"{key} = {value} at step {self.step}"
+
     def run(self, log: RunLog) -> RunResult:
+        """Train to the budget, a signal or divergence; write ``result.json``.
+
+        Raises:
+            RunStoppedError: a file of the run directory could not be written (names it and the cause).
+        """
         threads = torch.get_num_threads()
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
         try:
             return self._run(log)
+        except OSError as error:
+            where = error.filename or self.run_dir
+            raise RunStoppedError(
+                f"cannot write {where}: {error.strerror or error}; the run stopped at step {self.step}. "
+                f"Fix the cause (e.g. free disk space), then resume from its last checkpoint with "
+                f"`natgrad train --resume {self.run_dir}`") from error
         finally:
             torch.set_num_threads(threads)
 
@@ -241,7 +298,7 @@ class Trainer:
         metric_key = f"train.{HEADLINE_METRICS[self.config.model.kind]}"
         progress = make_progress(self.config.budget.steps, self.step, f"{self.config.optimizer.name}",
                                  metric_key) if self.show_progress else None
-        status = "completed"
+        status, reason = "completed", None
         with _stop_on_signals() as received:
             if self.last_eval_step < 0:
                 self._log_eval(log, progress, final=False)
@@ -255,19 +312,26 @@ class Trainer:
                 log.write({**record, "time": self.train_time, "wall": self.wall()})
                 if progress is not None:
                     progress.step(self.step, record["loss"])
-                if not math.isfinite(record["loss"]):
+                reason = self.divergence(record)
+                if reason is None and self.evaluation_due():
+                    self._log_eval(log, progress, final=not self.budget_left())
+                    reason = self.evaluation_divergence()
+                if reason is not None:
                     status = "diverged"
                     break
-                if self.evaluation_due():
-                    self._log_eval(log, progress, final=not self.budget_left())
                 if self.step % self.config.checkpoint_every == 0:
                     save_checkpoint(self.run_dir, self.state_dict(log.position()))
             if status != "interrupted" and self.last_eval_step != self.step:
                 self._log_eval(log, progress, final=True)
+                reason = reason or self.evaluation_divergence()
+                status = "diverged" if reason is not None else status
             save_checkpoint(self.run_dir, self.state_dict(log.position()))
         if progress is not None:
             progress.close()
-        result = RunResult(self.run_dir, status, self.step, self.train_time, dict(self.metrics))
+        if reason is not None:
+            logger.warning("%s: diverged (%s)", self.run_dir, reason)
+        result = RunResult(self.run_dir, status, self.step, self.train_time, dict(self.metrics), self.last_eval_step,
+                           reason)
         _write_result(result)
         return result
 
@@ -282,25 +346,61 @@ class Trainer:
 
 
 def _write_result(result: RunResult) -> None:
-    payload = {"status": result.status, "step": result.step, "train_time": result.train_time, "metrics": result.metrics}
+    payload = {"status": result.status, "step": result.step, "train_time": result.train_time,
+               "metrics": result.metrics, "eval_step": result.eval_step, "reason": result.reason}
     atomic_write_text(result.run_dir / RESULT_NAME, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def train(config: RunConfig, show_progress: bool = True) -> RunResult:
-    """Start a new run in ``config.out_dir`` and train it to its budget (or until SIGINT/SIGTERM).
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path``.
 
     Raises:
-        RunExistsError: ``out_dir`` already holds a run.
+        ConfigError: the file is not valid UTF-8 JSON (the message names it).
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); restore it or delete the run directory") from None
+
+
+def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
+    """Why ``train`` refuses ``run_dir``, naming the differing fields when its config.json is readable."""
+    present = ", ".join(name for name in RUN_FILES if (run_dir / name).exists())
+    message = f"{run_dir} already holds a run ({present})"
+    if (run_dir / CONFIG_NAME).is_file():
+        try:
+            differences = config_differences(load_run_dir_config(run_dir).to_dict(), config.to_dict())
+        except ConfigError as error:
+            differences = [str(error)]
+        if differences:
+            message += f" with a different config ({'; '.join(differences)})"
+    return message + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to replace it"
+
+
+def train(config: RunConfig, show_progress: bool = True, force: bool = False) -> RunResult:
+    """Start a new run in ``config.out_dir`` and train it to its budget (or until SIGINT/SIGTERM).
+
+    ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are replaced.
+
+    Raises:
+        RunExistsError: ``out_dir`` already holds (part of) a run and ``force`` is false.
+        RunStoppedError: a file of the run could not be written.
     """
     run_dir = Path(config.out_dir)
-    if (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
-        raise RunExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another out_dir")
+    if any((run_dir / name).exists() for name in RUN_FILES):
+        if not force:
+            raise RunExistsError(_existing_run_message(run_dir, config))
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     trainer = Trainer(config, run_dir, show_progress)
     atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     (run_dir / LOG_NAME).write_text("")
-    (run_dir / RESULT_NAME).unlink(missing_ok=True)
-    log = RunLog(run_dir / LOG_NAME)
+    return _run_to_end(trainer, RunLog(run_dir / LOG_NAME))
+
+
+def _run_to_end(trainer: Trainer, log: RunLog) -> RunResult:
     try:
         return trainer.run(log)
     finally:
@@ -308,34 +408,83 @@ def train(config: RunConfig, show_progress: bool = True) -> RunResult:
 
 
 def load_run_dir_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config saved in a run directory."""
+    """The resolved config saved in a run directory.
+
+    Raises:
+        FileNotFoundError: there is no config.json.
+        ConfigError: config.json is not valid JSON or not a valid config (the message names the file).
+    """
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {run_dir}; is it a natgrad run directory?")
-    return RunConfig.from_dict(json.loads(path.read_text()))
+    try:
+        return RunConfig.from_dict(_read_json(path))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _finished_result(run_dir: Path) -> RunResult | None:
+    """The saved result of a completed or diverged run; None otherwise (an unreadable result.json is
+    ignored with a warning: the checkpoint, not result.json, decides how to resume)."""
+    path = run_dir / RESULT_NAME
+    if not path.is_file():
+        return None
+    try:
+        saved = _read_json(path)
+        if saved["status"] not in ("completed", "diverged"):
+            return None
+        return RunResult(run_dir, saved["status"], saved["step"], saved["train_time"], saved["metrics"],
+                         saved.get("eval_step", saved["step"]), saved.get("reason"))
+    except (ConfigError, KeyError, TypeError) as error:
+        logger.warning("%s is damaged (%s); ignoring it and resuming from the checkpoint", path, error)
+        return None
+
+
+def _restore(trainer: Trainer, run_dir: Path) -> int:
+    """Load the run's checkpoint into ``trainer`` after checking it against the config; return the
+    checkpointed log length (0, i.e. start from step 0, when the run was killed before its first
+    checkpoint).
+
+    Raises:
+        ConfigError: config.json differs from the config the checkpoint was written with.
+        CheckpointError: the checkpoint is damaged or does not fit the model and optimizer.
+    """
+    if not has_checkpoint(run_dir):
+        logger.info("%s has no checkpoint (stopped before the first one): starting from step 0", run_dir)
+        return 0
+    state = load_checkpoint(run_dir)
+    differences = config_differences(state["config"], trainer.config.to_dict())
+    if differences:
+        raise ConfigError(f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
+                          f"{'; '.join(differences)}; restore those values or start a new run")
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint in {run_dir} does not fit this run ({error})") from None
+    return int(state["log_position"])
 
 
 def resume(run_dir: str | Path, show_progress: bool = True) -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly as if never interrupted.
 
-    A run that already completed is not rerun; its result is returned.
+    A run that already completed (or diverged) is not rerun; its result is returned. A run without a
+    checkpoint starts from step 0. Nothing in ``run_dir`` is changed before the config, the
+    checkpoint and the log have been checked.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has no config or no checkpoint.
+        FileNotFoundError: ``run_dir`` has no config.
+        ConfigError: config.json is invalid or differs from the checkpoint's config.
+        CheckpointError: the checkpoint is damaged.
+        natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint recorded.
     """
     run_dir = Path(run_dir)
     config = load_run_dir_config(run_dir)
-    result_path = run_dir / RESULT_NAME
-    if result_path.is_file():
-        saved = json.loads(result_path.read_text())
-        if saved["status"] in ("completed", "diverged"):
-            return RunResult(run_dir, saved["status"], saved["step"], saved["train_time"], saved["metrics"])
-    state = load_checkpoint(run_dir)
+    finished = _finished_result(run_dir)
+    if finished is not None:
+        logger.info("%s: already %s, not rerun", run_dir, finished.status)
+        return finished
+    remove_stale_temporaries(run_dir)
     trainer = Trainer(config, run_dir, show_progress)
-    trainer.load_state_dict(state)
-    result_path.unlink(missing_ok=True)
-    log = RunLog(run_dir / LOG_NAME, truncate_to=int(state["log_position"]))
-    try:
-        return trainer.run(log)
-    finally:
-        log.close()
+    log = RunLog(run_dir / LOG_NAME, truncate_to=_restore(trainer, run_dir))
+    (run_dir / RESULT_NAME).unlink(missing_ok=True)
+    return _run_to_end(trainer, log)

@@ -1,4 +1,4 @@
-"""Learning curves read back from run directories (``config.json`` + ``log.jsonl``)."""
+"""Learning curves read back from run directories (``config.json`` + ``log.jsonl`` + ``result.json``)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,8 @@ class RunCurves:
         times: training seconds at each evaluation (evaluation time excluded), shape (E,).
         metrics: metric key (e.g. ``"train.reconstruction_error"``) -> values, shape (E,).
         total_steps, total_time: where the run ended (from its last step record).
+        status: the run's ``result.json`` status ('completed', 'diverged', 'interrupted'), or
+            'unfinished' without a readable one.
     """
 
     run_dir: Path
@@ -31,6 +33,14 @@ class RunCurves:
     metrics: dict[str, np.ndarray]
     total_steps: int
     total_time: float
+    status: str = "unfinished"
+
+
+def _status(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "result.json").read_text())["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unfinished"
 
 
 def load_curves(run_dir: str | Path) -> RunCurves:
@@ -50,4 +60,4 @@ def load_curves(run_dir: str | Path) -> RunCurves:
     metrics = {k: np.array([r["metrics"].get(k, np.nan) for r in evals], dtype=float) for k in keys}
     last = records[-1]
     return RunCurves(run_dir, config, np.array([r["step"] for r in evals]), np.array([r["time"] for r in evals]),
-                     metrics, int(last["step"]), float(last["time"]))
+                     metrics, int(last["step"]), float(last["time"]), _status(run_dir))

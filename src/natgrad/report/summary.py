@@ -10,7 +10,8 @@ Definitions (all on evaluations of the full train/test sets, see :mod:`natgrad.e
 * the default target is the largest of the optimizers' median final train errors, i.e. the error
   every optimizer reaches on its median seed, so the time-to-target column ranks every optimizer.
 
-Each statistic is the median over seeds with its minimum and maximum.
+Each statistic is the median over seeds with its minimum and maximum; the number of seeds whose run
+diverged is counted (the table shows it next to the seeds).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class OptimizerSummary:
     steps: Spread
     time: Spread
     extra_final: dict[str, Spread]
+    diverged: int = 0
 
 
 def first_reach(curves: RunCurves, key: str, target: float) -> tuple[float, float]:
@@ -91,4 +93,5 @@ def summarise(label: str, curves: Sequence[RunCurves], metric: str, target: floa
         steps=Spread.of([float(c.total_steps) for c in curves]),
         time=Spread.of([c.total_time for c in curves]),
         extra_final={k: Spread.of([float(c.metrics[k][-1]) for c in curves if k in c.metrics]) for k in extra},
+        diverged=sum(c.status == "diverged" for c in curves),
     )

@@ -61,7 +61,8 @@ def comparison_table(rows: Sequence[OptimizerSummary], reference: str | None = N
     header += [f"final {METRIC_NAMES.get(k, k)}" for k in extras]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [row.label, str(row.seeds), format_spread(row.final_train), format_spread(row.final_test),
+        seeds = f"{row.seeds} ({row.diverged} diverged)" if row.diverged else str(row.seeds)
+        cells = [row.label, seeds, format_spread(row.final_train), format_spread(row.final_test),
                  format_spread(row.best_train), format_spread(row.best_test),
                  format_spread(row.time_to_target, row.seeds)]
         if reference in by_label:
