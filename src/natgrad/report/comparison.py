@@ -86,6 +86,9 @@ def conclusion(rows: Sequence[OptimizerSummary], reference: str | None, target: 
     for row in rows:
         if row.label == reference:
             continue
+        if row.final_train.n == 0:
+            parts.append(f"{row.label} diverged")
+            continue
         if row.time_to_target.n == 0:
             parts.append(f"{row.label} does not reach it in {format_number(row.time.median)} s "
                          f"(final {format_number(row.final_train.median)})")
