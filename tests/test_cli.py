@@ -36,7 +36,7 @@ def test_train_flags_and_overrides(tmp_path, capsys):
 
 def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
     assert main(["train", *TINY, "--model", "gan", "--out", str(tmp_path / "x")]) == 2
-    assert "model.kind = 'gan' is invalid; allowed: autoencoder, vae" in capsys.readouterr().err
+    assert "Invalid model.kind: 'gan'; allowed: autoencoder, vae" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -4,9 +4,7 @@ Layers, lowest first: distributions <- models <- losses/curvature <- optim <- ex
 <- cli. The public API below is what a user needs for their own training loop.
 """
 from natgrad.curvature import (
-    KFAC as KFACCurvature,
-)
-from natgrad.curvature import (
+    BlockDiagonalKFAC,
     CurvatureConfig,
     CurvatureKind,
     CurvatureRepresentation,
@@ -28,6 +26,7 @@ from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KF
 __version__ = "0.1.0"
 __all__ = [
     "Bernoulli",
+    "BlockDiagonalKFAC",
     "Categorical",
     "CurvatureConfig",
     "CurvatureKind",
@@ -40,7 +39,6 @@ __all__ = [
     "GaussianLearnedVariance",
     "HessianFree",
     "KFAC",
-    "KFACCurvature",
     "Loss",
     "LossTerm",
     "OutputDistribution",

@@ -16,13 +16,14 @@ aligned with :attr:`params`: the diagonal (shaped like the parameter) for the fa
 per-example ``(N, K, K)`` matrix for :class:`Categorical`, whose softmax couples the logits
 (``H_L = diag(p) - p p^T``). The curvature code multiplies by it
 (:func:`natgrad.losses.curvature_product`), takes its square root, and samples vectors with that
-covariance (:meth:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing
+covariance (:attr:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing
 there branches on the distribution type.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -40,9 +41,6 @@ class OutputDistribution(ABC):
     def nll(self, target: Tensor) -> Tensor:
         """Negative log-likelihood ``-log r(y|z)`` per example, summed over dimensions: shape (N,)."""
 
-    @abstractmethod
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """A target ``y ~ r(.|z)`` with the shape of the data."""
 
     @property
     @abstractmethod
@@ -65,19 +63,12 @@ class OutputDistribution(ABC):
         """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per output)."""
         return target.reshape(self.params[0].shape)
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
-        """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
-
-        Back-propagating ``s`` through the network gives a gradient sample whose outer product is,
-        in expectation, the GGN (Martens & Grosse 2015, section 5). The default draws
-        ``sqrt(c) * eps`` with ``eps ~ N(0, I)``; subclasses return the gradient of the NLL at a
-        sampled target instead, the estimator of the papers.
-        """
-        out = []
-        for c in self.curvature_diagonal():
-            eps = torch.randn(c.shape, generator=generator, dtype=c.dtype, device=c.device)
-            out.append(c.sqrt() * eps)
-        return tuple(out)
+    #: Draws a random ``s`` per output with ``E[s s^T] = curvature()``: back-propagated through the
+    #: network, its outer product is in expectation the GGN (Martens & Grosse 2015, section 5).
+    #: Bernoulli and Categorical define it as the papers' estimator, the NLL's gradient at a target
+    #: sampled from the distribution; None leaves the loss term's default ``H^{1/2} eps``
+    #: (:meth:`natgrad.losses.LossTerm.sample_output_gradient`), the one sampler written once.
+    sample_output_gradient: Callable[[torch.Generator | None], tuple[Tensor, ...]] | None = None
 
 
 class Bernoulli(OutputDistribution):
@@ -89,9 +80,6 @@ class Bernoulli(OutputDistribution):
 
     def nll(self, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(self.logits, target, reduction="none").flatten(1).sum(1)
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return torch.bernoulli(self.mean.detach(), generator=generator)
 
     @property
     def mean(self) -> Tensor:
@@ -126,10 +114,6 @@ class Gaussian(OutputDistribution):
         d = self._mean[0].numel()
         return 0.5 * sq / self.sigma**2 + 0.5 * d * (_LOG_2PI + 2.0 * math.log(self.sigma))
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
-        return self._mean.detach() + self.sigma * eps
-
     @property
     def mean(self) -> Tensor:
         return self._mean
@@ -154,10 +138,6 @@ class GaussianLearnedVariance(OutputDistribution):
     def nll(self, target: Tensor) -> Tensor:
         per_dim = 0.5 * ((target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
         return per_dim.flatten(1).sum(1)
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
-        return self._mean.detach() + torch.exp(0.5 * self.log_var.detach()) * eps
 
     @property
     def mean(self) -> Tensor:
@@ -189,9 +169,6 @@ class Categorical(OutputDistribution):
 
     def as_target(self, target: Tensor) -> Tensor:
         return target.reshape(self.logits.shape[0])
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return torch.multinomial(self.mean.detach(), 1, generator=generator).squeeze(1)
 
     @property
     def mean(self) -> Tensor:

@@ -40,6 +40,8 @@ sees terms, never models.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,10 +144,6 @@ class LossTerm:
             )
         for z, c in zip(self.outputs, self.curvature):
             _check_curvature_shape(self.name, z, c)
-
-    def hessian_vp(self, vectors: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """``H v`` per example in output space, aligned with :attr:`outputs`."""
-        return tuple(curvature_product(c, v) for c, v in zip(self.curvature, vectors))
 
     def curvature_sqrt(self) -> tuple[Tensor, ...]:
         """A square root ``B`` with ``B B^T = H`` per output (exact-Fisher square roots, K-FAC §5).
@@ -308,6 +306,32 @@ class Loss:
     def rebuild(self) -> "Loss":
         """The same loss (same inputs and noise) re-evaluated at the model's current parameters."""
         return self.on_batch(self.batch)
+
+    def prefix(self, fraction: float) -> "Loss":
+        """The loss of the first ``ceil(fraction * N)`` examples (at least one), sliced: no forward pass.
+
+        Every term is per-example, so slicing its outputs, values and curvature gives exactly the
+        terms a forward pass on the prefix would build (the K-FAC statistics on ``tau_1`` of the
+        batch and the quadratic model's ``model_fraction`` use it); re-evaluations use the sliced
+        :attr:`batch`, targets sliced with the inputs.
+        """
+        n = int(self.batch[0].shape[0])
+        m = max(1, min(n, math.ceil(fraction * n)))
+        batch = tuple(t[:m] for t in self.batch)
+        inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs):]
+        terms = tuple(_prefix_term(t, m) for t in self.terms)
+        return dataclasses.replace(self, inputs=inputs, targets=targets, terms=terms)
+
+
+def _prefix_term(term: LossTerm, m: int) -> LossTerm:
+    sampler = term.output_gradient_sampler
+    return dataclasses.replace(
+        term,
+        outputs=tuple(z[:m] for z in term.outputs),
+        values=term.values[:m],
+        curvature=tuple(c[:m] for c in term.curvature),
+        output_gradient_sampler=None if sampler is None else (lambda g: tuple(s[:m] for s in sampler(g))),
+    )
 
 
 def autoencoder_terms(out: AutoencoderOutput, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:

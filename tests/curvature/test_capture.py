@@ -13,7 +13,7 @@ from natgrad.curvature import CurvatureKind, OutputGradientEstimator, ParameterL
 from natgrad.curvature.capture import gradient_factor, input_factor
 from natgrad.losses import Loss, kl_term
 
-EXACT = OutputGradientEstimator.EXACT
+EXACT = OutputGradientEstimator.SQUARE_ROOT
 
 
 def head_index(layout: ParameterLayout) -> int:

@@ -8,7 +8,7 @@ from torch.func import functional_call, hessian, jacrev
 from torch.nn import functional as F
 
 from curvature_cases import flat, random_vectors, relative_error
-from natgrad.curvature import KFAC, CurvatureConfig, DiagonalCurvature, exact
+from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, DiagonalCurvature, exact
 from natgrad.distributions import Bernoulli, Categorical
 from natgrad.losses import Loss, LossTerm, cross_entropy, likelihood_term
 from natgrad.optim.quadratic_model import ggn_gram
@@ -52,7 +52,7 @@ def test_kfac_exact_roots_one_layer_one_example_is_exact_ggn(float64):
     """A single Linear on one example: A (x) G with the matrix root's columns is the GGN exactly."""
     torch.manual_seed(12)
     loss = cross_entropy(nn.Linear(3, 4), torch.randn(1, 3), torch.tensor([2]))
-    rep = KFAC(loss.model, CurvatureConfig(estimator="exact"))
+    rep = BlockDiagonalKFAC(loss.model, CurvatureConfig(estimator="square-root"))
     rep.update(rep.capture(loss))
     rep.refresh()
     assert relative_error(rep.to_dense(), torch_func_ggn(loss)) < 1e-10
@@ -60,7 +60,7 @@ def test_kfac_exact_roots_one_layer_one_example_is_exact_ggn(float64):
 
 def test_diagonal_exact_roots_give_diag_of_ggn(float64):
     loss = classifier()
-    rep = DiagonalCurvature(loss.model, CurvatureConfig(estimator="exact"))
+    rep = DiagonalCurvature(loss.model, CurvatureConfig(estimator="square-root"))
     rep.update(rep.capture(loss))
     rep.refresh()
     assert relative_error(rep.to_dense().diagonal(), torch_func_ggn(loss).diagonal()) < 1e-10
@@ -105,11 +105,11 @@ def test_image_shaped_output_exact_estimator_matches_flattened(float64):
     flattened = Loss.from_model(model, (x,), lambda out, b: (likelihood_term(Bernoulli(out.flatten(1)), b[-1]),),
                                 (target,))
     assert relative_error(dense, exact.dense_ggn(flattened)) < 1e-12
-    for representation in (KFAC, DiagonalCurvature):
-        rep = representation(model, CurvatureConfig(estimator="exact"))
+    for representation in (BlockDiagonalKFAC, DiagonalCurvature):
+        rep = representation(model, CurvatureConfig(estimator="square-root"))
         rep.update(rep.capture(image))
         rep.refresh()
-        reference = representation(model, CurvatureConfig(estimator="exact"))
+        reference = representation(model, CurvatureConfig(estimator="square-root"))
         reference.update(reference.capture(flattened))
         reference.refresh()
         assert relative_error(rep.to_dense(), reference.to_dense()) < 1e-12

@@ -20,7 +20,7 @@ def refreshed(loss, **config):
 def test_exact_diagonal_is_diag_of_dense(float64, problem, kind):
     """Exact square roots (or the loss gradient for 'empirical') make the diagonal exact."""
     loss = PROBLEMS[problem]()
-    rep = refreshed(loss, kind=kind, estimator="exact")
+    rep = refreshed(loss, kind=kind, estimator="square-root")
     dense = exact.dense_curvature(loss, kind=kind)
     assert relative_error(rep.to_dense().diagonal(), dense.diagonal()) < 1e-12
 

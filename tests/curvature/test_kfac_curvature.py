@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from curvature_cases import PROBLEMS, bernoulli_terms, flat, gaussian_terms, random_vectors, relative_error
-from natgrad.curvature import KFAC, CurvatureConfig, exact
+from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
 from natgrad.curvature.capture import gradient_factor
 from natgrad.curvature.damping import pi_trace_norm
 from natgrad.losses import Loss
 
-EXACT = CurvatureConfig(estimator="exact")
+EXACT = CurvatureConfig(estimator="square-root")
 
 
 def refreshed(rep, loss, seed=0):
@@ -32,13 +32,13 @@ def one_layer_one_example(terms, bias=True):
 def test_one_linear_layer_one_example_exact_roots_is_exact_ggn(float64, terms, bias):
     """N = 1 and exact square roots: A (x) G = a a^T (x) sum_k J^T b_k b_k^T J = GGN (Martens & Grosse §3)."""
     loss = one_layer_one_example(terms, bias)
-    rep = refreshed(KFAC(loss.model, EXACT), loss)
+    rep = refreshed(BlockDiagonalKFAC(loss.model, EXACT), loss)
     assert relative_error(rep.to_dense(), exact.dense_ggn(loss)) < 1e-12
 
 
 def test_one_layer_one_example_empirical_is_dense_empirical_fisher(float64):
     loss = one_layer_one_example(bernoulli_terms)
-    rep = refreshed(KFAC(loss.model, CurvatureConfig(kind="empirical")), loss)
+    rep = refreshed(BlockDiagonalKFAC(loss.model, CurvatureConfig(kind="empirical")), loss)
     assert relative_error(rep.to_dense(), exact.dense_empirical_fisher(loss)) < 1e-12
 
 
@@ -53,7 +53,7 @@ def test_monte_carlo_fisher_converges_to_ggn(float64):
     """
     one = one_layer_one_example(bernoulli_terms)
     loss = Loss.from_model(one.model, (one.inputs[0].expand(4000, -1),), one.build_terms)
-    rep = refreshed(KFAC(loss.model), loss, seed=11)
+    rep = refreshed(BlockDiagonalKFAC(loss.model), loss, seed=11)
     draws = rep.capture(loss, torch.Generator().manual_seed(11)).layers[0].output_grads[0, :, 0]  # (S, 4)
     outer = draws.unsqueeze(2) * draws.unsqueeze(1)
     standard_error = outer.std(0) / math.sqrt(draws.shape[0])
@@ -68,7 +68,7 @@ def test_monte_carlo_fisher_converges_to_ggn(float64):
 @pytest.mark.parametrize("inverse_method", ["eigen", "inverse"])
 def test_solve_and_matvec_match_own_dense(float64, problem, inverse_method):
     loss = PROBLEMS[problem]()
-    rep = refreshed(KFAC(loss.model, inverse_method=inverse_method), loss)
+    rep = refreshed(BlockDiagonalKFAC(loss.model, inverse_method=inverse_method), loss)
     v = random_vectors(loss)
     damping = 0.3
     assert relative_error(flat(rep.solve(v, damping)), torch.linalg.solve(rep.to_dense(damping), flat(v))) < 1e-10
@@ -83,8 +83,8 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
     whole solve stays within 3% of float32's (measured about 0.5%) and is not equal to it (it
     really ran in bf16)."""
     loss = PROBLEMS[problem]()
-    reference = refreshed(KFAC(loss.model, inverse_method="inverse"), loss)
-    low = refreshed(KFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss)
+    reference = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse"), loss)
+    low = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss)
     v = random_vectors(loss)
     expected, got = flat(reference.solve(v, 0.3)), flat(low.solve(v, 0.3))
     assert got.dtype == torch.float32
@@ -93,16 +93,16 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
 
 def test_bfloat16_solve_needs_explicit_inverses():
     loss = PROBLEMS["autoencoder"]()
-    with pytest.raises(ValueError, match="solve_dtype = 'bfloat16' needs inverse_method = 'inverse'"):
-        KFAC(loss.model, solve_dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"solve_dtype must be one of \['factors', 'bfloat16'\], got 'float16'"):
-        KFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
+    with pytest.raises(ValueError, match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is 'inverse'"):
+        BlockDiagonalKFAC(loss.model, inverse_method="eigen", solve_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"Invalid solve_dtype: 'float16'; allowed: factors, bfloat16"):
+        BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
 
 
 def test_factored_tikhonov_damping_blocks(float64):
     """Each block of M(lambda) is (A + pi gamma I) (x) (G + gamma/pi I), pi the trace norm (§6.3)."""
     loss = PROBLEMS["autoencoder"]()
-    rep = refreshed(KFAC(loss.model), loss)
+    rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
     frozen, damping = rep.state_dict()["frozen"], 0.5
     for i, layer in enumerate(rep.layout.layers):
         a, g = frozen[f"A{i}"], frozen[f"G{i}"]
@@ -120,7 +120,7 @@ def test_pi_is_one_for_a_zero_trace():
 def test_ema_is_the_running_mean_for_the_first_updates(float64):
     """eps_k = min(1 - 1/k, 0.95): while 1 - 1/k < 0.95 the average is the arithmetic mean."""
     loss = PROBLEMS["autoencoder"]()
-    rep, gen, batches = KFAC(loss.model), torch.Generator().manual_seed(0), []
+    rep, gen, batches = BlockDiagonalKFAC(loss.model), torch.Generator().manual_seed(0), []
     for _ in range(3):
         batches.append(rep.capture(loss, gen))
         rep.update(batches[-1])
@@ -131,7 +131,7 @@ def test_ema_is_the_running_mean_for_the_first_updates(float64):
 
 def test_ema_decay_is_capped(float64):
     loss = PROBLEMS["autoencoder"]()
-    rep, gen = KFAC(loss.model, CurvatureConfig(max_decay=0.5)), torch.Generator().manual_seed(0)
+    rep, gen = BlockDiagonalKFAC(loss.model, CurvatureConfig(ema_cap=0.5)), torch.Generator().manual_seed(0)
     first, second = rep.capture(loss, gen), rep.capture(loss, gen)
     rep.update(first)
     rep.steps = 10  # the next decay would be 1 - 1/11 without the cap
@@ -144,9 +144,9 @@ def test_ema_decay_is_capped(float64):
 
 def test_state_dict_round_trip_gives_identical_solves(float64):
     loss = PROBLEMS["vae"]()
-    rep = refreshed(KFAC(loss.model), loss)
+    rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
     rep.update(rep.capture(loss, torch.Generator().manual_seed(3)))
-    clone = KFAC(loss.model)
+    clone = BlockDiagonalKFAC(loss.model)
     clone.load_state_dict(rep.state_dict())
     v = random_vectors(loss)
     for a, b in zip(rep.solve(v, 0.1), clone.solve(v, 0.1)):
@@ -156,21 +156,21 @@ def test_state_dict_round_trip_gives_identical_solves(float64):
 
 def test_interface_errors(float64):
     loss = PROBLEMS["autoencoder"]()
-    rep = KFAC(loss.model)
+    rep = BlockDiagonalKFAC(loss.model)
     with pytest.raises(RuntimeError, match="before solve"):
         rep.solve(random_vectors(loss), 1.0)
     with pytest.raises(RuntimeError, match="refresh\\(\\) called before any update"):
         rep.refresh()
     refreshed(rep, loss)
-    with pytest.raises(ValueError, match="damping must be a finite number >= 0, got -1.0"):
+    with pytest.raises(ValueError, match="Invalid damping: -1.0; allowed: a finite number >= 0"):
         rep.solve(random_vectors(loss), -1.0)
     with pytest.raises(ValueError, match="has shape"):
         rep.solve([v.reshape(-1) for v in random_vectors(loss)], 1.0)
-    with pytest.raises(ValueError, match=r"inverse_method must be one of \['eigen', 'inverse'\], got 'cholesky'"):
-        KFAC(loss.model, inverse_method="cholesky")
-    with pytest.raises(ValueError, match=r"estimator must be one of \['sampled', 'exact'\]"):
+    with pytest.raises(ValueError, match=r"Invalid inverse_method: 'cholesky'; allowed: eigen, inverse"):
+        BlockDiagonalKFAC(loss.model, inverse_method="cholesky")
+    with pytest.raises(ValueError, match=r"Invalid curvature.estimator: 'mc'; allowed: sampled, square-root"):
         CurvatureConfig(estimator="mc")
-    with pytest.raises(ValueError, match=r"max_decay must be in \[0, 1\), got 1.0"):
-        CurvatureConfig(max_decay=1.0)
+    with pytest.raises(ValueError, match=r"Invalid curvature.ema_cap: 1.0; allowed: a number in \[0, 1\)"):
+        CurvatureConfig(ema_cap=1.0)
     with pytest.raises(KeyError, match="missing"):
         rep.load_state_dict({"steps": 1})

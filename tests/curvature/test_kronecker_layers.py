@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from curvature_cases import bernoulli_terms, relative_error
-from natgrad.curvature import KFAC, CurvatureConfig, ParameterLayout, exact
+from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, ParameterLayout, exact
 from natgrad.distributions import Bernoulli
 from natgrad.losses import Loss, likelihood_term
 
@@ -16,8 +16,8 @@ def target_terms(out: torch.Tensor, batch: tuple[torch.Tensor, ...]):
     return (likelihood_term(Bernoulli(out), batch[-1]),)
 
 
-def refreshed_exact(loss: Loss) -> KFAC:
-    rep = KFAC(loss.model, CurvatureConfig(estimator="exact"))
+def refreshed_exact(loss: Loss) -> BlockDiagonalKFAC:
+    rep = BlockDiagonalKFAC(loss.model, CurvatureConfig(estimator="square-root"))
     rep.update(rep.capture(loss))
     rep.refresh()
     return rep
@@ -95,9 +95,9 @@ def test_describe_lists_every_parameter_and_why_it_is_diagonal():
 def test_batch_norm_in_training_mode_is_refused_by_name():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"module '1' \(BatchNorm1d\).*nn.LayerNorm"):
-        KFAC(model)
+        BlockDiagonalKFAC(model)
     model[1].eval()
-    assert len(KFAC(model).layout.layers) == 2
+    assert len(BlockDiagonalKFAC(model).layout.layers) == 2
 
 
 def test_module_passed_as_parameters_is_a_type_error():
@@ -118,7 +118,7 @@ def test_tied_weights_are_refused_with_the_parameter_name(float64):
     torch.manual_seed(23)
     x = torch.rand(3, 4)
     loss = Loss.from_model(TiedAutoencoder().double(), (x,), bernoulli_terms)
-    rep = KFAC(loss.model)
+    rep = BlockDiagonalKFAC(loss.model)
     with pytest.raises(ValueError, match=r"\['encoder.weight'\] are used more than once"):
         rep.capture(loss)
 

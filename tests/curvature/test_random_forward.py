@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from curvature_cases import flat, random_vectors, relative_error
-from natgrad.curvature import KFAC, CurvatureConfig, exact
+from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
 from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior
 from natgrad.losses import Loss, kl_term, likelihood_term
 from natgrad.optim import KFAC as KFACOptimizer
@@ -84,7 +84,7 @@ def test_kfac_statistics_use_the_loss_noise(float64):
     loss, reference = pair()
     dense = []
     for each in (loss, reference):
-        rep = KFAC(each.model, CurvatureConfig(estimator="exact"))
+        rep = BlockDiagonalKFAC(each.model, CurvatureConfig(estimator="square-root"))
         rep.update(rep.capture(each))
         rep.refresh()
         dense.append(rep.to_dense())

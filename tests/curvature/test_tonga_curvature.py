@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from natgrad.curvature.exact import dense_empirical_fisher, per_example_gradients
-from natgrad.curvature.tonga import BLOCK_STRUCTURES, TongaConfig, TongaCurvature
+from natgrad.curvature.tonga import Blocks, TongaConfig, TongaCurvature
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
 
@@ -52,7 +52,7 @@ def _block_mask(rep: TongaCurvature) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["autoencoder", "vae"])
-@pytest.mark.parametrize("blocks", BLOCK_STRUCTURES)
+@pytest.mark.parametrize("blocks", list(Blocks))
 def test_full_rank_uncentred_equals_empirical_fisher_blocks(float64, kind, blocks):
     """rank >= number of examples: C is exactly the block-diagonal part of the empirical Fisher."""
     model = _tiny(kind)
@@ -102,7 +102,7 @@ def test_discounted_updates_match_moving_average_and_truncation_keeps_top_eigenp
     _close(rep.to_dense(), top @ vectors[:, -2:].T)
 
 
-@pytest.mark.parametrize("blocks", BLOCK_STRUCTURES)
+@pytest.mark.parametrize("blocks", list(Blocks))
 def test_solve_and_matvec_equal_dense(float64, blocks):
     """Woodbury solve == dense solve of (C + lambda I); matvec == dense C @ v (low rank: k < examples)."""
     model = _tiny("vae")
@@ -141,11 +141,11 @@ def test_uses_first_examples_per_update_and_state_round_trip(float64):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("rank", 0, "Invalid TONGA rank: 0"),
-        ("examples_per_update", 1.5, "Invalid TONGA examples_per_update: 1.5"),
-        ("discount", 1.0, "Invalid TONGA discount: 1.0"),
-        ("blocks", "row", "Invalid TONGA blocks: 'row'; allowed: unit, layer, none"),
-        ("centred", "yes", "Invalid TONGA centred: 'yes'"),
+        ("rank", 0, "Invalid tonga.rank: 0"),
+        ("examples_per_update", 1.5, "Invalid tonga.examples_per_update: 1.5"),
+        ("discount", 1.0, "Invalid tonga.discount: 1.0"),
+        ("blocks", "row", "Invalid tonga.blocks: 'row'; allowed: unit, layer, none"),
+        ("centred", "yes", "Invalid tonga.centred: 'yes'"),
     ],
 )
 def test_invalid_config_names_field(field, value, message):

@@ -39,7 +39,7 @@ def test_state_dict_resumes_the_same_batches():
 
 
 def test_invalid_arguments_name_the_field():
-    with pytest.raises(ValueError, match=r"batch_size = 0 must be in \[1, 10\]"):
+    with pytest.raises(ValueError, match=r"Invalid batch_size: 0; allowed: an integer in \[1, 10\]"):
         BatchSampler(10, 0, seed=0)
-    with pytest.raises(ValueError, match="batch_schedule = 'linear' is invalid; allowed: fixed, exponential"):
+    with pytest.raises(ValueError, match="Invalid batch_schedule: 'linear'; allowed: fixed, exponential"):
         BatchSampler(10, 5, seed=0, schedule="linear")

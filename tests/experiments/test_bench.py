@@ -85,7 +85,7 @@ def test_overrides_reach_every_cell(tmp_path):
     (("[target]", "[dataset.mnist.run]\nbatch_size = 1\n[target]"), "[dataset.mnist]"),
     (("synthetic-autoencoder = 40.0", "mnist-vae = 1.0"), "target.mnist-vae names no problem"),
     (('title = "tiny"', 'title = "tiny"\nbudget = 3'), "unknown key(s) budget"),
-    (("lr = 0.01", "lr = -1.0"), "optimizer.lr = -1.0 is invalid"),
+    (("lr = 0.01", "lr = -1.0"), "Invalid optimizer.lr: -1.0"),
 ])
 def test_invalid_bench_files_name_the_field(tmp_path, change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

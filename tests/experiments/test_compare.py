@@ -48,7 +48,7 @@ def test_demo_config_is_valid():
     ('optimizers = ["sgd"]\nbogus = 1\n', r"unknown key\(s\) bogus"),
     ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\ntarget = "low"\n', "target = 'low' must be a number"),
     ('optimizers = ["sgd"]\n[[comparison]]\nname = "a"\n[[comparison]]\nname = "a"\n', "names must be unique"),
-    ('optimizers = ["nope"]\n', r"optimizer\.name = 'nope' is invalid"),
+    ('optimizers = ["nope"]\n', r"Invalid optimizer\.name: 'nope'"),
     ('optimizers = ["sgd"]\nreference = "adamw"\n', r"reference = 'adamw' is not an optimizer label; allowed: sgd"),
 ])
 def test_suite_errors(tmp_path, text, message):

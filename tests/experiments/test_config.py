@@ -6,38 +6,38 @@ import pytest
 from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, load_run_config, parse_value
 
 INVALID = [
-    ({"data": {"dataset": "cifar"}}, r"data\.dataset = 'cifar' is invalid; allowed: mnist, curves, faces, synthetic"),
-    ({"data": {"train_size": 0}}, r"data\.train_size = 0 is invalid; allowed: an integer >= 1"),
-    ({"model": {"kind": "gan"}}, r"model\.kind = 'gan' is invalid; allowed: autoencoder, vae"),
-    ({"model": {"problem": "mnist", "sizes": [784, 30]}}, r"model\.sizes .* omitted when model\.problem is set"),
-    ({"model": {"sizes": [784]}}, r"model\.sizes = \[784\] is invalid; allowed: a list of >= 2 positive integers"),
-    ({"model": {"init": "xavier"}}, r"model\.init = 'xavier' is invalid; allowed: sparse, default"),
-    ({"optimizer": {"name": "rmsprop"}}, r"optimizer\.name = 'rmsprop' is invalid; allowed: .*adam.*sgd"),
-    ({"optimizer": {"lr": -1.0}}, r"optimizer\.lr = -1\.0 is invalid"),
-    ({"optimizer": {"momentum": 1.0}}, r"optimizer\.momentum = 1\.0 is invalid; allowed: a number in \[0, 1\)"),
-    ({"optimizer": {"l2": -1e-5}}, r"optimizer\.l2 = -1e-05 is invalid; allowed: a finite number >= 0"),
-    ({"budget": {"steps": None, "seconds": None}}, r"budget = \(None, None\) is invalid; allowed: at least one"),
-    ({"eval": {"iwae_samples": -1}}, r"eval\.iwae_samples = -1 is invalid"),
-    ({"batch_size": 0}, r"batch_size = 0 is invalid; allowed: an integer >= 1"),
-    ({"seed": -3}, r"seed = -3 is invalid; allowed: an integer >= 0"),
-    ({"batch_schedule": "linear"}, r"batch_schedule = 'linear' is invalid; allowed: fixed, exponential"),
-    ({"batch_full_at": 1}, r"batch_full_at = 1 is invalid; allowed: an integer >= 2"),
+    ({"data": {"dataset": "cifar"}}, r"Invalid data\.dataset: 'cifar'; allowed: mnist, curves, faces, synthetic"),
+    ({"data": {"train_size": 0}}, r"Invalid data\.train_size: 0; allowed: an integer >= 1"),
+    ({"model": {"kind": "gan"}}, r"Invalid model\.kind: 'gan'; allowed: autoencoder, vae"),
+    ({"model": {"problem": "mnist", "sizes": [784, 30]}}, r"Invalid model\.sizes: .* omitted when model\.problem is set"),
+    ({"model": {"sizes": [784]}}, r"Invalid model\.sizes: \[784\]; allowed: a list of >= 2 positive integers"),
+    ({"model": {"init": "xavier"}}, r"Invalid model\.init: 'xavier'; allowed: sparse, default"),
+    ({"optimizer": {"name": "rmsprop"}}, r"Invalid optimizer\.name: 'rmsprop'; allowed: .*adam.*sgd"),
+    ({"optimizer": {"lr": -1.0}}, r"Invalid optimizer\.lr: -1\.0"),
+    ({"optimizer": {"momentum": 1.0}}, r"Invalid optimizer\.momentum: 1\.0; allowed: a number in \[0, 1\)"),
+    ({"optimizer": {"l2": -1e-5}}, r"Invalid optimizer\.l2: -1e-05; allowed: a finite number >= 0"),
+    ({"budget": {"steps": None, "seconds": None}}, r"Invalid budget: \(None, None\); allowed: at least one"),
+    ({"eval": {"iwae_samples": -1}}, r"Invalid eval\.iwae_samples: -1"),
+    ({"batch_size": 0}, r"Invalid batch_size: 0; allowed: an integer >= 1"),
+    ({"seed": -3}, r"Invalid seed: -3; allowed: an integer >= 0"),
+    ({"batch_schedule": "linear"}, r"Invalid batch_schedule: 'linear'; allowed: fixed, exponential"),
+    ({"batch_full_at": 1}, r"Invalid batch_full_at: 1; allowed: an integer >= 2"),
     ({"optimiser": {}}, r"unknown key\(s\) optimiser; allowed: .*optimizer"),
     ({"optimizer": {"learning_rate": 1.0}}, r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr"),
     # issue 15, item 10: booleans are not numbers, non-finite values are refused
-    ({"optimizer": {"lr": True}}, r"optimizer\.lr = True is invalid; allowed: a finite number > 0"),
-    ({"optimizer": {"momentum": False}}, r"optimizer\.momentum = False is invalid"),
-    ({"optimizer": {"betas": [0.9, True]}}, r"optimizer\.betas = \[0\.9, True\] is invalid"),
-    ({"optimizer": {"eps": float("inf")}}, r"optimizer\.eps = inf is invalid; allowed: a finite number > 0"),
-    ({"optimizer": {"lr": float("nan")}}, r"optimizer\.lr = nan is invalid"),
-    ({"budget": {"seconds": True}}, r"budget\.seconds = True is invalid; allowed: a finite number > 0"),
-    ({"budget": {"seconds": float("inf")}}, r"budget\.seconds = inf is invalid"),
-    ({"model": {"sizes": [64, True, 4]}}, r"model\.sizes = \[64, True, 4\] is invalid"),
-    ({"optimizer": {"name": {"a": 1}}}, r"optimizer\.name = \{'a': 1\} is invalid"),
+    ({"optimizer": {"lr": True}}, r"Invalid optimizer\.lr: True; allowed: a finite number > 0"),
+    ({"optimizer": {"momentum": False}}, r"Invalid optimizer\.momentum: False"),
+    ({"optimizer": {"betas": [0.9, True]}}, r"Invalid optimizer\.betas: \[0\.9, True\]"),
+    ({"optimizer": {"eps": float("inf")}}, r"Invalid optimizer\.eps: inf; allowed: a finite number > 0"),
+    ({"optimizer": {"lr": float("nan")}}, r"Invalid optimizer\.lr: nan"),
+    ({"budget": {"seconds": True}}, r"Invalid budget\.seconds: True; allowed: a finite number > 0"),
+    ({"budget": {"seconds": float("inf")}}, r"Invalid budget\.seconds: inf"),
+    ({"model": {"sizes": [64, True, 4]}}, r"Invalid model\.sizes: \[64, True, 4\]"),
+    ({"optimizer": {"name": {"a": 1}}}, r"Invalid optimizer\.name: \{'a': 1\}"),
     # item 11: a wrong type is refused naming the field, not a TypeError later
-    ({"data": {"data_dir": 5}}, r"data\.data_dir = 5 is invalid; allowed: a directory path as a string"),
-    ({"max_rejected_steps": 0}, r"max_rejected_steps = 0 is invalid; allowed: an integer >= 1"),
-    ({"fault": {"nan_batch_at": [0]}}, r"fault\.nan_batch_at = \[0\] is invalid; allowed: a list of step numbers"),
+    ({"data": {"data_dir": 5}}, r"Invalid data\.data_dir: 5; allowed: a directory path as a string"),
+    ({"max_rejected_steps": 0}, r"Invalid max_rejected_steps: 0; allowed: an integer >= 1"),
+    ({"fault": {"nan_batch_at": [0]}}, r"Invalid fault\.nan_batch_at: \[0\]; allowed: a list of step numbers"),
 ]
 
 
@@ -96,7 +96,7 @@ def test_a_non_table_optimizer_option_names_the_field():
     from natgrad.experiments.optimizers import build_optimizer
 
     config = RunConfig.from_dict({"optimizer": {"name": "kfac", "options": {"damping": "high"}}})
-    with pytest.raises(ValueError, match=r"optimizer\.options\.damping = 'high' is invalid; allowed: a table"):
+    with pytest.raises(ValueError, match=r"Invalid optimizer\.options\.damping: 'high'; allowed: a table"):
         build_optimizer(nn.Sequential(nn.Linear(2, 2)), config.optimizer)
 
 
@@ -138,7 +138,7 @@ def test_model_likelihood_is_validated_and_reaches_the_model():
 
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), True, "often"])
 def test_eval_every_seconds_is_a_positive_finite_number(value):
-    with pytest.raises(ConfigError, match=r"eval\.every_seconds .* is invalid; allowed: a finite number > 0"):
+    with pytest.raises(ConfigError, match=r"Invalid eval\.every_seconds: .*; allowed: a finite number > 0"):
         RunConfig.from_dict({"eval": {"every_seconds": value}})
 
 

@@ -25,7 +25,7 @@ def test_strided_subset_spreads_over_the_file_and_prefix_is_the_default():
     assert rows[-1] == 1993 and torch.equal(strided.train, full.train[rows])
     assert torch.equal(strided.test, full.test[[i * 500 // 50 for i in range(50)]])
     assert DataConfig().subset == "prefix"
-    with pytest.raises(ValueError, match=r"data\.subset = 'random' is invalid; allowed: prefix, strided"):
+    with pytest.raises(ValueError, match=r"Invalid data\.subset: 'random'; allowed: prefix, strided"):
         DataConfig(subset="random")
 
 

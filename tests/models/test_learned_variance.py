@@ -1,7 +1,7 @@
 """The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss, curvature."""
 import torch
 
-from natgrad.curvature import KFAC, CurvatureConfig, OutputGradientEstimator
+from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, OutputGradientEstimator
 from natgrad.curvature.exact import dense_ggn, ggn_vector_product
 from natgrad.distributions import GaussianLearnedVariance
 from natgrad.losses import build_loss
@@ -42,7 +42,7 @@ def test_kfac_captures_both_output_heads(float64):
     torch.manual_seed(1)
     model = DeepAutoencoder((4, 3), likelihood="gaussian-learned", init="default").double()
     loss = build_loss(model, torch.randn(1, 4))
-    kfac = KFAC(model, CurvatureConfig(estimator=OutputGradientEstimator.EXACT))
+    kfac = BlockDiagonalKFAC(model, CurvatureConfig(estimator=OutputGradientEstimator.SQUARE_ROOT))
     kfac.update(kfac.capture(loss))
     kfac.refresh()
     dense = dense_ggn(loss)

@@ -23,7 +23,7 @@ _SHARED = {
 _NATURAL_INVALID = (
     ({"damping": {"initial": -1.0}}, r"damping\.initial"),
     ({"damping": {"adapt_every": 0}}, r"damping\.adapt_every"),
-    ({"schedule": {"ema_cap": 1.0}}, r"schedule\.ema_cap"),
+    ({"curvature": {"ema_cap": 1.0}}, r"curvature\.ema_cap"),
     ({"schedule": {"statistics_fraction": 0.0}}, r"schedule\.statistics_fraction"),
     ({"step": {"momentum": 1.5}}, r"step\.momentum"),
     ({"curvature": {"kind": "hessian"}}, r"curvature\.kind"),
@@ -32,8 +32,8 @@ _NATURAL_INVALID = (
 )
 
 _TONGA_INVALID = tuple(case for case in _NATURAL_INVALID if "curvature" not in case[0]) + (
-    ({"tonga": {"rank": 0}}, r"TONGA rank"),
-    ({"tonga": {"blocks": "rows"}}, r"TONGA blocks"),
+    ({"tonga": {"rank": 0}}, r"tonga\.rank"),
+    ({"tonga": {"blocks": "rows"}}, r"tonga\.blocks"),
 )
 
 

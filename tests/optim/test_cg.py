@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from natgrad.optim.cg import STOP_REASONS, conjugate_gradient, storage_schedule
+from natgrad.optim.cg import StopReason, conjugate_gradient, storage_schedule
 
 
 def _spd(n, condition, seed=0):
@@ -56,7 +56,7 @@ def test_warm_start_at_solution_stops_immediately(float64):
     matrix, b = _spd(10, 10.0)
     exact = torch.linalg.solve(matrix, b)
     result = conjugate_gradient(lambda v: matrix @ v, matrix @ exact, exact.clone())
-    assert result.stop_reason in STOP_REASONS and result.iterations <= 1
+    assert result.stop_reason in list(StopReason) and result.iterations <= 1
     torch.testing.assert_close(result.solution, exact)
 
 

@@ -48,7 +48,7 @@ def _exact_kfac(model, **step):
         model,
         damping={"initial": 1e-16, "weight_decay": 0.0, "adapt_gamma": False},
         schedule={"statistics_fraction": 1.0},
-        curvature={"estimator": "exact"},
+        curvature={"estimator": "square-root"},
         step={"model_fraction": 1.0, **step},  # the model's GGN on the whole batch: alpha is exact
     )
 

@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
+from natgrad.optim.config import DampingConfig
 from natgrad.optim.natural import (
     QuadraticModelStep,
     combine_update,
     damped_gram,
-    damping_candidates,
+    gamma_candidates,
     levenberg_marquardt_update,
-    lm_decay,
     precondition,
     quadratic_model_coefficients,
     reduction_ratio,
@@ -83,14 +83,15 @@ def test_levenberg_marquardt_update(rho, expected):
 
 
 def test_omega_matches_paper_values():
-    assert lm_decay(19 / 20, 5) == pytest.approx(0.95**5)
-    assert lm_decay(math.sqrt(19 / 20), 20) == pytest.approx(0.95**10)
+    config = DampingConfig(adapt_every=5, gamma_every=20)
+    assert config.lm_decrease == pytest.approx(0.95**5)
+    assert config.gamma_factor == pytest.approx(0.95**10)
 
 
-def test_damping_candidates_clip_and_deduplicate():
-    assert damping_candidates(1.0, 0.5, 0.1, 10.0) == (0.5, 1.0, 2.0)
-    assert damping_candidates(1.0, 0.5, 0.1, 1.0) == (0.5, 1.0)
-    assert damping_candidates(0.15, 0.5, 0.1, 1.0) == (0.1, 0.15, 0.3)
+def test_gamma_candidates_clip_and_deduplicate():
+    assert gamma_candidates(1.0, 0.5, 0.1, 10.0) == (0.5, 1.0, 2.0)
+    assert gamma_candidates(1.0, 0.5, 0.1, 1.0) == (0.5, 1.0)
+    assert gamma_candidates(0.15, 0.5, 0.1, 1.0) == (0.1, 0.15, 0.3)
 
 
 def test_reject_nonfinite():
@@ -105,8 +106,8 @@ class _Diagonal:
     def __init__(self, diag):
         self.diag = diag
 
-    def solve(self, vectors, damping):
-        return [v / (d + damping) for v, d in zip(vectors, self.diag)]
+    def solve(self, vectors, tikhonov):
+        return [v / (d + tikhonov) for v, d in zip(vectors, self.diag)]
 
 
 def test_precondition_and_combine():
@@ -116,9 +117,9 @@ def test_precondition_and_combine():
     torch.testing.assert_close(update[0], torch.tensor([-1.5, -3.5]))
 
 
-def test_damping_candidates_never_turn_an_increase_into_a_cut():
+def test_gamma_candidates_never_turn_an_increase_into_a_cut():
     # gamma_0 = sqrt(150) above gamma_max = 1 (the autoencoder defaults): "increase" stays gamma.
     gamma = 150**0.5
-    assert damping_candidates(gamma, 0.5, 0.01, 1.0) == (0.5 * gamma, gamma)
+    assert gamma_candidates(gamma, 0.5, 0.01, 1.0) == (0.5 * gamma, gamma)
     # and symmetrically below gamma_min: "decrease" stays gamma
-    assert damping_candidates(0.05, 0.5, 0.1, 1.0) == (0.05, 0.1)
+    assert gamma_candidates(0.05, 0.5, 0.1, 1.0) == (0.05, 0.1)

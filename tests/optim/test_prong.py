@@ -128,12 +128,12 @@ def test_descends_and_rejects_a_nan_gradient(kind):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"lr": 0.0}, "Invalid PRONG lr: 0.0"),
-        ({"momentum": 1.0}, "Invalid PRONG momentum: 1.0"),
-        ({"reestimate_every": 0}, "Invalid PRONG reestimate_every: 0"),
-        ({"samples": 1}, "Invalid PRONG samples: 1"),
-        ({"epsilon": 0.0}, "Invalid PRONG epsilon: 0.0"),
-        ({"momentum": 0.0, "nesterov": True}, "Invalid PRONG nesterov"),
+        ({"lr": 0.0}, "Invalid prong.lr: 0.0"),
+        ({"momentum": 1.0}, "Invalid prong.momentum: 1.0"),
+        ({"reestimate_every": 0}, "Invalid prong.reestimate_every: 0"),
+        ({"samples": 1}, "Invalid prong.samples: 1"),
+        ({"epsilon": 0.0}, "Invalid prong.epsilon: 0.0"),
+        ({"momentum": 0.0, "nesterov": True}, "Invalid prong.nesterov"),
     ],
 )
 def test_invalid_settings_are_named(kwargs, message):

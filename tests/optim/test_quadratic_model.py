@@ -8,7 +8,7 @@ from natgrad.curvature.choices import CurvatureKind
 from natgrad.curvature.exact import dense_ggn
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
-from natgrad.optim.quadratic_model import batch_prefix, ggn_gram
+from natgrad.optim.quadratic_model import ggn_gram
 
 
 @pytest.mark.parametrize("kind", [CurvatureKind.FULL, CurvatureKind.DECODER_ONLY])
@@ -31,10 +31,10 @@ def test_gram_on_a_prefix_uses_only_those_examples(float64):
     model = DeepAutoencoder([6, 4, 2], init="default")
     x = torch.rand(10, 6).bernoulli()
     direction = [[torch.randn_like(p) for p in model.parameters()]]
-    prefix = batch_prefix((x,), 0.3)
-    assert prefix[0].shape[0] == 3
+    prefix = build_loss(model, x).prefix(0.3)
+    assert prefix.batch[0].shape[0] == 3
     full = ggn_gram(build_loss(model, x[:3]), direction)
-    torch.testing.assert_close(ggn_gram(build_loss(model, x), direction, batch=prefix), full, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ggn_gram(prefix, direction), full, rtol=1e-12, atol=0)
 
 
 def test_empirical_kind_is_rejected():

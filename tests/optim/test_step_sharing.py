@@ -6,16 +6,15 @@ import torch
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
 from natgrad.optim import KFAC
-from natgrad.optim.base import batch_subset
 
 
-def test_batch_subset_slices_the_terms_a_prefix_forward_would_build(float64):
+def test_loss_prefix_slices_the_terms_a_prefix_forward_would_build(float64):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = VAE([6, 4, 2])
     x = torch.bernoulli(torch.rand(10, 6, generator=g), generator=g)
     loss = build_loss(model, x, generator=g)
-    subset = batch_subset(loss, 0.3)
+    subset = loss.prefix(0.3)
     direct = build_loss(model, x[:3], eps=loss.inputs[1][:3])
     assert subset.batch_size == 3 and len(subset.terms) == len(direct.terms) == 2
     for a, b in zip(subset.terms, direct.terms):

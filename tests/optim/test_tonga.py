@@ -81,8 +81,8 @@ def test_descends_on_a_small_autoencoder():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"tonga": {"rank": 0}}, "Invalid TONGA rank: 0"),
-        ({"tonga": {"blocks": "rows"}}, "Invalid TONGA blocks: 'rows'"),
+        ({"tonga": {"rank": 0}}, "Invalid tonga.rank: 0"),
+        ({"tonga": {"blocks": "rows"}}, "Invalid tonga.blocks: 'rows'"),
         ({"tonga": {"size": 3}}, "Invalid tonga: \\['size'\\]"),
         ({"damping": {"initial": -1.0}}, "Invalid damping.initial: -1.0"),
         ({"schedule": {"inverse_every": 0}}, "Invalid schedule.inverse_every: 0"),

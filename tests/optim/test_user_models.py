@@ -9,7 +9,6 @@ from natgrad.curvature.choices import CurvatureKind
 from natgrad.curvature.exact import dense_ggn
 from natgrad.losses import cross_entropy
 from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree, TONGA
-from natgrad.optim.base import batch_subset
 
 
 def sequential_classifier() -> nn.Sequential:
@@ -24,7 +23,7 @@ def data(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_statistics_subset_slices_the_targets_with_the_inputs(float64):
     model, (x, y) = sequential_classifier(), data()
-    subset = batch_subset(cross_entropy(model, x, y), 0.25)
+    subset = cross_entropy(model, x, y).prefix(0.25)
     assert subset.inputs[0].shape[0] == subset.targets[0].shape[0] == subset.batch_size == 4
     reference = cross_entropy(model, x[:4], y[:4])
     torch.testing.assert_close(subset.value, reference.value, rtol=1e-14, atol=0)

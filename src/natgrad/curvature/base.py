@@ -7,7 +7,7 @@ or Fisher ``F``), ``lambda`` the damping passed by the optimizer.
 
 Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Algorithm 1)::
 
-    rep = KFAC(model, CurvatureConfig(kind="full"))
+    rep = BlockDiagonalKFAC(model, CurvatureConfig(kind="full"))
     for k, batch in enumerate(batches, 1):
         loss = build_loss(model, x_stats, generator=gen)     # e.g. 1/8 of the batch
         rep.update(rep.capture(loss, generator=gen))          # EMA of the statistics
@@ -16,7 +16,7 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
         step = rep.solve(gradient, damping)                  # approx. (C + lambda I)^{-1} g
 
 * :meth:`update` folds one batch's statistics into exponential moving averages,
-  ``X <- eps_k X + (1 - eps_k) X_batch`` with ``eps_k = min(1 - 1/k, max_decay)`` (section 5;
+  ``X <- eps_k X + (1 - eps_k) X_batch`` with ``eps_k = min(1 - 1/k, ema_cap)`` (section 5;
   k counts updates from 1, so the first update uses the batch alone), or a fixed ``decay``.
 * :meth:`refresh` freezes the current averages into the matrix that :meth:`solve`,
   :meth:`matvec` and :meth:`to_dense` use, and does the expensive damping-independent work
@@ -39,17 +39,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.capture import CapturedBatch, capture
-from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
+from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
+from natgrad.validation import in_unit_interval, is_number, require
 
 
 #: Damped factorisations kept per refresh: the three gamma candidates of a search (section 6.6).
@@ -60,36 +60,10 @@ class NonFiniteStatistics(ArithmeticError):
     """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update` refused it."""
 
 
-@dataclass(frozen=True)
-class CurvatureConfig:
-    """What a representation estimates and how fast its statistics forget.
-
-    Attributes:
-        kind: ``"full"`` GGN, ``"decoder-only"`` (likelihood terms) or ``"empirical"`` Fisher.
-        estimator: ``"sampled"`` (Monte-Carlo, one draw per example) or ``"exact"`` square roots.
-        max_decay: cap of the EMA decay ``eps_k = min(1 - 1/k, max_decay)``; default 0.95 (K-FAC §5).
-
-    Raises:
-        ValueError: an unknown ``kind``/``estimator`` or ``max_decay`` outside ``[0, 1)``.
-    """
-
-    kind: CurvatureKind | str = CurvatureKind.FULL
-    estimator: OutputGradientEstimator | str = OutputGradientEstimator.SAMPLED
-    max_decay: float = 0.95
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", parse_choice(CurvatureKind, "kind", self.kind))
-        object.__setattr__(self, "estimator", parse_choice(OutputGradientEstimator, "estimator", self.estimator))
-        if not 0.0 <= self.max_decay < 1.0:
-            raise ValueError(f"max_decay must be in [0, 1), got {self.max_decay}")
-
-
 def check_damping(damping: float) -> float:
     """``damping`` as a float, rejected when negative or not finite."""
-    damping = float(damping)
-    if not (damping >= 0.0 and damping < float("inf")):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
-    return damping
+    require(is_number(damping) and damping >= 0, "damping", damping, "a finite number >= 0")
+    return float(damping)
 
 
 class CurvatureRepresentation(ABC):
@@ -125,7 +99,7 @@ class CurvatureRepresentation(ABC):
     def update(self, batch: CapturedBatch, decay: float | None = None) -> None:
         """Fold one batch into the moving averages: ``X <- eps X + (1 - eps) X_batch``.
 
-        ``decay`` defaults to ``min(1 - 1/k, max_decay)`` with ``k`` the update count from 1.
+        ``decay`` defaults to ``min(1 - 1/k, ema_cap)`` with ``k`` the update count from 1.
 
         A batch with a NaN or Inf statistic is refused before anything is folded in, so one bad
         batch never poisons the averages.
@@ -134,15 +108,14 @@ class CurvatureRepresentation(ABC):
             ValueError: ``decay`` outside ``[0, 1)``.
             NonFiniteStatistics: a statistic of ``batch`` is NaN or Inf (nothing was changed).
         """
-        if decay is not None and not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        require(decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None")
         statistics = self._batch_statistics(batch)
         if not all_finite(statistics.values()):  # one pass; name the culprits only on failure
             bad = [key for key, value in statistics.items() if not all_finite((value,))]
             raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
         self.steps += 1
         if decay is None:
-            decay = min(1.0 - 1.0 / self.steps, self.config.max_decay)
+            decay = min(1.0 - 1.0 / self.steps, self.config.ema_cap)
         for key, value in statistics.items():
             old = self._averages.get(key)
             if old is None:

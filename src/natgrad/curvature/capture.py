@@ -18,7 +18,7 @@ What is back-propagated, per loss term selected by the curvature kind (choices.p
 
 * SAMPLED: ``s_{t,n}`` with ``E[s s^T] = H_{t,n}`` for *every* selected term, summed in one backward
   pass (independent across terms, so ``E[g g^T]`` gives ``sum_t J_t^T H_t J_t``);
-* EXACT: each column of ``H^{1/2}`` of every selected term, one backward pass each;
+* SQUARE_ROOT: each column of ``H^{1/2}`` of every selected term, one backward pass each;
 * EMPIRICAL: the gradient ``dl_n/dz`` of the per-example objective (all terms).
 
 The extra backward goes from the term outputs to the layer outputs only (``torch.autograd.grad``;
@@ -195,7 +195,7 @@ def capture(
     """Forward ``loss``'s batch with hooks, back-propagate the output-side vectors, return the records.
 
     Cost: one forward pass plus one backward pass to the layer outputs per pass (one pass unless
-    ``estimator`` is EXACT), plus a vmap'd per-example pass when the model has other parameters.
+    ``estimator`` is SQUARE_ROOT), plus a vmap'd per-example pass when the model has other parameters.
     """
     check_modules(loss.model)
     with _Recorder(layout.layers) as rec, _ParameterUses(layout) as uses:

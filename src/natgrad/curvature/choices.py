@@ -13,40 +13,65 @@
 
 * :class:`OutputGradientEstimator` — how approximate representations get the output-side vectors
   they back-propagate (Martens & Grosse 2015, section 5): ``SAMPLED`` draws one ``s`` per example
-  and term with ``E[s s^T] = H`` (the Monte-Carlo Fisher), ``EXACT`` back-propagates every column of
-  the diagonal square root ``H^{1/2}`` (one backward pass per output dimension; tiny models only).
-  ``EMPIRICAL`` curvature always uses the loss gradient itself.
+  and term with ``E[s s^T] = H`` (the Monte-Carlo Fisher), ``SQUARE_ROOT`` back-propagates every
+  column of a square root ``H^{1/2}`` (one backward pass per output dimension; tiny models only;
+  what the paper calls the "exact Fisher" statistics, but "exact" in natgrad means the dense
+  oracles of :mod:`natgrad.curvature.exact` only). ``EMPIRICAL`` curvature always uses the loss
+  gradient itself.
+
+* :class:`CurvatureConfig` — the two choices above and the cap of the moving averages, the one
+  config every representation and optimizer takes.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 from natgrad.losses import LossTerm
+from natgrad.validation import in_unit_interval, parse_choice, require
 
 
 class CurvatureKind(str, Enum):
+    """Which matrix is estimated (module docstring)."""
+
     FULL = "full"
     DECODER_ONLY = "decoder-only"
     EMPIRICAL = "empirical"
 
 
 class OutputGradientEstimator(str, Enum):
+    """How the output-side vectors are obtained (module docstring)."""
+
     SAMPLED = "sampled"
-    EXACT = "exact"
+    SQUARE_ROOT = "square-root"
 
 
-def parse_choice(enum: type[Enum], field: str, value: object) -> Enum:
-    """``value`` as a member of ``enum``, with an error naming ``field`` and the allowed values.
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """What a representation estimates and how fast its moving averages forget.
+
+    Attributes:
+        kind: ``"full"`` GGN of every loss term, ``"decoder-only"`` (likelihood terms only; a
+            VAE's naive K-FAC) or ``"empirical"`` Fisher.
+        estimator: ``"sampled"`` (Monte-Carlo, one draw per example; the paper) or
+            ``"square-root"`` (every column of the output-curvature square root; tiny models).
+        ema_cap: cap of the moving-average decay ``eps_k = min(1 - 1/k, ema_cap)`` (0.95, K-FAC
+            section 5).
 
     Raises:
-        ValueError: ``value`` is not one of the enum's values.
+        ValueError: an unknown ``kind`` or ``estimator``, or ``ema_cap`` outside ``[0, 1)``.
     """
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = [m.value for m in enum]
-        raise ValueError(f"{field} must be one of {allowed}, got {value!r}") from None
+
+    kind: CurvatureKind | str = CurvatureKind.FULL
+    estimator: OutputGradientEstimator | str = OutputGradientEstimator.SAMPLED
+    ema_cap: float = 0.95
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", parse_choice(CurvatureKind, "curvature.kind", self.kind))
+        estimator = parse_choice(OutputGradientEstimator, "curvature.estimator", self.estimator)
+        object.__setattr__(self, "estimator", estimator)
+        require(in_unit_interval(self.ema_cap), "curvature.ema_cap", self.ema_cap, "a number in [0, 1)")
 
 
 def select_terms(terms: Sequence[LossTerm], kind: CurvatureKind) -> tuple[LossTerm, ...]:

@@ -2,7 +2,7 @@ r"""Diagonal Fisher / GGN: ``C = diag((1/N) sum_{k,n} g_{k,n} (.) g_{k,n})``.
 
 ``g_{k,n}`` is the per-example gradient of ``<s_{k,n}, z_n(theta)>`` for the back-propagated
 output-side vectors ``s`` of :mod:`natgrad.curvature.capture`: sampled (Monte-Carlo Fisher
-diagonal, Martens & Grosse 2015 section 5 estimator applied to the diagonal), exact square roots
+diagonal, Martens & Grosse 2015 section 5 estimator applied to the diagonal), square roots
 (then ``C`` is exactly ``diag(G)``) or the loss gradient (empirical Fisher diagonal). For a
 Kronecker layer the per-example gradient is ``sum_t g_{n,t} a_bar_{n,t}^T`` from the captured
 statistics (one batched einsum); other parameters come from the capture's vmap pass.

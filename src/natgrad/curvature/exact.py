@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
-from natgrad.curvature.choices import CurvatureKind, parse_choice, select_terms
+from natgrad.curvature.choices import CurvatureKind, select_terms
 from natgrad.losses import Loss, curvature_product
+from natgrad.validation import parse_choice
 
 Params = Mapping[str, Tensor]
 

@@ -21,8 +21,8 @@ Both give the same matrix ``M(lambda) = (A + pi gamma I) (x) (G + gamma/pi I)`` 
 ``solve_dtype`` (``"inverse"`` only) is a departure from the paper, off by default: ``"bfloat16"``
 stores the damped inverses in bfloat16 and multiplies in bfloat16 (float32 accumulation inside the
 product, result cast back to the gradient's dtype). The two products per layer are the solve's whole
-cost, ``sum_i d_out d_in (d_out + d_in)`` multiply-adds, and on CPUs with AVX512-BF16 they run about
-2.4x faster (``benchmarks/step_cost.py``); the price is a relative error of about ``2^-8`` per
+cost, ``sum_i d_out d_in (d_out + d_in)`` multiply-adds, and on CPUs with AVX512-BF16 they run
+faster in bfloat16 (timings: ``benchmarks/results/step_cost.md``); the price is a relative error of about ``2^-8`` per
 entry of the preconditioned gradient (8-bit mantissa), which the quadratic model's exact ``alpha`` and
 ``mu`` absorb in scale but not in direction. The factors, their moving averages and the inverses'
 Cholesky factorisation stay in float32/float64.
@@ -35,13 +35,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import CurvatureConfig, CurvatureRepresentation
+from natgrad.curvature.base import CurvatureRepresentation
 from natgrad.curvature.capture import CapturedBatch, gradient_factor, input_factor
-from natgrad.curvature.choices import parse_choice
+from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.damping import add_identity, factored_shifts
+from natgrad.validation import parse_choice, require
 
 
 class InverseMethod(str, Enum):
+    """How the damped Kronecker factors are inverted (module docstring)."""
+
     EIGEN = "eigen"
     INVERSE = "inverse"
 
@@ -62,13 +65,15 @@ def _spd_inverse(matrix: Tensor) -> Tensor:
     return torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype)
 
 
-class KFAC(CurvatureRepresentation):
+class BlockDiagonalKFAC(CurvatureRepresentation):
     """Block-diagonal Kronecker-factored curvature over Linear/Conv2d layers, diagonal elsewhere.
 
     Args:
         model: the module whose trainable parameters are the coordinates.
         config: curvature kind, estimator and EMA cap.
-        inverse_method: ``"eigen"`` (default; damping changes are cheap) or ``"inverse"``.
+        inverse_method: ``"inverse"`` (default: explicit inverses of the damped factors, rebuilt per
+            damping value) or ``"eigen"`` (eigendecompositions at each refresh; any damping is then
+            cheap, but a solve costs four matrix products per layer instead of two).
         solve_dtype: ``"factors"`` (default: the factors' own dtype) or ``"bfloat16"`` (a departure,
             ``"inverse"`` only; see module docstring).
 
@@ -80,14 +85,14 @@ class KFAC(CurvatureRepresentation):
         self,
         model: nn.Module,
         config: CurvatureConfig | None = None,
-        inverse_method: InverseMethod | str = "eigen",
-        solve_dtype: SolveDtype | str = "factors",
+        inverse_method: InverseMethod | str = InverseMethod.INVERSE,
+        solve_dtype: SolveDtype | str = SolveDtype.FACTORS,
     ) -> None:
         super().__init__(model, config)
         self.inverse_method = parse_choice(InverseMethod, "inverse_method", inverse_method)
         self.solve_dtype = parse_choice(SolveDtype, "solve_dtype", solve_dtype)
-        if self.solve_dtype is SolveDtype.BFLOAT16 and self.inverse_method is not InverseMethod.INVERSE:
-            raise ValueError(f"solve_dtype = 'bfloat16' needs inverse_method = 'inverse', got {self.inverse_method.value!r}")
+        require(self.solve_dtype is not SolveDtype.BFLOAT16 or self.inverse_method is InverseMethod.INVERSE,
+                "solve_dtype", self.solve_dtype.value, "'factors' unless inverse_method is 'inverse'")
 
     # ---- statistics -------------------------------------------------------------------------
     def _batch_statistics(self, batch: CapturedBatch) -> dict[str, Tensor]:

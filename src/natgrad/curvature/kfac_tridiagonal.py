@@ -20,7 +20,7 @@ Efficient solve, all in matrix form (``Psi_i V = PsiG_i V PsiA_i^T``):
 ``W = K_G [(K_G^T U K_A) / (1 - s_G s_A^T)] K_A^T``. Positive-definite damped joint moments give
 ``0 <= s < 1``, so no clipping is applied (Martens' code clips ``s <= 1`` as a safeguard).
 
-Damping (section 6.3, shared with block-diagonal K-FAC via :meth:`KFAC.damped_layer_factors`):
+Damping (section 6.3, shared with block-diagonal K-FAC via :meth:`BlockDiagonalKFAC.damped_layer_factors`):
 only ``A_i`` and ``G_i`` are damped, the cross moments are not. Undamped, ``Sigma_i`` can be singular
 (a linear code layer makes ``g_i`` a linear function of ``g_{i+1}`` and both inputs carry the bias
 1, so ``s_A = s_G = 1``); :meth:`solve` therefore needs ``damping > 0`` there, while :meth:`matvec`
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import CurvatureConfig
+from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.capture import CapturedBatch, cross_gradient_factor, cross_input_factor
-from natgrad.curvature.kfac import KFAC
+from natgrad.curvature.kfac import BlockDiagonalKFAC
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def simultaneous_diagonalisation(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.solve_triangular(chol.T, e, upper=True), s
 
 
-class TridiagonalKFAC(KFAC):
+class TridiagonalKFAC(BlockDiagonalKFAC):
     """Block-tridiagonal K-FAC over a chain of Linear layers; other parameters diagonal.
 
     Raises:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
@@ -54,8 +55,15 @@ from natgrad.curvature.exact import per_example_gradients
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
+from natgrad.validation import in_unit_interval, is_integer, parse_choice, require
 
-BLOCK_STRUCTURES = ("unit", "layer", "none")
+
+class Blocks(str, Enum):
+    """TONGA's block structure (module docstring)."""
+
+    UNIT = "unit"  # one block per unit of every Kronecker layer (the paper's block-diagonal variant)
+    LAYER = "layer"  # one block per Kronecker layer
+    NONE = "none"  # one block over all parameters (plain low-rank TONGA)
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class TongaConfig:
         discount: ``gamma`` of the moving average (PLearn 0.99, climin 0.995).
         centred: centre each batch's gradients on their mean (the paper's covariance) instead of
             the uncentred second moment of the online algorithm.
-        blocks: one of :data:`BLOCK_STRUCTURES`.
+        blocks: a :class:`Blocks` value: ``"unit"`` (default), ``"layer"`` or ``"none"``.
         examples_per_update: ``m``, per-example gradients used per update (the first ``m`` of
             the batch); memory is ``m`` times the number of parameters.
 
@@ -78,25 +86,18 @@ class TongaConfig:
     rank: int = 10
     discount: float = 0.99
     centred: bool = False
-    blocks: str = "unit"
+    blocks: Blocks | str = Blocks.UNIT
     examples_per_update: int = 8
 
     def __post_init__(self) -> None:
         for name in ("rank", "examples_per_update"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Invalid TONGA {name}: {value!r}; allowed: an integer >= 1")
-        if not (isinstance(self.discount, (int, float)) and 0.0 <= self.discount < 1.0):
-            raise ValueError(f"Invalid TONGA discount: {self.discount!r}; allowed: a number in [0, 1)")
-        if not isinstance(self.centred, bool):
-            raise ValueError(f"Invalid TONGA centred: {self.centred!r}; allowed: true or false")
-        if self.blocks not in BLOCK_STRUCTURES:
-            raise ValueError(f"Invalid TONGA blocks: {self.blocks!r}; allowed: {', '.join(BLOCK_STRUCTURES)}")
-        if self.centred and self.examples_per_update < 2:
-            raise ValueError(
-                f"Invalid TONGA examples_per_update: {self.examples_per_update} with centred=True; "
-                "allowed: >= 2 (a centred batch of one example is zero)"
-            )
+            require(is_integer(value) and value >= 1, f"tonga.{name}", value, "an integer >= 1")
+        require(in_unit_interval(self.discount), "tonga.discount", self.discount, "a number in [0, 1)")
+        require(isinstance(self.centred, bool), "tonga.centred", self.centred, "true or false")
+        object.__setattr__(self, "blocks", parse_choice(Blocks, "tonga.blocks", self.blocks))
+        require(not self.centred or self.examples_per_update >= 2, "tonga.examples_per_update",
+                self.examples_per_update, ">= 2 with centred = true (a centred batch of one example is zero)")
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,14 @@ class _BlockGroup:
         return [p.reshape(shapes[i]) for p, i in zip(block[0].split(sizes), self.indices)]
 
 
-def _block_groups(layout: ParameterLayout, blocks: str) -> list[_BlockGroup]:
+def _block_groups(layout: ParameterLayout, blocks: Blocks) -> list[_BlockGroup]:
     """The block structure ``blocks`` over the layout's parameters (see the module docstring)."""
-    if blocks == "none":
+    if blocks is Blocks.NONE:
         return [_BlockGroup(tuple(range(len(layout.params))), per_unit=False)]
     groups = []
     for layer in layout.layers:
         indices = (layer.weight_index,) + (() if layer.bias_index is None else (layer.bias_index,))
-        groups.append(_BlockGroup(indices, per_unit=blocks == "unit"))
+        groups.append(_BlockGroup(indices, per_unit=blocks is Blocks.UNIT))
     groups.extend(_BlockGroup((i,), per_unit=False) for i in layout.other)
     return groups
 
@@ -174,7 +175,7 @@ class TongaCurvature:
 
     def describe(self) -> str:
         """Every parameter and its block: low-rank plus diagonal, grouped by ``config.blocks``."""
-        return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks!r})")
+        return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks.value!r})")
 
     @property
     def params(self) -> list[Tensor]:

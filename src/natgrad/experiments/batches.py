@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from natgrad.optim.kfac import exponential_batch_size
+from natgrad.validation import require
 
 SCHEDULES = ("fixed", "exponential")
 
@@ -37,10 +38,9 @@ class BatchSampler:
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, schedule: str = "fixed",
                  full_at: int = 500) -> None:
-        if not 1 <= batch_size <= num_examples:
-            raise ValueError(f"batch_size = {batch_size} must be in [1, {num_examples}] (the number of training examples)")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"batch_schedule = {schedule!r} is invalid; allowed: {', '.join(SCHEDULES)}")
+        require(1 <= batch_size <= num_examples, "batch_size", batch_size,
+                f"an integer in [1, {num_examples}] (the number of training examples)")
+        require(schedule in SCHEDULES, "batch_schedule", schedule, ", ".join(SCHEDULES))
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.schedule = schedule

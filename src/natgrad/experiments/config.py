@@ -46,6 +46,7 @@ from natgrad.experiments.batches import SCHEDULES as BATCH_SCHEDULES
 from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
+from natgrad.validation import is_integer, is_number, require
 
 MODEL_KINDS = ("autoencoder", "vae")
 #: Datasets a run can train on: the three benchmark problems, and a seeded synthetic set for tests.
@@ -58,30 +59,19 @@ class ConfigError(ValueError):
 
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field_name} = {value!r} is invalid; allowed: {allowed}")
+    require(condition, field_name, value, allowed, ConfigError)
 
 
 def _check_optional_positive_int(name: str, value: int | None) -> None:
-    _require(value is None or (_is_count(value) and value >= 1), name, value, "an integer >= 1 (or omitted)")
+    _require(value is None or (is_integer(value) and value >= 1), name, value, "an integer >= 1 (or omitted)")
 
 
 def _check_positive_int(name: str, value: int) -> None:
-    _require(_is_count(value) and value >= 1, name, value, "an integer >= 1")
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float; booleans are not numbers (``lr = true`` is refused, not read as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value: Any) -> bool:
-    """An int that is not a boolean."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    _require(is_integer(value) and value >= 1, name, value, "an integer >= 1")
 
 
 def _check_nonneg_float(name: str, value: float) -> None:
-    _require(_is_number(value) and value >= 0, name, value, "a finite number >= 0")
+    _require(is_number(value) and value >= 0, name, value, "a finite number >= 0")
 
 
 @dataclass
@@ -148,7 +138,7 @@ class ModelConfig:
                  "omitted when model.problem is set (give one or the other)")
         if self.sizes is not None:
             self.sizes = list(self.sizes)
-            ok = len(self.sizes) >= 2 and all(_is_count(s) and s >= 1 for s in self.sizes)
+            ok = len(self.sizes) >= 2 and all(is_integer(s) and s >= 1 for s in self.sizes)
             _require(ok, "model.sizes", self.sizes, "a list of >= 2 positive integers")
         _require(self.activation is None or self.activation in ACTIVATIONS, "model.activation", self.activation,
                  ", ".join(sorted(ACTIVATIONS)) + " (or omitted)")
@@ -201,16 +191,16 @@ class OptimizerConfig:
 
         _require(isinstance(self.name, str) and self.name in OPTIMIZERS, "optimizer.name", self.name,
                  ", ".join(sorted(OPTIMIZERS)))
-        lr_ok = self.lr is None or (_is_number(self.lr) and self.lr > 0)
+        lr_ok = self.lr is None or (is_number(self.lr) and self.lr > 0)
         _require(lr_ok, "optimizer.lr", self.lr, "a finite number > 0 (or omitted)")
-        _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum",
+        _require(is_number(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum",
                  self.momentum, "a number in [0, 1)")
         _require(isinstance(self.nesterov, bool), "optimizer.nesterov", self.nesterov, "true or false")
         betas_ok = isinstance(self.betas, (list, tuple)) and len(self.betas) == 2 and all(
-            _is_number(b) and 0 <= b < 1 for b in self.betas)
+            is_number(b) and 0 <= b < 1 for b in self.betas)
         _require(betas_ok, "optimizer.betas", self.betas, "two numbers in [0, 1)")
         self.betas = list(self.betas)
-        _require(_is_number(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0")
+        _require(is_number(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0")
         _check_nonneg_float("optimizer.l2", self.l2)
         _require(isinstance(self.options, dict), "optimizer.options", self.options, "a table of keyword arguments")
 
@@ -228,7 +218,7 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         _check_optional_positive_int("budget.steps", self.steps)
-        ok = self.seconds is None or (_is_number(self.seconds) and self.seconds > 0)
+        ok = self.seconds is None or (is_number(self.seconds) and self.seconds > 0)
         _require(ok, "budget.seconds", self.seconds, "a finite number > 0 (or omitted)")
         _require(self.steps is not None or self.seconds is not None, "budget", (self.steps, self.seconds),
                  "at least one of budget.steps and budget.seconds")
@@ -264,7 +254,7 @@ class EvalConfig:
                                             and math.isfinite(self.every_seconds) and self.every_seconds > 0)
         _require(ok, "eval.every_seconds", self.every_seconds, "a finite number > 0 (or omitted)")
         _check_positive_int("eval.chunk_size", self.chunk_size)
-        _require(_is_count(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples,
+        _require(is_integer(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples,
                  "an integer >= 0 (0 disables the IWAE bound)")
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
         _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
@@ -283,7 +273,7 @@ class FaultConfig:
     nan_batch_at: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ok = isinstance(self.nan_batch_at, (list, tuple)) and all(_is_count(k) and k >= 1 for k in self.nan_batch_at)
+        ok = isinstance(self.nan_batch_at, (list, tuple)) and all(is_integer(k) and k >= 1 for k in self.nan_batch_at)
         _require(ok, "fault.nan_batch_at", self.nan_batch_at, "a list of step numbers >= 1")
         self.nan_batch_at = list(self.nan_batch_at)
 
@@ -323,10 +313,10 @@ class RunConfig:
         _check_positive_int("batch_size", self.batch_size)
         _require(self.batch_schedule in BATCH_SCHEDULES, "batch_schedule", self.batch_schedule,
                  ", ".join(BATCH_SCHEDULES))
-        _require(_is_count(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at,
+        _require(is_integer(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at,
                  "an integer >= 2 (the batch reaching |train|)")
         _check_optional_positive_int("threads", self.threads)
-        _require(_is_count(self.seed) and self.seed >= 0, "seed",
+        _require(is_integer(self.seed) and self.seed >= 0, "seed",
                  self.seed, "an integer >= 0")
         _check_positive_int("checkpoint_every", self.checkpoint_every)
         _check_positive_int("max_rejected_steps", self.max_rejected_steps)
@@ -353,8 +343,7 @@ _SECTIONS: dict[str, type] = {
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {values!r}")
+    _require(isinstance(values, Mapping), prefix.rstrip(".") or "config", values, "a table")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from natgrad.validation import require
+
 if TYPE_CHECKING:
     from natgrad.experiments.config import OptimizerConfig
 
@@ -97,23 +99,23 @@ def _option_table(config: "OptimizerConfig", key: str) -> dict:
         ValueError: the value is not a table (the message names the field and shows the fix).
     """
     value = config.options.get(key) or {}
-    if not isinstance(value, dict):
-        raise ValueError(f"optimizer.options.{key} = {value!r} is invalid; allowed: a table of its fields, "
-                         f"e.g. --set optimizer.options.{key}.<field>=<value>")
+    require(isinstance(value, dict), f"optimizer.options.{key}", value,
+            f"a table of its fields, e.g. --set optimizer.options.{key}.<field>=<value>")
     return dict(value)
 
 
 def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
     ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
-    ``with_curvature``, ``curvature`` as the curvature kind (TONGA has its own matrix)."""
-    _check_option_keys(config, _NATURAL_OPTIONS + extra)
+    ``with_curvature``, ``optimizer.curvature`` as the curvature kind under the ``curvature`` table
+    (estimator, ema_cap); TONGA has its own matrix."""
+    _check_option_keys(config, _NATURAL_OPTIONS + extra + (("curvature",) if with_curvature else ()))
     options = dict(config.options)
     fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
     options["step"] = fixed | _option_table(config, "step")
     options["damping"] = {"weight_decay": config.l2} | _option_table(config, "damping")
     if with_curvature:
-        options["curvature"] = {"kind": config.curvature or "full"}
+        options["curvature"] = {"kind": config.curvature or "full"} | _option_table(config, "curvature")
     return options
 
 
@@ -175,6 +177,5 @@ def build_optimizer(model: nn.Module, config: "OptimizerConfig") -> torch.optim.
     Raises:
         ValueError: the name is not registered (the message lists the registered names).
     """
-    if config.name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name = {config.name!r} is not registered; allowed: {', '.join(sorted(OPTIMIZERS))}")
+    require(config.name in OPTIMIZERS, "optimizer.name", config.name, ", ".join(sorted(OPTIMIZERS)))
     return OPTIMIZERS[config.name](model, config)

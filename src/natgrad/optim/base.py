@@ -33,24 +33,23 @@ representation estimates, so curvature choices are compared under the same step 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from natgrad.curvature.base import CurvatureRepresentation, NonFiniteStatistics
 from natgrad.curvature.choices import CurvatureKind
-from natgrad.losses import Loss, LossTerm
-from natgrad.optim.config import MODEL_DTYPES, DampingConfig, ScheduleConfig, StepConfig
+from natgrad.losses import Loss
+from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
 from natgrad.optim.natural import (
     QuadraticModelStep,
     combine_update,
     damped_gram,
-    damping_candidates,
+    gamma_candidates,
     dot,
     levenberg_marquardt_update,
     precondition,
@@ -58,7 +57,8 @@ from natgrad.optim.natural import (
     reduction_ratio,
     reject_nonfinite,
 )
-from natgrad.optim.quadratic_model import batch_prefix, ggn_gram
+from natgrad.optim.quadratic_model import ggn_gram
+from natgrad.validation import is_integer, require
 
 _log = logging.getLogger(__name__)
 
@@ -100,31 +100,6 @@ def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> f
     return loss_value + 0.5 * weight_decay * float(sum(p.detach().pow(2).sum() for p in params))
 
 
-def _prefix_term(term: LossTerm, m: int) -> LossTerm:
-    sampler = term.output_gradient_sampler
-    return dataclasses.replace(
-        term,
-        outputs=tuple(z[:m] for z in term.outputs),
-        values=term.values[:m],
-        curvature=tuple(c[:m] for c in term.curvature),
-        output_gradient_sampler=None if sampler is None else (lambda g: tuple(s[:m] for s in sampler(g))),
-    )
-
-
-def batch_subset(loss: Loss, fraction: float) -> Loss:
-    """The loss of the first ``ceil(fraction * N)`` examples, sliced from ``loss`` (no forward pass).
-
-    Every term is per-example, so slicing its outputs, values and curvature gives exactly the
-    terms a forward pass on the prefix would build; statistics capture re-runs that forward with
-    hooks anyway (on ``loss.batch``, targets sliced with the inputs), so evaluating it here would
-    be wasted.
-    """
-    batch = batch_prefix(loss.batch, fraction)
-    m = int(batch[0].shape[0])
-    inputs, targets = batch[: len(loss.inputs)], batch[len(loss.inputs):]
-    return dataclasses.replace(loss, inputs=inputs, targets=targets, terms=tuple(_prefix_term(t, m) for t in loss.terms))
-
-
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
     """``\\nabla h = \\nabla loss + eta theta`` from ``.grad`` (zeros where a parameter got none)."""
     return [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach() for p in params]
@@ -149,8 +124,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     """The shared K-FAC-style step over a :class:`~natgrad.curvature.base.CurvatureRepresentation`.
 
     Args:
-        model: the module being trained; its trainable parameters are optimised.
-        curvature: the representation (K-FAC, tridiagonal K-FAC, diagonal, ...) built on ``model``.
+        curvature: the representation (K-FAC, tridiagonal K-FAC, diagonal, ...) built on the model
+            being trained; its parameters (the model's trainable ones) are optimised.
         damping, schedule, step: :mod:`natgrad.optim.config` groups (None: paper defaults).
         seed: seed of the optimizer's own generator for sampled targets (saved in the state).
 
@@ -160,20 +135,17 @@ class NaturalGradientOptimizer(SingleParameterGroup):
 
     def __init__(
         self,
-        model: nn.Module,
         curvature: CurvatureRepresentation,
         damping: DampingConfig | None = None,
         schedule: ScheduleConfig | None = None,
         step: StepConfig | None = None,
         seed: int = 0,
     ) -> None:
-        self.model = model
         self.curvature = curvature
         self.damping_config = damping or DampingConfig()
         self.schedule = schedule or ScheduleConfig()
         self.step_config = step or StepConfig()
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Invalid seed: {seed!r}; allowed: an integer >= 0")
+        require(is_integer(seed) and seed >= 0, "seed", seed, "an integer >= 0")
         super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
         self.generator = torch.Generator().manual_seed(seed)
         self.last_step_record: dict[str, Any] = {}
@@ -250,7 +222,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
 
     def _update_curvature(self, loss: Loss, k: int) -> None:
         if (k - 1) % self.schedule.statistics_every == 0:
-            subset = batch_subset(loss, self.schedule.statistics_fraction)
+            subset = loss.prefix(self.schedule.statistics_fraction)
             with torch.enable_grad():
                 self.curvature.update(self.curvature.capture(subset, self.generator))
         if k <= self.schedule.warmup_refreshes or k % self.schedule.inverse_every == 0:
@@ -259,7 +231,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
         damping = self.damping_config
         if damping.adapt_gamma and self.step_config.quadratic_model and k % damping.gamma_every == 0:
-            gammas = damping_candidates(state["gamma"], damping.gamma_factor, damping.gamma_floor(), damping.gamma_max)
+            gammas = gamma_candidates(state["gamma"], damping.gamma_factor, damping.gamma_floor(), damping.gamma_max)
         else:
             gammas = (state["gamma"],)
         directions = [precondition(self.curvature, gradient, gamma**2) for gamma in gammas]
@@ -286,8 +258,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
                     for _ in candidates]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
-        batch = batch_prefix(loss.batch, config.model_fraction)
-        curvature_gram = ggn_gram(loss, directions, CurvatureKind.FULL, batch, MODEL_DTYPES[config.model_dtype])
+        model_loss = loss.prefix(config.model_fraction)
+        curvature_gram = ggn_gram(model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype)
         euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
         gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
         gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)

@@ -9,18 +9,26 @@ iteration ``i`` with ``k = max(min_gap, ceil(gap_ratio * i))``, stop when
 
 ``epsilon = 5e-4``, ``gap_ratio = 0.1``, ``min_gap = 10`` (Martens' ``conjgrad_1.m``). Iterates are
 stored at ``i = ceil(5 * 1.3^j)`` plus the last one, for backtracking (section 4.6). Why CG stopped
-is always returned (:data:`STOP_REASONS`), never swallowed.
+is always returned (:class:`StopReason`), never swallowed.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from torch import Tensor
 
-#: Why :func:`conjugate_gradient` returned.
-STOP_REASONS = ("relative-progress", "max-iterations", "residual-vanished", "non-positive-curvature", "non-finite")
+
+class StopReason(str, Enum):
+    """Why :func:`conjugate_gradient` returned."""
+
+    RELATIVE_PROGRESS = "relative-progress"  # Martens' rule (module docstring)
+    MAX_ITERATIONS = "max-iterations"
+    RESIDUAL_VANISHED = "residual-vanished"  # the iterate solves the system exactly
+    NON_POSITIVE_CURVATURE = "non-positive-curvature"  # B is not positive definite along a direction
+    NON_FINITE = "non-finite"  # a product with B was NaN or Inf
 
 
 @dataclass
@@ -31,7 +39,7 @@ class CGResult:
         solution: the final iterate ``x_i``.
         iterates: ``(i, x_i)`` stored at ``i = ceil(5 * 1.3^j)`` and at the last iteration, ascending.
         iterations: number of CG iterations taken.
-        stop_reason: one of :data:`STOP_REASONS`.
+        stop_reason: why CG stopped.
         objective: ``phi(x_i)`` at the final iterate.
         objectives: ``phi(x_j)`` for ``j = 0 .. iterations`` (``x_0`` the warm start).
     """
@@ -39,7 +47,7 @@ class CGResult:
     solution: Tensor
     iterates: list[tuple[int, Tensor]] = field(default_factory=list)
     iterations: int = 0
-    stop_reason: str = "max-iterations"
+    stop_reason: StopReason = StopReason.MAX_ITERATIONS
     objective: float = 0.0
     objectives: list[float] = field(default_factory=list)
 
@@ -103,15 +111,15 @@ def conjugate_gradient(
     result = CGResult(solution=x)
     for i in range(1, max_iterations + 1):
         if residual_dot == 0.0:
-            result.stop_reason = "residual-vanished"
+            result.stop_reason = StopReason.RESIDUAL_VANISHED
             break
         curvature_direction = matvec(direction)
         curvature = float(direction @ curvature_direction)
         if not math.isfinite(curvature):
-            result.stop_reason = "non-finite"
+            result.stop_reason = StopReason.NON_FINITE
             break
         if not curvature > 0:
-            result.stop_reason = "non-positive-curvature"
+            result.stop_reason = StopReason.NON_POSITIVE_CURVATURE
             break
         step = residual_dot / curvature
         x = x + step * direction
@@ -125,7 +133,7 @@ def conjugate_gradient(
         if i in keep:
             result.iterates.append((i, x))
         if not _made_progress(values, i, gap_ratio, min_gap, tolerance):
-            result.stop_reason = "relative-progress"
+            result.stop_reason = StopReason.RELATIVE_PROGRESS
             break
     if not result.iterates or result.iterates[-1][0] != result.iterations:
         result.iterates.append((result.iterations, result.solution))

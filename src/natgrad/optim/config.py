@@ -11,41 +11,29 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 import torch
 
-from natgrad.curvature.choices import CurvatureKind, OutputGradientEstimator, parse_choice
+from natgrad.validation import in_unit_interval, is_integer, is_number, is_real, parse_choice, require
 
 T = TypeVar("T")
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def require(condition: bool, field: str, value: Any, allowed: str) -> None:
-    """Raise ``ValueError("Invalid <field>: <value>; allowed: <allowed>")`` unless ``condition``."""
-    if not condition:
-        raise ValueError(f"Invalid {field}: {value!r}; allowed: {allowed}")
+#: The ``allowed`` texts of the checks below.
+POSITIVE, NON_NEGATIVE, PERIOD, BOOLEAN = "a finite number > 0", "a finite number >= 0", "an integer >= 1", "true or false"
 
 
-def require_positive(field: str, value: Any) -> None:
-    require(_number(value) and math.isfinite(value) and value > 0, field, value, "a finite number > 0")
+def _positive(value: Any) -> bool:
+    return is_number(value) and value > 0
 
 
-def require_nonnegative(field: str, value: Any) -> None:
-    require(_number(value) and math.isfinite(value) and value >= 0, field, value, "a finite number >= 0")
+def _non_negative(value: Any) -> bool:
+    return is_number(value) and value >= 0
 
 
-def require_period(field: str, value: Any) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    require(ok, field, value, "an integer >= 1")
-
-
-def require_fraction(field: str, value: Any, *, closed_low: bool = False) -> None:
-    ok = _number(value) and (0 <= value if closed_low else 0 < value) and value <= 1
-    require(ok, field, value, "a number in [0, 1]" if closed_low else "a number in (0, 1]")
+def _period(value: Any) -> bool:
+    return is_integer(value) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,8 @@ class DampingConfig:
         weight_decay: ``eta`` of the L2 term ``(eta/2)|theta|^2`` (1e-5); its gradient ``eta theta``
             is added to the loss gradient and ``eta`` to the damping, as in the paper.
         adapt_every: ``T1``, steps between Levenberg-Marquardt updates of ``lambda`` (5).
-        decay: per-step factor ``19/20``; ``omega_1 = decay^T1`` (section 6.5).
+        per_step_decrease: the 19/20 rule: ``lambda`` may fall by ``19/20`` per step, so
+            ``omega_1 = (19/20)^T1`` (section 6.5) and ``omega_2 = sqrt(19/20)^T2`` (section 6.6).
         minimum, maximum: clip range of ``lambda`` ([0, inf) in Martens' code).
         gamma_every: ``T2``, steps between the 3-candidate search over ``gamma`` (20).
         gamma_initial: ``gamma_0``; None means ``sqrt(lambda_0 + eta)`` (section 6.6).
@@ -80,7 +69,7 @@ class DampingConfig:
     initial: float = 1.0
     weight_decay: float = 1e-5
     adapt_every: int = 5
-    decay: float = 19.0 / 20.0
+    per_step_decrease: float = 19.0 / 20.0
     minimum: float = 0.0
     maximum: float = math.inf
     gamma_every: int = 20
@@ -90,20 +79,21 @@ class DampingConfig:
     adapt_gamma: bool = False
 
     def __post_init__(self) -> None:
-        require_positive("damping.initial", self.initial)
-        require_nonnegative("damping.weight_decay", self.weight_decay)
-        require_period("damping.adapt_every", self.adapt_every)
-        require(_number(self.decay) and 0 < self.decay < 1, "damping.decay", self.decay, "a number in (0, 1)")
-        require_nonnegative("damping.minimum", self.minimum)
-        require(_number(self.maximum) and self.maximum >= self.minimum, "damping.maximum", self.maximum,
+        require(_positive(self.initial), "damping.initial", self.initial, POSITIVE)
+        require(_non_negative(self.weight_decay), "damping.weight_decay", self.weight_decay, NON_NEGATIVE)
+        require(_period(self.adapt_every), "damping.adapt_every", self.adapt_every, PERIOD)
+        require(in_unit_interval(self.per_step_decrease, closed_low=False), "damping.per_step_decrease",
+                self.per_step_decrease, "a number in (0, 1)")
+        require(_non_negative(self.minimum), "damping.minimum", self.minimum, NON_NEGATIVE)
+        require(is_real(self.maximum) and self.maximum >= self.minimum, "damping.maximum", self.maximum,
                 f"a number >= damping.minimum ({self.minimum})")
-        require_period("damping.gamma_every", self.gamma_every)
-        if self.gamma_initial is not None:
-            require_positive("damping.gamma_initial", self.gamma_initial)
-        if self.gamma_min is not None:
-            require_nonnegative("damping.gamma_min", self.gamma_min)
-        require(_number(self.gamma_max) and self.gamma_max > 0, "damping.gamma_max", self.gamma_max, "a number > 0")
-        require(isinstance(self.adapt_gamma, bool), "damping.adapt_gamma", self.adapt_gamma, "true or false")
+        require(_period(self.gamma_every), "damping.gamma_every", self.gamma_every, PERIOD)
+        require(self.gamma_initial is None or _positive(self.gamma_initial), "damping.gamma_initial",
+                self.gamma_initial, POSITIVE)
+        require(self.gamma_min is None or _non_negative(self.gamma_min), "damping.gamma_min", self.gamma_min,
+                NON_NEGATIVE)
+        require(is_real(self.gamma_max) and self.gamma_max > 0, "damping.gamma_max", self.gamma_max, "a number > 0")
+        require(isinstance(self.adapt_gamma, bool), "damping.adapt_gamma", self.adapt_gamma, BOOLEAN)
 
     @classmethod
     def paper(cls, **overrides: Any) -> "DampingConfig":
@@ -112,18 +102,20 @@ class DampingConfig:
 
     @property
     def lm_decrease(self) -> float:
-        """``omega_1 = decay^{T1}``."""
-        return self.decay**self.adapt_every
+        """``omega_1 = (19/20)^{T1}``, with ``19/20`` the :attr:`per_step_decrease`."""
+        return self.per_step_decrease**self.adapt_every
 
     @property
     def gamma_factor(self) -> float:
-        """``omega_2 = sqrt(decay)^{T2}``."""
-        return math.sqrt(self.decay) ** self.gamma_every
+        """``omega_2 = sqrt(19/20)^{T2}``, with ``19/20`` the :attr:`per_step_decrease`."""
+        return math.sqrt(self.per_step_decrease) ** self.gamma_every
 
     def gamma_start(self) -> float:
+        """``gamma_0``: :attr:`gamma_initial`, or ``sqrt(lambda_0 + eta)`` (section 6.6)."""
         return self.gamma_initial if self.gamma_initial is not None else math.sqrt(self.initial + self.weight_decay)
 
     def gamma_floor(self) -> float:
+        """The lower clip of ``gamma``: :attr:`gamma_min`, or ``sqrt(eta)`` (Martens' code)."""
         return self.gamma_min if self.gamma_min is not None else math.sqrt(self.weight_decay)
 
 
@@ -138,26 +130,35 @@ class ScheduleConfig:
         inverse_every: ``T3``, steps between refreshes of the inverses (20); the paper also
             refreshes at each of the first ``warmup_refreshes`` steps (3).
         warmup_refreshes: see above.
-        ema_cap: the moving-average weight ``min(1 - 1/k, ema_cap)`` (0.95).
+
+    The cap of the moving averages' decay belongs to the curvature
+    (:attr:`natgrad.curvature.CurvatureConfig.ema_cap`).
     """
 
     statistics_every: int = 1
     statistics_fraction: float = 1.0 / 8.0
     inverse_every: int = 20
     warmup_refreshes: int = 3
-    ema_cap: float = 0.95
 
     def __post_init__(self) -> None:
-        require_period("schedule.statistics_every", self.statistics_every)
-        require_fraction("schedule.statistics_fraction", self.statistics_fraction)
-        require_period("schedule.inverse_every", self.inverse_every)
-        ok = isinstance(self.warmup_refreshes, int) and not isinstance(self.warmup_refreshes, bool)
-        require(ok and self.warmup_refreshes >= 0, "schedule.warmup_refreshes", self.warmup_refreshes, "an integer >= 0")
-        require(_number(self.ema_cap) and 0 <= self.ema_cap < 1, "schedule.ema_cap", self.ema_cap, "a number in [0, 1)")
+        require(_period(self.statistics_every), "schedule.statistics_every", self.statistics_every, PERIOD)
+        require(in_unit_interval(self.statistics_fraction, closed_low=False, closed_high=True),
+                "schedule.statistics_fraction", self.statistics_fraction, "a number in (0, 1]")
+        require(_period(self.inverse_every), "schedule.inverse_every", self.inverse_every, PERIOD)
+        require(is_integer(self.warmup_refreshes) and self.warmup_refreshes >= 0, "schedule.warmup_refreshes",
+                self.warmup_refreshes, "an integer >= 0")
 
 
-#: Precisions of the quadratic model's forward-mode pass (``StepConfig.model_dtype``).
-MODEL_DTYPES: dict[str, torch.dtype | None] = {"parameters": None, "bfloat16": torch.bfloat16}
+class ModelDtype(str, Enum):
+    """Precision of the quadratic model's forward-mode pass (``StepConfig.model_dtype``)."""
+
+    PARAMETERS = "parameters"  # the parameters' own dtype (the paper)
+    BFLOAT16 = "bfloat16"  # a departure, see StepConfig
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """The dtype of the pass, or None for the parameters' own."""
+        return torch.bfloat16 if self is ModelDtype.BFLOAT16 else None
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,8 @@ class StepConfig:
             ``h(theta + delta)`` every step; the paper only lets ``rho = -inf`` raise the damping).
         model_dtype: precision of the model's forward-mode products ``J u``: 'parameters' (the
             parameters' own dtype, the paper) or 'bfloat16' (a departure: parameters, inputs and
-            directions rounded to bfloat16 for that pass, about 2x faster on CPUs with
-            AVX512-BF16; the Gram entries are still summed in float64; see
+            directions rounded to bfloat16 for that pass, faster on CPUs with AVX512-BF16; the
+            Gram entries are still summed in float64; see
             :func:`natgrad.optim.quadratic_model.ggn_gram`).
     """
 
@@ -192,44 +193,18 @@ class StepConfig:
     momentum: float = 0.9
     model_fraction: float = 1.0
     reject_increase: bool = False
-    model_dtype: str = "parameters"
+    model_dtype: ModelDtype | str = ModelDtype.PARAMETERS
 
     def __post_init__(self) -> None:
-        require(isinstance(self.reject_increase, bool), "step.reject_increase", self.reject_increase, "true or false")
-        require(isinstance(self.quadratic_model, bool), "step.quadratic_model", self.quadratic_model, "true or false")
+        require(isinstance(self.reject_increase, bool), "step.reject_increase", self.reject_increase, BOOLEAN)
+        require(isinstance(self.quadratic_model, bool), "step.quadratic_model", self.quadratic_model, BOOLEAN)
         require(isinstance(self.momentum_from_model, bool), "step.momentum_from_model", self.momentum_from_model,
-                "true or false")
-        require_positive("step.learning_rate", self.learning_rate)
-        require(_number(self.momentum) and 0 <= self.momentum < 1, "step.momentum", self.momentum, "a number in [0, 1)")
-        require_fraction("step.model_fraction", self.model_fraction)
-        require(self.model_dtype in MODEL_DTYPES, "step.model_dtype", self.model_dtype, ", ".join(MODEL_DTYPES))
-
-
-@dataclass(frozen=True)
-class CurvatureChoice:
-    """Which matrix the representation estimates, and how (see :mod:`natgrad.curvature.choices`).
-
-    Attributes:
-        kind: 'full' (GGN of every loss term), 'decoder-only' (likelihood terms only; a VAE's naive
-            K-FAC) or 'empirical' (empirical Fisher).
-        estimator: 'sampled' (Monte-Carlo Fisher, one sample per example; the paper) or 'exact'
-            (every column of the output-curvature square root; tiny models and tests).
-    """
-
-    kind: str = "full"
-    estimator: str = "sampled"
-
-    def __post_init__(self) -> None:
-        parse_choice(CurvatureKind, "curvature.kind", self.kind)
-        parse_choice(OutputGradientEstimator, "curvature.estimator", self.estimator)
-
-    @property
-    def kind_enum(self) -> CurvatureKind:
-        return CurvatureKind(self.kind)
-
-    @property
-    def estimator_enum(self) -> OutputGradientEstimator:
-        return OutputGradientEstimator(self.estimator)
+                BOOLEAN)
+        require(_positive(self.learning_rate), "step.learning_rate", self.learning_rate, POSITIVE)
+        require(in_unit_interval(self.momentum), "step.momentum", self.momentum, "a number in [0, 1)")
+        require(in_unit_interval(self.model_fraction, closed_low=False, closed_high=True), "step.model_fraction",
+                self.model_fraction, "a number in (0, 1]")
+        object.__setattr__(self, "model_dtype", parse_choice(ModelDtype, "step.model_dtype", self.model_dtype))
 
 
 #: Named starting points of the config groups: a preset gives the groups it names their values
@@ -241,7 +216,11 @@ PRESETS: dict[str, dict[type, Any]] = {
 
 
 def check_preset(preset: str) -> str:
-    """``preset`` if it names an entry of :data:`PRESETS`, else a ValueError listing them."""
+    """``preset`` if it names an entry of :data:`PRESETS`.
+
+    Raises:
+        ValueError: an unknown preset (the message lists them).
+    """
     require(preset in PRESETS, "preset", preset, ", ".join(PRESETS))
     return preset
 
@@ -261,9 +240,8 @@ def coerce(cls: type[T], value: T | Mapping[str, Any] | None, field: str, preset
         return base
     if isinstance(value, cls):
         return value
-    if isinstance(value, Mapping):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        require(not unknown, field, unknown, f"keys among {sorted(names)}")
-        return dataclasses.replace(base, **value)
-    raise ValueError(f"Invalid {field}: {value!r}; allowed: a {cls.__name__} or a mapping of its fields")
+    require(isinstance(value, Mapping), field, value, f"a {cls.__name__} or a mapping of its fields")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    require(not unknown, field, unknown, f"keys among {sorted(names)}")
+    return dataclasses.replace(base, **value)

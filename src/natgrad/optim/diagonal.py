@@ -13,15 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from natgrad.curvature.base import CurvatureConfig
+from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.diagonal import DiagonalCurvature
 from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
-from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce
-
-
-def curvature_config(choice: CurvatureChoice, schedule: ScheduleConfig) -> CurvatureConfig:
-    """The representation's config: the chosen matrix and the schedule's EMA cap."""
-    return CurvatureConfig(kind=choice.kind, estimator=choice.estimator, max_decay=schedule.ema_cap)
+from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
 
 
 class DiagonalNaturalGradient(NaturalGradientOptimizer):
@@ -43,16 +38,13 @@ class DiagonalNaturalGradient(NaturalGradientOptimizer):
         damping: DampingConfig | Mapping[str, Any] | float | None = None,
         schedule: ScheduleConfig | Mapping[str, Any] | None = None,
         step: StepConfig | Mapping[str, Any] | None = None,
-        curvature: CurvatureChoice | Mapping[str, Any] | None = None,
+        curvature: CurvatureConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
-        schedule = coerce(ScheduleConfig, schedule, "schedule")
-        choice = coerce(CurvatureChoice, curvature, "curvature")
         super().__init__(
-            model,
-            DiagonalCurvature(model, curvature_config(choice, schedule)),
+            DiagonalCurvature(model, coerce(CurvatureConfig, curvature, "curvature")),
             coerce(DampingConfig, damping_fields(damping), "damping"),
-            schedule,
+            coerce(ScheduleConfig, schedule, "schedule"),
             coerce(StepConfig, step, "step"),
             seed,
         )

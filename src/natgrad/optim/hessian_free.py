@@ -39,16 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import CurvatureConfig
-from natgrad.curvature.choices import CurvatureKind, parse_choice
+from natgrad.curvature.choices import CurvatureConfig, CurvatureKind
 from natgrad.curvature.diagonal import DiagonalCurvature
 from natgrad.curvature.exact import curvature_vector_product
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.losses import Loss
 from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
 from natgrad.optim.cg import CGResult, conjugate_gradient
-from natgrad.optim.config import DampingConfig, require, require_fraction, require_nonnegative, require_period, require_positive
+from natgrad.optim.config import NON_NEGATIVE, PERIOD, POSITIVE, DampingConfig
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
+from natgrad.validation import in_unit_interval, is_integer, is_number, parse_choice, require
 
 _log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class HessianFreeConfig:
     weight_decay: float = 1e-5
     damping_decrease: float = 2.0 / 3.0
     damping_increase: float = 3.0 / 2.0
-    curvature: str = "full"
+    curvature: CurvatureKind | str = CurvatureKind.FULL
     curvature_fraction: float = 0.25
     max_cg_iterations: int = 250
     cg_tolerance: float = 5e-4
@@ -87,27 +87,32 @@ class HessianFreeConfig:
     line_search_max_shrinks: int = 60
 
     def __post_init__(self) -> None:
-        require_positive("hf.damping", self.damping)
-        require_nonnegative("hf.weight_decay", self.weight_decay)
-        require_fraction("hf.damping_decrease", self.damping_decrease)
-        require(isinstance(self.damping_increase, (int, float)) and self.damping_increase >= 1,
-                "hf.damping_increase", self.damping_increase, "a number >= 1")
-        parse_choice(CurvatureKind, "hf.curvature", self.curvature)
-        require_fraction("hf.curvature_fraction", self.curvature_fraction)
-        require_period("hf.max_cg_iterations", self.max_cg_iterations)
-        require_positive("hf.cg_tolerance", self.cg_tolerance)
-        require_fraction("hf.warm_start_decay", self.warm_start_decay, closed_low=True)
-        require_fraction("hf.preconditioner_exponent", self.preconditioner_exponent, closed_low=True)
+        require(is_number(self.damping) and self.damping > 0, "hf.damping", self.damping, POSITIVE)
+        require(is_number(self.weight_decay) and self.weight_decay >= 0, "hf.weight_decay", self.weight_decay,
+                NON_NEGATIVE)
+        require(in_unit_interval(self.damping_decrease, closed_low=False, closed_high=True), "hf.damping_decrease",
+                self.damping_decrease, "a number in (0, 1]")
+        require(is_number(self.damping_increase) and self.damping_increase >= 1, "hf.damping_increase",
+                self.damping_increase, "a number >= 1")
+        object.__setattr__(self, "curvature", parse_choice(CurvatureKind, "hf.curvature", self.curvature))
+        require(in_unit_interval(self.curvature_fraction, closed_low=False, closed_high=True),
+                "hf.curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
+        require(is_integer(self.max_cg_iterations) and self.max_cg_iterations >= 1, "hf.max_cg_iterations",
+                self.max_cg_iterations, PERIOD)
+        require(is_number(self.cg_tolerance) and self.cg_tolerance > 0, "hf.cg_tolerance", self.cg_tolerance, POSITIVE)
+        for name in ("warm_start_decay", "preconditioner_exponent"):
+            value = getattr(self, name)
+            require(in_unit_interval(value, closed_high=True), f"hf.{name}", value, "a number in [0, 1]")
         require(isinstance(self.backtrack, bool), "hf.backtrack", self.backtrack, "true or false")
-        require(isinstance(self.line_search_shrink, (int, float)) and 0 < self.line_search_shrink < 1,
-                "hf.line_search_shrink", self.line_search_shrink, "a number in (0, 1)")
-        require(isinstance(self.line_search_c, (int, float)) and 0 <= self.line_search_c < 1,
-                "hf.line_search_c", self.line_search_c, "a number in [0, 1)")
-        require(isinstance(self.line_search_max_shrinks, int) and self.line_search_max_shrinks >= 0,
+        require(in_unit_interval(self.line_search_shrink, closed_low=False), "hf.line_search_shrink",
+                self.line_search_shrink, "a number in (0, 1)")
+        require(in_unit_interval(self.line_search_c), "hf.line_search_c", self.line_search_c, "a number in [0, 1)")
+        require(is_integer(self.line_search_max_shrinks) and self.line_search_max_shrinks >= 0,
                 "hf.line_search_max_shrinks", self.line_search_max_shrinks, "an integer >= 0")
 
     @property
     def chunks(self) -> int:
+        """The number of curvature chunks the batch is cut into, ``round(1 / curvature_fraction)``."""
         return max(1, round(1.0 / self.curvature_fraction))
 
 
@@ -191,7 +196,6 @@ class HessianFree(SingleParameterGroup):
 
     def __init__(self, model: nn.Module, **hyperparameters: Any) -> None:
         self.config = HessianFreeConfig(**hessian_free_fields(hyperparameters))
-        self.model = model
         self.layout = ParameterLayout(model)
         super().__init__(self.layout.params, {})  # hyper-parameters live in self.config
         self.last_step_record: dict[str, Any] = {}
@@ -275,7 +279,7 @@ class HessianFree(SingleParameterGroup):
         """``[diag(mean_n g_n^2) + lambda + eta]^{3/4}`` (Martens 2010, section 4.7), flat."""
         if self.config.preconditioner_exponent == 0:
             return None
-        diagonal = DiagonalCurvature(self.model, CurvatureConfig(kind=CurvatureKind.EMPIRICAL))
+        diagonal = DiagonalCurvature(chunk.model, CurvatureConfig(kind=CurvatureKind.EMPIRICAL))
         diagonal.update(diagonal.capture(chunk), decay=0.0)
         diagonal.refresh()
         squares = self.layout.flatten(diagonal.matvec([torch.ones_like(p) for p in self.layout.params]))

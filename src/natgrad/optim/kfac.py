@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from torch import nn
 
-from natgrad.curvature.kfac import KFAC as KFACCurvature
+from natgrad.curvature.choices import CurvatureConfig
+from natgrad.curvature.kfac import BlockDiagonalKFAC, InverseMethod, SolveDtype
 from natgrad.curvature.kfac_tridiagonal import TridiagonalKFAC
 from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
-from natgrad.optim.config import CurvatureChoice, DampingConfig, ScheduleConfig, StepConfig, coerce, require
-from natgrad.optim.diagonal import curvature_config
+from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
+from natgrad.validation import is_integer, parse_choice, require
 
-STRUCTURES = ("block-diagonal", "tridiagonal")
+
+class Structure(str, Enum):
+    """Which Kronecker-factored approximation K-FAC uses (module docstring)."""
+
+    BLOCK_DIAGONAL = "block-diagonal"  # section 4.2
+    TRIDIAGONAL = "tridiagonal"  # section 4.3
 
 
 def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, full_at: int = 500) -> int:
@@ -40,9 +47,9 @@ def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, fu
     Raises:
         ValueError: ``step < 1`` or sizes not positive.
     """
-    require(isinstance(step, int) and step >= 1, "batch schedule step", step, "an integer >= 1")
+    require(is_integer(step) and step >= 1, "batch schedule step", step, "an integer >= 1")
     require(dataset_size >= 1 and initial >= 1, "batch schedule sizes", (dataset_size, initial), "integers >= 1")
-    require(isinstance(full_at, int) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
+    require(is_integer(full_at) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
     if dataset_size <= initial or step >= full_at:  # exact at full_at: the float power can land at N - 1
         return dataset_size
     doubling = (full_at - 1) / math.log2(dataset_size / initial)
@@ -57,14 +64,14 @@ class KFAC(NaturalGradientOptimizer):
         damping, schedule, step, curvature: config groups of :mod:`natgrad.optim.config`, or
             mappings of their fields; None gives the paper defaults.
         structure: ``"block-diagonal"`` or ``"tridiagonal"`` (chains of Linear layers only).
-        inverse_method: block-diagonal only: ``"inverse"`` (default) keeps explicit damped factor
-            inverses, rebuilt only when ``gamma`` changes (every T2 steps) or after a refresh, so a
-            step costs two matrix products per layer; ``"eigen"`` eigendecomposes at each refresh and
-            makes any damping cheap but costs four products per step (measured 0.48 s vs 0.36 s per
-            step on the MNIST autoencoder at batch 1000, ``benchmarks/step_cost.py``). None means ``"inverse"``.
+        inverse_method: block-diagonal only: ``"inverse"`` (the representation's default) keeps
+            explicit damped factor inverses, rebuilt only when ``gamma`` changes (every T2 steps) or
+            after a refresh, so a step costs two matrix products per layer; ``"eigen"``
+            eigendecomposes at each refresh and makes any damping cheap but costs four products per
+            step (timings: ``benchmarks/results/step_cost.md``). None keeps the default.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
-            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, about
-            2.4x faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
+            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, faster
+            on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
         preset: the starting point of the config groups, before the fields given in ``damping``,
             ``step`` etc.: ``"natgrad"`` (default: ``lambda_0 = 1`` with ``gamma`` tied to
             ``lambda``; departures measured in docs/vae-training.md) or ``"paper"`` (Martens &
@@ -81,29 +88,28 @@ class KFAC(NaturalGradientOptimizer):
         damping: DampingConfig | Mapping[str, Any] | float | None = None,
         schedule: ScheduleConfig | Mapping[str, Any] | None = None,
         step: StepConfig | Mapping[str, Any] | None = None,
-        curvature: CurvatureChoice | Mapping[str, Any] | None = None,
-        structure: str = "block-diagonal",
-        inverse_method: str | None = None,
-        solve_dtype: str = "factors",
+        curvature: CurvatureConfig | Mapping[str, Any] | None = None,
+        structure: Structure | str = Structure.BLOCK_DIAGONAL,
+        inverse_method: InverseMethod | str | None = None,
+        solve_dtype: SolveDtype | str = SolveDtype.FACTORS,
         preset: str = "natgrad",
         seed: int = 0,
     ) -> None:
-        require(structure in STRUCTURES, "structure", structure, ", ".join(STRUCTURES))
-        schedule = coerce(ScheduleConfig, schedule, "schedule", preset)
-        config = curvature_config(coerce(CurvatureChoice, curvature, "curvature"), schedule)
-        if structure == "tridiagonal":
+        structure = parse_choice(Structure, "structure", structure)
+        config = coerce(CurvatureConfig, curvature, "curvature")
+        if structure is Structure.TRIDIAGONAL:
             require(inverse_method is None, "inverse_method", inverse_method,
                     "omitted with structure 'tridiagonal' (its solve has its own factorisation)")
-            require(solve_dtype == "factors", "solve_dtype", solve_dtype,
+            require(solve_dtype == SolveDtype.FACTORS, "solve_dtype", solve_dtype,
                     "'factors' with structure 'tridiagonal' (its solve has its own factorisation)")
             representation = TridiagonalKFAC(model, config)
         else:
-            representation = KFACCurvature(model, config, inverse_method or "inverse", solve_dtype)
+            method = {} if inverse_method is None else {"inverse_method": inverse_method}
+            representation = BlockDiagonalKFAC(model, config, solve_dtype=solve_dtype, **method)
         super().__init__(
-            model,
             representation,
             coerce(DampingConfig, damping_fields(damping), "damping", preset),
-            schedule,
+            coerce(ScheduleConfig, schedule, "schedule", preset),
             coerce(StepConfig, step, "step", preset),
             seed,
         )

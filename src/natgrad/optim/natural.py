@@ -1,16 +1,12 @@
 r"""The shared natural-gradient step as small pure functions (Martens & Grosse 2015, sections 6-7).
 
-Notation (fixed for :mod:`natgrad.optim`):
+Notation of :mod:`natgrad.curvature` (``h``, ``grad``, ``G``, ``C``, ``lambda``, ``gamma``), and:
 
-* ``h(theta) = loss(theta) + (eta/2) |theta|^2`` the objective with weight decay ``eta``;
-  ``grad = \nabla h`` (the decay term ``eta * theta`` included).
-* ``F`` the *exact* Gauss-Newton / Fisher matrix of the current mini-batch (for the matching
-  losses of :mod:`natgrad.losses`, GGN = Fisher), ``lambda`` the Levenberg-Marquardt damping.
-* ``C`` an approximate curvature (K-FAC, diagonal, ...) and ``Delta = -(C + damping)^{-1} grad``
-  the preconditioned direction; ``delta_0`` the previous update, ``delta = alpha Delta + mu delta_0``
-  the update actually taken.
-* The quadratic model (section 6.4, 7):
-  ``M(delta) - M(0) = 1/2 delta^T (F + (lambda + eta) I) delta + grad^T delta``.
+* ``Delta = -M(gamma^2)^{-1} grad`` the preconditioned direction, ``M(gamma^2)`` the
+  representation's approximation of ``C + gamma^2 I``; ``delta_0`` the previous update,
+  ``delta = alpha Delta + mu delta_0`` the update actually taken.
+* The quadratic model (sections 6.4, 7), with the exact GGN ``G`` of the current mini-batch:
+  ``M(delta) - M(0) = 1/2 delta^T (G + (lambda + eta) I) delta + grad^T delta``.
 
 Every function here is pure (numbers and tensors in, numbers and tensors out) and tested alone;
 :class:`natgrad.optim.base.NaturalGradientOptimizer` composes them into one step.
@@ -31,20 +27,20 @@ from natgrad.finite import all_finite
 RHO_LOW, RHO_HIGH = 0.25, 0.75
 
 
-class SolvesDampedSystem(Protocol):
+class SolvesRegularisedSystem(Protocol):
     """What :func:`precondition` needs of a curvature representation."""
 
-    def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
-        """``(C + damping)^{-1} v`` for one vector split per parameter."""
+    def solve(self, vectors: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
+        """``M(gamma^2)^{-1} v`` for one vector split per parameter, ``tikhonov = gamma^2``."""
 
 
-def precondition(curvature: SolvesDampedSystem, gradient: Sequence[Tensor], damping: float) -> list[Tensor]:
-    r"""The natural-gradient direction ``Delta = -(C + damping)^{-1} grad`` (section 6.4).
+def precondition(curvature: SolvesRegularisedSystem, gradient: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
+    r"""The natural-gradient direction ``Delta = -M(gamma^2)^{-1} grad`` (section 6.4), ``tikhonov = gamma^2``.
 
-    How ``damping`` enters ``C`` (factored Tikhonov for K-FAC, section 6.3; plain ``+ damping I``
+    How ``gamma^2`` enters ``C`` (factored Tikhonov for K-FAC, section 6.3; plain ``+ gamma^2 I``
     for the diagonal) is the representation's business; it is added once, inside ``solve``.
     """
-    return [-d for d in curvature.solve(list(gradient), damping)]
+    return [-d for d in curvature.solve(list(gradient), tikhonov)]
 
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
@@ -67,27 +63,27 @@ class QuadraticModelStep:
     predicted_change: float
 
 
-def damped_gram(curvature_gram: Tensor, euclidean_gram: Tensor, damping: float) -> Tensor:
-    r"""``[u_i^T (F + damping I) u_j]`` from ``[u_i^T F u_j]`` and ``[u_i^T u_j]`` (section 7).
+def damped_gram(curvature_gram: Tensor, euclidean_gram: Tensor, shift: float) -> Tensor:
+    r"""``[u_i^T (G + shift I) u_j]`` from ``[u_i^T G u_j]`` and ``[u_i^T u_j]`` (section 7).
 
-    With ``damping = lambda + eta`` this is the matrix of the quadratic model ``M`` restricted to
+    With ``shift = lambda + eta`` this is the matrix of the quadratic model ``M`` restricted to
     the directions ``u = (Delta, delta_0)``.
     """
-    return curvature_gram + damping * euclidean_gram
+    return curvature_gram + shift * euclidean_gram
 
 
 def quadratic_model_coefficients(gram: Tensor, gradient_products: Tensor) -> QuadraticModelStep:
     r"""Minimise ``M`` over ``delta = alpha Delta + mu delta_0`` (Martens & Grosse 2015, section 7).
 
     .. math::
-        [\alpha^*; \mu^*] = -\begin{bmatrix} \Delta^T \hat F \Delta & \Delta^T \hat F \delta_0 \\
-        \delta_0^T \hat F \Delta & \delta_0^T \hat F \delta_0 \end{bmatrix}^{+}
+        [\alpha^*; \mu^*] = -\begin{bmatrix} \Delta^T \hat G \Delta & \Delta^T \hat G \delta_0 \\
+        \delta_0^T \hat G \Delta & \delta_0^T \hat G \delta_0 \end{bmatrix}^{+}
         \begin{bmatrix} \nabla h^T \Delta \\ \nabla h^T \delta_0 \end{bmatrix},
-        \qquad \hat F = F + (\lambda + \eta) I,
+        \qquad \hat G = G + (\lambda + \eta) I,
 
     with the Moore-Penrose pseudo-inverse as in Martens' code (a zero or parallel ``delta_0`` gives
     a singular matrix). Non-finite inputs give ``nan`` coefficients, for :func:`reject_nonfinite`. A ``(1, 1)`` ``gram`` is the section 6.4 rescaling without momentum:
-    ``alpha^* = -grad^T Delta / Delta^T F_hat Delta``. The predicted change is
+    ``alpha^* = -grad^T Delta / Delta^T G_hat Delta``. The predicted change is
     ``M(delta^*) - M(0) = 1/2 (alpha^* grad^T Delta + mu^* grad^T delta_0)``.
 
     Args:
@@ -139,15 +135,7 @@ def levenberg_marquardt_update(damping: float, rho: float, decrease: float, incr
     return damping
 
 
-def lm_decay(base: float, period: int) -> float:
-    """``omega = base^period``: the per-update factor of a rule applied every ``period`` steps.
-
-    Section 6.5: ``omega_1 = (19/20)^{T1}``; section 6.6: ``omega_2 = (sqrt(19/20))^{T2}``.
-    """
-    return base**period
-
-
-def damping_candidates(gamma: float, omega: float, gamma_min: float, gamma_max: float) -> tuple[float, ...]:
+def gamma_candidates(gamma: float, omega: float, gamma_min: float, gamma_max: float) -> tuple[float, ...]:
     r"""The values of the factored-Tikhonov strength tried every T2 steps (section 6.6).
 
     ``{max(omega_2 gamma, gamma_min), gamma, min(gamma / omega_2, gamma_max)}``, duplicates removed

@@ -30,7 +30,6 @@ layer: directions never seen in the sample get variance 0 and a gain ``epsilon^{
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,33 +40,24 @@ from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, re
 from natgrad.losses import Loss
 from natgrad.optim.base import check_loss, objective, regularised_gradient
 from natgrad.optim.natural import reject_nonfinite
+from natgrad.validation import in_unit_interval, is_integer, is_number, require
 
 _STATE = "prong"
 
 
 def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestimate_every: Any, samples: Any,
               epsilon: Any, batch_norm: Any) -> None:
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def integer(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    checks = [
-        ("lr", lr, number(lr) and lr > 0, "a finite number > 0"),
-        ("momentum", momentum, number(momentum) and 0 <= momentum < 1, "a number in [0, 1)"),
-        ("nesterov", nesterov, isinstance(nesterov, bool), "true or false"),
-        ("weight_decay", weight_decay, number(weight_decay) and weight_decay >= 0, "a finite number >= 0"),
-        ("reestimate_every", reestimate_every, integer(reestimate_every) and reestimate_every >= 1, "an integer >= 1"),
-        ("samples", samples, integer(samples) and samples >= 2, "an integer >= 2"),
-        ("epsilon", epsilon, number(epsilon) and epsilon > 0, "a finite number > 0"),
-        ("batch_norm", batch_norm, isinstance(batch_norm, bool), "true or false"),
-    ]
-    for name, value, ok, allowed in checks:
-        if not ok:
-            raise ValueError(f"Invalid PRONG {name}: {value!r}; allowed: {allowed}")
-    if nesterov and momentum == 0:
-        raise ValueError("Invalid PRONG nesterov: True with momentum 0; allowed: nesterov only with momentum > 0")
+    """Every hyper-parameter of :class:`PRONG`, in :func:`~natgrad.validation.require`'s format."""
+    require(is_number(lr) and lr > 0, "prong.lr", lr, "a finite number > 0")
+    require(in_unit_interval(momentum), "prong.momentum", momentum, "a number in [0, 1)")
+    require(isinstance(nesterov, bool), "prong.nesterov", nesterov, "true or false")
+    require(is_number(weight_decay) and weight_decay >= 0, "prong.weight_decay", weight_decay, "a finite number >= 0")
+    require(is_integer(reestimate_every) and reestimate_every >= 1, "prong.reestimate_every", reestimate_every,
+            "an integer >= 1")
+    require(is_integer(samples) and samples >= 2, "prong.samples", samples, "an integer >= 2")
+    require(is_number(epsilon) and epsilon > 0, "prong.epsilon", epsilon, "a finite number > 0")
+    require(isinstance(batch_norm, bool), "prong.batch_norm", batch_norm, "true or false")
+    require(not (nesterov and momentum == 0), "prong.nesterov", nesterov, "true only with momentum > 0")
 
 
 class PRONG(torch.optim.Optimizer):
@@ -103,7 +93,6 @@ class PRONG(torch.optim.Optimizer):
         batch_norm: bool = False,
     ) -> None:
         _validate(lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm)
-        self.model = model
         self.layers: list[WhitenedLinear] = whiten(model, batch_norm=batch_norm)
         if not self.layers:
             raise ValueError(f"PRONG whitens nn.Linear layers; {type(model).__name__} has none")

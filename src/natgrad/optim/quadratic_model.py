@@ -9,21 +9,21 @@ The quadratic model needs only the ``k x k`` matrix ``[u_i^T G u_j]`` over the d
 which costs far less than the ``ggn_vector_product`` of :mod:`natgrad.curvature.exact` (a jvp
 *and* a vjp per direction). All ``k`` directions share ONE forward-mode pass: ``torch.func.jvp``
 under ``torch.func.vmap`` over the stacked tangents computes the primal outputs once and each
-layer's tangent products for all directions as one batched product (for the MNIST autoencoder at
-batch 1000 about 5 forward-pass equivalents for ``k = 2`` instead of 6 with one jvp per
-direction). The Gram entries are then ``[W_i]^T [J u_j]`` with ``W = H J u`` (one ``(k, k)``
-product per output; ``H`` diagonal or a per-example matrix, :func:`natgrad.losses.curvature_product`). Tests check it against :func:`natgrad.curvature.exact.dense_ggn`.
+layer's tangent products for all directions as one batched product (cheaper than one jvp per
+direction; timings in ``benchmarks/results/docstring-timings.md``). The Gram entries are then
+``[W_i]^T [J u_j]`` with ``W = H J u`` (one ``(k, k)`` product per output; ``H`` diagonal or a
+per-example matrix, :func:`natgrad.losses.curvature_product`). Tests check it against
+:func:`natgrad.curvature.exact.dense_ggn`.
 
 ``dtype = torch.bfloat16`` (``StepConfig.model_dtype``, a departure from the paper) runs that
-pass with the parameters, floating inputs (and a VAE's noise) and directions rounded to bfloat16:
-about 2x faster on CPUs with AVX512-BF16, with the ``J u`` and the output curvature carrying
+pass with the parameters, floating inputs (and a VAE's noise) and directions rounded to bfloat16
+(faster on CPUs with AVX512-BF16), with the ``J u`` and the output curvature carrying
 bfloat16's relative error of about ``2^-8``; each ``(J u_i)^T H (J u_j)`` is still summed in
 float64, so the ``(k, k)`` Gram is off by about 0.1% (measured on the MNIST autoencoder), far below
 what changes the model's ``alpha`` and ``mu`` materially.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -34,28 +34,20 @@ from natgrad.curvature.choices import CurvatureKind, select_terms
 from natgrad.losses import Loss, curvature_product
 
 
-def batch_prefix(inputs: Sequence[Tensor], fraction: float) -> tuple[Tensor, ...]:
-    """The first ``ceil(fraction * N)`` examples of batch-first ``inputs`` (at least one)."""
-    n = int(inputs[0].shape[0])
-    m = max(1, min(n, math.ceil(fraction * n)))
-    return tuple(t[:m] for t in inputs)
-
-
 def ggn_gram(
     loss: Loss,
     directions: Sequence[Sequence[Tensor]],
     kind: CurvatureKind = CurvatureKind.FULL,
-    batch: Sequence[Tensor] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``[u_i^T G u_j]`` at the model's current parameters, on ``batch`` (default: the loss's batch).
+    """``[u_i^T G u_j]`` at the model's current parameters, on the loss's batch.
 
     Args:
-        loss: the :class:`~natgrad.losses.Loss` whose GGN is used.
+        loss: the :class:`~natgrad.losses.Loss` whose GGN is used (e.g. a
+            :meth:`~natgrad.losses.Loss.prefix` of the step's loss).
         directions: ``k`` vectors, each a list of tensors aligned with ``loss.parameters()``.
         kind: which terms enter ``G`` (see :class:`~natgrad.curvature.choices.CurvatureKind`;
             'empirical' is not a Gauss-Newton matrix and is rejected).
-        batch: batch-first inputs and targets aligned with ``loss.batch`` (e.g. its :func:`batch_prefix`).
         dtype: run the forward-mode pass in this floating dtype (see module docstring); None keeps
             the parameters' own.
 
@@ -71,7 +63,7 @@ def ggn_gram(
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
     params = {name: cast(p.detach()) for name, p in loss.parameters().items()}
-    batch = tuple(cast(t) for t in (loss.batch if batch is None else batch))
+    batch = tuple(cast(t) for t in loss.batch)
 
     def outputs(p: dict[str, Tensor]):
         terms = select_terms(loss.evaluate(p, batch), kind)

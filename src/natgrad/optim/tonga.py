@@ -65,7 +65,6 @@ class TONGA(NaturalGradientOptimizer):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            model,
             TongaCurvature(model, coerce(TongaConfig, tonga, "tonga")),
             _with_defaults(DampingConfig, damping_fields(damping), TONGA_DAMPING, "damping"),
             _with_defaults(ScheduleConfig, schedule, TONGA_SCHEDULE, "schedule"),
