@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from curvature_cases import PROBLEMS, bernoulli_terms, relative_error
 from natgrad.curvature import CurvatureKind, OutputGradientEstimator, ParameterLayout, capture
-from natgrad.curvature.capture import gradient_factor, input_factor
+from natgrad.curvature.kfac import input_factor, output_factor
 from natgrad.losses import Loss, kl_term
 
 EXACT = OutputGradientEstimator.SQUARE_ROOT
@@ -36,7 +36,7 @@ def test_conv_inputs_are_unfolded_patches_with_ones(float64):
     a = record.inputs.flatten(0, 1)
     torch.testing.assert_close(input_factor(record, 3), a.T @ a / 3, rtol=1e-14, atol=0)
     g = record.output_grads.flatten(0, 2)
-    torch.testing.assert_close(gradient_factor(record, 3), g.T @ g / (3 * 25), rtol=1e-14, atol=0)
+    torch.testing.assert_close(output_factor(record, 3), g.T @ g / (3 * 25), rtol=1e-14, atol=0)
 
 
 def test_full_adds_the_kl_term_to_the_encoder_head(float64):
@@ -44,8 +44,8 @@ def test_full_adds_the_kl_term_to_the_encoder_head(float64):
     loss = PROBLEMS["vae"]()
     layout = ParameterLayout(loss.model)
     i = head_index(layout)
-    full = gradient_factor(capture(layout, loss, CurvatureKind.FULL, EXACT).layers[i], loss.batch_size)
-    decoder = gradient_factor(capture(layout, loss, CurvatureKind.DECODER_ONLY, EXACT).layers[i], loss.batch_size)
+    full = output_factor(capture(layout, loss, CurvatureKind.FULL, EXACT).layers[i], loss.batch_size)
+    decoder = output_factor(capture(layout, loss, CurvatureKind.DECODER_ONLY, EXACT).layers[i], loss.batch_size)
     kl_curvature = torch.cat(loss.terms[1].curvature, dim=1).mean(0)
     torch.testing.assert_close(full - decoder, torch.diag(kl_curvature), rtol=1e-12, atol=1e-14)
 
@@ -59,7 +59,7 @@ def test_sampled_full_statistics_back_propagate_every_term(float64):
     many = Loss.from_model(vae.model, tuple(x[:1].expand(4000, -1) for x in vae.inputs), vae.build_terms)
     layout = ParameterLayout(vae.model)
     i = head_index(layout)
-    exact_g = gradient_factor(capture(layout, one, CurvatureKind.FULL, EXACT).layers[i], 1)
+    exact_g = output_factor(capture(layout, one, CurvatureKind.FULL, EXACT).layers[i], 1)
     g = capture(layout, many, generator=torch.Generator().manual_seed(0)).layers[i].output_grads[0, :, 0]
     outer = g.unsqueeze(2) * g.unsqueeze(1)  # (S, 4, 4)
     standard_error = outer.std(0) / math.sqrt(g.shape[0])

@@ -9,7 +9,7 @@ from torch import nn
 
 from curvature_cases import PROBLEMS, bernoulli_terms, flat, gaussian_terms, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
-from natgrad.curvature.capture import gradient_factor
+from natgrad.curvature.capture import capture
 from natgrad.curvature.damping import pi_trace_norm
 from natgrad.losses import Loss
 
@@ -54,11 +54,12 @@ def test_monte_carlo_fisher_converges_to_ggn(float64):
     one = one_layer_one_example(bernoulli_terms)
     loss = Loss.from_model(one.model, (one.inputs[0].expand(4000, -1),), one.build_terms)
     rep = refreshed(BlockDiagonalKFAC(loss.model), loss, seed=11)
-    draws = rep.capture(loss, torch.Generator().manual_seed(11)).layers[0].output_grads[0, :, 0]  # (S, 4)
+    records = capture(rep.layout, loss, generator=torch.Generator().manual_seed(11))
+    draws = records.layers[0].output_grads[0, :, 0]  # (S, 4)
     outer = draws.unsqueeze(2) * draws.unsqueeze(1)
     standard_error = outer.std(0) / math.sqrt(draws.shape[0])
     g_true = exact.dense_ggn(one)[-4:, -4:]  # the bias block: dz/db = I, so it is G itself
-    estimate = rep.state_dict()["frozen"]["G0"]
+    estimate = rep.frozen.layers[0].output_factor
     torch.testing.assert_close(outer.mean(0), estimate, rtol=1e-12, atol=0)  # same seed, same draws
     assert ((estimate - g_true).abs() <= 5 * standard_error).all()
     assert (standard_error.diagonal() < 0.05 * g_true.diagonal()).all()
@@ -103,9 +104,9 @@ def test_factored_tikhonov_damping_blocks(float64):
     """Each block of M(lambda) is (A + pi gamma I) (x) (G + gamma/pi I), pi the trace norm (§6.3)."""
     loss = PROBLEMS["autoencoder"]()
     rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
-    frozen, damping = rep.state_dict()["frozen"], 0.5
+    frozen, damping = rep.frozen, 0.5
     for i, layer in enumerate(rep.layout.layers):
-        a, g = frozen[f"A{i}"], frozen[f"G{i}"]
+        a, g = frozen.layers[i].input_factor, frozen.layers[i].output_factor
         pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
         gamma = math.sqrt(damping)
         expected = torch.kron(g + gamma / pi * torch.eye(g.shape[0]), a + pi * gamma * torch.eye(a.shape[0]))
@@ -125,8 +126,8 @@ def test_ema_is_the_running_mean_for_the_first_updates(float64):
         batches.append(rep.capture(loss, gen))
         rep.update(batches[-1])
     rep.refresh()
-    mean = sum(gradient_factor(b.layers[0], 4) for b in batches) / 3
-    assert relative_error(rep.state_dict()["frozen"]["G0"], mean) < 1e-14
+    mean = sum(b.layers[0].output_factor for b in batches) / 3
+    assert relative_error(rep.frozen.layers[0].output_factor, mean) < 1e-14
 
 
 def test_ema_decay_is_capped(float64):
@@ -137,9 +138,9 @@ def test_ema_decay_is_capped(float64):
     rep.steps = 10  # the next decay would be 1 - 1/11 without the cap
     rep.update(second)
     rep.refresh()
-    g1, g2 = gradient_factor(first.layers[0], 4), gradient_factor(second.layers[0], 4)
+    g1, g2 = first.layers[0].output_factor, second.layers[0].output_factor
     assert relative_error(g1, g2) > 1e-3  # two different sampled draws
-    assert relative_error(rep.state_dict()["frozen"]["G0"], 0.5 * g1 + 0.5 * g2) < 1e-14
+    assert relative_error(rep.frozen.layers[0].output_factor, 0.5 * g1 + 0.5 * g2) < 1e-14
 
 
 def test_state_dict_round_trip_gives_identical_solves(float64):
@@ -162,7 +163,7 @@ def test_interface_errors(float64):
     with pytest.raises(RuntimeError, match="refresh\\(\\) called before any update"):
         rep.refresh()
     refreshed(rep, loss)
-    with pytest.raises(ValueError, match="Invalid damping: -1.0; allowed: a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"Invalid tikhonov: -1.0; allowed: a finite number >= 0 \(gamma\^2\)"):
         rep.solve(random_vectors(loss), -1.0)
     with pytest.raises(ValueError, match="has shape"):
         rep.solve([v.reshape(-1) for v in random_vectors(loss)], 1.0)

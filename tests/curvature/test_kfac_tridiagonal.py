@@ -28,13 +28,13 @@ def test_matches_kronecker_factored_fisher_on_tridiagonal_blocks(float64, proble
     """F_hat_ii = (damped A_i) (x) (damped G_i) and F_hat_{i,i+1} = AX_i (x) GX_i (row-major: G (x) A)."""
     loss = PROBLEMS[problem]()
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
-    dense, frozen = rep.to_dense(DAMPING), rep.state_dict()["frozen"]
+    dense, frozen = rep.to_dense(DAMPING), rep.frozen
     idx = [rep.layout.layer_indices(layer) for layer in rep.layout.layers]
     for i in range(len(idx)):
-        a, g = rep.damped_layer_factors(frozen, i, DAMPING)
+        a, g = rep.shifted_layer_factors(frozen, i, DAMPING)
         assert relative_error(block(dense, idx[i], idx[i]), torch.kron(g, a)) < 1e-9
     for i in range(len(idx) - 1):
-        expected = torch.kron(frozen[f"GX{i}"], frozen[f"AX{i}"])
+        expected = torch.kron(frozen.layers[i].output_cross, frozen.layers[i].input_cross)
         assert relative_error(block(dense, idx[i], idx[i + 1]), expected) < 1e-9
 
 

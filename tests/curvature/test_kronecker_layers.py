@@ -141,5 +141,5 @@ def test_embedding_block_is_exact_for_one_example_with_a_diagonal_input_factor(f
     assert type(layer.module) is nn.Embedding and (layer.d_out, layer.d_in) == (3, 5)
     index = rep.layout.layer_indices(layer)
     assert relative_error(rep.to_dense()[index][:, index], dense[index][:, index]) < 1e-12
-    a = rep.layer_factors(rep._require_frozen(), 0)[0]
+    a = rep.frozen.layers[0].input_factor
     assert torch.equal(a, torch.diag(torch.diag(a)))

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from natgrad.curvature.capture import capture, input_factor
+from natgrad.curvature.capture import capture
+from natgrad.curvature.kfac import input_factor
 from natgrad.curvature.layout import ParameterLayout
 from natgrad.curvature.whitening import (
     WhitenedLinear,

@@ -14,7 +14,7 @@ from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree
 
 STEPS = 12
 OPTIMIZERS = {
-    # paper defaults except the initial damping, scaled to this 20-step budget (lambda_0 = 150 is
+    # paper defaults except the initial damping, scaled to this STEPS = 12 budget (lambda_0 = 150 is
     # tuned for the paper's 784-1000-500-250-30 net and thousands of steps).
     "kfac": lambda m: KFAC(m, damping={"initial": 1.0}),
     "kfac-bf16": lambda m: KFAC(m, damping={"initial": 1.0}, solve_dtype="bfloat16",

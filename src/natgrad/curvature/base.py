@@ -1,39 +1,39 @@
-r"""The one interface every approximate curvature representation implements.
+r"""The one contract every approximate curvature representation satisfies.
 
-Notation: ``theta`` are the model's trainable parameters (the coordinates, see
-:class:`~natgrad.curvature.layout.ParameterLayout`; vectors are lists of tensors aligned with
-``representation.params``), ``C`` the represented curvature matrix (an approximation of the GGN
-or Fisher ``F``), ``lambda`` the damping passed by the optimizer.
-
+Notation of :mod:`natgrad.curvature` (``C``, ``gamma``, ``tikhonov = gamma^2``, decay ``eps_k``).
 Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Algorithm 1)::
 
     rep = BlockDiagonalKFAC(model, CurvatureConfig(kind="full"))
     for k, batch in enumerate(batches, 1):
-        loss = build_loss(model, x_stats, generator=gen)     # e.g. 1/8 of the batch
-        rep.update(rep.capture(loss, generator=gen))          # EMA of the statistics
+        loss = build_loss(model, x, generator=gen).prefix(1 / 8)    # tau_1 of the batch
+        rep.update(rep.capture(loss, generator=gen))              # moving averages
         if k <= 3 or k % T3 == 0:
-            rep.refresh()                                     # amortised factorisation
-        step = rep.solve(gradient, damping)                  # approx. (C + lambda I)^{-1} g
+            rep.refresh()                                         # amortised factorisation
+        direction = rep.solve(gradient, gamma**2)                 # M(gamma^2)^{-1} grad
 
-* :meth:`update` folds one batch's statistics into exponential moving averages,
-  ``X <- eps_k X + (1 - eps_k) X_batch`` with ``eps_k = min(1 - 1/k, ema_cap)`` (section 5;
-  k counts updates from 1, so the first update uses the batch alone), or a fixed ``decay``.
-* :meth:`refresh` freezes the current averages into the matrix that :meth:`solve`,
-  :meth:`matvec` and :meth:`to_dense` use, and does the expensive damping-independent work
-  (eigendecompositions). Until the first refresh those methods raise.
-* :meth:`solve` applies ``M(lambda)^{-1}``, where ``M(lambda)`` is the representation's damped
-  matrix, ``M(lambda) = to_dense(lambda)`` (for K-FAC the factored Tikhonov approximation of
-  ``C + lambda I``, section 6.3; otherwise exactly ``C + lambda I``). Damping-dependent work is
-  cached per damping value, so trying several dampings (section 6.6) costs one small
-  factorisation each and never touches the statistics; the last :data:`DAMPED_CACHE` dampings
-  stay cached, so returning to the chosen candidate after the search costs nothing.
-* :meth:`matvec` multiplies by the undamped ``C``; :meth:`to_dense` returns ``C`` or ``M(lambda)``
-  as a ``(P, P)`` matrix (tests and tiny models only).
+* :meth:`capture` computes one batch's statistics (batch means: a data-parallel run all-reduces
+  them here), typed per family: :class:`~natgrad.curvature.statistics.CurvatureStatistics` for
+  K-FAC and the diagonal, per-example gradients for TONGA.
+* :meth:`update` refuses non-finite statistics, then folds them into the moving averages,
+  ``X <- eps_k X + (1 - eps_k) X_batch`` with ``eps_k = min(1 - 1/k, ema_cap)`` (section 5; ``k``
+  counts updates from 1, so the first update uses the batch alone), or a given ``decay``.
+* :meth:`refresh` freezes the current averages into the matrix ``C`` that :meth:`solve`,
+  :meth:`matvec` and :meth:`to_dense` use, and does the expensive work that does not depend on
+  ``gamma`` (eigendecompositions). Until the first refresh those methods raise. (TONGA departs:
+  its products use the live factor, and refresh truncates it; see ``tonga.py``.)
+* :meth:`solve` applies ``M(gamma^2)^{-1}``, with ``M(gamma^2) = to_dense(gamma^2)`` the
+  representation's approximation of ``C + gamma^2 I`` (for K-FAC the factored Tikhonov form,
+  section 6.3; otherwise exactly ``C + gamma^2 I``). This is the one place ``gamma^2`` is added.
+  The work that depends on ``gamma^2`` is cached per value, so trying several ``gamma``
+  (section 6.6) costs one small factorisation each and never touches the statistics; the last
+  :data:`SHIFTED_CACHE` values stay cached, so returning to the chosen candidate costs nothing.
+* :meth:`matvec` multiplies by ``C``; :meth:`to_dense` returns ``C`` or ``M(gamma^2)`` as a
+  ``(P, P)`` matrix (tests and tiny models only).
 * :meth:`state_dict` / :meth:`load_state_dict` hold everything needed to resume exactly: the moving
-  averages, the update count and the refreshed matrix. Caches are rebuilt deterministically.
+  averages, the update count and the frozen statistics. Caches are rebuilt deterministically.
 
-Statistics are plain tensors that are batch means, so a data-parallel run can all-reduce
-:class:`~natgrad.curvature.capture.CapturedBatch`-derived statistics before :meth:`update`.
+A family implements the private hooks below; each receives the same arguments in every family
+(the frozen statistics ``frozen``, the value ``tikhonov``, the cached ``shifted`` factors).
 """
 from __future__ import annotations
 
@@ -44,84 +44,79 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.capture import CapturedBatch, capture
-from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.layout import ParameterLayout
+from natgrad.curvature.statistics import CurvatureStatistics
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
 from natgrad.validation import in_unit_interval, is_number, require
 
-
-#: Damped factorisations kept per refresh: the three gamma candidates of a search (section 6.6).
-DAMPED_CACHE = 3
+#: Shifted factorisations kept per refresh: the three gamma candidates of a search (section 6.6).
+SHIFTED_CACHE = 3
 
 
 class NonFiniteStatistics(ArithmeticError):
     """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update` refused it."""
 
 
-def check_damping(damping: float) -> float:
-    """``damping`` as a float, rejected when negative or not finite."""
-    require(is_number(damping) and damping >= 0, "damping", damping, "a finite number >= 0")
-    return float(damping)
-
-
 class CurvatureRepresentation(ABC):
-    """Base class: EMA statistics, refresh/solve/matvec/to_dense and state handling.
+    """Moving-average statistics behind ``capture / update / refresh / solve / matvec / to_dense``.
 
-    Subclasses implement the private per-family hooks :meth:`_batch_statistics`, :meth:`_factorise`,
-    :meth:`_solve`, :meth:`_matvec` and :meth:`_dense`; damping is validated and added only here.
+    Args:
+        model: the module whose trainable parameters are the coordinates.
+        ema_cap: the cap of the moving-average decay (module docstring).
     """
 
-    def __init__(self, model: nn.Module, config: CurvatureConfig | None = None) -> None:
-        self.config = config or CurvatureConfig()
+    #: True when ``C`` is singular by construction, so :meth:`solve` needs ``tikhonov > 0``.
+    needs_positive_tikhonov = False
+
+    def __init__(self, model: nn.Module, ema_cap: float) -> None:
         self.layout = ParameterLayout(model)
+        self.ema_cap = ema_cap
         self.steps = 0
-        self._averages: dict[str, Tensor] = {}
-        self._frozen: dict[str, Tensor] | None = None
-        self._factors: dict[str, Any] = {}
-        self._damped: dict[float, Any] = {}  # damping -> damped factors, at most DAMPED_CACHE entries
+        self._averages: Any = None  # the family's statistics container, None before the first update
+        self._frozen: Any = None  # the averages frozen by the last refresh
+        self._factors: Any = None  # _factorise(frozen)
+        self._shifted: dict[float, Any] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
 
     @property
     def params(self) -> list[Tensor]:
         """The parameters every vector is aligned with."""
         return self.layout.params
 
+    @property
+    def frozen(self) -> Any:
+        """The statistics the represented matrix was built from at the last :meth:`refresh` (or None)."""
+        return self._frozen
+
     def describe(self) -> str:
         """A table of every trainable parameter, its shape and its block (:meth:`ParameterLayout.describe`)."""
         return self.layout.describe_table()
 
     # ---- statistics -------------------------------------------------------------------------
-    def capture(self, loss: Loss, generator: torch.Generator | None = None) -> CapturedBatch:
-        """Layer statistics of ``loss``'s batch for this representation's curvature kind and estimator."""
-        return capture(self.layout, loss, self.config.kind, self.config.estimator, generator)
+    def capture(self, loss: Loss, generator: torch.Generator | None = None) -> Any:
+        """The statistics of ``loss``'s batch (``generator`` draws the sampled output vectors)."""
+        return self._statistics(loss, generator)
 
-    def update(self, batch: CapturedBatch, decay: float | None = None) -> None:
-        """Fold one batch into the moving averages: ``X <- eps X + (1 - eps) X_batch``.
+    def update(self, statistics: Any, decay: float | None = None) -> None:
+        """Fold one batch's statistics into the moving averages: ``X <- eps X + (1 - eps) X_batch``.
 
-        ``decay`` defaults to ``min(1 - 1/k, ema_cap)`` with ``k`` the update count from 1.
-
-        A batch with a NaN or Inf statistic is refused before anything is folded in, so one bad
-        batch never poisons the averages.
+        ``decay`` defaults to ``min(1 - 1/k, ema_cap)`` with ``k`` the update count from 1. A batch
+        with a NaN or Inf statistic is refused before anything is folded in, so one bad batch never
+        poisons the averages.
 
         Raises:
-            ValueError: ``decay`` outside ``[0, 1)``.
-            NonFiniteStatistics: a statistic of ``batch`` is NaN or Inf (nothing was changed).
+            ValueError: ``decay`` outside ``[0, 1)``, or statistics that do not fit this model.
+            NonFiniteStatistics: a statistic is NaN or Inf (nothing was changed).
         """
         require(decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None")
-        statistics = self._batch_statistics(batch)
-        if not all_finite(statistics.values()):  # one pass; name the culprits only on failure
-            bad = [key for key, value in statistics.items() if not all_finite((value,))]
+        self._check_statistics(statistics)
+        if not all_finite(statistics.tensors()):  # one pass; name the culprits only on failure
+            bad = [name for name, value in statistics.named_tensors() if not all_finite((value,))]
             raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
         self.steps += 1
         if decay is None:
-            decay = min(1.0 - 1.0 / self.steps, self.config.ema_cap)
-        for key, value in statistics.items():
-            old = self._averages.get(key)
-            if old is None:
-                self._averages[key] = value.clone()  # owned: later updates work in place
-            else:  # in place: no temporaries the size of the factors
-                old.mul_(decay).add_(value, alpha=1.0 - decay)
+            decay = min(1.0 - 1.0 / self.steps, self.ema_cap)
+        self._averages = self._fold(self._averages, statistics, decay)
 
     def refresh(self) -> None:
         """Freeze the current averages as the represented matrix and factorise it (amortised).
@@ -129,84 +124,121 @@ class CurvatureRepresentation(ABC):
         Raises:
             RuntimeError: no statistics were accumulated yet.
         """
-        if not self._averages:
+        if self._averages is None:
             raise RuntimeError(f"{type(self).__name__}.refresh() called before any update()")
-        self._frozen = {k: v.clone() for k, v in self._averages.items()}
+        self._frozen = self._freeze(self._averages)
         self._factors = self._factorise(self._frozen)
-        self._damped = {}
+        self._shifted = {}
 
     # ---- products ---------------------------------------------------------------------------
-    def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
-        """``M(damping)^{-1} v``, aligned with :attr:`params` (see the module docstring)."""
+    def solve(self, vectors: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
+        """``M(tikhonov)^{-1} v``, aligned with :attr:`params`, ``tikhonov = gamma^2`` (module docstring).
+
+        Raises:
+            ValueError: ``vectors`` do not match the parameters, or ``tikhonov`` is negative, not
+                finite, or zero where :attr:`needs_positive_tikhonov`.
+        """
         vectors = self.layout.check(vectors)
-        damping = check_damping(damping)
-        frozen = self._require_frozen()
-        if damping not in self._damped:
-            if len(self._damped) >= DAMPED_CACHE:
-                del self._damped[next(iter(self._damped))]  # the oldest
-            self._damped[damping] = self._damped_factors(frozen, damping)
-        return self._solve(vectors, damping, self._damped[damping])
+        tikhonov = self._check_tikhonov(tikhonov, solving=True)
+        frozen = self._matrix()
+        if tikhonov not in self._shifted:
+            if len(self._shifted) >= SHIFTED_CACHE:
+                del self._shifted[next(iter(self._shifted))]  # the oldest
+            self._shifted[tikhonov] = self._shifted_factors(frozen, tikhonov)
+        return self._solve(vectors, frozen, tikhonov, self._shifted[tikhonov])
 
     def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
-        """``C v`` with the undamped represented matrix."""
-        return self._matvec(self.layout.check(vectors), self._require_frozen())
+        """``C v``."""
+        return self._matvec(self.layout.check(vectors), self._matrix())
 
-    def to_dense(self, damping: float | None = None) -> Tensor:
-        """``C`` (``damping=None``) or the damped ``M(damping)`` that :meth:`solve` inverts, ``(P, P)``."""
-        frozen = self._require_frozen()
-        return self._dense(frozen, None if damping is None else check_damping(damping))
+    def to_dense(self, tikhonov: float | None = None) -> Tensor:
+        """``C`` (``tikhonov=None``) or ``M(tikhonov)``, the matrix :meth:`solve` inverts, ``(P, P)``."""
+        frozen = self._matrix()
+        return self._dense(frozen, None if tikhonov is None else self._check_tikhonov(tikhonov))
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Moving averages, update count and the refreshed matrix (tensors cloned)."""
+        """Moving averages, update count and the frozen statistics (tensors cloned)."""
         return {
             "steps": self.steps,
-            "averages": {k: v.clone() for k, v in self._averages.items()},
-            "frozen": None if self._frozen is None else {k: v.clone() for k, v in self._frozen.items()},
+            "averages": None if self._averages is None else self._averages.state(),
+            "frozen": None if self._frozen is None else self._frozen.state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen matrix.
+        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen statistics.
 
         Raises:
             KeyError: a required entry is missing.
+            ValueError: the state belongs to another model.
         """
         missing = {"steps", "averages", "frozen"} - set(state)
         if missing:
             raise KeyError(f"curvature state_dict is missing {sorted(missing)}")
         self.steps = int(state["steps"])
-        self._averages = {k: v.clone() for k, v in state["averages"].items()}
-        frozen = state["frozen"]
-        self._frozen = None if frozen is None else {k: v.clone() for k, v in frozen.items()}
-        self._factors = {} if self._frozen is None else self._factorise(self._frozen)
-        self._damped = {}
+        self._averages = None if state["averages"] is None else self._load_statistics(state["averages"])
+        self._frozen = None if state["frozen"] is None else self._load_statistics(state["frozen"])
+        self._factors = None if self._frozen is None else self._factorise(self._frozen)
+        self._shifted = {}
 
-    def _require_frozen(self) -> dict[str, Tensor]:
+    # ---- shared checks ----------------------------------------------------------------------
+    def _check_tikhonov(self, tikhonov: float, solving: bool = False) -> float:
+        require(is_number(tikhonov) and tikhonov >= 0, "tikhonov", tikhonov, "a finite number >= 0 (gamma^2)")
+        require(not (solving and self.needs_positive_tikhonov and tikhonov == 0), "tikhonov", tikhonov,
+                f"a number > 0: {type(self).__name__}'s C is singular")
+        return float(tikhonov)
+
+    def _matrix(self) -> Any:
+        """What the products use: the frozen statistics (TONGA: its live factor)."""
         if self._frozen is None:
             raise RuntimeError(f"{type(self).__name__}: call update() and refresh() before solve/matvec/to_dense")
         return self._frozen
 
-    # ---- per-family hooks -------------------------------------------------------------------
+    # ---- per-family hooks (same arguments in every family) ----------------------------------
     @abstractmethod
-    def _batch_statistics(self, batch: CapturedBatch) -> dict[str, Tensor]:
-        """This family's statistics of one batch (batch means, so they can be averaged/all-reduced)."""
+    def _statistics(self, loss: Loss, generator: torch.Generator | None) -> Any:
+        """This family's statistics of ``loss``'s batch (batch means, so they average and all-reduce)."""
 
-    def _factorise(self, frozen: dict[str, Tensor]) -> dict[str, Any]:
-        """Damping-independent factorisation of the frozen statistics (default: none)."""
-        return {}
+    def _check_statistics(self, statistics: Any) -> None:
+        """Refuse statistics that do not fit this model (default: not a :class:`CurvatureStatistics`).
+
+        Raises:
+            ValueError: statistics of another type.
+        """
+        require(isinstance(statistics, CurvatureStatistics), "statistics", type(statistics).__name__,
+                f"CurvatureStatistics (from {type(self).__name__}.capture)")
+
+    def _fold(self, averages: Any, statistics: Any, decay: float) -> Any:
+        """The new averages (default: a copy of the first batch, then the in-place moving average)."""
+        if averages is None:
+            return statistics.clone()  # owned: later updates work in place
+        averages.fold_(statistics, decay)
+        return averages
+
+    def _freeze(self, averages: Any) -> Any:
+        """The matrix's statistics at a refresh (default: a copy of the averages)."""
+        return averages.clone()
+
+    def _load_statistics(self, state: Mapping[str, Any]) -> Any:
+        """The statistics container of a :meth:`state_dict` entry."""
+        return CurvatureStatistics.from_state(state)
+
+    def _factorise(self, frozen: Any) -> Any:
+        """Work on the frozen statistics that does not depend on ``gamma`` (default: none)."""
+        return None
 
     @abstractmethod
-    def _damped_factors(self, frozen: dict[str, Tensor], damping: float) -> Any:
-        """Whatever :meth:`_solve` needs for this damping (cached until refresh or a new damping)."""
+    def _shifted_factors(self, frozen: Any, tikhonov: float) -> Any:
+        """Whatever :meth:`_solve` needs for this ``tikhonov`` (cached until refresh)."""
 
     @abstractmethod
-    def _solve(self, vectors: list[Tensor], damping: float, damped: Any) -> list[Tensor]:
-        """Apply ``M(damping)^{-1}``."""
+    def _solve(self, vectors: list[Tensor], frozen: Any, tikhonov: float, shifted: Any) -> list[Tensor]:
+        """Apply ``M(tikhonov)^{-1}``."""
 
     @abstractmethod
-    def _matvec(self, vectors: list[Tensor], frozen: dict[str, Tensor]) -> list[Tensor]:
-        """Apply the undamped ``C``."""
+    def _matvec(self, vectors: list[Tensor], frozen: Any) -> list[Tensor]:
+        """Apply ``C``."""
 
     @abstractmethod
-    def _dense(self, frozen: dict[str, Tensor], damping: float | None) -> Tensor:
-        """``C`` or ``M(damping)`` as a dense ``(P, P)`` matrix."""
+    def _dense(self, frozen: Any, tikhonov: float | None) -> Tensor:
+        """``C`` or ``M(tikhonov)`` as a dense ``(P, P)`` matrix."""

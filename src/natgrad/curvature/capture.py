@@ -1,18 +1,14 @@
-r"""Capture of layer statistics: inputs ``a_bar`` (A) and back-propagated output-side vectors (G).
+r"""Capture of layer records: each Kronecker layer's inputs ``a_bar`` and back-propagated vectors ``g``.
 
-Notation (Martens & Grosse 2015, section 3; Grosse & Martens 2016 for convolutions): for a
-Kronecker layer (see :mod:`natgrad.curvature.layout`) with pre-activation ``s = W_bar a_bar``,
-``a_bar = [a; 1]`` is its input (a Conv2d's unfolded patches, one row per output location ``t``) and
-``g = ds`` the vector back-propagated to ``s``. With ``T`` locations per example
-(``T = 1`` for a Linear on ``(N, d)`` inputs) natgrad uses the KFC estimators (Grosse & Martens 2016,
-Thm. 2)::
-
-    A = (1/N) sum_n sum_t a_bar_{n,t} a_bar_{n,t}^T          # (d_in, d_in), summed over locations
-    G = (1/N) sum_k sum_n (1/T) sum_t g_{k,n,t} g_{k,n,t}^T  # (d_out, d_out)
-
-so that the layer's curvature block is approximated by ``A (x) G`` (``G (x) A`` for ``W_bar``
-flattened row-major). ``k`` runs over the back-propagated passes (one for a sampled or empirical
-estimate, one per output dimension for exact square roots).
+Notation of :mod:`natgrad.curvature` (Martens & Grosse 2015, section 3; Grosse & Martens 2016 for
+convolutions): for a Kronecker layer (see :mod:`natgrad.curvature.layout`) with pre-activation
+``s = W_bar a_bar``, ``a_bar = [a; 1]`` is its input (a Conv2d's unfolded patches, one row per
+output location ``t``) and ``g = ds`` the vector back-propagated to ``s``. This module records
+them, per example and location, for one batch (:class:`CapturedBatch`); the representations
+compute their statistics from the records (K-FAC's factors ``A`` and ``B`` in ``kfac.py``, the
+cross factors in ``kfac_tridiagonal.py``, squared per-example gradients in ``diagonal.py``).
+``k`` runs over the back-propagated passes (one for a sampled or empirical estimate, one per
+output dimension for square roots).
 
 What is back-propagated, per loss term selected by the curvature kind (choices.py):
 
@@ -61,7 +57,7 @@ class LayerRecord:
 
 @dataclass(frozen=True)
 class CapturedBatch:
-    """The statistics of one batch: layer records aligned with ``layout.layers`` and other-parameter diagonals."""
+    """The records of one batch: one per layer of ``layout.layers``, and the other parameters' diagonals."""
 
     layers: tuple[LayerRecord, ...]
     other_diagonal: dict[int, Tensor]  # parameter index -> batch estimate of the diagonal, parameter-shaped
@@ -149,7 +145,7 @@ class _ParameterUses(TorchFunctionMode):
             raise ValueError(
                 f"parameters {shared} are used more than once in one forward pass (tied or shared weights, or a "
                 "module called twice); their Kronecker blocks would see one use only. Untie them, or share them "
-                "through a module without a Kronecker form (its parameters get an exact diagonal block)")
+                "through a module without a Kronecker form (its parameters get a diagonal block)")
 
 
 def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
@@ -219,32 +215,3 @@ def capture(
         for i, layer in enumerate(layout.layers)
     )
     return CapturedBatch(records, _other_diagonal(layout, fresh, kind, passes), fresh.batch_size)
-
-
-def input_factor(record: LayerRecord, batch_size: int) -> Tensor:
-    """``A = (1/N) sum_{n,t} a_bar a_bar^T`` as one batched matrix product: ``(d_in, d_in)``."""
-    a = record.inputs.flatten(0, 1)
-    return torch.mm(a.T, a).div_(batch_size)
-
-
-def gradient_factor(record: LayerRecord, batch_size: int) -> Tensor:
-    """``G = (1/N) sum_{k,n} (1/T) sum_t g g^T``: ``(d_out, d_out)``."""
-    g = record.output_grads
-    locations = g.shape[2]
-    g = g.flatten(0, 2)
-    return torch.mm(g.T, g).div_(batch_size * locations)
-
-
-def cross_input_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``A_{i-1,i} = (1/N) sum_n a_bar_{i-1,n} a_bar_{i,n}^T`` between consecutive one-location layers."""
-    return lower.inputs.flatten(0, 1).T @ upper.inputs.flatten(0, 1) / batch_size
-
-
-def cross_gradient_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``G_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location layers."""
-    return lower.output_grads.flatten(0, 2).T @ upper.output_grads.flatten(0, 2) / batch_size
-
-
-def per_example_layer_gradients(record: LayerRecord) -> Tensor:
-    """``sum_t g_{k,n,t} a_bar_{n,t}^T`` for every pass and example: ``(K, N, d_out, d_in)``."""
-    return torch.einsum("knto,nti->knoi", record.output_grads, record.inputs)

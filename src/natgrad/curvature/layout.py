@@ -20,10 +20,11 @@ module                        ``a_bar_t`` (``d_in``)        ``s_t`` (``d_out``) 
 An embedding's input factor ``A = (1/N) sum e_t e_t^T`` is diagonal (the index counts); it is
 stored as a dense ``(num_embeddings, num_embeddings)`` matrix, so large vocabularies are costly.
 
-Convolutions need ``groups == 1`` and zero padding given as numbers (``ConvTranspose2d`` also
+Convolutions need ``groups == 1`` and ``padding_mode = "zeros"`` with the padding given as numbers
+(any amount, not the strings ``"same"``/``"valid"``); ``ConvTranspose2d`` also needs
 ``output_padding < stride``, so the patches tile the output; embeddings neither ``sparse`` nor
-``max_norm``). A transposed convolution's bias is
-added after its patches overlap, so it is an *other* parameter. Every other trainable parameter
+``max_norm``. A transposed convolution's bias is added after its patches overlap, so it is an
+*other* parameter. Every other trainable parameter
 (normalisation scales, grouped or reflect-padded convolutions, ...) is *other* and gets
 a diagonal curvature block; :meth:`ParameterLayout.describe` lists every parameter's block and
 why, and the representations log that table once when built.

@@ -1,31 +1,33 @@
 r"""TONGA: a low-rank (per block) model of the covariance of per-example gradients.
 
 Le Roux, Manzagol & Bengio, "Topmoumoute online natural gradient algorithm", NIPS 2007 (publ. 2008),
-section 5 of ../shared/PAPERS.md. Notation: ``g_n`` the gradient of example ``n``'s loss, ``m`` the
-number of examples per update, ``gamma`` the discount, ``k`` the rank kept per block, ``b`` the
-number of updates between eigendecompositions, ``lambda`` the damping.
+section 5 of ../shared/PAPERS.md. Notation of :mod:`natgrad.curvature`, and: ``g_n`` the gradient
+of example ``n``'s loss, ``m`` the number of examples per update, ``d`` the discount
+(``config.discount``, the paper's ``gamma``), ``k`` the rank kept per block, ``b`` the number of
+updates between eigendecompositions. The optimizer's Tikhonov term ``gamma^2`` (tied to
+``lambda + eta``) is TONGA's damping.
 
 The matrix (per block, see below) is kept as ``C = X X^T`` with ``X`` of shape ``(n_b, r)``, never
 as a dense ``n_b x n_b`` matrix:
 
 * update (amortised online algorithm, paper p. 5): ``X <- [sqrt(w) X, sqrt((1-w)/m) [s_1 ... s_m]]``,
   i.e. ``C <- w C + (1 - w) S`` with ``S = (1/m) sum_n s_n s_n^T`` the batch statistic:
-  ``s_n = g_n`` (uncentred, the paper's online ``C_t = gamma C_{t-1} + g g^T``) or
+  ``s_n = g_n`` (uncentred, the paper's online ``C_t = d C_{t-1} + g g^T``) or
   ``s_n = g_n - mean(g)`` (centred, the paper's definition of the gradient covariance);
 * the Gram matrix ``X^T X`` is kept alongside and grown by the paper's block formula;
-* every ``b`` updates (:meth:`TongaCurvature.refresh`): eigendecompose the Gram
+* every ``b`` updates (``refresh``): eigendecompose the Gram
   ``X^T X = V D V^T``; the eigenvectors of ``C`` are ``X V D^{-1/2}`` with eigenvalues ``D``; keep
   the top ``k``: ``X <- X V_{:, :k}`` (so ``X X^T = sum_{j<=k} d_j u_j u_j^T``), Gram ``<- diag(D_{:k})``;
 * solve (Woodbury / push-through):
-  ``(X X^T + lambda I)^{-1} v = (v - X (X^T X + lambda I)^{-1} X^T v) / lambda``,
+  ``(X X^T + gamma^2 I)^{-1} v = (v - X (X^T X + gamma^2 I)^{-1} X^T v) / gamma^2``,
   cost ``O(n r + r^3)`` per block.
 
 Departures from the paper, on purpose:
 
-* ``w = min(1 - 1/t, gamma)`` at update ``t`` (an exponential moving average, as K-FAC's factors):
-  the paper's ``C_t = gamma C_{t-1} + g g^T`` is ``1/(1-gamma)`` times ours in steady state. The
-  direction ``C^{-1} g`` does not change; only the scale of ``lambda`` does, which is then
-  comparable to K-FAC's damping. The first update uses the batch alone.
+* the decay ``w = min(1 - 1/t, d)`` at update ``t`` (an exponential moving average, as K-FAC's
+  factors): the paper's ``C_t = d C_{t-1} + g g^T`` is ``1/(1-d)`` times ours in steady state. The
+  direction ``C^{-1} g`` does not change; only the scale of ``gamma^2`` does, which is then
+  comparable to K-FAC's. The first update uses the batch alone.
 * The centred variant centres each batch on its own mean (the paper's estimator of the
   covariance, applied to the batch); the uncentred one is the empirical Fisher of the batch.
 * The paper adds one gradient per step; here each update adds ``m`` per-example gradients
@@ -43,17 +45,17 @@ over units.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import NonFiniteStatistics, check_damping
+from natgrad.curvature.base import CurvatureRepresentation
 from natgrad.curvature.exact import per_example_gradients
 from natgrad.curvature.layout import ParameterLayout
-from natgrad.finite import all_finite
 from natgrad.losses import Loss
 from natgrad.validation import in_unit_interval, is_integer, parse_choice, require
 
@@ -72,7 +74,8 @@ class TongaConfig:
 
     Attributes:
         rank: ``k``, eigenvectors kept per block at each eigendecomposition (PLearn 10, climin 5).
-        discount: ``gamma`` of the moving average (PLearn 0.99, climin 0.995).
+        discount: ``d``, the cap of the moving-average decay (the paper's ``gamma``; PLearn 0.99,
+            climin 0.995).
         centred: centre each batch's gradients on their mean (the paper's covariance) instead of
             the uncentred second moment of the online algorithm.
         blocks: a :class:`Blocks` value: ``"unit"`` (default), ``"layer"`` or ``"none"``.
@@ -146,133 +149,177 @@ def _block_groups(layout: ParameterLayout, blocks: Blocks) -> list[_BlockGroup]:
     return groups
 
 
-class TongaCurvature:
+@dataclass(frozen=True)
+class ExampleGradients:
+    """TONGA's statistics of one batch: per-example gradients, ``(m, *param.shape)`` per parameter.
+
+    Unlike the K-FAC factors these are not means: across processes they are gathered, not averaged.
+    """
+
+    gradients: tuple[Tensor, ...]
+
+    def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """``("gradients of parameter i", tensor)`` per parameter."""
+        for i, g in enumerate(self.gradients):
+            yield f"gradients of parameter {i}", g
+
+    def tensors(self) -> Iterator[Tensor]:
+        """Every tensor (for the finiteness guard)."""
+        return iter(self.gradients)
+
+
+@dataclass(frozen=True)
+class LowRankFactors:
+    """The moving average ``C = blockdiag(X_b X_b^T)`` as each block group's factor and Gram matrix.
+
+    Attributes:
+        factors: per group ``X`` ``(B, n_b, r)``, None before the group's first update.
+        grams: per group ``X^T X`` ``(B, r, r)``.
+    """
+
+    factors: list[Tensor | None]
+    grams: list[Tensor | None]
+
+    def state(self) -> dict[str, list[Tensor | None]]:
+        """Cloned factors and Gram matrices, for ``state_dict``."""
+        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
+        return {"factors": clone(self.factors), "grams": clone(self.grams)}
+
+
+class TongaCurvature(CurvatureRepresentation):
     r"""Block-diagonal low-rank model ``C = blockdiag(X_b X_b^T)`` of the gradient covariance.
 
-    Implements the public interface of :class:`~natgrad.curvature.base.CurvatureRepresentation`
-    (``params``, ``capture``, ``update``, ``refresh``, ``solve``, ``matvec``, ``to_dense``,
-    ``state_dict``) without subclassing it: its statistic is a factor whose width changes between
-    eigendecompositions, not a fixed-shape moving average. Unlike K-FAC, :meth:`solve` uses the
-    current factor (the paper's ``X_{t+b}`` includes the gradients added since the last
-    eigendecomposition); :meth:`refresh` is the amortised truncation to rank ``k``. Call it every
-    ``b`` updates (the shared step's ``T3``, ``schedule.inverse_every``): between refreshes the
-    factor grows by ``m`` columns per update, to at most ``k + b m``.
+    The shared contract of :class:`~natgrad.curvature.base.CurvatureRepresentation`, with two
+    departures from the moving-average families, both from the paper: the averages are a factor
+    whose width changes between eigendecompositions (:class:`LowRankFactors`), and the products
+    use the *current* factor (the paper's ``X_{t+b}`` includes the gradients added since the last
+    eigendecomposition), so :meth:`solve` works before any refresh and :meth:`refresh` is the
+    amortised truncation to rank ``k``. Call it every ``b`` updates (the shared step's ``T3``,
+    ``schedule.inverse_every``): between refreshes the factor grows by ``m`` columns per update,
+    to at most ``k + b m``. ``C`` has rank ``r < n`` and is singular, so :meth:`solve` needs
+    ``tikhonov > 0``.
 
     Args:
         model: the module; its trainable parameters (``named_parameters`` order) are the
-            coordinates and its Linear/Conv2d layers define the blocks.
-        config: :class:`TongaConfig`.
+            coordinates and its Kronecker layers define the blocks.
+        config: :class:`TongaConfig` (its ``discount`` caps the moving-average decay).
     """
+
+    needs_positive_tikhonov = True
 
     def __init__(self, model: nn.Module, config: TongaConfig | None = None) -> None:
         self.config = config or TongaConfig()
-        self.layout = ParameterLayout(model)
+        super().__init__(model, self.config.discount)
         self.shapes = [p.shape for p in self.layout.params]
         self.groups = _block_groups(self.layout, self.config.blocks)
-        self.steps = 0
-        self.factors: list[Tensor | None] = [None] * len(self.groups)  # X: (B, n_b, r)
-        self.grams: list[Tensor | None] = [None] * len(self.groups)  # X^T X: (B, r, r)
 
     def describe(self) -> str:
         """Every parameter and its block: low-rank plus diagonal, grouped by ``config.blocks``."""
         return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks.value!r})")
 
     @property
-    def params(self) -> list[Tensor]:
-        """The parameters every vector is aligned with."""
-        return self.layout.params
+    def factors(self) -> list[Tensor | None]:
+        """Each group's current factor ``X`` (None before its first update)."""
+        return [None] * len(self.groups) if self._averages is None else self._averages.factors
 
     @property
     def ranks(self) -> list[int]:
         """Current number of columns ``r`` of each group's factor (0 before the first update)."""
         return [0 if x is None else int(x.shape[-1]) for x in self.factors]
 
-    def capture(self, loss: Loss, generator: torch.Generator | None = None) -> list[Tensor]:
+    def _statistics(self, loss: Loss, generator: torch.Generator | None) -> ExampleGradients:
         """Per-example gradients ``(m, *param.shape)`` of the first ``examples_per_update`` examples.
 
         One ``torch.func.vmap`` of ``grad`` (:func:`natgrad.curvature.exact.per_example_gradients`)
         on the sub-batch, with the same inputs (and VAE noise). ``generator`` is unused (TONGA needs
-        no sampled targets); it is accepted for the shared interface.
+        no sampled targets).
         """
         m = self.config.examples_per_update
         sub_batch = loss.on_batch(tuple(t[:m] for t in loss.batch))
         flat = per_example_gradients(sub_batch)  # (m, P)
         offsets = self.layout.offsets
-        return [flat[:, a:b].reshape(-1, *shape) for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)]
+        return ExampleGradients(tuple(flat[:, a:b].reshape(-1, *shape)
+                                      for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)))
 
-    def update(self, gradients: Sequence[Tensor], decay: float | None = None) -> None:
-        """Fold per-example gradients ``(m, *param.shape)`` into ``C <- w C + (1 - w) S``.
+    def _check_statistics(self, statistics: ExampleGradients) -> None:
+        """Raises ValueError: gradients that do not match the parameters, or too few examples."""
+        require(isinstance(statistics, ExampleGradients), "statistics", type(statistics).__name__,
+                "ExampleGradients (from TongaCurvature.capture)")
+        shapes = [tuple(g.shape[1:]) for g in statistics.gradients]
+        expected = [tuple(s) for s in self.shapes]
+        require(shapes == expected, "gradient shapes", shapes, f"{expected} (parameters {self.layout.names})")
+        m = int(statistics.gradients[0].shape[0])
+        least = 2 if self.config.centred else 1
+        require(m >= least, "examples per update", m, f">= {least}")
 
-        ``w = decay`` or, by default, ``min(1 - 1/t, discount)`` with ``t`` the update count from 1.
-        The ``m`` new columns are appended; :meth:`refresh` truncates.
-
-        Raises:
-            ValueError: ``gradients`` does not match the parameters, has too few examples, or
-                ``decay`` is outside ``[0, 1)``.
-            NonFiniteStatistics: a gradient is NaN or Inf (nothing was changed).
-        """
-        self._check_vectors(gradients, lead=1)
+    def _fold(self, averages: LowRankFactors | None, statistics: ExampleGradients, decay: float) -> LowRankFactors:
+        """``C <- w C + (1 - w) S``: the ``m`` new columns are appended (:meth:`refresh` truncates)."""
+        if averages is None:
+            averages = LowRankFactors([None] * len(self.groups), [None] * len(self.groups))
+        gradients = statistics.gradients
         m = int(gradients[0].shape[0])
-        if m < 1 or (self.config.centred and m < 2):
-            raise ValueError(f"TONGA update needs >= {2 if self.config.centred else 1} examples, got {m}")
-        if not all_finite(gradients):
-            raise NonFiniteStatistics("non-finite per-example gradients; TONGA factor left unchanged")
-        self.steps += 1
-        if decay is None:
-            decay = min(1.0 - 1.0 / self.steps, self.config.discount)
-        elif not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
         for i, group in enumerate(self.groups):
             new = group.gather(gradients, lead=(m,))  # (m, B, n_b)
             if self.config.centred:
                 new = new - new.mean(dim=0, keepdim=True)
             new = new.permute(1, 2, 0) * math.sqrt((1.0 - decay) / m)  # (B, n_b, m)
-            self.factors[i], self.grams[i] = _append_columns(self.factors[i], self.grams[i], new, decay)
+            averages.factors[i], averages.grams[i] = _append_columns(averages.factors[i], averages.grams[i], new,
+                                                                     decay)
+        return averages
 
-    def refresh(self) -> None:
+    def _freeze(self, averages: LowRankFactors) -> None:
         r"""Keep the top-``k`` eigenpairs of each block: ``X <- X V_{:, :k}``, Gram ``<- diag(D_{:k})``.
 
         ``X^T X = V D V^T`` (batched ``eigh`` of ``(B, r, r)``); ``X V`` has orthogonal columns of
-        squared norms ``D``, the eigenvectors of ``C`` scaled by ``sqrt(D)``.
+        squared norms ``D``, the eigenvectors of ``C`` scaled by ``sqrt(D)``. In place: the products
+        use the live factor, so nothing is frozen.
         """
         k = self.config.rank
-        for i, (x, gram) in enumerate(zip(self.factors, self.grams)):
+        for i, (x, gram) in enumerate(zip(averages.factors, averages.grams)):
             if x is None or x.shape[-1] <= k:
                 continue
             # float64: float32 LAPACK returns NaN on Grams with subnormal entries (dead units,
             # measured on the MNIST autoencoder); the (B, r, r) matrices are small.
             eigenvalues, vectors = torch.linalg.eigh(gram.double())  # ascending
-            self.factors[i] = x @ vectors[..., -k:].flip(-1).to(x.dtype)
-            self.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0)).to(gram.dtype)
+            averages.factors[i] = x @ vectors[..., -k:].flip(-1).to(x.dtype)
+            averages.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0)).to(gram.dtype)
+        return None
 
-    def solve(self, vectors: Sequence[Tensor], damping: float) -> list[Tensor]:
-        r"""``(C + damping I)^{-1} v`` per block by Woodbury, never forming ``C``.
+    def _matrix(self) -> LowRankFactors | None:
+        """The live factor (None before the first update: ``C = 0``)."""
+        return self._averages
 
-        ``(X X^T + \lambda I)^{-1} v = (v - X (X^T X + \lambda I)^{-1} X^T v) / \lambda``.
+    def _load_statistics(self, state: Mapping[str, Any]) -> LowRankFactors:
+        """Raises ValueError: the state has a different number of block groups than this model."""
+        require(len(state["factors"]) == len(self.groups), "TONGA state block groups", len(state["factors"]),
+                f"{len(self.groups)}, this model's")
+        cloned = LowRankFactors(list(state["factors"]), list(state["grams"])).state()
+        return LowRankFactors(cloned["factors"], cloned["grams"])
 
-        Raises:
-            ValueError: ``damping <= 0`` (``C`` has rank ``r < n`` and is singular) or ``vectors``
-                does not match the parameters.
+    def _shifted_factors(self, frozen: LowRankFactors | None, tikhonov: float) -> None:
+        """Nothing to cache: the live factor changes at every update."""
+        return None
+
+    def _solve(self, vectors: list[Tensor], frozen: LowRankFactors | None, tikhonov: float,
+               shifted: None) -> list[Tensor]:
+        r"""``(C + gamma^2 I)^{-1} v`` per block by Woodbury, never forming ``C``.
+
+        ``(X X^T + \gamma^2 I)^{-1} v = (v - X (X^T X + \gamma^2 I)^{-1} X^T v) / \gamma^2``.
         """
-        damping = check_damping(damping)
-        if damping == 0.0:
-            raise ValueError("TONGA solve needs damping > 0 (the low-rank C is singular), got 0")
-        self._check_vectors(vectors)
         out: list[Tensor | None] = [None] * len(self.shapes)
-        for group, x, gram in zip(self.groups, self.factors, self.grams):
+        for group, x, gram in zip(self.groups, self.factors, self._grams()):
             v = group.gather(vectors)  # (B, n_b)
             if x is None:
-                result = v / damping
+                result = v / tikhonov
             else:
                 eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-                coefficients = torch.linalg.solve(gram + damping * eye, x.transpose(-1, -2) @ v.unsqueeze(-1))
-                result = (v - (x @ coefficients).squeeze(-1)) / damping
+                coefficients = torch.linalg.solve(gram + tikhonov * eye, x.transpose(-1, -2) @ v.unsqueeze(-1))
+                result = (v - (x @ coefficients).squeeze(-1)) / tikhonov
             self._place(out, group, result)
         return out  # type: ignore[return-value]
 
-    def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+    def _matvec(self, vectors: list[Tensor], frozen: LowRankFactors | None) -> list[Tensor]:
         """``C v = X (X^T v)`` per block (zero before the first update)."""
-        self._check_vectors(vectors)
         out: list[Tensor | None] = [None] * len(self.shapes)
         for group, x in zip(self.groups, self.factors):
             v = group.gather(vectors)
@@ -280,8 +327,8 @@ class TongaCurvature:
             self._place(out, group, result)
         return out  # type: ignore[return-value]
 
-    def to_dense(self, damping: float | None = None) -> Tensor:
-        """``C`` (or ``C + damping I``) as a ``(P, P)`` matrix in the flat parameter order (tests only)."""
+    def _dense(self, frozen: LowRankFactors | None, tikhonov: float | None) -> Tensor:
+        """``C`` (or ``C + gamma^2 I``) as a ``(P, P)`` matrix in the flat parameter order (tests only)."""
         n = self.layout.dimension
         dense = torch.zeros(n, n, dtype=self.layout.params[0].dtype)
         positions = self.layout.unflatten(torch.arange(n))
@@ -291,36 +338,16 @@ class TongaCurvature:
             index = group.gather(positions)  # (B, n_b): flat position of each block entry
             blocks = x @ x.transpose(-1, -2)  # (B, n_b, n_b)
             dense[index.unsqueeze(-1).expand_as(blocks), index.unsqueeze(-2).expand_as(blocks)] = blocks
-        if damping is not None:
-            dense += check_damping(damping) * torch.eye(n, dtype=dense.dtype)
+        if tikhonov is not None:
+            dense += tikhonov * torch.eye(n, dtype=dense.dtype)
         return dense
 
-    def state_dict(self) -> dict:
-        """Factors, Gram matrices and the update count (everything later steps depend on)."""
-        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
-        return {"steps": self.steps, "factors": clone(self.factors), "grams": clone(self.grams)}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a :meth:`state_dict`.
-
-        Raises:
-            ValueError: the state has a different number of block groups than this model.
-        """
-        if len(state["factors"]) != len(self.groups):
-            raise ValueError(f"TONGA state has {len(state['factors'])} block groups, this model has {len(self.groups)}")
-        self.steps = int(state["steps"])
-        self.factors = [None if x is None else x.clone() for x in state["factors"]]
-        self.grams = [None if g is None else g.clone() for g in state["grams"]]
+    def _grams(self) -> list[Tensor | None]:
+        return [None] * len(self.groups) if self._averages is None else self._averages.grams
 
     def _place(self, out: list, group: _BlockGroup, block: Tensor) -> None:
         for i, part in zip(group.indices, group.scatter(block, self.shapes)):
             out[i] = part
-
-    def _check_vectors(self, vectors: Sequence[Tensor], lead: int = 0) -> None:
-        shapes = [tuple(v.shape[lead:]) for v in vectors]
-        expected = [tuple(s) for s in self.shapes]
-        if shapes != expected:
-            raise ValueError(f"vectors have shapes {shapes}, expected {expected} (parameters {self.layout.names})")
 
 
 def _append_columns(x: Tensor | None, gram: Tensor | None, new: Tensor, decay: float) -> tuple[Tensor, Tensor]:
