@@ -39,7 +39,7 @@ def closure() -> Loss:
 
 for step in range(30):
     loss = optimizer.step(closure)
-    record = optimizer.last_step_record  # loss, rho, damping, gamma, alpha, mu, rejected ...
+    record = optimizer.last_step_record  # a StepRecord: objective, rho, damping, gamma, alpha, mu, rejected ...
     if step % 10 == 0:
-        print(f"step {step:2d}  loss {record['loss']:.3f}  damping {record['damping']:.3g}")
+        print(f"step {step:2d}  loss {record.objective:.3f}  damping {record.damping:.3g}")
 print(f"final loss {float(closure().value.detach()):.3f}")

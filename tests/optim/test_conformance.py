@@ -53,7 +53,7 @@ def test_descends_on_a_small_problem(case):
     # 24 steps on a 4-prototype problem: measured drops of the NLL are 7% (diagonal) to 23% (HF);
     # requiring 3% rules out a no-op or steps in a random direction.
     assert after < 0.97 * before, (before, after)
-    assert optimizer.last_step_record["rejected"] is False
+    assert optimizer.last_step_record.rejected is False
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -83,17 +83,17 @@ def test_guard_rejects_injected_nan_and_run_continues(case):
     optimizer = case.build(model)
     for x in batches[:3]:
         optimizer.step(_closure(optimizer, model, x))
-    damping = optimizer.last_step_record["damping"]
+    damping = optimizer.last_step_record.damping
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.step(_closure(optimizer, model, batches[3], poison=True))
     record = optimizer.last_step_record
-    assert record["rejected"] is True and record["rejected_steps"] == 1
-    assert record["damping"] > damping
+    assert record.rejected is True and record.rejected_steps == 1
+    assert record.damping > damping
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     start = _mean_loss(model, batches)
     for x in batches[4:]:
         optimizer.step(_closure(optimizer, model, x))
-        assert optimizer.last_step_record["rejected"] is False
+        assert optimizer.last_step_record.rejected is False
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert _mean_loss(model, batches) < start
     assert optimizer.state_dict() is not None
@@ -111,11 +111,11 @@ def test_nan_in_the_batch_is_rejected_logged_and_leaves_the_curvature_clean(case
     poisoned[0, 0] = math.nan
     with caplog.at_level("WARNING"):
         optimizer.step(_closure(optimizer, model, poisoned))
-    assert optimizer.last_step_record["rejected"] is True
+    assert optimizer.last_step_record.rejected is True
     assert "rejected" in caplog.text
     for x in batches[4:]:
         optimizer.step(_closure(optimizer, model, x))
-        assert optimizer.last_step_record["rejected"] is False
+        assert optimizer.last_step_record.rejected is False
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 

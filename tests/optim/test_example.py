@@ -22,5 +22,5 @@ def test_example_trains_the_conv_autoencoder(capsys):
     # 30 K-FAC steps on 8 repeated 8x8 prototypes: NLL 44.6 -> 2.8 nats (measured); a factor 4 is
     # far outside what a broken step reaches.
     assert final < first / 4
-    assert namespace["record"]["rejected"] is False
+    assert namespace["record"].rejected is False
     assert any(type(m).__name__ == "Conv2d" for m in namespace["model"].modules())

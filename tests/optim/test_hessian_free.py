@@ -38,7 +38,7 @@ def test_cg_solves_the_damped_gauss_newton_system(float64, tolerance):
     optimizer.step(closure)
     solution = optimizer.state["hessian_free"]["cg_start"]  # the final CG iterate
     record = optimizer.last_step_record
-    assert record["cg_stop_reason"] == "relative-progress" and not record["rejected"]
+    assert record.cg_stop_reason == "relative-progress" and not record.rejected
     phi = lambda p: float(0.5 * p @ system @ p + gradient @ p)  # noqa: E731
     if tolerance == 5e-4:
         # Martens' rule: stop when phi improved by < k*eps (relative) over the last k >= 10 iterations.
@@ -56,8 +56,8 @@ def test_quadratic_problem_reaches_its_minimiser(float64):
     x_bar = torch.cat([x, torch.ones(len(x), 1)], 1)
     solution = torch.linalg.solve(x_bar.T @ x_bar, x_bar.T @ y).T
     torch.testing.assert_close(model.linear.weight.detach(), solution[:, :3], rtol=1e-7, atol=1e-9)
-    assert optimizer.last_step_record["rho"] == pytest.approx(1.0, abs=1e-6)
-    assert optimizer.last_step_record["alpha"] == 1.0
+    assert optimizer.last_step_record.rho == pytest.approx(1.0, abs=1e-6)
+    assert optimizer.last_step_record.line_search_rate == 1.0
 
 
 def test_preconditioner_is_the_empirical_fisher_diagonal_power(float64):

@@ -72,7 +72,7 @@ def test_kfac_step_is_the_exact_natural_gradient_step(float64):
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     record = optimizer.last_step_record
     # The objective is quadratic with Hessian = GGN, so the quadratic model's alpha is 1 and mu 0.
-    assert record["alpha"] == pytest.approx(1.0, abs=1e-5) and record["mu"] == 0.0
+    assert record.alpha == pytest.approx(1.0, abs=1e-5) and record.mu == 0.0
     torch.testing.assert_close(after - before, natural, rtol=1e-5, atol=1e-7)
     # ... and the step lands on the least-squares solution [W, b] = Y^T X_bar (X_bar^T X_bar)^{-1}.
     x_bar = torch.cat([x, torch.ones(len(x), 1)], 1)
@@ -100,7 +100,7 @@ def test_fixed_step_variant_scales_the_kfac_direction(float64):
     optimizer.step(closure)
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     torch.testing.assert_close(after - before, 0.5 * natural, rtol=1e-5, atol=1e-7)
-    assert optimizer.last_step_record["rho"] is None
+    assert optimizer.last_step_record.rho is None
 
 
 @pytest.mark.parametrize("kind", ["full", "decoder-only", "empirical"])

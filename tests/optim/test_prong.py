@@ -35,9 +35,9 @@ def test_reestimates_every_T_steps_on_the_most_recent_samples(float64):
         centre = optimizer.layers[0].centre.clone()
         optimizer.step(loss_closure(optimizer, model, x, eps))
         record = optimizer.last_step_record
-        seen.append(record["reestimated"])
-        if record["reestimated"]:  # 40 rows: this batch of 16 and the 24 before it
-            assert record["samples"] == 40 and not torch.equal(centre, optimizer.layers[0].centre)
+        seen.append(record.reestimated)
+        if record.reestimated:  # 40 rows: this batch of 16 and the 24 before it
+            assert record.samples == 40 and not torch.equal(centre, optimizer.layers[0].centre)
             recent = torch.cat([_batch("autoencoder", s)[0] for s in range(step - 2, step + 1)])[-40:]
             assert torch.allclose(optimizer.layers[0].centre, recent.mean(dim=0), rtol=0, atol=1e-12)
     assert seen == [False, False, True, False, False, True, False]
@@ -121,7 +121,7 @@ def test_descends_and_rejects_a_nan_gradient(kind):
         return loss
 
     optimizer.step(poisoned)
-    assert optimizer.last_step_record["rejected"] and optimizer.last_step_record["rejected_steps"] == 1
+    assert optimizer.last_step_record.rejected and optimizer.last_step_record.rejected_steps == 1
     assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
 
 

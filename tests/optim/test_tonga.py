@@ -75,7 +75,7 @@ def test_descends_on_a_small_autoencoder():
     for _ in range(15):
         optimizer.step(closure)
     assert float(build_loss(model, x).value.detach()) < first - 0.05
-    assert optimizer.last_step_record["rejected_steps"] == 0
+    assert optimizer.last_step_record.rejected_steps == 0
 
 
 @pytest.mark.parametrize(

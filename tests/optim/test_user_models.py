@@ -44,7 +44,7 @@ def test_unchanged_sequential_classifier_trains(optimizer):
 
         value = float(opt.step(closure).value.detach())
         first = value if first is None else first
-        assert not opt.last_step_record["rejected"]
+        assert not opt.last_step_record.rejected
     assert float(cross_entropy(model, x, y).value.detach()) < first
 
 

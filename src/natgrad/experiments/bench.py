@@ -78,7 +78,7 @@ logger = logging.getLogger(__name__)
 CELLS_DIR = "cells"
 RUNS_DIR = "runs"
 #: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient methods).
-TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejected", "cg_iterations")
+TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejected", "cg_iterations", "line_search_rate")
 
 _BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
                "target", "optimizer"}

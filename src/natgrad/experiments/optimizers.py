@@ -6,8 +6,9 @@ Every optimizer the runner drives honours one closure contract: ``optimizer.step
 calls ``loss.value.backward()`` and returns the Loss. torch.optim's SGD and Adam accept such a
 closure unchanged; the natural-gradient optimizers use the returned Loss for their curvature.
 
-An optimizer may expose ``last_step_record`` (a dict of JSON-serialisable numbers such as rho,
-damping, alpha, mu, CG iterations, rejected); the runner logs it with every step.
+An optimizer may expose ``last_step_record`` (natgrad's: a :class:`~natgrad.optim.record.StepRecord`
+with rho, damping, alpha, mu, CG iterations, rejected, ...; others: a dict of JSON-serialisable
+numbers); the runner logs it with every step.
 
 The L2 penalty ``(l2 / 2) |theta|^2`` of the objective is the factory's job: SGD and Adam get it as
 (coupled) ``weight_decay``, whose gradient ``l2 * theta`` is exactly that of the penalty.

@@ -4,7 +4,8 @@ A run directory holds
 
 * ``config.json`` - the resolved :class:`~natgrad.experiments.config.RunConfig`;
 * ``log.jsonl`` - one line per optimizer step (``{"kind": "step", "step", "time", "wall", "loss",
-  "lr", "record"}``, ``record`` being whatever the optimizer exposes as ``last_step_record``) and
+  "lr", "record"}``, ``record`` being the optimizer's ``last_step_record``, a
+  :class:`~natgrad.optim.record.StepRecord` as a dict for natgrad's optimizers) and
   one per evaluation (``{"kind": "eval", "step", "time", "wall", "metrics": {...}}``), ``time``
   being training seconds (evaluation and checkpointing excluded) and ``wall`` the elapsed seconds;
 * ``checkpoint.pt`` - written atomically (with a checksum, the previous one kept as
@@ -24,6 +25,7 @@ length) before anything in the directory is changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -220,12 +222,14 @@ class Trainer:
         self.step += 1
         group = self.optimizer.param_groups[0]
         record = getattr(self.optimizer, "last_step_record", None)
+        if dataclasses.is_dataclass(record):
+            record = dataclasses.asdict(record)
         return {
             "kind": "step",
             "step": self.step,
             "loss": float(first[0].value.detach()),
-            # natural-gradient steps choose their own size: it is the record's alpha, not a group lr
-            "lr": None if record is not None and "alpha" in record else group.get("lr"),
+            # natural-gradient steps choose their own size (the record's alpha): no group lr then
+            "lr": record.get("learning_rate", group.get("lr")) if record is not None else group.get("lr"),
             "record": dict(record) if record is not None else None,
         }
 

@@ -6,6 +6,7 @@ from natgrad.optim.diagonal import DiagonalNaturalGradient
 from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
 from natgrad.optim.kfac import KFAC, Structure, exponential_batch_size
 from natgrad.optim.prong import PRONG
+from natgrad.optim.record import StepRecord
 from natgrad.optim.tonga import TONGA
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "PRONG",
     "ScheduleConfig",
     "StepConfig",
+    "StepRecord",
     "Structure",
     "TONGA",
     "conjugate_gradient",

@@ -36,6 +36,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -58,11 +59,11 @@ from natgrad.optim.natural import (
     reject_nonfinite,
 )
 from natgrad.optim.quadratic_model import ggn_gram
+from natgrad.optim.record import StepRecord
 from natgrad.validation import is_integer, require
 
 _log = logging.getLogger(__name__)
 
-_STATE = "natural_gradient"
 
 
 def check_loss(loss: Any, optimizer: str) -> Loss:
@@ -106,18 +107,50 @@ def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tens
 
 
 class SingleParameterGroup(torch.optim.Optimizer):
-    """An optimizer whose curvature spans all its parameters jointly: exactly one param group.
+    """What every natgrad optimizer shares: one param group, the step record, one rejection path.
 
-    K-FAC's Kronecker blocks, the quadratic model's (alpha, mu) and Hessian-free's CG act on the
-    whole parameter vector, so per-group hyper-parameters have no meaning; adding a second group
-    is refused with an error instead of being silently ignored.
+    K-FAC's Kronecker blocks, the quadratic model's (alpha, mu), Hessian-free's CG and PRONG's
+    whitening act on the whole parameter vector (or whole layers), so per-group hyper-parameters
+    have no meaning; adding a second group is refused with an error instead of being silently
+    ignored. Each step sets :attr:`last_step_record` (:class:`~natgrad.optim.record.StepRecord`).
+    Subclasses keep their persistent counters in ``self.state[STATE_KEY]`` (``"rejected_steps"``
+    among them) and say in :meth:`_recover` how they recover from a rejected step.
     """
 
+    #: The key of the optimizer's own entry in ``self.state``.
+    STATE_KEY = ""
+
+    last_step_record: StepRecord | None = None
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add the one parameter group (torch.optim calls this from ``__init__``).
+
+        Raises:
+            ValueError: a group exists already.
+        """
         if self.param_groups:
             raise ValueError(f"{type(self).__name__} supports one parameter group (its curvature couples all "
                              "parameters); construct it on the whole model instead of calling add_param_group")
         super().add_param_group(param_group)
+
+    def _reject(self, record: StepRecord, reason: str, raise_damping: bool = True) -> StepRecord:
+        """The one rejection path: parameters untouched, the family's recovery, counted, logged, recorded.
+
+        The guard of optax's ``apply_if_finite``: a non-finite (or otherwise refused) step is
+        skipped, never applied and never crashed on; :meth:`_recover` raises the damping and resets
+        what depends on the last step (momentum, CG warm start).
+        """
+        state = self.state[self.STATE_KEY]
+        before = state.get("damping")
+        self._recover(state, raise_damping)
+        state["rejected_steps"] += 1
+        after = state.get("damping")
+        change = "" if before is None else f"; damping {before:.4g} -> {after:.4g}"
+        _log.warning("%s rejected step %d (%s)%s", type(self).__name__, record.step, reason, change)
+        return replace(record, rejected=True, rejected_steps=state["rejected_steps"], damping=after)
+
+    def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
+        """Undo what a rejected step leaves behind (default: nothing)."""
 
 
 class NaturalGradientOptimizer(SingleParameterGroup):
@@ -132,6 +165,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     Raises:
         ValueError: a hyper-parameter is invalid (the message names it).
     """
+
+    STATE_KEY = "natural_gradient"
 
     def __init__(
         self,
@@ -148,10 +183,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         require(is_integer(seed) and seed >= 0, "seed", seed, "an integer >= 0")
         super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_step_record: dict[str, Any] = {}
         _log.info("%s curvature blocks:\n%s", type(self).__name__, self.describe())
         params = self._params()
-        self.state[_STATE] = {
+        self.state[self.STATE_KEY] = {
             "step": 0,
             "damping": self.damping_config.initial,
             "gamma": self.damping_config.gamma_start(),
@@ -173,44 +207,39 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         with torch.enable_grad():
             loss = check_loss(closure(), name)
         self._check_learning_rate()
-        state, params = self.state[_STATE], self._params()
+        state, params = self.state[self.STATE_KEY], self._params()
         state["step"] += 1
         k = state["step"]
         eta = self.damping_config.weight_decay
         h0 = objective(float(loss.value.detach()), params, eta)
         gradient = regularised_gradient(params, eta)
-        record = {"step": k, "loss": h0, "rho": None, "gamma": state["gamma"], "alpha": None, "mu": None,
-                  "predicted_change": None, "cg_iterations": None, "cg_stop_reason": None, "rejected": False}
+        record = StepRecord(step=k, objective=h0, gamma=state["gamma"])
         if reject_nonfinite(gradient, h0):  # checked before the statistics, which it would poison
-            self._reject(state, f"non-finite loss or gradient at step {k}")
-            record["rejected"] = True
+            record = self._reject(record, "non-finite loss or gradient")
         else:
             try:
                 self._update_curvature(loss, k)
                 update, model_step, gamma = self._choose_update(loss, gradient, state, k)
             except (NonFiniteStatistics, torch.linalg.LinAlgError) as error:
-                self._reject(state, f"curvature failed at step {k}: {error}")
-                record["rejected"] = True
+                record = self._reject(record, f"curvature failed: {error}")
             else:
-                record.update(gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
-                              predicted_change=model_step.predicted_change)
-                record["rejected"], record["rho"] = self._apply_or_reject(loss, update, model_step, gamma, h0, k)
-        record.update(damping=state["damping"], rejected_steps=state["rejected_steps"])
-        self.last_step_record = record
+                record = replace(record, gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
+                                 predicted_change=model_step.predicted_change)
+                record = self._apply_or_reject(loss, update, model_step, gamma, record)
+        self.last_step_record = replace(record, damping=state["damping"], rejected_steps=state["rejected_steps"])
         return loss
 
     def _apply_or_reject(self, loss: Loss, update: list[Tensor], model_step: QuadraticModelStep, gamma: float,
-                         h0: float, k: int) -> tuple[bool, float | None]:
-        """Steps 5-6 of the module docstring; returns ``(rejected, rho)``."""
-        state, params = self.state[_STATE], self._params()
+                         record: StepRecord) -> StepRecord:
+        """Steps 5-6 of the module docstring; the record with ``rho``, or rejected."""
+        state, params, k, h0 = self.state[self.STATE_KEY], self._params(), record.step, record.objective
         h1 = self._new_objective(loss, params, update, k)
         checked = [h0, model_step.alpha, model_step.mu] + [v for v in (h1,) if v is not None]
         if self.step_config.quadratic_model:
             checked.append(model_step.predicted_change)
         rose = self.step_config.reject_increase and h1 is not None and h1 > h0
         if reject_nonfinite(update, *checked) or rose:
-            self._reject(state, f"step {k} {'raised the objective' if rose else 'was not finite'}")
-            return True, None
+            return self._reject(record, "the objective rose" if rose else "non-finite update or model")
         rho = None
         if h1 is not None and self._adapts_damping(k):
             rho = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
@@ -218,7 +247,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             p.add_(u)
         state["previous_update"] = update
         state["gamma"] = gamma if self.damping_config.adapt_gamma else self._tied_gamma(state)
-        return False, rho
+        return replace(record, rho=rho)
 
     def _update_curvature(self, loss: Loss, k: int) -> None:
         if (k - 1) % self.schedule.statistics_every == 0:
@@ -229,9 +258,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             self.curvature.refresh()
 
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
-        damping = self.damping_config
-        if damping.adapt_gamma and self.step_config.quadratic_model and k % damping.gamma_every == 0:
-            gammas = gamma_candidates(state["gamma"], damping.gamma_factor, damping.gamma_floor(), damping.gamma_max)
+        config = self.damping_config
+        if config.adapt_gamma and self.step_config.quadratic_model and k % config.gamma_every == 0:
+            gammas = gamma_candidates(state["gamma"], config.gamma_factor, config.gamma_floor(), config.gamma_max)
         else:
             gammas = (state["gamma"],)
         directions = [precondition(self.curvature, gradient, gamma**2) for gamma in gammas]
@@ -306,13 +335,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         state["damping"] = min(max(new, config.minimum), config.maximum)
         return rho
 
-    def _reject(self, state: dict, reason: str) -> None:
-        """Drop the step, raise damping by the LM factor and say so in the log (never silently)."""
+    def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
+        """``lambda <- min(lambda / omega_1, maximum)``, momentum reset, ``gamma`` re-tied (if tied)."""
         config = self.damping_config
-        _log.warning("%s rejected a step (%s); damping %.4g -> %.4g", type(self).__name__, reason,
-                     state["damping"], min(state["damping"] / config.lm_decrease, config.maximum))
         state["damping"] = min(state["damping"] / config.lm_decrease, config.maximum)
-        state["rejected_steps"] += 1
         state["previous_update"] = [torch.zeros_like(p) for p in state["previous_update"]]
         if not config.adapt_gamma:
             state["gamma"] = self._tied_gamma(state)

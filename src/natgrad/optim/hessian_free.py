@@ -1,8 +1,9 @@
 r"""Hessian-free optimisation (Martens 2010) with the Gauss-Newton (or Fisher) matrix.
 
-Notation: ``f(theta) = loss + (eta/2)|theta|^2`` on the closure's batch, ``g = \nabla f``,
-``G`` the exact curvature (:func:`natgrad.curvature.exact.curvature_vector_product`) on the
-*curvature mini-batch*, ``B = G + (lambda + eta) I``, ``q(p) = f + g^T p + 1/2 p^T B p``.
+Notation of :mod:`natgrad.curvature`: ``h`` on the closure's batch, ``g = \nabla h``, ``G`` the
+exact curvature (:func:`natgrad.curvature.exact.curvature_vector_product`: the GGN, or the Fisher or
+empirical Fisher for ``curvature``) on the *curvature mini-batch*, ``B = G + (lambda + eta) I``
+(Martens' name for CG's matrix), ``q(p) = h + g^T p + 1/2 p^T B p``.
 One step (Martens 2010, sections 4.1-4.7; Martens' code ``nnet_train_2.m``):
 
 1. ``g`` from the closure; the curvature mini-batch is the next of ``1/curvature_fraction``
@@ -11,16 +12,16 @@ One step (Martens 2010, sections 4.1-4.7; Martens' code ``nnet_train_2.m``):
    gradients (section 4.7), computed on the curvature chunk.
 3. Preconditioned CG on ``B p = -g`` from ``0.95 * p_prev`` (section 4.5; the decay is from
    Martens' code), stopped by the relative-progress rule (section 4.4, :mod:`natgrad.optim.cg`).
-4. CG backtracking: from the last stored iterate backwards, keep the one with the lowest ``f``
+4. CG backtracking: from the last stored iterate backwards, keep the one with the lowest ``h``
    (section 4.6).
-5. ``rho = [f(theta + p) - f(theta)] / [q(p) - q(0)]`` with ``q`` *without* ``lambda`` (Martens'
-   code; ``eta`` kept) and ``rho = -inf`` if ``f`` rose; ``lambda *= 3/2`` if ``rho < 1/4``,
+5. ``rho = [h(theta + p) - h(theta)] / [q(p) - q(0)]`` with ``q`` *without* ``lambda`` (Martens'
+   code; ``eta`` kept) and ``rho = -inf`` if ``h`` rose; ``lambda *= 3/2`` if ``rho < 1/4``,
    ``*= 2/3`` if ``rho > 3/4`` (section 4.1).
-6. Armijo line search: rate 1, shrink by 0.8 while ``f(theta + r p) > f + c r g^T p`` with
+6. Armijo line search: rate 1, shrink by 0.8 while ``h(theta + r p) > h + c r g^T p`` with
    ``c = 1e-2``; after 60 shrinks the step is rejected (Martens & Sutskever 2012, section 8.8).
 7. ``theta <- theta + r p``; ``p_prev`` is the final (not backtracked) CG iterate.
 
-Departures, stated: ``f`` for backtracking, ``rho`` and the line search is evaluated on the
+Departures, stated: ``h`` for backtracking, ``rho`` and the line search is evaluated on the
 closure's batch (the paper uses the full training set; pass the full set as the batch to recover
 it), and the preconditioner uses the curvature chunk rather than the whole batch. A non-finite
 gradient, CG solution or objective rejects the step (parameters unchanged, ``lambda *= 3/2``,
@@ -30,10 +31,9 @@ warm start reset, event counted and reported). ``lambda`` starts at 45 for the p
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -48,10 +48,8 @@ from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regu
 from natgrad.optim.cg import CGResult, conjugate_gradient
 from natgrad.optim.config import NON_NEGATIVE, PERIOD, POSITIVE, DampingConfig
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
+from natgrad.optim.record import StepRecord
 from natgrad.validation import in_unit_interval, is_integer, is_number, parse_choice, require
-
-_log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class HessianFreeConfig:
@@ -186,20 +184,52 @@ class HessianFree(SingleParameterGroup):
 
     ``step(closure)``: the closure zeroes the gradients, builds the batch's
     :class:`~natgrad.losses.Loss`, calls ``loss.value.backward()`` and returns the Loss.
-    Keyword arguments are the fields of :class:`HessianFreeConfig`; ``damping`` may also be a
-    mapping ``{"initial": ..., "weight_decay": ...}`` or a ``DampingConfig``, as for K-FAC.
+
+    Args:
+        model: the module to train.
+        damping: initial ``lambda``; also, as for K-FAC, a mapping ``{"initial": ...,
+            "weight_decay": ...}`` or a ``DampingConfig`` (its other fields are refused).
+        weight_decay, damping_decrease, damping_increase, curvature, curvature_fraction,
+            max_cg_iterations, cg_tolerance, warm_start_decay, preconditioner_exponent, backtrack,
+            line_search_shrink, line_search_c, line_search_max_shrinks: the fields of
+            :class:`HessianFreeConfig` (defaults there).
 
     Raises:
         ValueError: an invalid hyper-parameter (the message names it, e.g. ``hf.damping``).
-        TypeError: an unknown keyword argument.
     """
 
-    def __init__(self, model: nn.Module, **hyperparameters: Any) -> None:
-        self.config = HessianFreeConfig(**hessian_free_fields(hyperparameters))
+    STATE_KEY = "hessian_free"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        damping: float | Mapping[str, Any] | DampingConfig = HessianFreeConfig.damping,
+        weight_decay: float = HessianFreeConfig.weight_decay,
+        damping_decrease: float = HessianFreeConfig.damping_decrease,
+        damping_increase: float = HessianFreeConfig.damping_increase,
+        curvature: CurvatureKind | str = HessianFreeConfig.curvature,
+        curvature_fraction: float = HessianFreeConfig.curvature_fraction,
+        max_cg_iterations: int = HessianFreeConfig.max_cg_iterations,
+        cg_tolerance: float = HessianFreeConfig.cg_tolerance,
+        warm_start_decay: float = HessianFreeConfig.warm_start_decay,
+        preconditioner_exponent: float = HessianFreeConfig.preconditioner_exponent,
+        backtrack: bool = HessianFreeConfig.backtrack,
+        line_search_shrink: float = HessianFreeConfig.line_search_shrink,
+        line_search_c: float = HessianFreeConfig.line_search_c,
+        line_search_max_shrinks: int = HessianFreeConfig.line_search_max_shrinks,
+    ) -> None:
+        fields = dict(
+            damping=damping, weight_decay=weight_decay, damping_decrease=damping_decrease,
+            damping_increase=damping_increase, curvature=curvature, curvature_fraction=curvature_fraction,
+            max_cg_iterations=max_cg_iterations, cg_tolerance=cg_tolerance, warm_start_decay=warm_start_decay,
+            preconditioner_exponent=preconditioner_exponent, backtrack=backtrack,
+            line_search_shrink=line_search_shrink, line_search_c=line_search_c,
+            line_search_max_shrinks=line_search_max_shrinks,
+        )
+        self.config = HessianFreeConfig(**hessian_free_fields(fields))
         self.layout = ParameterLayout(model)
         super().__init__(self.layout.params, {})  # hyper-parameters live in self.config
-        self.last_step_record: dict[str, Any] = {}
-        self.state["hessian_free"] = {
+        self.state[self.STATE_KEY] = {
             "step": 0,
             "damping": self.config.damping,
             "rejected_steps": 0,
@@ -213,27 +243,30 @@ class HessianFree(SingleParameterGroup):
             raise ValueError("HessianFree.step needs a closure returning a natgrad.losses.Loss")
         with torch.enable_grad():
             loss = check_loss(closure(), "HessianFree")
-        state, params = self.state["hessian_free"], self.layout.params
+        state, params = self.state[self.STATE_KEY], self.layout.params
         state["step"] += 1
-        f0 = objective(float(loss.value.detach()), params, self.config.weight_decay)
+        h0 = objective(float(loss.value.detach()), params, self.config.weight_decay)
         gradient = self.layout.flatten(regularised_gradient(params, self.config.weight_decay))
-        record: dict[str, Any] = {"step": state["step"], "loss": f0, "rho": None, "alpha": None, "mu": None,
-                                  "cg_iterations": 0, "cg_stop_reason": None, "rejected": False}
-        if reject_nonfinite([gradient], f0):
-            return self._reject(loss, state, record)
+        record = StepRecord(step=state["step"], objective=h0, cg_iterations=0)
+        self.last_step_record = self._step(loss, gradient, record)
+        return loss
+
+    def _step(self, loss: Loss, gradient: Tensor, record: StepRecord) -> StepRecord:
+        """Steps 1-7 of the module docstring, or a rejection; the step's record."""
+        state, h0 = self.state[self.STATE_KEY], record.objective
+        if reject_nonfinite([gradient], h0):
+            return self._reject(record, "non-finite loss or gradient")
         result = self._run_cg(loss, gradient, state)
-        record.update(cg_iterations=result.iterations, cg_stop_reason=result.stop_reason)
+        record = replace(record, cg_iterations=result.iterations, cg_stop_reason=result.stop_reason)
         if reject_nonfinite([result.solution]):
-            return self._reject(loss, state, record)
-        direction, rate = self._backtrack_and_search(loss, gradient, result, f0, record)
+            return self._reject(record, "non-finite CG solution")
+        direction, rate, record = self._backtrack_and_search(loss, gradient, result, record)
         if rate == 0.0:
-            return self._reject(loss, state, record, raise_damping=False)
-        for p, d in zip(params, self.layout.unflatten(rate * direction)):
+            return self._reject(record, "the line search found no decrease", raise_damping=False)
+        for p, d in zip(self.layout.params, self.layout.unflatten(rate * direction)):
             p.add_(d)
         state["cg_start"] = result.solution
-        record["rejected_steps"] = state["rejected_steps"]
-        self.last_step_record = record
-        return loss
+        return replace(record, rejected_steps=state["rejected_steps"])
 
     def _run_cg(self, loss: Loss, gradient: Tensor, state: dict) -> CGResult:
         """Steps 1-3: PCG on ``(G_chunk + (lambda + eta) I) p = -g`` from ``0.95 p_prev``."""
@@ -249,27 +282,28 @@ class HessianFree(SingleParameterGroup):
             )
 
     def _backtrack_and_search(
-        self, loss: Loss, gradient: Tensor, result: CGResult, f0: float, record: dict
-    ) -> tuple[Tensor, float]:
-        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate)``."""
-        config, state = self.config, self.state["hessian_free"]
+        self, loss: Loss, gradient: Tensor, result: CGResult, record: StepRecord
+    ) -> tuple[Tensor, float, StepRecord]:
+        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate, record)``."""
+        config, state, h0 = self.config, self.state[self.STATE_KEY], record.objective
 
-        def f_at(direction: Tensor) -> float:
+        def h_at(direction: Tensor) -> float:
             moved = {n: p.detach() + d for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))}
             return objective(float(loss.value_at(moved)), list(moved.values()), config.weight_decay)
 
         if config.backtrack:
-            iteration, direction, f1 = backtrack(result, f_at)
+            iteration, direction, h1 = backtrack(result, h_at)
         else:
-            iteration, direction, f1 = result.iterations, result.solution, f_at(result.solution)
+            iteration, direction, h1 = result.iterations, result.solution, h_at(result.solution)
         damping = state["damping"]
         predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)  # q without lambda
-        rho = reduction_ratio(f1 - f0, predicted)
+        rho = reduction_ratio(h1 - h0, predicted)
         state["damping"] = levenberg_marquardt_update(damping, rho, config.damping_decrease, config.damping_increase)
-        rate, _ = armijo_rate(lambda r: f_at(r * direction), f0, float(gradient @ direction), f1,
+        rate, _ = armijo_rate(lambda r: h_at(r * direction), h0, float(gradient @ direction), h1,
                               config.line_search_shrink, config.line_search_c, config.line_search_max_shrinks)
-        record.update(rho=rho, alpha=rate, backtracked_iteration=iteration, damping=state["damping"])
-        return direction, rate
+        record = replace(record, rho=rho, line_search_rate=rate, backtracked_iteration=iteration,
+                         damping=state["damping"])
+        return direction, rate, record
 
     def _curvature_product(self, chunk: Loss, flat: Tensor) -> Tensor:
         product = curvature_vector_product(chunk, self.layout.unflatten(flat), kind=self.config.curvature)
@@ -285,17 +319,11 @@ class HessianFree(SingleParameterGroup):
         squares = self.layout.flatten(diagonal.matvec([torch.ones_like(p) for p in self.layout.params]))
         return (squares + shift).pow(self.config.preconditioner_exponent)
 
-    def _reject(self, loss: Loss, state: dict, record: dict, raise_damping: bool = True) -> Loss:
+    def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
+        """``lambda *= 3/2`` (unless the line search already adapted it) and the CG warm start reset."""
         if raise_damping:
             state["damping"] *= self.config.damping_increase
-        _log.warning("HessianFree rejected step %d (%s); damping now %.4g", state["step"],
-                     "non-finite loss, gradient or CG solution" if raise_damping else "line search found no decrease",
-                     state["damping"])
-        state["rejected_steps"] += 1
         state["cg_start"] = torch.zeros_like(state["cg_start"])
-        record.update(rejected=True, damping=state["damping"], rejected_steps=state["rejected_steps"])
-        self.last_step_record = record
-        return loss
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim state (damping, step, warm start, rejected-step count), deep-copied."""

@@ -13,7 +13,8 @@ Notation of :mod:`natgrad.curvature.whitening`. Constructing :class:`PRONG` turn
    coordinates (the velocity in function space is kept); the closure is then re-run for the
    gradient in the new coordinates (one extra forward/backward every ``T`` steps);
 2. the closure's gradient in the whitened parameters (plus ``weight_decay * theta``);
-   a non-finite gradient or loss rejects the step (counted, nothing applied);
+   a non-finite gradient, loss or layer input rejects the step before anything else (no rows kept,
+   no re-estimation, nothing applied; counted and logged by the shared rejection path);
 3. SGD with (Nesterov) momentum on ``(V, d)`` (and PRONG+'s gains), exactly ``torch.optim.SGD``'s
    rule: ``b <- mu b + g``, ``theta <- theta - lr (g + mu b)`` (Nesterov) or ``theta - lr b``.
 
@@ -31,19 +32,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, reparametrise_all, whiten
+from natgrad.finite import all_finite
 from natgrad.losses import Loss
-from natgrad.optim.base import check_loss, objective, regularised_gradient
+from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
 from natgrad.optim.natural import reject_nonfinite
+from natgrad.optim.record import StepRecord
 from natgrad.validation import in_unit_interval, is_integer, is_number, require
-
-_STATE = "prong"
-
 
 def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestimate_every: Any, samples: Any,
               epsilon: Any, batch_norm: Any) -> None:
@@ -60,7 +61,7 @@ def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestima
     require(not (nesterov and momentum == 0), "prong.nesterov", nesterov, "true only with momentum > 0")
 
 
-class PRONG(torch.optim.Optimizer):
+class PRONG(SingleParameterGroup):
     """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a checkpoint.
 
     Args:
@@ -79,6 +80,8 @@ class PRONG(torch.optim.Optimizer):
     Raises:
         ValueError: an invalid hyper-parameter (the message names it) or a model without nn.Linear.
     """
+
+    STATE_KEY = "prong"
 
     def __init__(
         self,
@@ -99,36 +102,36 @@ class PRONG(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
                     "reestimate_every": reestimate_every, "samples": samples, "epsilon": epsilon}
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
-        self.state[_STATE] = {"step": 0, "reestimations": 0, "rejected_steps": 0, "samples": []}
-        self.last_step_record: dict[str, Any] = {}
+        self.state[self.STATE_KEY] = {"step": 0, "reestimations": 0, "rejected_steps": 0, "samples": []}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
         """One PRONG step (module docstring); returns the closure's Loss (before the update)."""
         if closure is None:
             raise ValueError("PRONG.step needs a closure returning a natgrad.losses.Loss")
-        group, state = self.param_groups[0], self.state[_STATE]
+        group, state = self.param_groups[0], self.state[self.STATE_KEY]
         state["step"] += 1
         with torch.enable_grad(), capture_layer_inputs(self.layers) as records:
             loss = check_loss(closure(), "PRONG")
+        params, eta = group["params"], group["weight_decay"]
+        h0 = objective(float(loss.value.detach()), params, eta)
+        record = StepRecord(step=state["step"], objective=h0, learning_rate=group["lr"], reestimated=False)
+        if reject_nonfinite(regularised_gradient(params, eta), h0) or not all_finite(r for rows in records for r in rows):
+            self.last_step_record = self._reject(record, "non-finite loss, gradient or layer input")
+            return loss
         state["samples"] = _most_recent_rows(state["samples"], records, group["samples"])
-        samples_used = None
         if state["step"] % group["reestimate_every"] == 0:
-            samples_used = self._reestimate(state["samples"], group)
+            record = replace(record, reestimated=True, samples=self._reestimate(state["samples"], group))
             state["reestimations"] += 1
             with torch.enable_grad():  # the gradient in the new coordinates
                 loss = check_loss(closure(), "PRONG")
-        params = group["params"]
-        gradient = regularised_gradient(params, group["weight_decay"])
-        h0 = objective(float(loss.value.detach()), params, group["weight_decay"])
-        rejected = reject_nonfinite(gradient, h0)
-        if rejected:
-            state["rejected_steps"] += 1
-        else:
-            self._sgd(params, gradient, group)
-        self.last_step_record = {"step": state["step"], "loss": h0, "reestimated": samples_used is not None,
-                                 "samples": samples_used, "rejected": rejected,
-                                 "rejected_steps": state["rejected_steps"]}
+            record = replace(record, objective=objective(float(loss.value.detach()), params, eta))
+        gradient = regularised_gradient(params, eta)
+        if reject_nonfinite(gradient, record.objective):
+            self.last_step_record = self._reject(record, "non-finite loss or gradient after the re-estimation")
+            return loss
+        self._sgd(params, gradient, group)
+        self.last_step_record = replace(record, rejected_steps=state["rejected_steps"])
         return loss
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
