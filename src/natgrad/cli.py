@@ -268,15 +268,55 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="run only cells I, I+N, I+2N, ... of the grid (0-based); start N of these, one per "
                              "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run the grid as N processes (shards 0/N ... N-1/N), each pinned to its own 1/N of "
+                             "the cores; with run.threads = cores/N this is one cell per core set (default 1)")
     parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_force_argument(parser, "rerun cells whose config differs from the one on disk (by default refused)")
+
+
+def _shard_command(args: argparse.Namespace, index: int) -> list[str]:
+    """The ``natgrad bench`` command line of shard ``index`` of ``args.jobs`` (no report, no bar)."""
+    command = [sys.executable, "-m", "natgrad", "bench", str(args.config), "--shard", f"{index}/{args.jobs}",
+               "--no-report", "--no-progress"]
+    if args.out is not None:
+        command += ["--out", str(args.out)]
+    for override in args.overrides:
+        command += ["--set", override]
+    return command + (["--force"] if args.force else [])
+
+
+def _run_bench_jobs(args: argparse.Namespace) -> int:
+    from natgrad.experiments.bench import load_bench
+    from natgrad.experiments.config import ConfigError
+    from natgrad.experiments.jobs import available_cores, core_sets, run_shards
+    from natgrad.report.bench_report import write_bench_report
+
+    if args.shard != (0, 1):
+        raise ConfigError("--jobs and --shard exclude each other: --jobs N starts the N shards itself")
+    try:
+        cores = core_sets(args.jobs, available_cores())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    bench = load_bench(args.config, args.overrides, args.out)  # refuse a bad grid before starting anything
+    codes = run_shards([_shard_command(args, i) for i in range(args.jobs)], cores)
+    failed = [c for c in codes if c not in (EXIT_OK, EXIT_INTERRUPTED)]
+    if failed:
+        return failed[0]
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if not args.no_report:
+        sys.stdout.write(f"Report: {write_bench_report(bench.out_dir, title=bench.title).path}\n")
+    return EXIT_OK
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from natgrad.experiments.bench import load_bench, run_bench
     from natgrad.report.bench_report import write_bench_report
 
+    if args.jobs != 1:
+        return _run_bench_jobs(args)
     bench = load_bench(args.config, args.overrides, args.out)
     outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard, force=args.force)
     sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
