@@ -53,6 +53,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--test-size": ("data.test_size", int),
     "--model": ("model.kind", str),
     "--problem": ("model.problem", str),
+    "--objective": ("model.objective", str),
+    "--samples": ("model.samples", int),
     "--optimizer": ("optimizer.name", str),
     "--lr": ("optimizer.lr", float),
     "--curvature": ("optimizer.curvature", str),
@@ -76,9 +78,11 @@ def train_flag_choices() -> dict[str, tuple[str, ...]]:
     from natgrad.curvature.choices import CurvatureKind
     from natgrad.experiments.config import DATASETS, MODEL_KINDS
     from natgrad.experiments.optimizers import OPTIMIZERS
+    from natgrad.objectives import ObjectiveName
 
     return {"--dataset": DATASETS, "--model": MODEL_KINDS, "--optimizer": tuple(sorted(OPTIMIZERS)),
-            "--curvature": tuple(kind.value for kind in CurvatureKind)}
+            "--curvature": tuple(kind.value for kind in CurvatureKind),
+            "--objective": tuple(name.value for name in ObjectiveName)}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -265,7 +265,7 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
     ``config`` (resolved), ``machine``, ``budget`` (steps and seconds), ``steps`` and ``train_time``
-    reached, ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
+    reached and ``seconds_per_step`` (their ratio; None without steps), ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
     seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
@@ -286,6 +286,7 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
         "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads),
         "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
         "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "seconds_per_step": steps[-1]["time"] / steps[-1]["step"] if steps else None,
         "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
         "time_to_target": None, "steps_to_target": None,
     }
