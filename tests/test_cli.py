@@ -96,3 +96,12 @@ def test_out_is_used_exactly_as_given(tmp_path):
     args = build_parser().parse_args(["train", "--out", out, "--data-dir", "d'ir"])
     config = load_run_config(None, config_overrides(args))
     assert (config.out_dir, config.data.data_dir) == (out, "d'ir")
+
+
+def test_bench_dry_run_lists_the_cells_of_the_elbo_vs_iwae_grid_and_runs_nothing(tmp_path, capsys):
+    grid = Path(__file__).parents[1] / "benchmarks" / "configs" / "elbo-vs-iwae.toml"
+    assert main(["bench", str(grid), "--dry-run", "--out", str(tmp_path / "grid"), "--shard", "1/2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("6 cells in ") and not (tmp_path / "grid").exists()
+    assert "mnist-vae/adam-elbo/seed-1  adam, batch 100, elbo k=1 (plain)" in lines[0]
+    assert "mnist-vae/kfac-iwae50/seed-1  kfac, batch 1000, iwae k=50 (plain)" in lines[-2]

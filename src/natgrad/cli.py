@@ -16,6 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from natgrad.experiments.bench import Cell
 
 logger = logging.getLogger("natgrad.cli")
 
@@ -274,7 +278,17 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
     parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the grid and list its cells (of --shard), one per line; run nothing")
     _add_force_argument(parser, "rerun cells whose config differs from the one on disk (by default refused)")
+
+
+def _cell_line(cell: Cell) -> str:
+    """One cell of a dry run: key, optimizer, batch size, objective and budget."""
+    config, objective = cell.config, cell.config.model.training_objective()
+    budget = ", ".join(f"{v} {k}" for k, v in (("steps", config.budget.steps), ("s", config.budget.seconds)) if v)
+    return (f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective.name.value} "
+            f"k={objective.samples} ({objective.estimator.value}), budget {budget}\n")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -282,6 +296,12 @@ def _run_bench(args: argparse.Namespace) -> int:
     from natgrad.report.bench_report import write_bench_report
 
     bench = load_bench(args.config, args.overrides, args.out)
+    if args.dry_run:
+        index, count = args.shard
+        cells = bench.cells[index::count]
+        sys.stdout.writelines(_cell_line(cell) for cell in cells)
+        sys.stdout.write(f"{len(cells)} cells in {bench.out_dir} (dry run: nothing was run)\n")
+        return EXIT_OK
     outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard, force=args.force)
     sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
     if not args.no_report and not outcome.interrupted:
