@@ -85,6 +85,17 @@ class GradientEstimator(str, Enum):
     DREG = "dreg"
 
 
+def check_samples(samples: int) -> int:
+    """``samples`` (``k``), refused unless an integer >= 1.
+
+    Raises:
+        ValueError: not an integer >= 1 (booleans included).
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    return samples
+
+
 def log_importance_weights(log_likelihood: Tensor, z: Tensor, posterior: DiagonalGaussianPosterior) -> Tensor:
     """``log w = log p(x|z) + log N(z; 0, I) - log q(z|x)``; ``posterior`` broadcasts against ``z``."""
     return log_likelihood + standard_normal_log_prob(z) - posterior.log_prob(z)
@@ -192,8 +203,7 @@ def build_iwae_loss(
     if not isinstance(model, VAE):
         raise TypeError(f"the importance-weighted bound needs a VAE (latent samples to weight), got "
                         f"{type(model).__name__}; train it with objective 'elbo'")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples (k of the importance-weighted bound) must be an integer >= 1, got {samples!r}")
+    check_samples(samples)
     estimator = parse_choice(GradientEstimator, "estimator", estimator)
     shape = (x.shape[0], samples, model.latent_dim)
     if eps is None:

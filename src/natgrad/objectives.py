@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.choices import parse_choice
-from natgrad.iwae import GradientEstimator, build_iwae_loss
+from natgrad.iwae import GradientEstimator, build_iwae_loss, check_samples
 from natgrad.losses import Loss, build_loss
 
 
@@ -46,8 +46,7 @@ class Objective:
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", parse_choice(ObjectiveName, "objective", self.name))
         object.__setattr__(self, "estimator", parse_choice(GradientEstimator, "estimator", self.estimator))
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        check_samples(self.samples)
         if self.name is ObjectiveName.ELBO and self.samples != 1:
             raise ValueError(f"samples = {self.samples} needs objective 'iwae'; the ELBO takes one sample")
         if self.name is ObjectiveName.ELBO and self.estimator is not GradientEstimator.PLAIN:
