@@ -265,8 +265,8 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
     ``config`` (resolved), ``machine``, ``budget`` (steps and seconds), ``steps`` and ``train_time``
-    reached and ``seconds_per_step`` (their ratio; None without steps), ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
-    seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    reached and ``seconds_per_step`` (their ratio; None without steps), ``metric`` (the headline
+    metric's name), ``curve`` (every evaluation: step, training seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
     """

@@ -45,9 +45,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 from natgrad.experiments.batches import SCHEDULES as BATCH_SCHEDULES
 from natgrad.experiments.binarize import BINARIZATIONS
 from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES, LIKELIHOODS
-from natgrad.objectives import Objective
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
+from natgrad.objectives import Objective
 
 MODEL_KINDS = ("autoencoder", "vae")
 #: Datasets a run can train on: the three benchmark problems, and a seeded synthetic set for tests.
