@@ -137,11 +137,11 @@ def bound_terms(out: VAEOutput, nll: Tensor, log_weights: Tensor) -> tuple[LossT
     loss = math.log(log_weights.shape[1]) - torch.logsumexp(log_weights, dim=1)  # -L_k: (N,)
     weighted_nll = (weights * nll).sum(1)
     weighted_posterior = -(weights * (log_weights + nll)).sum(1)  # sum_i w~_i r_i
-    spread = (loss - weighted_nll - weighted_posterior).detach()  # KL(w~ || U_k)
+    divergence_from_uniform = (loss - weighted_nll - weighted_posterior).detach()  # KL(w~ || U_k)
     posterior = LossTerm(
         name="posterior",
         outputs=tuple(out.posterior.params),
-        values=weighted_posterior + spread,
+        values=weighted_posterior + divergence_from_uniform,
         curvature=out.posterior.kl_hessian_diagonal(),
     )
     return _weighted_likelihood_term(out.likelihood, weights, weighted_nll), posterior
@@ -202,7 +202,7 @@ def build_iwae_loss(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"the importance-weighted bound needs a VAE (latent samples to weight), got "
-                        f"{type(model).__name__}; train it with objective 'elbo'")
+                        f"{type(model).__name__}; train it on its own objective ('elbo': natgrad.losses.build_loss)")
     check_samples(samples)
     estimator = parse_choice(GradientEstimator, "estimator", estimator)
     shape = (x.shape[0], samples, model.latent_dim)
