@@ -65,6 +65,14 @@ class OutputDistribution(ABC):
         """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per output)."""
         return target.reshape(self.params[0].shape)
 
+    @abstractmethod
+    def with_params(self, params: tuple[Tensor, ...]) -> "OutputDistribution":
+        """The same family (and fixed settings, e.g. a Gaussian's ``sigma``) on other parameter tensors.
+
+        Aligned with :attr:`params`; e.g. the ``(N, k, D)`` outputs of ``k`` samples per example
+        flattened to ``(N k, D)``, so that :meth:`nll` gives one value per sample.
+        """
+
     def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
 
@@ -89,6 +97,9 @@ class Bernoulli(OutputDistribution):
 
     def nll(self, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(self.logits, target, reduction="none").flatten(1).sum(1)
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "Bernoulli":
+        return Bernoulli(*params)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.bernoulli(self.mean.detach(), generator=generator)
@@ -126,6 +137,9 @@ class Gaussian(OutputDistribution):
         d = self._mean[0].numel()
         return 0.5 * sq / self.sigma**2 + 0.5 * d * (_LOG_2PI + 2.0 * math.log(self.sigma))
 
+    def with_params(self, params: tuple[Tensor, ...]) -> "Gaussian":
+        return Gaussian(*params, sigma=self.sigma)
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
         return self._mean.detach() + self.sigma * eps
@@ -154,6 +168,9 @@ class GaussianLearnedVariance(OutputDistribution):
     def nll(self, target: Tensor) -> Tensor:
         per_dim = 0.5 * ((target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
         return per_dim.flatten(1).sum(1)
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "GaussianLearnedVariance":
+        return GaussianLearnedVariance(*params)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         eps = torch.randn(self._mean.shape, generator=generator, dtype=self._mean.dtype)
@@ -189,6 +206,9 @@ class Categorical(OutputDistribution):
 
     def as_target(self, target: Tensor) -> Tensor:
         return target.reshape(self.logits.shape[0])
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "Categorical":
+        return Categorical(*params)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.multinomial(self.mean.detach(), 1, generator=generator).squeeze(1)
@@ -234,6 +254,18 @@ class DiagonalGaussianPosterior:
     def rsample(self, eps: Tensor) -> Tensor:
         """Reparameterised sample ``z = mu + sigma * eps`` (Kingma & Welling 2014, section 2.4)."""
         return self.mu + self.std * eps
+
+    def with_sample_axis(self) -> "DiagonalGaussianPosterior":
+        """The posterior with ``mu, v`` of shape ``(N, 1, d)``: broadcasts over ``k`` samples ``(N, k, d)``.
+
+        Its :meth:`rsample` maps noise ``(N, k, d)`` to ``k`` samples per example and its
+        :meth:`log_prob` scores them, ``(N, k)``.
+        """
+        return DiagonalGaussianPosterior(self.mu.unsqueeze(-2), self.log_var.unsqueeze(-2))
+
+    def detached(self) -> "DiagonalGaussianPosterior":
+        """The same distribution with ``mu, v`` cut from the graph (gradients reach a sample only through ``z``)."""
+        return DiagonalGaussianPosterior(self.mu.detach(), self.log_var.detach())
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z|x)`` per example, shape (N,) (or (..., N) for stacked samples)."""

@@ -35,8 +35,8 @@ model's positional inputs followed by the loss's targets) into :class:`LossTerm`
 
 (:func:`cross_entropy` is exactly this.) Any term fits whose output curvature is known: give the
 per-example value and the diagonal or per-example matrix.
-Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss`; the curvature code
-sees terms, never models.
+Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss` (and, for the VAE's
+importance-weighted bound, in :mod:`natgrad.iwae`); the curvature code sees terms, never models.
 """
 from __future__ import annotations
 

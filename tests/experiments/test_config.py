@@ -38,6 +38,18 @@ INVALID = [
     ({"data": {"data_dir": 5}}, r"data\.data_dir = 5 is invalid; allowed: a directory path as a string"),
     ({"max_rejected_steps": 0}, r"max_rejected_steps = 0 is invalid; allowed: an integer >= 1"),
     ({"fault": {"nan_batch_at": [0]}}, r"fault\.nan_batch_at = \[0\] is invalid; allowed: a list of step numbers"),
+    # issue 18: the objective, dynamic binarisation and the extra bounds of the evaluation
+    ({"model": {"kind": "vae", "objective": "bound"}}, r"model\.objective must be one of \['elbo', 'iwae'\]"),
+    ({"model": {"kind": "vae", "objective": "iwae", "samples": 0}}, r"model\.samples must be an integer >= 1"),
+    ({"model": {"kind": "vae", "samples": 5}}, r"model\.samples = 5 needs objective 'iwae'"),
+    ({"model": {"kind": "vae", "estimator": "dreg"}}, r"model\.estimator 'dreg' needs objective 'iwae'"),
+    ({"model": {"objective": "iwae", "samples": 5}}, r"model\.objective = 'iwae' is invalid; allowed: omitted for "
+                                                     r"model\.kind = 'autoencoder'"),
+    ({"model": {"kind": "vae", "objective": "iwae", "samples": 5}, "optimizer": {"name": "kfac-tridiag"}},
+     r"optimizer\.name = 'kfac-tridiag' is invalid; allowed: not 'kfac-tridiag' with model\.samples = 5"),
+    ({"data": {"binarize": "static"}}, r"data\.binarize = 'static' is invalid; allowed: dynamic \(or omitted\)"),
+    ({"data": {"dataset": "faces", "binarize": "dynamic"}}, r"data\.binarize .* omitted for dataset 'faces'"),
+    ({"eval": {"bound_samples": [5, 0]}}, r"eval\.bound_samples = \[5, 0\] is invalid"),
 ]
 
 
@@ -154,3 +166,13 @@ def test_units_default_to_the_papers_for_the_autoencoder_and_tanh_for_the_vae(tm
     assert activations == {"autoencoder": {"Sigmoid"}, "vae": {"Tanh"}}
     chosen = RunConfig.from_dict({"model": {"kind": "vae", "sizes": [64, 8, 2], "activation": "sigmoid"}}).model
     assert {type(m).__name__ for m in build_model(chosen, data, None).modules()} & {"Tanh"} == set()
+
+
+def test_the_objective_fields_reach_the_training_objective():
+    config = load_run_config(None, ["model.kind=vae", "model.objective=iwae", "model.samples=50",
+                                    "model.estimator=dreg", "data.binarize=dynamic"])
+    objective = config.model.training_objective()
+    assert (objective.name.value, objective.samples, objective.estimator.value) == ("iwae", 50, "dreg")
+    assert config.data.binarize == "dynamic"
+    default = RunConfig().model.training_objective()
+    assert (default.name.value, default.samples, default.estimator.value) == ("elbo", 1, "plain")

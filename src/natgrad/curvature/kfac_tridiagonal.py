@@ -84,7 +84,8 @@ class TridiagonalKFAC(KFAC):
             if lower.inputs.shape[1] != 1 or upper.inputs.shape[1] != 1:
                 raise ValueError(
                     f"TridiagonalKFAC needs (N, d) inputs at every layer; layer {self.layout.layers[i].name!r} "
-                    f"or its successor saw {lower.inputs.shape[1]} / {upper.inputs.shape[1]} locations per example"
+                    f"or its successor saw {lower.inputs.shape[1]} / {upper.inputs.shape[1]} locations per example "
+                    "(a VAE on the importance-weighted bound decodes k samples per example: use block-diagonal K-FAC)"
                 )
             stats[f"AX{i}"] = cross_input_factor(lower, upper, batch.batch_size)
             stats[f"GX{i}"] = cross_gradient_factor(lower, upper, batch.batch_size)

@@ -267,9 +267,10 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
     ``config`` (resolved), ``machine`` (with the cores it was pinned to), ``shard`` ``[I, N]`` (the
-    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps`` and ``train_time``
-    reached, ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
-    seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps`` and
+    ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps), ``metric``
+    (the headline metric's name), ``curve`` (every evaluation: step, training seconds, wall seconds,
+    metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
     """
@@ -289,6 +290,7 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
         "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads), "shard": list(shard),
         "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
         "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "seconds_per_step": steps[-1]["time"] / steps[-1]["step"] if steps else None,
         "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
         "time_to_target": None, "steps_to_target": None,
     }
