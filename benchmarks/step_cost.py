@@ -15,7 +15,8 @@ Writes ``benchmarks/results/step_cost-threads<T>.json`` and ``.md`` with the mac
 Adam, when timed, is the reference of issue 13's target (K-FAC's step at most 2.5x Adam's):
 
     .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 5 --threads 1
-    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac kfac-stats-every-4 kfac-model-half
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac kfac-stats-every-4 \
+        kfac-model-half kfac-fast
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
                            "as kfac with statistics every 4 steps (section 8 allows it; departure from Martens' code)"),
     "kfac-model-half": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}),
                         "K-FAC block-diagonal, quadratic model on 1/2 of the batch (departure)"),
+    "kfac-fast": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}, schedule={"inverse_every": 5}),
+                  "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder grid)"),
     "kfac-tridiag": (lambda m, cg: KFAC(m, structure="tridiagonal"), "K-FAC block-tridiagonal, quadratic model"),
     "diag": (lambda m, cg: DiagonalNaturalGradient(m), "diagonal Fisher, quadratic model"),
     "hf": (lambda m, cg: HessianFree(m, max_cg_iterations=cg), "Hessian-free (CG capped, see per-iteration cost)"),
