@@ -1,4 +1,5 @@
 """The Adam -> K-FAC examples: three changed lines each, shown in the README, and they train."""
+
 from __future__ import annotations
 
 import difflib
@@ -14,7 +15,10 @@ EXAMPLES = ROOT / "examples"
 
 def changed_lines(name: str) -> list[str]:
     """The ``-``/``+`` lines of the diff from ``<name>_adam.py`` to ``<name>_kfac.py``."""
-    adam, kfac = ((EXAMPLES / f"{name}_{optimizer}.py").read_text().splitlines() for optimizer in ("adam", "kfac"))
+    adam, kfac = (
+        (EXAMPLES / f"{name}_{optimizer}.py").read_text().splitlines()
+        for optimizer in ("adam", "kfac")
+    )
     diff = difflib.unified_diff(adam, kfac, lineterm="", n=0)
     return [line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")]
 
@@ -44,12 +48,15 @@ def final_number(output: str) -> float:
 # Before training the cross-entropy is about ln 3 = 1.10 (3 classes) and the negative ELBO about
 # 64 ln 2 = 44.4 nats (64 pixels at logit 0); the bounds are 3/4 and 6/7 of those, which a broken
 # step (one that leaves the parameters near their start) does not reach in 50 steps.
-@pytest.mark.parametrize("script, bound", [
-    ("classifier_adam.py", 0.82),
-    ("classifier_kfac.py", 0.82),
-    ("conv_vae_adam.py", 38.0),
-    ("conv_vae_kfac.py", 38.0),
-])
+@pytest.mark.parametrize(
+    "script, bound",
+    [
+        ("classifier_adam.py", 0.82),
+        ("classifier_kfac.py", 0.82),
+        ("conv_vae_adam.py", 38.0),
+        ("conv_vae_kfac.py", 38.0),
+    ],
+)
 def test_example_trains(script, bound, capsys):
     assert final_number(run(script, capsys)) < bound
 

@@ -12,8 +12,8 @@ per-example matrix ``(N, d, d)``. The objective is
 and its generalised Gauss-Newton matrix is ``G = (1/N) sum_n sum_t J_{t,n}^T H_{t,n} J_{t,n}``
 (Schraudolph 2002; Martens 2014, section 8). A plain autoencoder has one term (the likelihood NLL
 on the decoder output); a VAE has two (the likelihood on the decoder output and
-``KL(q(z|x) || N(0, I))`` on the encoder output ``(mu, log sigma^2)``, Hessian ``diag(1, sigma^2/2)``;
-Kingma & Welling 2014, App. B).
+``KL(q(z|x) || N(0, I))`` on the encoder output ``(mu, log sigma^2)``, Hessian ``diag(1,
+sigma^2/2)``; Kingma & Welling 2014, App. B).
 
 A :class:`Loss` is re-evaluable as a pure function of a parameter dict
 (``torch.func.functional_call`` with the same inputs, including the VAE's noise ``eps``), which is
@@ -38,6 +38,7 @@ per-example value and the diagonal or per-example matrix.
 Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss` (and, for the VAE's
 importance-weighted bound, in :mod:`natgrad.iwae`); the curvature code sees terms, never models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,12 +71,16 @@ def _check_curvature_shape(name: str, output: Tensor, curvature: Tensor) -> None
     allowed = f"{tuple(output.shape)} (its diagonal)"
     if output.dim() == 2:
         allowed += f" or {matrix} (one matrix per example)"
-    raise ValueError(f"LossTerm {name!r}: curvature shape {tuple(curvature.shape)} does not fit output shape "
-                     f"{tuple(output.shape)}; give {allowed}")
+    raise ValueError(
+        f"LossTerm {name!r}: curvature shape {tuple(curvature.shape)} does not fit output shape "
+        f"{tuple(output.shape)}; give {allowed}"
+    )
 
 
 def _matrix_sqrt(matrix: Tensor) -> Tensor:
-    """``B = Q diag(sqrt(max(d, 0)))`` with ``B B^T = M`` for symmetric PSD ``M = Q diag(d) Q^T``, batched."""
+    """``B = Q diag(sqrt(max(d, 0)))`` with ``B B^T = M`` for symmetric PSD ``M = Q diag(d) Q^T``,
+    batched.
+    """
     values, vectors = torch.linalg.eigh(matrix)
     return vectors * values.clamp(min=0.0).sqrt().unsqueeze(-2)
 
@@ -84,7 +89,8 @@ def root_columns(root: Tensor, output: Tensor) -> Iterator[Tensor]:
     """The columns of a curvature square root as output-shaped vectors, one per backward pass.
 
     A diagonal root gives ``sqrt(c_j) e_j`` for every output entry ``j`` (all dimensions of an
-    image-shaped output), a matrix root ``B`` of shape ``(N, d, r)`` its ``r`` columns ``B[:, :, j]``.
+    image-shaped output), a matrix root ``B`` of shape ``(N, d, r)`` its ``r`` columns ``B[:, :,
+    j]``.
     """
     if is_matrix_curvature(root, output):
         yield from root.unbind(-1)
@@ -129,7 +135,8 @@ class LossTerm:
     def __post_init__(self) -> None:
         if len(self.outputs) != len(self.curvature):
             raise ValueError(
-                f"LossTerm {self.name!r}: outputs has {len(self.outputs)} tensors but curvature has "
+                f"LossTerm {self.name!r}: outputs has {len(self.outputs)} tensors but curvature "
+                "has "
                 f"{len(self.curvature)}; they must be aligned"
             )
         for z, c in zip(self.outputs, self.curvature):
@@ -141,10 +148,14 @@ class LossTerm:
         The diagonal's elementwise square root, or for a matrix curvature ``Q diag(sqrt d)`` from
         its eigendecomposition, ``(N, d, d)``.
         """
-        return tuple(_matrix_sqrt(c) if is_matrix_curvature(c, z) else c.sqrt()
-                     for c, z in zip(self.curvature, self.outputs))
+        return tuple(
+            _matrix_sqrt(c) if is_matrix_curvature(c, z) else c.sqrt()
+            for c, z in zip(self.curvature, self.outputs)
+        )
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    def sample_output_gradient(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
         """A random ``s`` with ``E[s s^T] = H`` per example (Monte-Carlo Fisher, K-FAC §5)."""
         if self.output_gradient_sampler is not None:
             return self.output_gradient_sampler(generator)
@@ -165,7 +176,9 @@ def likelihood_term(likelihood: OutputDistribution, target: Tensor) -> LossTerm:
 
 
 def kl_term(posterior: DiagonalGaussianPosterior) -> LossTerm:
-    """``KL(N(mu, sigma^2) || N(0, I))`` as a function of ``(mu, log sigma^2)``; Hessian ``diag(1, sigma^2/2)``."""
+    """``KL(N(mu, sigma^2) || N(0, I))`` as a function of ``(mu, log sigma^2)``; Hessian ``diag(1,
+    sigma^2/2)``.
+    """
     return LossTerm(
         name="kl",
         outputs=tuple(posterior.params),
@@ -174,7 +187,8 @@ def kl_term(posterior: DiagonalGaussianPosterior) -> LossTerm:
     )
 
 
-#: Turns a model's output and the batch (its positional inputs, then the loss's targets) into loss terms.
+#: Turns a model's output and the batch (its positional inputs, then the loss's targets) into loss
+#: terms.
 TermBuilder = Callable[[Any, tuple[Tensor, ...]], tuple[LossTerm, ...]]
 
 
@@ -199,7 +213,8 @@ class Loss:
     Attributes:
         model: the module; its named parameters are the coordinates of every curvature matrix.
         inputs: positional, batch-first arguments of ``model`` (``(x,)`` or ``(x, eps)``).
-        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)`` and :attr:`batch`.
+        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)`` and
+            :attr:`batch`.
         terms: the terms at the model's current parameters.
         targets: batch-first tensors the terms need but the model does not take (class labels);
             sliced together with ``inputs`` wherever the loss is restricted to a sub-batch.
@@ -225,12 +240,16 @@ class Loss:
         """Run ``model(*inputs)`` and build its terms; the entry point for user-defined models.
 
         Raises:
-            ValueError: ``build_terms`` returned no term, or a target's batch size differs from the inputs'.
+            ValueError: ``build_terms`` returned no term, or a target's batch size differs from the
+                inputs'.
         """
         inputs, targets = tuple(inputs), tuple(targets)
         sizes = {int(t.shape[0]) for t in inputs + targets}
         if len(sizes) > 1:
-            raise ValueError(f"inputs and targets must share the batch size (first dimension), got sizes {sorted(sizes)}")
+            raise ValueError(
+                "inputs and targets must share the batch size (first dimension), got sizes "
+                f"{sorted(sizes)}"
+            )
         state = torch.get_rng_state()
         out = model(*inputs)
         drew = not torch.equal(state, torch.get_rng_state())
@@ -246,6 +265,7 @@ class Loss:
 
     @property
     def batch_size(self) -> int:
+        """``N``, the number of examples."""
         return int(self.terms[0].values.shape[0])
 
     @property
@@ -259,14 +279,18 @@ class Loss:
         return self.per_example.mean()
 
     def backward(self) -> None:
-        """``value.backward()``: a closure written for a torch optimizer keeps its ``loss.backward()`` line."""
+        """``value.backward()``: a closure written for a torch optimizer keeps its
+        ``loss.backward()`` line.
+        """
         self.value.backward()
 
     def parameters(self) -> dict[str, Tensor]:
         """The model's trainable parameters by name (the order every curvature matrix uses)."""
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
-    def evaluate(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> tuple[LossTerm, ...]:
+    def evaluate(
+        self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None
+    ) -> tuple[LossTerm, ...]:
         """The terms at ``params`` (a pure function of them), optionally on another ``batch``.
 
         ``batch`` is aligned with :attr:`batch` (inputs, then targets), e.g. a slice of it; the
@@ -277,25 +301,32 @@ class Loss:
             out = functional_call(self.model, dict(params), batch[: len(self.inputs)])
         return tuple(self.build_terms(out, batch))
 
-    def value_at(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> Tensor:
+    def value_at(
+        self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None
+    ) -> Tensor:
         """``h(params)`` on the same batch and noise."""
         return sum(t.values for t in self.evaluate(params, batch)).mean()
 
     def on_batch(self, batch: Sequence[Tensor]) -> "Loss":
-        """The loss on another ``batch`` (aligned with :attr:`batch`) at the model's current parameters.
+        """The loss on another ``batch`` (aligned with :attr:`batch`) at the model's current
+        parameters.
 
-        The forward replays :attr:`random_state`, so ``on_batch(loss.batch)`` rebuilds ``loss`` exactly.
+        The forward replays :attr:`random_state`, so ``on_batch(loss.batch)`` rebuilds ``loss``
+        exactly.
         """
         batch = tuple(batch)
         with replayed_random_state(self.random_state):
-            return Loss.from_model(self.model, batch[: len(self.inputs)], self.build_terms, batch[len(self.inputs):])
+            return Loss.from_model(
+                self.model, batch[: len(self.inputs)], self.build_terms, batch[len(self.inputs) :]
+            )
 
     def rebuild(self) -> "Loss":
         """The same loss (same inputs and noise) re-evaluated at the model's current parameters."""
         return self.on_batch(self.batch)
 
     def prefix(self, fraction: float) -> "Loss":
-        """The loss of the first ``ceil(fraction * N)`` examples (at least one), sliced: no forward pass.
+        """The loss of the first ``ceil(fraction * N)`` examples (at least one), sliced: no forward
+        pass.
 
         Every term is per-example, so slicing its outputs, values and curvature gives exactly the
         terms a forward pass on the prefix would build (the K-FAC statistics on ``tau_1`` of the
@@ -305,7 +336,7 @@ class Loss:
         n = int(self.batch[0].shape[0])
         m = max(1, min(n, math.ceil(fraction * n)))
         batch = tuple(t[:m] for t in self.batch)
-        inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs):]
+        inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs) :]
         terms = tuple(_prefix_term(t, m) for t in self.terms)
         return dataclasses.replace(self, inputs=inputs, targets=targets, terms=terms)
 
@@ -317,7 +348,9 @@ def _prefix_term(term: LossTerm, m: int) -> LossTerm:
         outputs=tuple(z[:m] for z in term.outputs),
         values=term.values[:m],
         curvature=tuple(c[:m] for c in term.curvature),
-        output_gradient_sampler=None if sampler is None else (lambda g: tuple(s[:m] for s in sampler(g))),
+        output_gradient_sampler=None
+        if sampler is None
+        else (lambda g: tuple(s[:m] for s in sampler(g))),
     )
 
 
@@ -327,7 +360,9 @@ def autoencoder_terms(out: AutoencoderOutput, inputs: tuple[Tensor, ...]) -> tup
 
 
 def vae_terms(out: VAEOutput, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:
-    """Two terms: likelihood NLL on the decoder output, KL on the encoder output ``(mu, log sigma^2)``."""
+    """Two terms: likelihood NLL on the decoder output, KL on the encoder output ``(mu, log
+    sigma^2)``.
+    """
     return (likelihood_term(out.likelihood, inputs[0]), kl_term(out.posterior))
 
 
@@ -351,7 +386,8 @@ def _terms_for_output(out: Any, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, .
     if isinstance(out, AutoencoderOutput):
         return autoencoder_terms(out, inputs)
     raise TypeError(
-        f"build_loss supports models returning AutoencoderOutput or VAEOutput, got {type(out).__name__}; "
+        "build_loss supports models returning AutoencoderOutput or VAEOutput, got "
+        f"{type(out).__name__}; "
         "for other models use Loss.from_model(model, inputs, build_terms)"
     )
 
@@ -378,7 +414,9 @@ def build_loss(
         if eps is None:
             eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
         elif tuple(eps.shape) != shape:
-            raise ValueError(f"eps must have shape {shape} (batch, latent_dim), got {tuple(eps.shape)}")
+            raise ValueError(
+                f"eps must have shape {shape} (batch, latent_dim), got {tuple(eps.shape)}"
+            )
         inputs: tuple[Tensor, ...] = (x, eps)
     elif eps is not None:
         raise ValueError(f"eps is only used by a VAE, got eps for {type(model).__name__}")

@@ -1,13 +1,16 @@
-"""Softmax cross-entropy: its non-diagonal output curvature, checked against dense torch.func matrices."""
+"""Softmax cross-entropy: its non-diagonal output curvature, checked against dense torch.func
+matrices.
+"""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from curvature_cases import flat, random_vectors, relative_error
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 from torch.nn import functional as F
 
-from curvature_cases import flat, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, DiagonalCurvature, exact
 from natgrad.distributions import Bernoulli, Categorical
 from natgrad.losses import Loss, LossTerm, cross_entropy, likelihood_term
@@ -21,13 +24,17 @@ def classifier(n: int = 5, classes: int = 4) -> Loss:
 
 
 def torch_func_ggn(loss: Loss) -> torch.Tensor:
-    """``(1/N) sum_n J_n^T H_n J_n`` with ``J_n`` from jacrev and ``H_n`` the Hessian of F.cross_entropy."""
+    """``(1/N) sum_n J_n^T H_n J_n`` with ``J_n`` from jacrev and ``H_n`` the Hessian of
+    F.cross_entropy.
+    """
     params = {k: v.detach() for k, v in loss.parameters().items()}
     (x,), (y,) = loss.inputs, loss.targets
     jac = jacrev(lambda p: functional_call(loss.model, p, (x,)))(params)
-    j = torch.cat([t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2)  # (N, K, P)
+    # (N, K, P)
+    j = torch.cat([t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2)
     logits = loss.model(x).detach()
-    h = torch.stack([hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)])  # (N, K, K)
+    # (N, K, K)
+    h = torch.stack([hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)])
     return torch.einsum("nkp,nkl,nlq->pq", j, h, j) / x.shape[0]
 
 
@@ -81,9 +88,19 @@ def test_hand_written_diagonal_differs_from_the_exact_ggn(float64):
     """The issue's p(1-p) term is a valid shape but a different matrix: the exact form is needed."""
     loss = classifier()
     logits = loss.terms[0].outputs[0]
-    wrong = Loss.from_model(loss.model, loss.inputs, lambda out, batch: (LossTerm(
-        "ce", (out,), F.cross_entropy(out, batch[-1], reduction="none"),
-        Categorical(out).curvature_diagonal()),), loss.targets)
+    wrong = Loss.from_model(
+        loss.model,
+        loss.inputs,
+        lambda out, batch: (
+            LossTerm(
+                "ce",
+                (out,),
+                F.cross_entropy(out, batch[-1], reduction="none"),
+                Categorical(out).curvature_diagonal(),
+            ),
+        ),
+        loss.targets,
+    )
     assert logits.shape == wrong.terms[0].outputs[0].shape
     assert relative_error(exact.dense_ggn(wrong), torch_func_ggn(loss)) > 0.1
 
@@ -96,15 +113,20 @@ def test_curvature_of_the_wrong_shape_is_refused(float64, shape):
 
 
 def test_image_shaped_output_exact_estimator_matches_flattened(float64):
-    """A (N, 1, H, W) Bernoulli output: square roots over every pixel, not only the channel dimension."""
+    """A (N, 1, H, W) Bernoulli output: square roots over every pixel, not only the channel
+    dimension.
+    """
     torch.manual_seed(13)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 9), nn.Unflatten(1, (1, 3, 3)))
     x = torch.rand(3, 4)
     target = torch.rand(3, 1, 3, 3)
-    image = Loss.from_model(model, (x,), lambda out, b: (likelihood_term(Bernoulli(out), b[-1]),), (target,))
+    image = Loss.from_model(
+        model, (x,), lambda out, b: (likelihood_term(Bernoulli(out), b[-1]),), (target,)
+    )
     dense = exact.dense_ggn(image)
-    flattened = Loss.from_model(model, (x,), lambda out, b: (likelihood_term(Bernoulli(out.flatten(1)), b[-1]),),
-                                (target,))
+    flattened = Loss.from_model(
+        model, (x,), lambda out, b: (likelihood_term(Bernoulli(out.flatten(1)), b[-1]),), (target,)
+    )
     assert relative_error(dense, exact.dense_ggn(flattened)) < 1e-12
     for representation in (BlockDiagonalKFAC, DiagonalCurvature):
         rep = representation(model, CurvatureConfig(estimator="square-root"))

@@ -4,6 +4,7 @@ float64 throughout; tolerances 1e-10 (relative to the magnitudes compared) cover
 an ``eigh`` of <= 6x6 covariances whose smallest regularised eigenvalue is >= epsilon = 1e-3
 (condition number <= ~1e4), far below any modelling error these tests are meant to catch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,7 +65,9 @@ def test_reestimation_preserves_outputs(float64, kind, batch_norm):
     model.eval()
     before_eval = build_loss(model, x, eps=eps).per_example
     reparametrise_all(layers, [r[0] for r in records], EPSILON)
-    after_eval = build_loss(model, x, eps=eps).per_example  # before a training pass moves running stats
+    after_eval = build_loss(
+        model, x, eps=eps
+    ).per_example  # before a training pass moves running stats
     model.train()
     after = build_loss(model, x2, eps=eps2).per_example
     assert not torch.equal(layers[0].centre, torch.zeros_like(layers[0].centre))
@@ -90,12 +93,14 @@ def test_whitened_inputs_have_identity_covariance_up_to_epsilon(float64, kind):
 
 
 def test_sgd_on_whitened_parameters_is_kfac_with_input_factor_only(float64):
-    r"""The exact regime: PRONG's SGD step on (V, d), mapped back to (W, b), equals K-FAC with G = I.
+    r"""The exact regime: PRONG's SGD step on (V, d), mapped back to (W, b), equals K-FAC with G =
+    I.
 
     Condition: the whitening statistics (c, Sigma) come from the same sample as K-FAC's input
     factor A = mean(a_bar a_bar^T), a_bar = [a; 1]. Then for every layer
         [W', b'] = [W, b] - lr [grad_W, grad_b] (A + epsilon diag(1, ..., 1, 0))^{-1},
-    since A + epsilon diag(I, 0) = [[Sigma + eps I + c c^T, c], [c^T, 1]] and U^T U = (Sigma + eps I)^{-1}.
+    since A + epsilon diag(I, 0) = [[Sigma + eps I + c c^T, c], [c^T, 1]] and U^T U = (Sigma + eps
+    I)^{-1}.
     """
     lr = 0.3
     plain = _model("autoencoder")

@@ -1,4 +1,5 @@
 """The FACES generator: exact geometry, normalisation, person order and split (small sizes only)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,8 @@ def test_quarter_turns_are_exact_rotations(angle, turns):
 
 
 def test_scale_two_picks_the_central_half():
-    # Output 32x32 over crop 64 at scale 2: output pixel u samples source 31.5 + (u - 15.5), i.e. rows 16..47.
+    # Output 32x32 over crop 64 at scale 2: output pixel u samples source 31.5 + (u - 15.5), i.e.
+    # rows 16..47.
     image = _sources(1)[0]
     recipe = FacesRecipe(out_size=32, crop=64.0, supersample=1)
     out = transform_one(image, np.array([0.0]), np.array([2.0]), recipe)[0].reshape(32, 32)
@@ -69,14 +71,17 @@ def test_shapes_and_determinism():
 
 
 def test_images_are_ordered_by_person_with_martens_split():
-    # Person p's originals are constant p, so all their variants are constant p before normalisation.
+    # Person p's originals are constant p, so all their variants are constant p before
+    # normalisation.
     person = np.repeat(np.arange(1, 41), 10)
     sources = np.broadcast_to(person[:, None, None], (400, 64, 64)).astype(np.float64)
     train, test, stats = generate_faces(sources, FacesRecipe(variants=3), seed=0)
     centre = person.mean()  # every person contributes equally to the per-pixel mean
     expected_train = (np.repeat(np.arange(1, 26), 30) - centre) * stats["factor"]
     expected_test = (np.repeat(np.arange(31, 41), 30) - centre) * stats["factor"]
-    np.testing.assert_allclose(train, np.broadcast_to(expected_train[:, None], train.shape), atol=1e-4)
+    np.testing.assert_allclose(
+        train, np.broadcast_to(expected_train[:, None], train.shape), atol=1e-4
+    )
     np.testing.assert_allclose(test, np.broadcast_to(expected_test[:, None], test.shape), atol=1e-4)
 
 

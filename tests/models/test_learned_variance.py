@@ -1,4 +1,7 @@
-"""The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss, curvature."""
+"""The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss,
+curvature.
+"""
+
 import torch
 
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, OutputGradientEstimator
@@ -18,7 +21,9 @@ def test_decoder_outputs_mean_and_log_variance(float64):
 
 
 def test_ggn_uses_the_fisher_of_mean_and_log_variance(float64):
-    """For (m, v) outputs the curvature is diag(e^{-v}, 1/2): GGN = J^T diag(e^-v, 1/2) J exactly."""
+    """For (m, v) outputs the curvature is diag(e^{-v}, 1/2): GGN = J^T diag(e^-v, 1/2) J
+    exactly.
+    """
     torch.manual_seed(0)
     model = DeepAutoencoder((5, 3, 2), likelihood="gaussian-learned", init="default").double()
     x = torch.randn(4, 5)
@@ -34,7 +39,9 @@ def test_ggn_uses_the_fisher_of_mean_and_log_variance(float64):
     torch.testing.assert_close(dense, expected, rtol=1e-10, atol=1e-12)
     v = [torch.randn_like(p) for p in model.parameters()]
     product = torch.cat([t.flatten() for t in ggn_vector_product(loss, v)])
-    torch.testing.assert_close(product, dense @ torch.cat([t.flatten() for t in v]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        product, dense @ torch.cat([t.flatten() for t in v]), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_kfac_captures_both_output_heads(float64):

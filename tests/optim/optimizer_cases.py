@@ -1,9 +1,11 @@
-"""Every optimizer the runner can build, declared once: how to build it, what it supports, what it rejects.
+"""Every optimizer the runner can build, declared once: how to build it, what it supports, what it
+rejects.
 
 The conformance suite (test_conformance.py) runs the same tests on each case, skipping only what a
 case says it does not support. Settings shrink the periods T1/T2/T3 so a few steps exercise every
 branch of the step (LM update, gamma search, inverse refresh, PRONG's re-estimation).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -51,7 +53,8 @@ _PRONG_INVALID = (
 
 @dataclass(frozen=True)
 class OptimizerCase:
-    """One optimizer: a factory ``(model, **settings)``, the test settings, what it supports, rejected settings.
+    """One optimizer: a factory ``(model, **settings)``, the test settings, what it supports,
+    rejected settings.
 
     Attributes:
         guards_nonfinite: rejects a step whose loss, gradient or update is NaN/Inf (natgrad's
@@ -81,11 +84,19 @@ def _adam(model: nn.Module, **settings: Any) -> torch.optim.Optimizer:
 
 
 CASES = (
-    OptimizerCase("kfac", KFAC, dict(_SHARED), _NATURAL_INVALID + (({"structure": "dense"}, "structure"),)),
-    OptimizerCase("kfac-tridiag", KFAC, dict(_SHARED, structure="tridiagonal"),
-                  _NATURAL_INVALID + (({"inverse_method": "inverse"}, "inverse_method"),)),
+    OptimizerCase(
+        "kfac", KFAC, dict(_SHARED), _NATURAL_INVALID + (({"structure": "dense"}, "structure"),)
+    ),
+    OptimizerCase(
+        "kfac-tridiag",
+        KFAC,
+        dict(_SHARED, structure="tridiagonal"),
+        _NATURAL_INVALID + (({"inverse_method": "inverse"}, "inverse_method"),),
+    ),
     OptimizerCase("diag", DiagonalNaturalGradient, dict(_SHARED), _NATURAL_INVALID),
-    OptimizerCase("tonga", TONGA, dict(_SHARED, tonga={"rank": 4, "examples_per_update": 8}), _TONGA_INVALID),
+    OptimizerCase(
+        "tonga", TONGA, dict(_SHARED, tonga={"rank": 4, "examples_per_update": 8}), _TONGA_INVALID
+    ),
     OptimizerCase(
         "hf",
         HessianFree,
@@ -101,17 +112,34 @@ CASES = (
     ),
     OptimizerCase("prong", PRONG, dict(_PRONG), _PRONG_INVALID, has_damping=False),
     OptimizerCase("prong+", PRONG, dict(_PRONG, batch_norm=True), (), has_damping=False),
-    OptimizerCase("sgd", _sgd, {"lr": 0.05, "momentum": 0.9},
-                  (({"lr": -1.0}, "Invalid learning rate"), ({"momentum": -0.5}, "Invalid momentum value")),
-                  guards_nonfinite=False, has_damping=False, single_group=False),
-    OptimizerCase("adam", _adam, {"lr": 0.01},
-                  (({"lr": -1.0}, "Invalid learning rate"), ({"betas": (1.0, 0.9)}, "Invalid beta parameter")),
-                  guards_nonfinite=False, has_damping=False, single_group=False),
+    OptimizerCase(
+        "sgd",
+        _sgd,
+        {"lr": 0.05, "momentum": 0.9},
+        (({"lr": -1.0}, "Invalid learning rate"), ({"momentum": -0.5}, "Invalid momentum value")),
+        guards_nonfinite=False,
+        has_damping=False,
+        single_group=False,
+    ),
+    OptimizerCase(
+        "adam",
+        _adam,
+        {"lr": 0.01},
+        (
+            ({"lr": -1.0}, "Invalid learning rate"),
+            ({"betas": (1.0, 0.9)}, "Invalid beta parameter"),
+        ),
+        guards_nonfinite=False,
+        has_damping=False,
+        single_group=False,
+    ),
 )
 
 
 def loss_closure(optimizer, model, x, eps=None):
-    """The closure contract of every natgrad optimizer: zero grads, build the Loss, backward, return it."""
+    """The closure contract of every natgrad optimizer: zero grads, build the Loss, backward, return
+    it.
+    """
 
     def closure():
         optimizer.zero_grad(set_to_none=True)

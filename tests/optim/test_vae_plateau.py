@@ -6,6 +6,7 @@ with natgrad's defaults (tanh units, lambda_0 = 1 with gamma tied) the same numb
 with active units and a lower negative ELBO. Burda et al.'s active units (Cov_x(E_q[z_j|x]) > 0.01)
 measure the collapse directly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ STEPS, BATCH = 40, 500
 
 
 def train_vae(activation: str, preset: str) -> dict[str, float]:
-    """STEPS K-FAC steps (full VAE curvature) on the synthetic training images; the final ELBO terms."""
+    """STEPS K-FAC steps (full VAE curvature) on the synthetic training images; the final ELBO
+    terms.
+    """
     data = synthetic_data()
     torch.manual_seed(0)
     model = VAE([64, 32, 16, 4], activation=activation, generator=torch.Generator().manual_seed(0))

@@ -25,9 +25,10 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
   representation's approximation of ``C + gamma^2 I`` (for K-FAC the factored Tikhonov form,
   section 6.3; otherwise exactly ``C + gamma^2 I``). ``gamma^2`` enters only here, through
   :meth:`solve` and :meth:`to_dense` (validated once in this class; each family's hooks add it in
-  their own form); the optimizer never adds it to anything. The work that depends on ``gamma^2`` is cached per value, so trying several ``gamma``
-  (section 6.6) costs one small factorisation each and never touches the statistics; the last
-  :data:`SHIFTED_CACHE` values stay cached, so returning to the chosen candidate costs nothing.
+  their own form); the optimizer never adds it to anything. The work that depends on ``gamma^2`` is
+  cached per value, so trying several ``gamma`` (section 6.6) costs one small factorisation each and
+  never touches the statistics; the last :data:`SHIFTED_CACHE` values stay cached, so returning to
+  the chosen candidate costs nothing.
 * :meth:`matvec` multiplies by ``C``; :meth:`to_dense` returns ``C`` or ``M(gamma^2)`` as a
   ``(P, P)`` matrix (tests and tiny models only).
 * :meth:`state_dict` / :meth:`load_state_dict` hold everything needed to resume exactly: the moving
@@ -36,6 +37,7 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
 A family implements the private hooks below; each receives the same arguments in every family
 (the frozen statistics ``frozen``, the value ``tikhonov``, the cached ``shifted`` factors).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -56,7 +58,9 @@ SHIFTED_CACHE = 3
 
 
 class NonFiniteStatistics(ArithmeticError):
-    """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update` refused it."""
+    """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update`
+    refused it.
+    """
 
 
 class CurvatureRepresentation(ABC):
@@ -74,10 +78,14 @@ class CurvatureRepresentation(ABC):
         self.layout = ParameterLayout(model)
         self.ema_cap = ema_cap
         self.steps = 0
-        self._averages: Any = None  # the family's statistics container, None before the first update
+        self._averages: Any = (
+            None  # the family's statistics container, None before the first update
+        )
         self._frozen: Any = None  # the averages frozen by the last refresh
         self._factors: Any = None  # _factorise(frozen)
-        self._shifted: dict[float, Any] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
+        self._shifted: dict[
+            float, Any
+        ] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
 
     @property
     def params(self) -> list[Tensor]:
@@ -86,11 +94,15 @@ class CurvatureRepresentation(ABC):
 
     @property
     def frozen(self) -> Any:
-        """The statistics the represented matrix was built from at the last :meth:`refresh` (or None)."""
+        """The statistics the represented matrix was built from at the last :meth:`refresh` (or
+        None).
+        """
         return self._frozen
 
     def describe(self) -> str:
-        """A table of every trainable parameter, its shape and its block (:meth:`ParameterLayout.describe`)."""
+        """A table of every trainable parameter, its shape and its block
+        (:meth:`ParameterLayout.describe`).
+        """
         return self.layout.describe_table()
 
     # ---- statistics -------------------------------------------------------------------------
@@ -109,11 +121,15 @@ class CurvatureRepresentation(ABC):
             ValueError: ``decay`` outside ``[0, 1)``, or statistics that do not fit this model.
             NonFiniteStatistics: a statistic is NaN or Inf (nothing was changed).
         """
-        require(decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None")
+        require(
+            decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None"
+        )
         self._check_statistics(statistics)
         if not all_finite(statistics.tensors()):  # one pass; name the culprits only on failure
             bad = [name for name, value in statistics.named_tensors() if not all_finite((value,))]
-            raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
+            raise NonFiniteStatistics(
+                f"non-finite curvature statistics {bad[:3]}; averages left unchanged"
+            )
         self.steps += 1
         if decay is None:
             decay = min(1.0 - 1.0 / self.steps, self.ema_cap)
@@ -133,7 +149,8 @@ class CurvatureRepresentation(ABC):
 
     # ---- products ---------------------------------------------------------------------------
     def solve(self, vectors: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
-        """``M(tikhonov)^{-1} v``, aligned with :attr:`params`, ``tikhonov = gamma^2`` (module docstring).
+        """``M(tikhonov)^{-1} v``, aligned with :attr:`params`, ``tikhonov = gamma^2`` (module
+        docstring).
 
         Raises:
             ValueError: ``vectors`` do not match the parameters, or ``tikhonov`` is negative, not
@@ -153,7 +170,9 @@ class CurvatureRepresentation(ABC):
         return self._matvec(self.layout.check(vectors), self._matrix())
 
     def to_dense(self, tikhonov: float | None = None) -> Tensor:
-        """``C`` (``tikhonov=None``) or ``M(tikhonov)``, the matrix :meth:`solve` inverts, ``(P, P)``."""
+        """``C`` (``tikhonov=None``) or ``M(tikhonov)``, the matrix :meth:`solve` inverts, ``(P,
+        P)``.
+        """
         frozen = self._matrix()
         return self._dense(frozen, None if tikhonov is None else self._check_tikhonov(tikhonov))
 
@@ -167,7 +186,8 @@ class CurvatureRepresentation(ABC):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen statistics.
+        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen
+        statistics.
 
         Raises:
             KeyError: a required entry is missing.
@@ -177,40 +197,62 @@ class CurvatureRepresentation(ABC):
         if missing:
             raise KeyError(f"curvature state_dict is missing {sorted(missing)}")
         self.steps = int(state["steps"])
-        self._averages = None if state["averages"] is None else self._load_statistics(state["averages"])
+        self._averages = (
+            None if state["averages"] is None else self._load_statistics(state["averages"])
+        )
         self._frozen = None if state["frozen"] is None else self._load_statistics(state["frozen"])
         self._factors = None if self._frozen is None else self._factorise(self._frozen)
         self._shifted = {}
 
     # ---- shared checks ----------------------------------------------------------------------
     def _check_tikhonov(self, tikhonov: float, solving: bool = False) -> float:
-        require(is_number(tikhonov) and tikhonov >= 0, "tikhonov", tikhonov, "a finite number >= 0 (gamma^2)")
-        require(not (solving and self.needs_positive_tikhonov and tikhonov == 0), "tikhonov", tikhonov,
-                f"a number > 0: {type(self).__name__}'s C is singular")
+        require(
+            is_number(tikhonov) and tikhonov >= 0,
+            "tikhonov",
+            tikhonov,
+            "a finite number >= 0 (gamma^2)",
+        )
+        require(
+            not (solving and self.needs_positive_tikhonov and tikhonov == 0),
+            "tikhonov",
+            tikhonov,
+            f"a number > 0: {type(self).__name__}'s C is singular",
+        )
         return float(tikhonov)
 
     def _matrix(self) -> Any:
         """What the products use: the frozen statistics (TONGA: its live factor)."""
         if self._frozen is None:
-            raise RuntimeError(f"{type(self).__name__}: call update() and refresh() before solve/matvec/to_dense")
+            raise RuntimeError(
+                f"{type(self).__name__}: call update() and refresh() before solve/matvec/to_dense"
+            )
         return self._frozen
 
     # ---- per-family hooks (same arguments in every family) ----------------------------------
     @abstractmethod
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> Any:
-        """This family's statistics of ``loss``'s batch (batch means, so they average and all-reduce)."""
+        """This family's statistics of ``loss``'s batch (batch means, so they average and
+        all-reduce).
+        """
 
     def _check_statistics(self, statistics: Any) -> None:
-        """Refuse statistics that do not fit this model (default: not a :class:`CurvatureStatistics`).
+        """Refuse statistics that do not fit this model (default: not a
+        :class:`CurvatureStatistics`).
 
         Raises:
             ValueError: statistics of another type.
         """
-        require(isinstance(statistics, CurvatureStatistics), "statistics", type(statistics).__name__,
-                f"CurvatureStatistics (from {type(self).__name__}.capture)")
+        require(
+            isinstance(statistics, CurvatureStatistics),
+            "statistics",
+            type(statistics).__name__,
+            f"CurvatureStatistics (from {type(self).__name__}.capture)",
+        )
 
     def _fold(self, averages: Any, statistics: Any, decay: float) -> Any:
-        """The new averages (default: a copy of the first batch, then the in-place moving average)."""
+        """The new averages (default: a copy of the first batch, then the in-place moving
+        average).
+        """
         if averages is None:
             return statistics.clone()  # owned: later updates work in place
         averages.fold_(statistics, decay)
@@ -233,7 +275,9 @@ class CurvatureRepresentation(ABC):
         """Whatever :meth:`_solve` needs for this ``tikhonov`` (cached until refresh)."""
 
     @abstractmethod
-    def _solve(self, vectors: list[Tensor], frozen: Any, tikhonov: float, shifted: Any) -> list[Tensor]:
+    def _solve(
+        self, vectors: list[Tensor], frozen: Any, tikhonov: float, shifted: Any
+    ) -> list[Tensor]:
         """Apply ``M(tikhonov)^{-1}``."""
 
     @abstractmethod

@@ -1,4 +1,5 @@
-r"""Kronecker-factored curvature: the factors, their factored Tikhonov form, and block-diagonal K-FAC.
+r"""Kronecker-factored curvature: the factors, their factored Tikhonov form, and block-diagonal
+K-FAC.
 
 Martens & Grosse 2015, sections 3, 4.2, 5 and 6.3 (Grosse & Martens 2016, KFC, for convolutions).
 Notation of :mod:`natgrad.curvature`; per Kronecker layer ``i`` (:mod:`natgrad.curvature.layout`)
@@ -32,11 +33,12 @@ Both give the same matrix ``M(gamma^2) = (A + pi gamma I) (x) (B + gamma/pi I)``
 stores the shifted inverses in bfloat16 and multiplies in bfloat16 (float32 accumulation inside the
 product, result cast back to the gradient's dtype). The two products per layer are the solve's
 whole cost, ``sum_i d_out d_in (d_out + d_in)`` multiply-adds, and on CPUs with AVX512-BF16 they
-run faster in bfloat16 (timings: ``benchmarks/results/step_cost-threads1.md``); the price is a relative
-error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa), which the
-quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
+run faster in bfloat16 (timings: ``benchmarks/results/step_cost-threads1.md``); the price is a
+relative error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa), which
+the quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
 moving averages and the inverses' Cholesky factorisation stay in float32/float64.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -92,7 +94,8 @@ def _spd_inverse(matrix: Tensor) -> Tensor:
 
 
 class KroneckerFactored(CurvatureRepresentation):
-    """What block-diagonal and block-tridiagonal K-FAC share: statistics, shifted factors, other parameters.
+    """What block-diagonal and block-tridiagonal K-FAC share: statistics, shifted factors, other
+    parameters.
 
     Args:
         model: the module whose trainable parameters are the coordinates.
@@ -106,37 +109,55 @@ class KroneckerFactored(CurvatureRepresentation):
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> CurvatureStatistics:
         return self._statistics_and_records(loss, generator)[0]
 
-    def _statistics_and_records(self, loss: Loss, generator: torch.Generator | None
-                                ) -> tuple[CurvatureStatistics, CapturedBatch]:
-        """``(A_i, B_i)`` per layer and the other parameters' diagonal, with the records they came from."""
+    def _statistics_and_records(
+        self, loss: Loss, generator: torch.Generator | None
+    ) -> tuple[CurvatureStatistics, CapturedBatch]:
+        """``(A_i, B_i)`` per layer and the other parameters' diagonal, with the records they came
+        from.
+        """
         batch = capture(self.layout, loss, self.config.kind, self.config.estimator, generator)
-        layers = tuple(LayerStatistics(input_factor(r, batch.batch_size), output_factor(r, batch.batch_size))
-                       for r in batch.layers)
+        layers = tuple(
+            LayerStatistics(input_factor(r, batch.batch_size), output_factor(r, batch.batch_size))
+            for r in batch.layers
+        )
         return CurvatureStatistics(layers, batch.other_diagonal), batch
 
     def _check_statistics(self, statistics: Any) -> None:
         super()._check_statistics(statistics)
         layers = len(self.layout.layers)
-        require(len(statistics.layers) == layers, "statistics", f"{len(statistics.layers)} layers",
-                f"{layers} layers, one per Kronecker layer of the model")
+        require(
+            len(statistics.layers) == layers,
+            "statistics",
+            f"{len(statistics.layers)} layers",
+            f"{layers} layers, one per Kronecker layer of the model",
+        )
 
-    def shifted_layer_factors(self, frozen: CurvatureStatistics, i: int, tikhonov: float) -> tuple[Tensor, Tensor]:
-        """``(A_i + pi gamma I, B_i + gamma/pi I)`` with ``gamma = sqrt(tikhonov)`` (section 6.3)."""
+    def shifted_layer_factors(
+        self, frozen: CurvatureStatistics, i: int, tikhonov: float
+    ) -> tuple[Tensor, Tensor]:
+        """``(A_i + pi gamma I, B_i + gamma/pi I)`` with ``gamma = sqrt(tikhonov)`` (section
+        6.3).
+        """
         layer = frozen.layers[i]
         a, b = layer.input_factor, layer.output_factor
         shift_a, shift_b = factored_shifts(a, b, tikhonov)
         return add_identity(a, shift_a), add_identity(b, shift_b)
 
-    def _other_solve(self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics,
-                     tikhonov: float) -> None:
+    def _other_solve(
+        self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics, tikhonov: float
+    ) -> None:
         for j in self.layout.other:
             out[j] = vectors[j] / (frozen.diagonal[j] + tikhonov)
 
-    def _other_matvec(self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics) -> None:
+    def _other_matvec(
+        self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics
+    ) -> None:
         for j in self.layout.other:
             out[j] = vectors[j] * frozen.diagonal[j]
 
-    def _other_dense(self, dense: Tensor, frozen: CurvatureStatistics, tikhonov: float | None) -> None:
+    def _other_dense(
+        self, dense: Tensor, frozen: CurvatureStatistics, tikhonov: float | None
+    ) -> None:
         idx = self.layout.other_indices()
         if idx.numel():
             diag = torch.cat([frozen.diagonal[j].reshape(-1) for j in self.layout.other])
@@ -144,7 +165,9 @@ class KroneckerFactored(CurvatureRepresentation):
 
     def _empty_dense(self, frozen: CurvatureStatistics) -> Tensor:
         ref = next(frozen.tensors())
-        return torch.zeros(self.layout.dimension, self.layout.dimension, dtype=ref.dtype, device=ref.device)
+        return torch.zeros(
+            self.layout.dimension, self.layout.dimension, dtype=ref.dtype, device=ref.device
+        )
 
 
 class BlockDiagonalKFAC(KroneckerFactored):
@@ -173,29 +196,45 @@ class BlockDiagonalKFAC(KroneckerFactored):
         super().__init__(model, config)
         self.inverse_method = parse_choice(InverseMethod, "inverse_method", inverse_method)
         self.solve_dtype = parse_choice(SolveDtype, "solve_dtype", solve_dtype)
-        require(self.solve_dtype is not SolveDtype.BFLOAT16 or self.inverse_method is InverseMethod.INVERSE,
-                "solve_dtype", self.solve_dtype.value, "'factors' unless inverse_method is 'inverse'")
+        require(
+            self.solve_dtype is not SolveDtype.BFLOAT16
+            or self.inverse_method is InverseMethod.INVERSE,
+            "solve_dtype",
+            self.solve_dtype.value,
+            "'factors' unless inverse_method is 'inverse'",
+        )
 
-    def _factorise(self, frozen: CurvatureStatistics) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
+    def _factorise(
+        self, frozen: CurvatureStatistics
+    ) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
         """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only)."""
         if self.inverse_method is not InverseMethod.EIGEN:
             return None
         # eigh in float64: float32 LAPACK fails to converge on MNIST's input factor (many repeated
         # zero eigenvalues from constant pixels); the results are cast back.
         return [
-            tuple(tuple(t.to(f.dtype) for t in torch.linalg.eigh(f.double())) for f in (layer.input_factor,
-                                                                                         layer.output_factor))
+            tuple(
+                tuple(t.to(f.dtype) for t in torch.linalg.eigh(f.double()))
+                for f in (layer.input_factor, layer.output_factor)
+            )
             for layer in frozen.layers
         ]
 
     def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list:
-        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen") or the shifted inverses ("inverse")."""
+        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen") or the shifted inverses
+        ("inverse").
+        """
         if self.inverse_method is InverseMethod.EIGEN:
-            return [factored_shifts(layer.input_factor, layer.output_factor, tikhonov) for layer in frozen.layers]
+            return [
+                factored_shifts(layer.input_factor, layer.output_factor, tikhonov)
+                for layer in frozen.layers
+            ]
         low = self.solve_dtype is SolveDtype.BFLOAT16
         return [
-            tuple(_spd_inverse(f).to(torch.bfloat16 if low else f.dtype)
-                  for f in self.shifted_layer_factors(frozen, i, tikhonov))
+            tuple(
+                _spd_inverse(f).to(torch.bfloat16 if low else f.dtype)
+                for f in self.shifted_layer_factors(frozen, i, tikhonov)
+            )
             for i in range(len(self.layout.layers))
         ]
 
@@ -208,7 +247,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
         rotated = q_b.T @ v @ q_a
         return q_b @ (rotated / torch.outer(d_b + shift_b, d_a + shift_a)) @ q_a.T
 
-    def _solve(self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float, shifted: list) -> list[Tensor]:
+    def _solve(
+        self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float, shifted: list
+    ) -> list[Tensor]:
         out = list(vectors)
         for i, layer in enumerate(self.layout.layers):
             u = self._solve_layer(self.layout.layer_matrix(vectors, layer), i, shifted)
@@ -219,7 +260,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
     def _matvec(self, vectors: list[Tensor], frozen: CurvatureStatistics) -> list[Tensor]:
         out = list(vectors)
         for layer, stats in zip(self.layout.layers, frozen.layers):
-            product = stats.output_factor @ self.layout.layer_matrix(vectors, layer) @ stats.input_factor
+            product = (
+                stats.output_factor @ self.layout.layer_matrix(vectors, layer) @ stats.input_factor
+            )
             self.layout.scatter_layer_matrix(product, layer, out)
         self._other_matvec(vectors, out, frozen)
         return out

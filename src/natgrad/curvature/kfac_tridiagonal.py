@@ -14,7 +14,8 @@ block-tridiagonal: the covariance of a chain-structured Gaussian (directed, edge
 * ``Sigma_i = F_ii - Psi_i F_{i+1,i+1} Psi_i^T = A_i (x) B_i - C_i (x) D_i`` with
   ``C_i = A_{i,i+1} A_{i+1}^{-1} A_{i,i+1}^T``, ``D_i = B_{i,i+1} B_{i+1}^{-1} B_{i,i+1}^T``
   (``C = D = 0`` for the last; the paper's names, local to this module),
-* ``F_hat^{-1} = Xi^T Lambda Xi``, ``Lambda = blockdiag(Sigma_i^{-1})``, ``Xi = I - Psi`` above the diagonal.
+* ``F_hat^{-1} = Xi^T Lambda Xi``, ``Lambda = blockdiag(Sigma_i^{-1})``, ``Xi = I - Psi`` above the
+  diagonal.
 
 Efficient solve, all in matrix form (``Psi_i V = PsiB_i V PsiA_i^T``):
 ``U_i = V_i - Psi_i V_{i+1}``; ``W_i = Sigma_i^{-1} U_i``; ``Z_i = W_i - Psi_{i-1}^T W_{i-1}``.
@@ -31,6 +32,7 @@ layer makes ``g_i`` a linear function of ``g_{i+1}`` and both inputs carry the b
 and :meth:`to_dense` (``F_hat = Xi^{-1} blockdiag(Sigma_i) Xi^{-T}`` from dense Kronecker
 products, independent of the efficient algorithm) only invert ``A_{i+1}, B_{i+1}``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -47,12 +49,16 @@ from natgrad.validation import require
 
 
 def input_cross_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``A_{i,i+1} = (1/N) sum_n a_bar_{i,n} a_bar_{i+1,n}^T`` between consecutive one-location layers."""
+    """``A_{i,i+1} = (1/N) sum_n a_bar_{i,n} a_bar_{i+1,n}^T`` between consecutive one-location
+    layers.
+    """
     return lower.inputs.flatten(0, 1).T @ upper.inputs.flatten(0, 1) / batch_size
 
 
 def output_cross_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``B_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location layers."""
+    """``B_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location
+    layers.
+    """
     return lower.output_grads.flatten(0, 2).T @ upper.output_grads.flatten(0, 2) / batch_size
 
 
@@ -72,7 +78,9 @@ class _ChainBlock:
 
 
 def simultaneous_diagonalisation(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """``(K, s)`` with ``K^T a K = I`` and ``K^T c K = diag(s)`` for symmetric PD ``a``, symmetric ``c``."""
+    """``(K, s)`` with ``K^T a K = I`` and ``K^T c K = diag(s)`` for symmetric PD ``a``, symmetric
+    ``c``.
+    """
     chol = torch.linalg.cholesky(a)
     half = torch.linalg.solve_triangular(chol, c, upper=False)
     whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)
@@ -94,9 +102,13 @@ class TridiagonalKFAC(KroneckerFactored):
 
     def __init__(self, model: nn.Module, config: CurvatureConfig | None = None) -> None:
         super().__init__(model, config)
-        convs = [layer.name for layer in self.layout.layers if not isinstance(layer.module, nn.Linear)]
+        convs = [
+            layer.name for layer in self.layout.layers if not isinstance(layer.module, nn.Linear)
+        ]
         if convs:
-            raise ValueError(f"TridiagonalKFAC supports nn.Linear layers only; got non-Linear layers {convs}")
+            raise ValueError(
+                f"TridiagonalKFAC supports nn.Linear layers only; got non-Linear layers {convs}"
+            )
 
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> CurvatureStatistics:
         """The block-diagonal factors plus the cross factors of consecutive layers.
@@ -107,24 +119,36 @@ class TridiagonalKFAC(KroneckerFactored):
         statistics, records = self._statistics_and_records(loss, generator)
         layers = list(statistics.layers)
         for i, (lower, upper) in enumerate(zip(records.layers[:-1], records.layers[1:])):
-            require(lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1, "locations per example",
-                    (lower.inputs.shape[1], upper.inputs.shape[1]),
-                    f"1: TridiagonalKFAC needs (N, d) inputs at every layer (layer {self.layout.layers[i].name!r} "
-                    "or its successor has more; a VAE on the importance-weighted bound decodes k samples per "
-                    "example: use block-diagonal K-FAC)")
-            layers[i] = layers[i].with_cross(input_cross_factor(lower, upper, records.batch_size),
-                                             output_cross_factor(lower, upper, records.batch_size))
+            require(
+                lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1,
+                "locations per example",
+                (lower.inputs.shape[1], upper.inputs.shape[1]),
+                "1: TridiagonalKFAC needs (N, d) inputs at every layer (layer "
+                f"{self.layout.layers[i].name!r} "
+                "or its successor has more; a VAE on the importance-weighted bound decodes k "
+                "samples per "
+                "example: use block-diagonal K-FAC)",
+            )
+            layers[i] = layers[i].with_cross(
+                input_cross_factor(lower, upper, records.batch_size),
+                output_cross_factor(lower, upper, records.batch_size),
+            )
         return CurvatureStatistics(tuple(layers), statistics.diagonal)
 
     def _chain(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_ChainBlock]:
-        """Shifted factors, ``Psi`` and ``C, D`` per layer (``k_a, k_b, denominator`` left empty)."""
+        """Shifted factors, ``Psi`` and ``C, D`` per layer (``k_a, k_b, denominator`` left
+        empty).
+        """
         n = len(self.layout.layers)
         shifted = [self.shifted_layer_factors(frozen, i, tikhonov) for i in range(n)]
         blocks = []
         for i, (a, b) in enumerate(shifted):
             if i + 1 < n:
                 a_next, b_next = shifted[i + 1]
-                input_cross, output_cross = frozen.layers[i].input_cross, frozen.layers[i].output_cross
+                input_cross, output_cross = (
+                    frozen.layers[i].input_cross,
+                    frozen.layers[i].output_cross,
+                )
                 psi_a = torch.linalg.solve(a_next, input_cross.T).T
                 psi_b = torch.linalg.solve(b_next, output_cross.T).T
                 c, d = psi_a @ input_cross.T, psi_b @ output_cross.T
@@ -142,13 +166,26 @@ class TridiagonalKFAC(KroneckerFactored):
             blocks.append(replace(block, k_a=k_a, k_b=k_b, denominator=1.0 - torch.outer(s_b, s_a)))
         return blocks
 
-    def _solve(self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float,
-               shifted: list[_ChainBlock]) -> list[Tensor]:
+    def _solve(
+        self,
+        vectors: list[Tensor],
+        frozen: CurvatureStatistics,
+        tikhonov: float,
+        shifted: list[_ChainBlock],
+    ) -> list[Tensor]:
         layers = self.layout.layers
         v = [self.layout.layer_matrix(vectors, layer) for layer in layers]
-        u = [vi if c.psi_b is None else vi - c.psi_b @ v[i + 1] @ c.psi_a.T for i, (vi, c) in enumerate(zip(v, shifted))]
-        w = [c.k_b @ ((c.k_b.T @ ui @ c.k_a) / c.denominator) @ c.k_a.T for ui, c in zip(u, shifted)]
-        z = [w[0]] + [w[i] - shifted[i - 1].psi_b.T @ w[i - 1] @ shifted[i - 1].psi_a for i in range(1, len(w))]
+        u = [
+            vi if c.psi_b is None else vi - c.psi_b @ v[i + 1] @ c.psi_a.T
+            for i, (vi, c) in enumerate(zip(v, shifted))
+        ]
+        w = [
+            c.k_b @ ((c.k_b.T @ ui @ c.k_a) / c.denominator) @ c.k_a.T for ui, c in zip(u, shifted)
+        ]
+        z = [w[0]] + [
+            w[i] - shifted[i - 1].psi_b.T @ w[i - 1] @ shifted[i - 1].psi_a
+            for i in range(1, len(w))
+        ]
         out = list(vectors)
         for layer, zi in zip(layers, z):
             self.layout.scatter_layer_matrix(zi, layer, out)
@@ -156,7 +193,9 @@ class TridiagonalKFAC(KroneckerFactored):
         return out
 
     def _matvec(self, vectors: list[Tensor], frozen: CurvatureStatistics) -> list[Tensor]:
-        """``F_hat v = Xi^{-1} Sigma Xi^{-T} v`` (unshifted; needs invertible ``A_i, B_i`` for ``i >= 1``)."""
+        """``F_hat v = Xi^{-1} Sigma Xi^{-T} v`` (unshifted; needs invertible ``A_i, B_i`` for ``i
+        >= 1``).
+        """
         blocks = self._chain(frozen, 0.0)
         layers = self.layout.layers
         v = [self.layout.layer_matrix(vectors, layer) for layer in layers]

@@ -34,6 +34,7 @@ so training- and evaluation-mode outputs are both preserved and ``d`` is left un
 Departures: PCA whitening (the paper's ``U``); the replication used ZCA ``E (D + eps)^{-1/2} E^T``,
 which differs by a rotation of ``V``. Statistics use the biased (``1/N_s``) covariance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -49,8 +50,9 @@ from torch.nn import functional as F
 class ChangeOfBasis:
     r"""The linear part of one re-estimation: ``dV -> dV A``, ``dd -> dd + dV s``.
 
-    ``A = U_{old} U_{new}^{-1}`` (``(d_in, d_in)``), ``s = U_{old} (c_{new} - c_{old})`` (``(d_in,)``),
-    or ``None`` for a batch-normalised layer, whose constant shift is absorbed by the normalisation.
+    ``A = U_{old} U_{new}^{-1}`` (``(d_in, d_in)``), ``s = U_{old} (c_{new} - c_{old})``
+    (``(d_in,)``), or ``None`` for a batch-normalised layer, whose constant shift is absorbed by the
+    normalisation.
     """
 
     basis: Tensor
@@ -63,7 +65,8 @@ class ChangeOfBasis:
 
 
 def whitening_statistics(inputs: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-    r"""``(c, U, U^{-1})`` from samples ``(N_s, d)``: mean, ``(D + eps)^{-1/2} E^T`` and ``E (D + eps)^{1/2}``.
+    r"""``(c, U, U^{-1})`` from samples ``(N_s, d)``: mean, ``(D + eps)^{-1/2} E^T`` and ``E (D +
+    eps)^{1/2}``.
 
     Computed in float64 (a few times per thousand steps) and returned in the inputs' dtype.
 
@@ -95,11 +98,17 @@ class WhitenedLinear(nn.Module):
     """
 
     def __init__(
-        self, linear: nn.Linear, batch_norm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5
+        self,
+        linear: nn.Linear,
+        batch_norm: bool = False,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if linear.bias is None:
-            raise ValueError("WhitenedLinear needs an nn.Linear with a bias (d absorbs the centring)")
+            raise ValueError(
+                "WhitenedLinear needs an nn.Linear with a bias (d absorbs the centring)"
+            )
         d_out, d_in = linear.weight.shape
         factory = {"dtype": linear.weight.dtype, "device": linear.weight.device}
         self.weight = nn.Parameter(linear.weight.detach().clone())
@@ -116,13 +125,16 @@ class WhitenedLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """``d_in``, the width of ``V``'s input."""
         return int(self.weight.shape[1])
 
     @property
     def out_features(self) -> int:
+        """``d_out``, the width of the output."""
         return int(self.weight.shape[0])
 
     def forward(self, h: Tensor) -> Tensor:
+        """``V U (h - c) + d`` (PRONG), or ``gain * BN(V U (h - c)) + d`` (PRONG+)."""
         white = F.linear(h - self.centre, self.whitening)  # U (h - c): (N, d_in)
         if not self.batch_norm:
             return F.linear(white, self.weight, self.bias)
@@ -130,7 +142,8 @@ class WhitenedLinear(nn.Module):
 
     def _normalise(self, s: Tensor) -> Tensor:
         if self.training:
-            rows = s.reshape(-1, s.shape[-1])  # (N, d_out), or (N k, d_out) for k samples per example
+            # (N, d_out), or (N k, d_out) for k samples per example
+            rows = s.reshape(-1, s.shape[-1])
             mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
             with torch.no_grad():
                 n = rows.shape[0]
@@ -142,13 +155,16 @@ class WhitenedLinear(nn.Module):
         return (s - mean) / torch.sqrt(var + self.bn_eps)
 
     def canonical(self) -> tuple[Tensor, Tensor]:
-        """``(W, b) = (V U, d - V U c)``, the ordinary linear layer this one represents (without BN)."""
+        """``(W, b) = (V U, d - V U c)``, the ordinary linear layer this one represents (without
+        BN).
+        """
         weight = self.weight.detach() @ self.whitening
         return weight, self.bias.detach() - weight @ self.centre
 
     @torch.no_grad()
     def reparametrise(self, inputs: Tensor, epsilon: float) -> ChangeOfBasis:
-        """Re-estimate ``(U, c)`` on ``inputs`` ``(N_s, d_in)`` and update ``(V, d)`` to keep the function.
+        """Re-estimate ``(U, c)`` on ``inputs`` ``(N_s, d_in)`` and update ``(V, d)`` to keep the
+        function.
 
         Returns the :class:`ChangeOfBasis` applied, for the optimizer's momentum buffers.
         """
@@ -169,11 +185,16 @@ class WhitenedLinear(nn.Module):
         return change
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, batch_norm={self.batch_norm}"
+        """The sizes and whether the layer is batch-normalised."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"batch_norm={self.batch_norm}"
+        )
 
 
 def whiten(model: nn.Module, batch_norm: bool = False) -> list[WhitenedLinear]:
-    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`WhitenedLinear` with ``U = I, c = 0``.
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`WhitenedLinear` with ``U =
+    I, c = 0``.
 
     The function is unchanged for PRONG. For PRONG+ (``batch_norm``) the hidden layers - a Linear
     followed by another module in its ``nn.Sequential`` (the nonlinearity) - are batch-normalised;
@@ -203,11 +224,14 @@ def capture_layer_inputs(layers: Sequence[WhitenedLinear]) -> Iterator[list[list
 
     def hook_for(store: list[Tensor]) -> Callable:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store.append(args[0].detach().reshape(-1, args[0].shape[-1]))  # one row per example (and sample)
+            # one row per example (and sample)
+            store.append(args[0].detach().reshape(-1, args[0].shape[-1]))
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(hook_for(store)) for layer, store in zip(layers, records)]
+    handles = [
+        layer.register_forward_pre_hook(hook_for(store)) for layer, store in zip(layers, records)
+    ]
     try:
         yield records
     finally:
@@ -220,5 +244,7 @@ def reparametrise_all(
 ) -> list[ChangeOfBasis]:
     """One PRONG re-estimation of every layer from its captured ``inputs`` (Alg. 1, bottom-up)."""
     if len(inputs) != len(layers):
-        raise ValueError(f"got inputs for {len(inputs)} layers, the model has {len(layers)} whitened layers")
+        raise ValueError(
+            f"got inputs for {len(inputs)} layers, the model has {len(layers)} whitened layers"
+        )
     return [layer.reparametrise(x, epsilon) for layer, x in zip(layers, inputs)]

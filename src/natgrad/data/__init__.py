@@ -1,7 +1,9 @@
-"""Datasets of the natural-gradient benchmarks: MNIST (original), CURVES and FACES (original or regenerated).
+"""Datasets of the natural-gradient benchmarks: MNIST (original), CURVES and FACES (original or
+regenerated).
 
 See docs/data.md for the search path, the checks, and every choice made when regenerating.
 """
+
 from natgrad.data.datasets import (
     DATASET_NAMES,
     Dataset,

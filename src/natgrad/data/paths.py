@@ -5,6 +5,7 @@ Order (first hit wins): ``--data-dir``, then ``$NATGRAD_DATA``, then ``<repo roo
 written to the first *writable* directory among ``--data-dir``, ``$NATGRAD_DATA`` and
 ``~/.cache/natgrad``; the shared directory is read-only input and is never written to.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,9 @@ ENV_VAR = "NATGRAD_DATA"
 
 
 def repo_root() -> Path | None:
-    """The checkout holding natgrad's pyproject.toml, walking up from this file (None if installed)."""
+    """The checkout holding natgrad's pyproject.toml, walking up from this file (None if
+    installed).
+    """
     for parent in Path(__file__).resolve().parents:
         pyproject = parent / "pyproject.toml"
         if pyproject.is_file() and 'name = "natgrad"' in pyproject.read_text(errors="replace"):
@@ -62,8 +65,10 @@ def require_data_dir(data_dir: str | Path | None) -> None:
         DataError: naming the directory.
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"data directory {data_dir} (--data-dir or data.data_dir) does not exist or is not a "
-                        "directory; fix the path or omit it to use the search path")
+        raise DataError(
+            f"data directory {data_dir} (--data-dir or data.data_dir) does not exist or is not a "
+            "directory; fix the path or omit it to use the search path"
+        )
 
 
 def find_file(candidates: Iterable[str], search_path: list[Path]) -> Path | None:
@@ -97,4 +102,6 @@ def writable_data_dir(data_dir: str | Path | None = None) -> Path:
         if _is_writable(directory):
             return directory
     tried = ", ".join(str(path) for path in candidates)
-    raise DataError(f"no writable data directory; tried {tried}. Pass --data-dir or set ${ENV_VAR}.")
+    raise DataError(
+        f"no writable data directory; tried {tried}. Pass --data-dir or set ${ENV_VAR}."
+    )

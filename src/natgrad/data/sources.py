@@ -8,6 +8,7 @@
 * ``olivettifaces.mat`` (S. Roweis): ``faces``, 4096 x 400 uint8, columns in Fortran order.
 * ``att_faces/s<p>/<i>.pgm`` (ORL, 92x112 P5): fallback source, a fixed face crop resized to 64x64.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,9 @@ def load_mat(path: Path, variables: tuple[str, ...]) -> dict[str, np.ndarray]:
     try:
         content = scipy.io.loadmat(str(path), variable_names=list(variables))
     except NotImplementedError as exc:
-        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with save -v7") from exc
+        raise DataError(
+            f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with save -v7"
+        ) from exc
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a readable MATLAB file ({exc})") from exc
     missing = [name for name in variables if name not in content]
@@ -60,12 +63,16 @@ def read_curves_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     test = _check_pixels(content["bdatatest"], path, "bdatatest", 784)
     for name, array in (("bdata", train), ("bdatatest", test)):
         if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise DataError(f"{path}: '{name}' has values in [{array.min()}, {array.max()}], expected [0, 1]")
+            raise DataError(
+                f"{path}: '{name}' has values in [{array.min()}, {array.max()}], expected [0, 1]"
+            )
     return train, test
 
 
 def read_faces_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """FACES with Martens' split: train = first 25/40 of the images, test = last 10/40, float32 (N, 625)."""
+    """FACES with Martens' split: train = first 25/40 of the images, test = last 10/40, float32 (N,
+    625).
+    """
     data = load_mat(path, ("newfaces_single",))["newfaces_single"]
     if data.ndim == 2 and data.shape[0] == 625 and data.shape[1] != 625:
         data = data.T
@@ -77,7 +84,9 @@ def read_faces_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_olivetti_mat(path: Path) -> np.ndarray:
-    """The 400 Olivetti faces as uint8 (400, 64, 64), upright, ordered s1 image 1 ... s40 image 10."""
+    """The 400 Olivetti faces as uint8 (400, 64, 64), upright, ordered s1 image 1 ... s40 image
+    10.
+    """
     faces = load_mat(path, ("faces",))["faces"]
     if faces.shape != (4096, _PEOPLE * _PER_PERSON):
         raise DataError(f"{path}: variable 'faces' has shape {faces.shape}, expected (4096, 400)")
@@ -105,7 +114,8 @@ def read_att_faces(directory: Path) -> np.ndarray:
 
     An approximation of Roweis' 64x64 crops: rows 36..105 and columns 12..81 of each 112x92 image
     (the fixed square that best correlates with olivettifaces.mat: mean per-image correlation about
-    0.52, against 0.30 for mismatched pairs; his crops are not one fixed window), resized bilinearly.
+    0.52, against 0.30 for mismatched pairs; his crops are not one fixed window), resized
+    bilinearly.
     """
     top, left, side = _ATT_CROP
     images = []

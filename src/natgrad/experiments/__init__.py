@@ -1,4 +1,7 @@
-"""Experiments: typed run configs, the training runner (logs, checkpoints, resume), metrics, comparisons."""
+"""Experiments: typed run configs, the training runner (logs, checkpoints, resume), metrics,
+comparisons.
+"""
+
 from natgrad.experiments.config import (
     BudgetConfig,
     ConfigError,

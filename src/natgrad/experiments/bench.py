@@ -11,25 +11,26 @@ ends first, both recorded), the same seeds and the same data. Layout::
     models = ["autoencoder"]              # and/or "vae"
     optimizers = ["sgd", "adam", "kfac"]  # labels, in table order (default: every [optimizer.*])
 
-    [run]                                 # base RunConfig of every cell (same keys as `natgrad train`)
-    threads = 1
+    [run]                                 # base RunConfig of every cell (same keys as `natgrad
+    train`) threads = 1
     [run.budget]
     steps = 200
     seconds = 60.0
 
-    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run] likewise)
-    train_size = 5000
+    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run]
+    likewise) train_size = 5000
     [dataset.faces.optimizer.sgd]         # merged over [optimizer.sgd] for one dataset
     lr = [1e-4, 1e-3]
 
-    [target]                              # optional target train error per problem ("<dataset>-<model>")
-    mnist-autoencoder = 20.0
+    [target]                              # optional target train error per problem
+    ("<dataset>-<model>") mnist-autoencoder = 20.0
 
-    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the label
-    lr = [0.01, 0.03]                     # a list is a grid: one variant per value ("sgd-lr0.01", ...)
-    batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size);
-    batch_schedule = "exponential"        # batch_schedule and batch_full_at likewise
-    model = {activation = "sigmoid"}      # optional: merged over [run.model] (architecture variants)
+    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the
+    label lr = [0.01, 0.03]                     # a list is a grid: one variant per value
+    ("sgd-lr0.01", ...) batch_size = 500                      # optional: this label's mini-batch
+    size (overrides run.batch_size); batch_schedule = "exponential"        # batch_schedule and
+    batch_full_at likewise model = {activation = "sigmoid"}      # optional: merged over [run.model]
+    (architecture variants)
 
 A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
 and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
@@ -40,6 +41,7 @@ so a grid is resumable as a whole; the checkpoint of a finished cell is deleted 
 A cell on disk whose config differs from the bench file's is refused, naming the fields (``force``
 reruns it).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +58,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from natgrad.experiments.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, atomic_write_text
+from natgrad.experiments.checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    atomic_write_text,
+)
 from natgrad.experiments.compare import run_config
 from natgrad.experiments.config import (
     MODEL_KINDS,
@@ -78,11 +84,34 @@ logger = logging.getLogger(__name__)
 
 CELLS_DIR = "cells"
 RUNS_DIR = "runs"
-#: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient methods).
-TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejected", "cg_iterations", "line_search_rate")
+#: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient
+#: methods).
+TRACE_FIELDS = (
+    "loss",
+    "lr",
+    "damping",
+    "gamma",
+    "alpha",
+    "mu",
+    "rho",
+    "rejected",
+    "cg_iterations",
+    "line_search_rate",
+)
 
-_BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
-               "target", "optimizer"}
+_BENCH_KEYS = {
+    "title",
+    "out_dir",
+    "seeds",
+    "datasets",
+    "models",
+    "optimizers",
+    "run",
+    "dataset",
+    "model",
+    "target",
+    "optimizer",
+}
 _SCOPE_KEYS = {"run", "optimizer"}
 
 
@@ -93,7 +122,8 @@ class Cell:
     Attributes:
         problem: ``"<dataset>-<model>"``, e.g. ``"mnist-autoencoder"``.
         label: the optimizer entry of the bench file (the family), e.g. ``"adam"``.
-        variant: the label with its grid point, e.g. ``"adam-lr0.001"`` (the label itself without a grid).
+        variant: the label with its grid point, e.g. ``"adam-lr0.001"`` (the label itself without a
+            grid).
         seed: the run's seed.
         config: the resolved run config (its ``out_dir`` is the cell's run directory).
         target: the problem's target train error, None when the bench file gives none.
@@ -110,6 +140,7 @@ class Cell:
 
     @property
     def key(self) -> str:
+        """The cell's ``problem/variant/seed`` key."""
         return f"{self.problem}/{self.variant}/seed-{self.seed}"
 
 
@@ -125,19 +156,24 @@ class Bench:
     cells: list[Cell]
 
     def cell_path(self, cell: Cell) -> Path:
+        """Where the cell's record is written."""
         return self.out_dir / CELLS_DIR / cell.problem / cell.variant / f"seed-{cell.seed}.json"
 
 
 @dataclass
 class BenchOutcome:
-    """Cells run now, cells skipped because finished before, and whether the grid was interrupted."""
+    """Cells run now, cells skipped because finished before, and whether the grid was
+    interrupted.
+    """
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
 
 
-def _string_list(values: Mapping[str, Any], key: str, default: Sequence[str], where: str) -> list[str]:
+def _string_list(
+    values: Mapping[str, Any], key: str, default: Sequence[str], where: str
+) -> list[str]:
     items = values.get(key, list(default))
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         raise ConfigError(f"{key} = {items!r} in {where} must be a non-empty list of strings")
@@ -145,17 +181,23 @@ def _string_list(values: Mapping[str, Any], key: str, default: Sequence[str], wh
 
 
 def format_grid_value(value: Any) -> str:
-    """A grid value as it appears in a variant name: ``0.001`` -> ``"0.001"``, ``3e-05`` -> ``"3e-05"``."""
+    """A grid value as it appears in a variant name: ``0.001`` -> ``"0.001"``, ``3e-05`` ->
+    ``"3e-05"``.
+    """
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _variants(label: str, entry: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def _variants(
+    label: str, entry: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(variant name, grid point, optimizer values) of one label; a list-valued ``lr`` is a grid."""
     lr = entry.get("lr")
     if not isinstance(lr, list):
         return [(label, {}, dict(entry))]
     if not lr:
-        raise ConfigError(f"optimizer.{label}.lr is an empty list; give one learning rate or a non-empty grid")
+        raise ConfigError(
+            f"optimizer.{label}.lr is an empty list; give one learning rate or a non-empty grid"
+        )
     return [(f"{label}-lr{format_grid_value(v)}", {"lr": v}, {**entry, "lr": v}) for v in lr]
 
 
@@ -165,11 +207,20 @@ def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
     return scope
 
 
-def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: list[str], seeds: list[int],
-                   out_dir: Path, overrides: Sequence[str]) -> list[Cell]:
+def _problem_cells(
+    values: Mapping[str, Any],
+    dataset: str,
+    model: str,
+    labels: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    overrides: Sequence[str],
+) -> list[Cell]:
     problem = f"{dataset}-{model}"
     data_scope, model_scope = _scope(values, "dataset", dataset), _scope(values, "model", model)
-    base = merge_tables(values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}})
+    base = merge_tables(
+        values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}}
+    )
     base = merge_tables(merge_tables(base, data_scope.get("run", {})), model_scope.get("run", {}))
     target = values.get("target", {}).get(problem)
     if target is not None and not isinstance(target, (int, float)):
@@ -177,20 +228,42 @@ def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: 
     cells = []
     for label in labels:
         entry = merge_tables({"name": label}, values.get("optimizer", {}).get(label, {}))
-        entry = merge_tables(merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
-                       model_scope.get("optimizer", {}).get(label, {}))
+        entry = merge_tables(
+            merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
+            model_scope.get("optimizer", {}).get(label, {}),
+        )
         entry, run_keys = split_label_entry(entry)
         for variant, grid, optimizer in _variants(label, entry):
             for seed in seeds:
-                run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,
-                                    "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}")})
+                run = merge_tables(
+                    base,
+                    {
+                        **run_keys,
+                        "optimizer": optimizer,
+                        "seed": seed,
+                        "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}"),
+                    },
+                )
                 config = RunConfig.from_dict(apply_overrides(run, overrides))
-                cells.append(Cell(problem, label, variant, seed, config, None if target is None else float(target), grid))
+                cells.append(
+                    Cell(
+                        problem,
+                        label,
+                        variant,
+                        seed,
+                        config,
+                        None if target is None else float(target),
+                        grid,
+                    )
+                )
     return cells
 
 
-def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None) -> Bench:
-    """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run config.
+def load_bench(
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None
+) -> Bench:
+    """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run
+    config.
 
     Raises:
         ConfigError: an unknown key, an unknown dataset/model/label, or an invalid run config
@@ -200,7 +273,11 @@ def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | P
     where = str(path)
     check_keys(values, _BENCH_KEYS, where)
     seeds = values.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")
     datasets = _string_list(values, "datasets", ["mnist"], where)
     models = _string_list(values, "models", ["autoencoder"], where)
@@ -217,13 +294,21 @@ def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | P
     problems = [f"{d}-{m}" for d in datasets for m in models]
     stray_targets = sorted(set(values.get("target", {})) - set(problems))
     if stray_targets:
-        raise ConfigError(f"target.{stray_targets[0]} names no problem of this grid; problems: {', '.join(problems)}")
-    cells = [c for d in datasets for m in models
-             for c in _problem_cells(values, d, m, labels, seeds, out, overrides)]
+        raise ConfigError(
+            f"target.{stray_targets[0]} names no problem of this grid; problems: "
+            f"{', '.join(problems)}"
+        )
+    cells = [
+        c
+        for d in datasets
+        for m in models
+        for c in _problem_cells(values, d, m, labels, seeds, out, overrides)
+    ]
     return Bench(str(values.get("title", Path(path).stem)), out, seeds, labels, problems, cells)
 
 
 # -- machine and cell records ---------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
@@ -236,7 +321,9 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Where a cell ran: CPU model, cores (and those the run was pinned to), torch's threads, versions."""
+    """Where a cell ran: CPU model, cores (and those the run was pinned to), torch's threads,
+    versions.
+    """
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -249,9 +336,12 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     }
 
 
-def first_reach(steps: Sequence[int], times: Sequence[float], errors: Sequence[float],
-                target: float) -> tuple[float | None, int | None]:
-    """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if never."""
+def first_reach(
+    steps: Sequence[int], times: Sequence[float], errors: Sequence[float], target: float
+) -> tuple[float | None, int | None]:
+    """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if
+    never.
+    """
     for step, time, error in zip(steps, times, errors):
         if error <= target:
             return float(time), int(step)
@@ -262,15 +352,17 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+def cell_record(
+    cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] = (0, 1)
+) -> dict[str, Any]:
     """The JSON of a finished cell, from its run directory's log.
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
     ``config`` (resolved), ``machine`` (with the cores it was pinned to), ``shard`` ``[I, N]`` (the
-    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps`` and
-    ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps), ``metric``
-    (the headline metric's name), ``curve`` (every evaluation: step, training seconds, wall seconds,
-    metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps``
+    and ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps),
+    ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training seconds,
+    wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
     """
@@ -278,21 +370,43 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
     evals = [r for r in records if r["kind"] == "eval"]
     steps = [r for r in records if r["kind"] == "step"]
     metric = HEADLINE_METRICS[cell.config.model.kind]
-    curve = [{"step": r["step"], "time": r["time"], "wall": r["wall"], "metrics": r["metrics"]} for r in evals]
-    trace: dict[str, list] = {"step": [r["step"] for r in steps], "time": [r["time"] for r in steps]}
+    curve = [
+        {"step": r["step"], "time": r["time"], "wall": r["wall"], "metrics": r["metrics"]}
+        for r in evals
+    ]
+    trace: dict[str, list] = {
+        "step": [r["step"] for r in steps],
+        "time": [r["time"] for r in steps],
+    }
     for name in TRACE_FIELDS:
-        column = [r.get(name) if name in ("loss", "lr") else (r.get("record") or {}).get(name) for r in steps]
+        column = [
+            r.get(name) if name in ("loss", "lr") else (r.get("record") or {}).get(name)
+            for r in steps
+        ]
         if any(v is not None for v in column):
             trace[name] = column
     record: dict[str, Any] = {
-        "problem": cell.problem, "dataset": cell.config.data.dataset, "model": cell.config.model.kind,
-        "label": cell.label, "variant": cell.variant, "seed": cell.seed, "grid": cell.grid, "status": status,
-        "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads), "shard": list(shard),
+        "problem": cell.problem,
+        "dataset": cell.config.data.dataset,
+        "model": cell.config.model.kind,
+        "label": cell.label,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "grid": cell.grid,
+        "status": status,
+        "config": cell.config.to_dict(),
+        "machine": machine_info(cell.config.threads),
+        "shard": list(shard),
         "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
-        "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "steps": steps[-1]["step"] if steps else 0,
+        "train_time": steps[-1]["time"] if steps else 0.0,
         "seconds_per_step": steps[-1]["time"] / steps[-1]["step"] if steps else None,
-        "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
-        "time_to_target": None, "steps_to_target": None,
+        "metric": metric,
+        "curve": curve,
+        "trace": trace,
+        "target": cell.target,
+        "time_to_target": None,
+        "steps_to_target": None,
     }
     for split in ("train", "test"):
         values = [e["metrics"].get(f"{split}.{metric}", float("nan")) for e in evals]
@@ -302,21 +416,27 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
     if cell.target is not None:
         errors = [e["metrics"].get(f"train.{metric}", float("inf")) for e in evals]
         record["time_to_target"], record["steps_to_target"] = first_reach(
-            [e["step"] for e in evals], [e["time"] for e in evals], errors, cell.target)
+            [e["step"] for e in evals], [e["time"] for e in evals], errors, cell.target
+        )
     return record
 
 
 # -- running the grid -----------------------------------------------------------------------------
 
+
 def run_cell(bench: Bench, cell: Cell, force: bool = False, shard: tuple[int, int] = (0, 1)) -> str:
-    """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's status."""
+    """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's
+    status.
+    """
     status = run_config(cell.config, show_progress=False, force=force)
     if status == "interrupted":
         return status
     run_dir = Path(cell.config.out_dir)
     path = bench.cell_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir, shard), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        path, json.dumps(cell_record(cell, status, run_dir, shard), indent=1, sort_keys=True) + "\n"
+    )
     for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
         (run_dir / name).unlink(missing_ok=True)
     return status
@@ -342,7 +462,8 @@ def _cell_is_done(bench: Bench, cell: Cell, force: bool) -> bool:
     """Whether the cell's JSON exists with the cell's config.
 
     Raises:
-        RunExistsError: the JSON was made with another config and ``force`` is false (names the fields).
+        RunExistsError: the JSON was made with another config and ``force`` is false (names the
+            fields).
         ConfigError: the JSON is unreadable (names the file).
     """
     path = bench.cell_path(cell)
@@ -351,16 +472,21 @@ def _cell_is_done(bench: Bench, cell: Cell, force: bool) -> bool:
     try:
         saved = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is not a valid cell record ({error}); delete it to rerun the cell") from None
+        raise ConfigError(
+            f"{path} is not a valid cell record ({error}); delete it to rerun the cell"
+        ) from None
     differences = config_differences(saved.to_dict(), cell.config.to_dict())
     if differences and not force:
-        raise RunExistsError(f"{path} was made with a different config ({'; '.join(differences)}); "
-                             "pass --force to rerun the cell, or choose another output directory")
+        raise RunExistsError(
+            f"{path} was made with a different config ({'; '.join(differences)}); "
+            "pass --force to rerun the cell, or choose another output directory"
+        )
     return not differences
 
 
-def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1),
-              force: bool = False) -> BenchOutcome:
+def run_bench(
+    bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1), force: bool = False
+) -> BenchOutcome:
     """Run every unfinished cell of ``bench`` in order (a progress bar over cells on stderr).
 
     A cell whose JSON exists with the same config is skipped (another config is refused, or rerun
@@ -371,8 +497,14 @@ def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] =
     """
     outcome = BenchOutcome()
     index, count = shard
-    bar = tqdm(bench.cells[index::count], desc=bench.title, unit="cell", file=sys.stderr, disable=not show_progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        bench.cells[index::count],
+        desc=bench.title,
+        unit="cell",
+        file=sys.stderr,
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
     for cell in bar:
         bar.set_postfix_str(cell.key, refresh=True)
         if _cell_is_done(bench, cell, force):

@@ -4,6 +4,7 @@ A checkpoint stores the log's byte length at the time it was written; resuming t
 that length, so lines written after the checkpoint by a killed process are dropped and rewritten by
 the resumed run (the log of a resumed run equals that of an uninterrupted one, timings aside).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,26 @@ class RunLogError(ValueError):
 
 
 class RunLog:
-    """Append-only JSONL writer at ``path``; ``truncate_to`` cuts it back to a checkpointed length."""
+    """Append-only JSONL writer at ``path``; ``truncate_to`` cuts it back to a checkpointed
+    length.
+    """
 
     def __init__(self, path: str | Path, truncate_to: int | None = None) -> None:
         """Open the log for appending, first cut back to ``truncate_to`` bytes when given.
 
         Raises:
-            RunLogError: the log holds fewer than ``truncate_to`` bytes (missing, truncated or replaced).
+            RunLogError: the log holds fewer than ``truncate_to`` bytes (missing, truncated or
+                replaced).
         """
         self.path = Path(path)
         if truncate_to is not None:
             size = self.path.stat().st_size if self.path.is_file() else None
             if truncate_to > (size or 0):
                 found = "is missing" if size is None else f"holds {size} bytes"
-                raise RunLogError(f"{self.path} {found}, but the checkpoint recorded {truncate_to} bytes of log; "
-                                  "restore the log or start the run again")
+                raise RunLogError(
+                    f"{self.path} {found}, but the checkpoint recorded {truncate_to} bytes of log; "
+                    "restore the log or start the run again"
+                )
             with self.path.open("a+b") as handle:
                 handle.truncate(truncate_to)
         self._handle = self.path.open("a", encoding="utf-8")
@@ -50,11 +56,14 @@ class RunLog:
         return self.path.stat().st_size
 
     def close(self) -> None:
+        """Close the file."""
         self._handle.close()
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSONL log (a directory means its ``log.jsonl``); a torn last line is ignored."""
+    """All records of a JSONL log (a directory means its ``log.jsonl``); a torn last line is
+    ignored.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / LOG_NAME

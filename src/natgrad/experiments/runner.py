@@ -11,8 +11,8 @@ A run directory holds
 * ``checkpoint.pt`` - written atomically (with a checksum, the previous one kept as
   ``checkpoint.prev.pt``; see :mod:`natgrad.experiments.checkpoint`) every ``checkpoint_every``
   steps, at the end, and on SIGINT/SIGTERM: model and optimizer ``state_dict``, the data-order
-  sampler, the VAE-noise generator, the dynamic-binarisation generator, torch's global RNG, the step, the training time, the log length
-  and the resolved config;
+  sampler, the VAE-noise generator, the dynamic-binarisation generator, torch's global RNG, the
+  step, the training time, the log length and the resolved config;
 * ``result.json`` - written when the run ends (status ``completed``, ``diverged`` with the
   ``reason``, or ``interrupted``), with the final metrics and the step they were evaluated at.
 
@@ -23,6 +23,7 @@ evaluation uses its own generator seeded from (seed, step). A run killed before 
 checkpoint resumes from step 0. Everything is checked (config against checkpoint, checksum, log
 length) before anything in the directory is changed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from natgrad.data.cache import remove_stale_temporaries
 from natgrad.experiments.batches import BatchSampler
 from natgrad.experiments.binarize import DynamicBinarizer, binarize_once
-from natgrad.data.cache import remove_stale_temporaries
 from natgrad.experiments.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
@@ -75,12 +76,16 @@ class RunExistsError(FileExistsError):
 
 
 class RunStoppedError(RuntimeError):
-    """The run could not write its directory (disk full, read-only...); it resumes from its last checkpoint."""
+    """The run could not write its directory (disk full, read-only...); it resumes from its last
+    checkpoint.
+    """
 
 
 @dataclass
 class RunResult:
-    """How a run ended; ``metrics`` were evaluated at step ``eval_step``, ``reason`` says why it diverged."""
+    """How a run ended; ``metrics`` were evaluated at step ``eval_step``, ``reason`` says why it
+    diverged.
+    """
 
     run_dir: Path
     status: str  # 'completed' | 'diverged' | 'interrupted'
@@ -92,7 +97,9 @@ class RunResult:
 
 
 def derive_seed(seed: int, purpose: str, *extra: int) -> int:
-    """An independent 63-bit seed for one ``purpose`` (model init, data order, noise, evaluation)."""
+    """An independent 63-bit seed for one ``purpose`` (model init, data order, noise,
+    evaluation).
+    """
     digest = hashlib.sha256(f"{seed}/{purpose}/{'/'.join(map(str, extra))}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -111,12 +118,19 @@ def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) 
     else:
         problem = config.problem or data.problem
         if problem not in ARCHITECTURES:
-            raise ConfigError(f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no paper "
-                              f"architecture; set model.sizes or model.problem ({', '.join(sorted(ARCHITECTURES))})")
+            raise ConfigError(
+                f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no "
+                "paper "
+                "architecture; set model.sizes or model.problem "
+                f"({', '.join(sorted(ARCHITECTURES))})"
+            )
         sizes = list(ARCHITECTURES[problem])
     if sizes[0] != data.train.shape[1]:
-        raise ConfigError(f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset {data.name!r}; "
-                          "fix model.sizes or model.problem")
+        raise ConfigError(
+            f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset "
+            f"{data.name!r}; "
+            "fix model.sizes or model.problem"
+        )
     autoencoder = config.kind == "autoencoder"
     init = config.init or ("sparse" if autoencoder else "default")
     activation = config.activation or ("sigmoid" if autoencoder else "tanh")
@@ -151,16 +165,26 @@ class Trainer:
         self.show_progress = show_progress
         torch.manual_seed(derive_seed(config.seed, "global"))
         self.data = load_run_data(config.data)
-        self.model = build_model(config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init")))
+        self.model = build_model(
+            config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init"))
+        )
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        self.sampler = BatchSampler(self.data.train.shape[0], config.batch_size, derive_seed(config.seed, "data-order"),
-                                    config.batch_schedule, config.batch_full_at)
+        self.sampler = BatchSampler(
+            self.data.train.shape[0],
+            config.batch_size,
+            derive_seed(config.seed, "data-order"),
+            config.batch_schedule,
+            config.batch_full_at,
+        )
         self.noise = torch.Generator().manual_seed(derive_seed(config.seed, "noise"))
         self.objective = config.model.training_objective()
         dynamic = config.data.binarize == "dynamic"
         self.binarizer = DynamicBinarizer(derive_seed(config.seed, "binarize")) if dynamic else None
-        self.evaluation_sets = ((binarize_once(self.data.train), binarize_once(self.data.test)) if dynamic
-                                else (self.data.train, self.data.test))
+        self.evaluation_sets = (
+            (binarize_once(self.data.train), binarize_once(self.data.test))
+            if dynamic
+            else (self.data.train, self.data.test)
+        )
         self.step = 0
         self.train_time = 0.0
         self.wall_offset = 0.0
@@ -171,6 +195,7 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self, log_position: int) -> dict[str, Any]:
+        """Everything an exact resume needs (module docstring), at log length ``log_position``."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -190,6 +215,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -206,6 +232,7 @@ class Trainer:
         self.rejected_in_a_row = int(state["rejected_in_a_row"])
 
     def wall(self) -> float:
+        """Seconds since the run (or its resume) started, evaluation included."""
         return self.wall_offset + time.perf_counter() - self._wall_start
 
     # -- one step and one evaluation ---------------------------------------------------------
@@ -242,46 +269,67 @@ class Trainer:
             "step": self.step,
             "loss": float(first[0].value.detach()),
             # natural-gradient steps choose their own size (the record's alpha): no group lr then
-            "lr": record.get("learning_rate", group.get("lr")) if record is not None else group.get("lr"),
+            "lr": record.get("learning_rate", group.get("lr"))
+            if record is not None
+            else group.get("lr"),
             "record": dict(record) if record is not None else None,
         }
 
     def evaluate(self, final: bool) -> dict[str, float]:
         """Metrics on the full train and test sets (binarised once under dynamic binarisation); the
-        IWAE bounds only when ``final`` unless asked."""
+        IWAE bounds only when ``final`` unless asked.
+        """
         ev = self.config.eval
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "eval", self.step))
         bounds = final or ev.iwae_every_eval
         train, test = self.evaluation_sets
-        self.metrics = evaluate(self.model, train, test, ev.chunk_size, ev.iwae_samples if bounds else 0,
-                                ev.iwae_examples, generator, (ev.bound_samples or []) if bounds else ())
+        self.metrics = evaluate(
+            self.model,
+            train,
+            test,
+            ev.chunk_size,
+            ev.iwae_samples if bounds else 0,
+            ev.iwae_examples,
+            generator,
+            (ev.bound_samples or []) if bounds else (),
+        )
         self.last_eval_step = self.step
         self.last_eval_time = self.train_time
         return self.metrics
 
     def evaluation_due(self) -> bool:
-        """Every ``eval.every`` steps, or when the training time crossed a multiple of ``eval.every_seconds``."""
+        """Every ``eval.every`` steps, or when the training time crossed a multiple of
+        ``eval.every_seconds``.
+        """
         ev = self.config.eval
         if self.step % ev.every == 0:
             return True
-        return ev.every_seconds is not None and (self.train_time // ev.every_seconds
-                                                 > self.last_eval_time // ev.every_seconds)
+        return ev.every_seconds is not None and (
+            self.train_time // ev.every_seconds > self.last_eval_time // ev.every_seconds
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     def budget_left(self) -> bool:
+        """Whether the step or time budget allows another step."""
         budget = self.config.budget
         if budget.steps is not None and self.step >= budget.steps:
             return False
         return budget.seconds is None or self.train_time < budget.seconds
 
     def divergence(self, record: dict[str, Any]) -> str | None:
-        """Why the run must stop after the step of ``record``, or None. A non-finite loss alone is not
-        a reason (an optimizer may reject that step and keep finite parameters)."""
+        """Why the run must stop after the step of ``record``, or None. A non-finite loss alone is
+        not a reason (an optimizer may reject that step and keep finite parameters).
+        """
         rejected = bool((record.get("record") or {}).get("rejected"))
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
         if self.rejected_in_a_row >= self.config.max_rejected_steps:
-            return f"the optimizer rejected {self.rejected_in_a_row} steps in a row (max_rejected_steps)"
-        finite = math.isfinite(record["loss"]) or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            return (
+                f"the optimizer rejected {self.rejected_in_a_row} steps in a row "
+                "(max_rejected_steps)"
+            )
+        finite = math.isfinite(record["loss"]) or all(
+            bool(torch.isfinite(p).all()) for p in self.model.parameters()
+        )
         if not finite:
             return f"non-finite parameters after step {self.step}"
         return None
@@ -296,7 +344,8 @@ class Trainer:
         """Train to the budget, a signal or divergence; write ``result.json``.
 
         Raises:
-            RunStoppedError: a file of the run directory could not be written (names it and the cause).
+            RunStoppedError: a file of the run directory could not be written (names it and the
+                cause).
         """
         threads = torch.get_num_threads()
         if self.config.threads is not None:
@@ -306,17 +355,24 @@ class Trainer:
         except OSError as error:
             where = error.filename or self.run_dir
             raise RunStoppedError(
-                f"cannot write {where}: {error.strerror or error}; the run stopped at step {self.step}. "
+                f"cannot write {where}: {error.strerror or error}; the run stopped at step "
+                f"{self.step}. "
                 f"Fix the cause (e.g. free disk space), then resume from its last checkpoint with "
-                f"`natgrad train --resume {self.run_dir}`") from error
+                f"`natgrad train --resume {self.run_dir}`"
+            ) from error
         finally:
             torch.set_num_threads(threads)
 
     def _run(self, log: RunLog) -> RunResult:
         self._wall_start = time.perf_counter()
         metric_key = f"train.{HEADLINE_METRICS[self.config.model.kind]}"
-        progress = make_progress(self.config.budget.steps, self.step, f"{self.config.optimizer.name}",
-                                 metric_key) if self.show_progress else None
+        progress = (
+            make_progress(
+                self.config.budget.steps, self.step, f"{self.config.optimizer.name}", metric_key
+            )
+            if self.show_progress
+            else None
+        )
         status, reason = "completed", None
         with _stop_on_signals() as received:
             if self.last_eval_step < 0:
@@ -349,15 +405,30 @@ class Trainer:
             progress.close()
         if reason is not None:
             logger.warning("%s: diverged (%s)", self.run_dir, reason)
-        result = RunResult(self.run_dir, status, self.step, self.train_time, dict(self.metrics), self.last_eval_step,
-                           reason)
+        result = RunResult(
+            self.run_dir,
+            status,
+            self.step,
+            self.train_time,
+            dict(self.metrics),
+            self.last_eval_step,
+            reason,
+        )
         _write_result(result)
         return result
 
     def _log_eval(self, log: RunLog, progress, final: bool) -> None:
         start = time.perf_counter()
         metrics = self.evaluate(final)
-        log.write({"kind": "eval", "step": self.step, "time": self.train_time, "wall": self.wall(), "metrics": metrics})
+        log.write(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "time": self.train_time,
+                "wall": self.wall(),
+                "metrics": metrics,
+            }
+        )
         if progress is not None:
             elapsed = self.train_time
             progress.evaluated(self.step, metrics, self.step / elapsed if elapsed > 0 else 0.0)
@@ -365,9 +436,17 @@ class Trainer:
 
 
 def _write_result(result: RunResult) -> None:
-    payload = {"status": result.status, "step": result.step, "train_time": result.train_time,
-               "metrics": result.metrics, "eval_step": result.eval_step, "reason": result.reason}
-    atomic_write_text(result.run_dir / RESULT_NAME, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    payload = {
+        "status": result.status,
+        "step": result.step,
+        "train_time": result.train_time,
+        "metrics": result.metrics,
+        "eval_step": result.eval_step,
+        "reason": result.reason,
+    }
+    atomic_write_text(
+        result.run_dir / RESULT_NAME, json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -379,27 +458,38 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); restore it or delete the run directory") from None
+        raise ConfigError(
+            f"{path} is not valid JSON ({error}); restore it or delete the run directory"
+        ) from None
 
 
 def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
-    """Why ``train`` refuses ``run_dir``, naming the differing fields when its config.json is readable."""
+    """Why ``train`` refuses ``run_dir``, naming the differing fields when its config.json is
+    readable.
+    """
     present = ", ".join(name for name in RUN_FILES if (run_dir / name).exists())
     message = f"{run_dir} already holds a run ({present})"
     if (run_dir / CONFIG_NAME).is_file():
         try:
-            differences = config_differences(load_run_dir_config(run_dir).to_dict(), config.to_dict())
+            differences = config_differences(
+                load_run_dir_config(run_dir).to_dict(), config.to_dict()
+            )
         except ConfigError as error:
             differences = [str(error)]
         if differences:
             message += f" with a different config ({'; '.join(differences)})"
-    return message + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to replace it"
+    return (
+        message
+        + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to "
+        "replace it"
+    )
 
 
 def train(config: RunConfig, show_progress: bool = True, force: bool = False) -> RunResult:
     """Start a new run in ``config.out_dir`` and train it to its budget (or until SIGINT/SIGTERM).
 
-    ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are replaced.
+    ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are
+    replaced.
 
     Raises:
         RunExistsError: ``out_dir`` already holds (part of) a run and ``force`` is false.
@@ -414,7 +504,9 @@ def train(config: RunConfig, show_progress: bool = True, force: bool = False) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)
     trainer = Trainer(config, run_dir, show_progress)
-    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
     (run_dir / LOG_NAME).write_text("")
     return _run_to_end(trainer, RunLog(run_dir / LOG_NAME))
 
@@ -431,7 +523,8 @@ def load_run_dir_config(run_dir: str | Path) -> RunConfig:
 
     Raises:
         FileNotFoundError: there is no config.json.
-        ConfigError: config.json is not valid JSON or not a valid config (the message names the file).
+        ConfigError: config.json is not valid JSON or not a valid config (the message names the
+            file).
     """
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
@@ -444,7 +537,8 @@ def load_run_dir_config(run_dir: str | Path) -> RunConfig:
 
 def _finished_result(run_dir: Path) -> RunResult | None:
     """The saved result of a completed or diverged run; None otherwise (an unreadable result.json is
-    ignored with a warning: the checkpoint, not result.json, decides how to resume)."""
+    ignored with a warning: the checkpoint, not result.json, decides how to resume).
+    """
     path = run_dir / RESULT_NAME
     if not path.is_file():
         return None
@@ -452,10 +546,19 @@ def _finished_result(run_dir: Path) -> RunResult | None:
         saved = _read_json(path)
         if saved["status"] not in ("completed", "diverged"):
             return None
-        return RunResult(run_dir, saved["status"], saved["step"], saved["train_time"], saved["metrics"],
-                         saved.get("eval_step", saved["step"]), saved.get("reason"))
+        return RunResult(
+            run_dir,
+            saved["status"],
+            saved["step"],
+            saved["train_time"],
+            saved["metrics"],
+            saved.get("eval_step", saved["step"]),
+            saved.get("reason"),
+        )
     except (ConfigError, KeyError, TypeError) as error:
-        logger.warning("%s is damaged (%s); ignoring it and resuming from the checkpoint", path, error)
+        logger.warning(
+            "%s is damaged (%s); ignoring it and resuming from the checkpoint", path, error
+        )
         return None
 
 
@@ -469,13 +572,17 @@ def _restore(trainer: Trainer, run_dir: Path) -> int:
         CheckpointError: the checkpoint is damaged or does not fit the model and optimizer.
     """
     if not has_checkpoint(run_dir):
-        logger.info("%s has no checkpoint (stopped before the first one): starting from step 0", run_dir)
+        logger.info(
+            "%s has no checkpoint (stopped before the first one): starting from step 0", run_dir
+        )
         return 0
     state = load_checkpoint(run_dir)
     differences = config_differences(state["config"], trainer.config.to_dict())
     if differences:
-        raise ConfigError(f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
-                          f"{'; '.join(differences)}; restore those values or start a new run")
+        raise ConfigError(
+            f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
+            f"{'; '.join(differences)}; restore those values or start a new run"
+        )
     try:
         trainer.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as error:
@@ -494,7 +601,8 @@ def resume(run_dir: str | Path, show_progress: bool = True) -> RunResult:
         FileNotFoundError: ``run_dir`` has no config.
         ConfigError: config.json is invalid or differs from the checkpoint's config.
         CheckpointError: the checkpoint is damaged.
-        natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint recorded.
+        natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint
+            recorded.
     """
     run_dir = Path(run_dir)
     config = load_run_dir_config(run_dir)

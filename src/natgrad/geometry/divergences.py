@@ -6,8 +6,8 @@ Notation: ``P = p_eta`` is the reference distribution, ``Q = p_{eta + delta}`` t
 .. math::  M(\eta) = \nabla^2_\delta D(p_\eta \,\|\, p_{\eta+\delta}) \big|_{\delta=0},
 
 so that ``D = 1/2 delta^T M delta + O(|delta|^3)``. For an f-divergence
-``D_f(P||Q) = E_Q[f(dP/dQ)]`` with ``f(1) = 0`` and ``f`` twice differentiable at 1, ``M = f''(1) F``
-with ``F`` the Fisher (Amari & Nagaoka 2000, Thm 3.2 / Csiszar). Wasserstein-2 and MMD are not
+``D_f(P||Q) = E_Q[f(dP/dQ)]`` with ``f(1) = 0`` and ``f`` twice differentiable at 1, ``M = f''(1)
+F`` with ``F`` the Fisher (Amari & Nagaoka 2000, Thm 3.2 / Csiszar). Wasserstein-2 and MMD are not
 f-divergences and give different metrics; total variation has ``f(t) = |t - 1|/2``, not
 differentiable at 1, so it has no quadratic local behaviour at all.
 
@@ -23,6 +23,7 @@ Closed forms are used everywhere except the Gaussian Jensen-Shannon divergence, 
 Gauss-Hermite quadrature (``quadrature_nodes`` nodes under each of P and Q; stated on the class).
 The Gaussian TV distance is closed form through the crossing points of the two densities.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,9 @@ class Divergence(ABC):
     name: str
 
     def between(self, p: object, q: object) -> Tensor:
-        """``D(p || q)`` per example (first dimension), summed over the other dimensions: shape (N,)."""
+        """``D(p || q)`` per example (first dimension), summed over the other dimensions: shape
+        (N,).
+        """
         values = self.elementwise(coordinates_of(p), coordinates_of(q))
         return values.reshape(values.shape[0], -1).sum(1)
 
@@ -96,7 +99,9 @@ class Divergence(ABC):
     def _gaussian_metric(self, p: GaussianCoordinates) -> tuple[Tensor, ...]: ...
 
     def _categorical_metric(self, p: Categorical) -> tuple[Tensor, ...]:
-        raise NoLocalMetricError(f"{type(self).__name__} has no local metric for Categorical outputs in natgrad")
+        raise NoLocalMetricError(
+            f"{type(self).__name__} has no local metric for Categorical outputs in natgrad"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -125,7 +130,12 @@ class FDivergence(Divergence):
 
 def _gaussian_kl(p: GaussianCoordinates, q: GaussianCoordinates) -> Tensor:
     """``KL(N(m1, s1^2) || N(m2, s2^2)) = 1/2 [v2 - v1 + (s1^2 + (m1 - m2)^2) / s2^2 - 1]``."""
-    return 0.5 * (q.log_var - p.log_var + (torch.exp(p.log_var) + (p.mean - q.mean) ** 2) * torch.exp(-q.log_var) - 1.0)
+    return 0.5 * (
+        q.log_var
+        - p.log_var
+        + (torch.exp(p.log_var) + (p.mean - q.mean) ** 2) * torch.exp(-q.log_var)
+        - 1.0
+    )
 
 
 def _bernoulli_kl(p: BernoulliCoordinates, q: BernoulliCoordinates) -> Tensor:
@@ -157,7 +167,9 @@ def _log_affinity(p: Coordinates, q: Coordinates, a: float) -> Tensor:
 
 
 def _gaussian_log_density(x: Tensor, c: GaussianCoordinates) -> Tensor:
-    """``log N(x; m, e^v)`` with the coordinate axes broadcast against a trailing node axis of ``x``."""
+    """``log N(x; m, e^v)`` with the coordinate axes broadcast against a trailing node axis of
+    ``x``.
+    """
     mean, log_var = c.mean.unsqueeze(-1), c.log_var.unsqueeze(-1)
     return -0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + _LOG_2PI)
 
@@ -208,7 +220,8 @@ class Jeffreys(FDivergence):
 class SquaredHellinger(FDivergence):
     r"""``H^2 = 1/2 \int (\sqrt p - \sqrt q)^2 = 1 - \int \sqrt{pq}`` in [0, 1]; ``f''(1) = 1/4``.
 
-    Gaussian: ``\int \sqrt{pq} = \sqrt{2 s1 s2 / (s1^2 + s2^2)} exp(-(m1 - m2)^2 / (4 (s1^2 + s2^2)))``.
+    Gaussian: ``\int \sqrt{pq} = \sqrt{2 s1 s2 / (s1^2 + s2^2)} exp(-(m1 - m2)^2 / (4 (s1^2 +
+    s2^2)))``.
     """
 
     name = "hellinger"
@@ -248,7 +261,10 @@ class JensenShannon(FDivergence):
 
     def _bernoulli(self, p, q):
         (lp1, lp0), (lq1, lq0) = p.log_probs, q.log_probs
-        lm1, lm0 = torch.logaddexp(lp1, lq1) - math.log(2.0), torch.logaddexp(lp0, lq0) - math.log(2.0)
+        lm1, lm0 = (
+            torch.logaddexp(lp1, lq1) - math.log(2.0),
+            torch.logaddexp(lp0, lq0) - math.log(2.0),
+        )
         kl_pm = torch.exp(lp1) * (lp1 - lm1) + torch.exp(lp0) * (lp0 - lm0)
         kl_qm = torch.exp(lq1) * (lq1 - lm1) + torch.exp(lq0) * (lq0 - lm0)
         return 0.5 * (kl_pm + kl_qm)
@@ -266,7 +282,8 @@ class JensenShannon(FDivergence):
 
 
 class Alpha(FDivergence):
-    r"""Amari's alpha-divergence ``4/(1-alpha^2) (1 - \int p^{(1-alpha)/2} q^{(1+alpha)/2})``; ``f''(1) = 1``.
+    r"""Amari's alpha-divergence ``4/(1-alpha^2) (1 - \int p^{(1-alpha)/2} q^{(1+alpha)/2})``;
+    ``f''(1) = 1``.
 
     ``alpha -> -1`` gives ``KL(P||Q)``, ``alpha -> 1`` gives ``KL(Q||P)`` (use :class:`KL` /
     :class:`ReverseKL` there), ``alpha = 0`` gives ``4 H^2`` (Amari & Nagaoka 2000, section 3.6).
@@ -277,7 +294,10 @@ class Alpha(FDivergence):
 
     def __init__(self, alpha: float = 0.5) -> None:
         if not -1.0 < alpha < 1.0:
-            raise ValueError(f"Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), got {alpha}")
+            raise ValueError(
+                "Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), "
+                f"got {alpha}"
+            )
         self.alpha = float(alpha)
 
     def __repr__(self) -> str:
@@ -295,7 +315,8 @@ class Alpha(FDivergence):
 
 
 class ChiSquared(FDivergence):
-    r"""Pearson ``chi^2(P||Q) = \int (p - q)^2 / q = \int p^2/q - 1``; ``f(t) = (t-1)^2``, ``f''(1) = 2``.
+    r"""Pearson ``chi^2(P||Q) = \int (p - q)^2 / q = \int p^2/q - 1``; ``f(t) = (t-1)^2``, ``f''(1)
+    = 2``.
 
     Gaussian: closed form through the affinity at ``a = 2``; ``+inf`` when ``2 s2^2 <= s1^2``.
     """
@@ -332,7 +353,11 @@ class TotalVariation(Divergence):
         root = -0.5 * (b + sign * torch.sqrt((b**2 - 4 * a * c).clamp_min(0.0)))
         identical = root == 0
         safe_root = torch.where(identical, torch.ones_like(root), root)
-        x1 = torch.where(a == 0, torch.full_like(a, math.inf), safe_root / torch.where(a == 0, torch.ones_like(a), a))
+        x1 = torch.where(
+            a == 0,
+            torch.full_like(a, math.inf),
+            safe_root / torch.where(a == 0, torch.ones_like(a), a),
+        )
         x2 = c / safe_root
         lo, hi = torch.minimum(x1, x2), torch.maximum(x1, x2)
         normal = torch.distributions.Normal
@@ -342,7 +367,8 @@ class TotalVariation(Divergence):
 
     def _bernoulli_metric(self, p):
         raise NoLocalMetricError(
-            "total variation has no local metric: TV(p, p+delta) grows like |delta| (f(t) = |t-1|/2 is "
+            "total variation has no local metric: TV(p, p+delta) grows like |delta| (f(t) = "
+            "|t-1|/2 is "
             "not differentiable at t = 1), so there is no Hessian at delta = 0"
         )
 
@@ -350,7 +376,8 @@ class TotalVariation(Divergence):
 
 
 class Wasserstein2(Divergence):
-    r"""The squared 2-Wasserstein distance ``W_2^2`` (squared so that it is smooth at ``delta = 0``).
+    r"""The squared 2-Wasserstein distance ``W_2^2`` (squared so that it is smooth at ``delta =
+    0``).
 
     Gaussian: ``(m1 - m2)^2 + (s1 - s2)^2``, local metric ``diag(2, s^2/2)`` in ``(m, log s^2)``
     (``ds/dv = s/2``). Bernoulli on ``{0, 1}``: the only coupling cost is ``|0 - 1|^2 = 1``, so
@@ -367,7 +394,8 @@ class Wasserstein2(Divergence):
 
     def _bernoulli_metric(self, p):
         raise NoLocalMetricError(
-            "Wasserstein-2 has no local metric for Bernoulli outputs: on {0, 1} W2^2(p, q) = |p - q| "
+            "Wasserstein-2 has no local metric for Bernoulli outputs: on {0, 1} W2^2(p, q) = |p - "
+            "q| "
             "(total variation), which grows like |delta|, so there is no Hessian at delta = 0"
         )
 
@@ -382,8 +410,8 @@ class MMD(Divergence):
     r"""Squared maximum mean discrepancy with the kernel ``k(x, y) = exp(-(x - y)^2 / (2 h^2))``.
 
     ``MMD^2 = E k(X, X') + E k(Y, Y') - 2 E k(X, Y)`` per coordinate, ``h = bandwidth``.
-    Gaussian: ``E k(X, Y) = h / sqrt(tau) exp(-(m1 - m2)^2 / (2 tau))``, ``tau = h^2 + s1^2 + s2^2``;
-    metric ``2 h tau0^{-3/2}`` on the mean and ``3/2 h s^4 tau0^{-5/2}`` on ``log s^2``,
+    Gaussian: ``E k(X, Y) = h / sqrt(tau) exp(-(m1 - m2)^2 / (2 tau))``, ``tau = h^2 + s1^2 +
+    s2^2``; metric ``2 h tau0^{-3/2}`` on the mean and ``3/2 h s^4 tau0^{-5/2}`` on ``log s^2``,
     ``tau0 = h^2 + 2 s^2`` (derivation in docs/geometry.md). Bernoulli:
     ``MMD^2 = 2 (1 - kappa) (p - q)^2``, ``kappa = k(0, 1)``, metric ``4 (1 - kappa) (p(1-p))^2``.
     """
@@ -403,14 +431,18 @@ class MMD(Divergence):
         return -math.expm1(-0.5 / self.bandwidth**2)
 
     def _bernoulli(self, p, q):
-        return 2.0 * self._one_minus_kappa * (torch.sigmoid(p.logits) - torch.sigmoid(q.logits)) ** 2
+        return (
+            2.0 * self._one_minus_kappa * (torch.sigmoid(p.logits) - torch.sigmoid(q.logits)) ** 2
+        )
 
     def _gaussian(self, p, q):
         h2 = self.bandwidth**2
         var1, var2 = torch.exp(p.log_var), torch.exp(q.log_var)
         tau = h2 + var1 + var2
         cross = torch.exp(-((p.mean - q.mean) ** 2) / (2.0 * tau)) / torch.sqrt(tau)
-        return self.bandwidth * (torch.rsqrt(h2 + 2 * var1) + torch.rsqrt(h2 + 2 * var2) - 2.0 * cross)
+        return self.bandwidth * (
+            torch.rsqrt(h2 + 2 * var1) + torch.rsqrt(h2 + 2 * var2) - 2.0 * cross
+        )
 
     def _bernoulli_metric(self, p):
         prob = torch.sigmoid(p.logits)
@@ -428,7 +460,18 @@ class MMD(Divergence):
 #: Every divergence by name, with its default settings.
 DIVERGENCES: dict[str, type[Divergence]] = {
     cls.name: cls
-    for cls in (KL, ReverseKL, Jeffreys, SquaredHellinger, JensenShannon, Alpha, ChiSquared, TotalVariation, Wasserstein2, MMD)
+    for cls in (
+        KL,
+        ReverseKL,
+        Jeffreys,
+        SquaredHellinger,
+        JensenShannon,
+        Alpha,
+        ChiSquared,
+        TotalVariation,
+        Wasserstein2,
+        MMD,
+    )
 }
 
 

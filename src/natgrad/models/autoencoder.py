@@ -1,4 +1,7 @@
-"""Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse (2015)."""
+"""Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse
+(2015).
+"""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,8 +13,10 @@ from torch import Tensor, nn
 from natgrad.distributions import Bernoulli, Gaussian, GaussianLearnedVariance, OutputDistribution
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
+from natgrad.validation import require
 
-#: Encoder sizes of the three benchmark problems (the decoder mirrors them); the code layer is linear.
+#: Encoder sizes of the three benchmark problems (the decoder mirrors them); the code layer is
+#: linear.
 ARCHITECTURES: dict[str, tuple[int, ...]] = {
     "mnist": (784, 1000, 500, 250, 30),
     "curves": (784, 400, 200, 100, 50, 25, 6),
@@ -24,8 +29,12 @@ LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned")
 
 
 def check_likelihood(name: str) -> str:
-    if name not in LIKELIHOOD_NAMES:
-        raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
+    """``name`` if it is one of :data:`LIKELIHOOD_NAMES`.
+
+    Raises:
+        ValueError: an unknown likelihood (the message lists the known ones).
+    """
+    require(name in LIKELIHOOD_NAMES, "likelihood", name, ", ".join(LIKELIHOOD_NAMES))
     return name
 
 
@@ -86,7 +95,9 @@ class DeepAutoencoder(nn.Module):
         self.sizes = tuple(int(s) for s in sizes)
         self.likelihood_name = check_likelihood(likelihood)
         self.encoder = mlp(self.sizes, activation, final_activation=False)
-        self.decoder = mlp(decoder_sizes(self.sizes, likelihood), activation, final_activation=False)
+        self.decoder = mlp(
+            decoder_sizes(self.sizes, likelihood), activation, final_activation=False
+        )
         initialise_(self, init, generator)
 
     @classmethod
@@ -96,5 +107,8 @@ class DeepAutoencoder(nn.Module):
         return cls(sizes, **arguments)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
+        """The decoder's likelihood of ``x`` and the code."""
         code = self.encoder(x.flatten(1))
-        return AutoencoderOutput(likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code)
+        return AutoencoderOutput(
+            likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code
+        )

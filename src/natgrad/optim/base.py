@@ -30,6 +30,7 @@ so ``gamma`` stays at its start value too); ``gamma`` tied to ``sqrt(lambda + et
 The quadratic model always uses the *full* GGN of the objective, whatever curvature the
 representation estimates, so curvature choices are compared under the same step rule.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,8 @@ from natgrad.optim.natural import (
     QuadraticModelStep,
     combine_update,
     damped_gram,
-    gamma_candidates,
     dot,
+    gamma_candidates,
     levenberg_marquardt_update,
     precondition,
     quadratic_model_coefficients,
@@ -65,28 +66,32 @@ from natgrad.validation import is_integer, require
 _log = logging.getLogger(__name__)
 
 
-
 def check_loss(loss: Any, optimizer: str) -> Loss:
     """The closure's :class:`~natgrad.losses.Loss`, once it is one and has been back-propagated.
 
     Raises:
         TypeError: the closure returned something else (the message states the closure contract).
-        ValueError: no parameter has a nonzero gradient: the closure forgot ``loss.value.backward()``
-            (the step would silently be near zero).
+        ValueError: no parameter has a nonzero gradient: the closure forgot
+            ``loss.value.backward()`` (the step would silently be near zero).
     """
     if not isinstance(loss, Loss):
         raise TypeError(
-            f"{optimizer}.step(closure): the closure must zero the gradients, build a natgrad.losses.Loss "
-            f"(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got {type(loss).__name__}"
+            f"{optimizer}.step(closure): the closure must zero the gradients, build a "
+            "natgrad.losses.Loss "
+            "(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got "
+            f"{type(loss).__name__}"
         )
     if all(p.grad is None or not bool(p.grad.any()) for p in loss.parameters().values()):
-        raise ValueError(f"{optimizer}.step(closure): no parameter has a gradient; the closure must call "
-                         "loss.backward() before returning the Loss")
+        raise ValueError(
+            f"{optimizer}.step(closure): no parameter has a gradient; the closure must call "
+            "loss.backward() before returning the Loss"
+        )
     return loss
 
 
 def damping_fields(damping: Any) -> Any:
-    """A bare number means the initial damping: ``1.0`` is ``{"initial": 1.0}`` (other values unchanged).
+    """A bare number means the initial damping: ``1.0`` is ``{"initial": 1.0}`` (other values
+    unchanged).
 
     Every optimizer accepts the same forms for ``damping``: a number, a mapping of
     :class:`~natgrad.optim.config.DampingConfig` fields, or (shared step) a ``DampingConfig``.
@@ -102,8 +107,11 @@ def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> f
 
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
-    """``\\nabla h = \\nabla loss + eta theta`` from ``.grad`` (zeros where a parameter got none)."""
-    return [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach() for p in params]
+    """``nabla h = nabla loss + eta theta`` from ``.grad`` (zeros where a parameter has none)."""
+    return [
+        (torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach()
+        for p in params
+    ]
 
 
 class SingleParameterGroup(torch.optim.Optimizer):
@@ -129,12 +137,15 @@ class SingleParameterGroup(torch.optim.Optimizer):
             ValueError: a group exists already.
         """
         if self.param_groups:
-            raise ValueError(f"{type(self).__name__} supports one parameter group (its curvature couples all "
-                             "parameters); construct it on the whole model instead of calling add_param_group")
+            raise ValueError(
+                f"{type(self).__name__} supports one parameter group (its curvature couples all "
+                "parameters); construct it on the whole model instead of calling add_param_group"
+            )
         super().add_param_group(param_group)
 
     def _reject(self, record: StepRecord, reason: str, raise_damping: bool = True) -> StepRecord:
-        """The one rejection path: parameters untouched, the family's recovery, counted, logged, recorded.
+        """The one rejection path: parameters untouched, the family's recovery, counted, logged,
+        recorded.
 
         The guard of optax's ``apply_if_finite``: a non-finite (or otherwise refused) step is
         skipped, never applied and never crashed on; :meth:`_recover` raises the damping and resets
@@ -181,7 +192,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         self.schedule = schedule or ScheduleConfig()
         self.step_config = step or StepConfig()
         require(is_integer(seed) and seed >= 0, "seed", seed, "an integer >= 0")
-        super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
+        super().__init__(
+            curvature.params,
+            {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum},
+        )
         self.generator = torch.Generator().manual_seed(seed)
         _log.info("%s curvature blocks:\n%s", type(self).__name__, self.describe())
         params = self._params()
@@ -194,7 +208,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         }
 
     def describe(self) -> str:
-        """A table of every trainable parameter, its shape and its curvature block (and why diagonal)."""
+        """A table of every trainable parameter, its shape and its curvature block (and why
+        diagonal).
+        """
         return self.curvature.describe()
 
     # ---- the step --------------------------------------------------------------------------
@@ -223,23 +239,43 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             except (NonFiniteStatistics, torch.linalg.LinAlgError) as error:
                 record = self._reject(record, f"curvature failed: {error}")
             else:
-                record = replace(record, gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
-                                 predicted_change=model_step.predicted_change)
+                record = replace(
+                    record,
+                    gamma=gamma,
+                    alpha=model_step.alpha,
+                    mu=model_step.mu,
+                    predicted_change=model_step.predicted_change,
+                )
                 record = self._apply_or_reject(loss, update, model_step, gamma, record)
-        self.last_step_record = replace(record, damping=state["damping"], rejected_steps=state["rejected_steps"])
+        self.last_step_record = replace(
+            record, damping=state["damping"], rejected_steps=state["rejected_steps"]
+        )
         return loss
 
-    def _apply_or_reject(self, loss: Loss, update: list[Tensor], model_step: QuadraticModelStep, gamma: float,
-                         record: StepRecord) -> StepRecord:
+    def _apply_or_reject(
+        self,
+        loss: Loss,
+        update: list[Tensor],
+        model_step: QuadraticModelStep,
+        gamma: float,
+        record: StepRecord,
+    ) -> StepRecord:
         """Steps 5-6 of the module docstring; the record with ``rho``, or rejected."""
-        state, params, k, h0 = self.state[self.STATE_KEY], self._params(), record.step, record.objective
+        state, params, k, h0 = (
+            self.state[self.STATE_KEY],
+            self._params(),
+            record.step,
+            record.objective,
+        )
         h1 = self._new_objective(loss, params, update, k)
         checked = [h0, model_step.alpha, model_step.mu] + [v for v in (h1,) if v is not None]
         if self.step_config.quadratic_model:
             checked.append(model_step.predicted_change)
         rose = self.step_config.reject_increase and h1 is not None and h1 > h0
         if reject_nonfinite(update, *checked) or rose:
-            return self._reject(record, "the objective rose" if rose else "non-finite update or model")
+            return self._reject(
+                record, "the objective rose" if rose else "non-finite update or model"
+            )
         rho = None
         if h1 is not None and self._adapts_damping(k):
             rho = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
@@ -260,19 +296,24 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
         config = self.damping_config
         if config.adapt_gamma and self.step_config.quadratic_model and k % config.gamma_every == 0:
-            gammas = gamma_candidates(state["gamma"], config.gamma_factor, config.gamma_floor(), config.gamma_max)
+            gammas = gamma_candidates(
+                state["gamma"], config.gamma_factor, config.gamma_floor(), config.gamma_max
+            )
         else:
             gammas = (state["gamma"],)
         directions = [precondition(self.curvature, gradient, gamma**2) for gamma in gammas]
         best = None
-        for direction, model_step, gamma in zip(directions, self._coefficients(loss, gradient, directions, state), gammas):
+        for direction, model_step, gamma in zip(
+            directions, self._coefficients(loss, gradient, directions, state), gammas
+        ):
             if best is None or model_step.predicted_change < best[1].predicted_change:
                 best = (direction, model_step, gamma)
         direction, model_step, gamma = best
         return combine_update(direction, state["previous_update"], model_step), model_step, gamma
 
-    def _coefficients(self, loss: Loss, gradient: list[Tensor], candidates: list[list[Tensor]],
-                      state: dict) -> list[QuadraticModelStep]:
+    def _coefficients(
+        self, loss: Loss, gradient: list[Tensor], candidates: list[list[Tensor]], state: dict
+    ) -> list[QuadraticModelStep]:
         """The quadratic model of each candidate direction (with ``delta_0``), one per candidate.
 
         All candidates (three on a ``gamma`` search step) and ``delta_0`` share one Gram matrix, so
@@ -283,26 +324,41 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         previous = state["previous_update"]
         if not config.quadratic_model:
             group = self.param_groups[0]
-            return [QuadraticModelStep(alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan)
-                    for _ in candidates]
+            return [
+                QuadraticModelStep(
+                    alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan
+                )
+                for _ in candidates
+            ]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
         model_loss = loss.prefix(config.model_fraction)
-        curvature_gram = ggn_gram(model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype)
-        euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
-        gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
-        gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)
+        curvature_gram = ggn_gram(
+            model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype
+        )
+        euclidean = torch.tensor(
+            [[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64
+        )
+        gradient_products = torch.tensor(
+            [float(dot(gradient, u)) for u in directions], dtype=torch.float64
+        )
+        gram = damped_gram(
+            curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay
+        )
         steps = []
         for i in range(len(candidates)):
             index = torch.tensor([i, len(directions) - 1] if use_previous else [i])
-            steps.append(quadratic_model_coefficients(gram[index][:, index], gradient_products[index]))
+            steps.append(
+                quadratic_model_coefficients(gram[index][:, index], gradient_products[index])
+            )
         return steps
 
     def _check_learning_rate(self) -> None:
-        """Refuse a changed group ``lr``/``momentum`` that the quadratic model would silently ignore.
+        """Refuse a changed group ``lr``/``momentum`` that the quadratic model would silently
+        ignore.
 
-        With ``step.quadratic_model = False`` the group's ``lr`` and ``momentum`` *are* ``alpha`` and
-        ``mu``, so a learning-rate scheduler works; with the model they are chosen each step.
+        With ``step.quadratic_model = False`` the group's ``lr`` and ``momentum`` *are* ``alpha``
+        and ``mu``, so a learning-rate scheduler works; with the model they are chosen each step.
 
         Raises:
             ValueError: ``lr`` or ``momentum`` of the group differs from the constructed value.
@@ -313,30 +369,44 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         for key in ("lr", "momentum"):
             if group[key] != self.defaults[key]:
                 raise ValueError(
-                    f"{type(self).__name__}: param_groups[0][{key!r}] changed from {self.defaults[key]} to {group[key]} "
-                    "(a scheduler?), but the quadratic model chooses the step size and momentum, so it would be "
-                    "ignored; for a fixed or scheduled step size use step={'quadratic_model': False, "
-                    "'learning_rate': ...} and schedule param_groups[0]['lr']")
+                    f"{type(self).__name__}: param_groups[0][{key!r}] changed from "
+                    f"{self.defaults[key]} to {group[key]} "
+                    "(a scheduler?), but the quadratic model chooses the step size and momentum, "
+                    "so it would be "
+                    "ignored; for a fixed or scheduled step size use step={'quadratic_model': "
+                    "False, "
+                    "'learning_rate': ...} and schedule param_groups[0]['lr']"
+                )
 
     def _adapts_damping(self, k: int) -> bool:
         return self.step_config.quadratic_model and k % self.damping_config.adapt_every == 0
 
-    def _new_objective(self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int) -> float | None:
-        """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs it."""
+    def _new_objective(
+        self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int
+    ) -> float | None:
+        """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs
+        it.
+        """
         if not (self._adapts_damping(k) or self.step_config.reject_increase):
             return None
         moved = {name: p.detach() + u for (name, p), u in zip(loss.parameters().items(), update)}
-        return objective(float(loss.value_at(moved)), list(moved.values()), self.damping_config.weight_decay)
+        return objective(
+            float(loss.value_at(moved)), list(moved.values()), self.damping_config.weight_decay
+        )
 
     def _adapt_damping(self, state: dict, actual: float, predicted: float) -> float:
         config = self.damping_config
         rho = reduction_ratio(actual, predicted)
-        new = levenberg_marquardt_update(state["damping"], rho, config.lm_decrease, 1.0 / config.lm_decrease)
+        new = levenberg_marquardt_update(
+            state["damping"], rho, config.lm_decrease, 1.0 / config.lm_decrease
+        )
         state["damping"] = min(max(new, config.minimum), config.maximum)
         return rho
 
     def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
-        """``lambda <- min(lambda / omega_1, maximum)``, momentum reset, ``gamma`` re-tied (if tied)."""
+        """``lambda <- min(lambda / omega_1, maximum)``, momentum reset, ``gamma`` re-tied (if
+        tied).
+        """
         config = self.damping_config
         state["damping"] = min(state["damping"] / config.lm_decrease, config.maximum)
         state["previous_update"] = [torch.zeros_like(p) for p in state["previous_update"]]

@@ -28,6 +28,7 @@ gradient, CG solution or objective rejects the step (parameters unchanged, ``lam
 warm start reset, event counted and reported). ``lambda`` starts at 45 for the per-example-mean
 ``G`` (Martens' code; the paper's value refers to an unnormalised ``G``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,6 +51,7 @@ from natgrad.optim.config import NON_NEGATIVE, PERIOD, POSITIVE, DampingConfig
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
 from natgrad.optim.record import StepRecord
 from natgrad.validation import in_unit_interval, is_integer, is_number, parse_choice, require
+
 
 @dataclass(frozen=True)
 class HessianFreeConfig:
@@ -86,31 +88,75 @@ class HessianFreeConfig:
 
     def __post_init__(self) -> None:
         require(is_number(self.damping) and self.damping > 0, "hf.damping", self.damping, POSITIVE)
-        require(is_number(self.weight_decay) and self.weight_decay >= 0, "hf.weight_decay", self.weight_decay,
-                NON_NEGATIVE)
-        require(in_unit_interval(self.damping_decrease, closed_low=False, closed_high=True), "hf.damping_decrease",
-                self.damping_decrease, "a number in (0, 1]")
-        require(is_number(self.damping_increase) and self.damping_increase >= 1, "hf.damping_increase",
-                self.damping_increase, "a number >= 1")
-        object.__setattr__(self, "curvature", parse_choice(CurvatureKind, "hf.curvature", self.curvature))
-        require(in_unit_interval(self.curvature_fraction, closed_low=False, closed_high=True),
-                "hf.curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
-        require(is_integer(self.max_cg_iterations) and self.max_cg_iterations >= 1, "hf.max_cg_iterations",
-                self.max_cg_iterations, PERIOD)
-        require(is_number(self.cg_tolerance) and self.cg_tolerance > 0, "hf.cg_tolerance", self.cg_tolerance, POSITIVE)
+        require(
+            is_number(self.weight_decay) and self.weight_decay >= 0,
+            "hf.weight_decay",
+            self.weight_decay,
+            NON_NEGATIVE,
+        )
+        require(
+            in_unit_interval(self.damping_decrease, closed_low=False, closed_high=True),
+            "hf.damping_decrease",
+            self.damping_decrease,
+            "a number in (0, 1]",
+        )
+        require(
+            is_number(self.damping_increase) and self.damping_increase >= 1,
+            "hf.damping_increase",
+            self.damping_increase,
+            "a number >= 1",
+        )
+        object.__setattr__(
+            self, "curvature", parse_choice(CurvatureKind, "hf.curvature", self.curvature)
+        )
+        require(
+            in_unit_interval(self.curvature_fraction, closed_low=False, closed_high=True),
+            "hf.curvature_fraction",
+            self.curvature_fraction,
+            "a number in (0, 1]",
+        )
+        require(
+            is_integer(self.max_cg_iterations) and self.max_cg_iterations >= 1,
+            "hf.max_cg_iterations",
+            self.max_cg_iterations,
+            PERIOD,
+        )
+        require(
+            is_number(self.cg_tolerance) and self.cg_tolerance > 0,
+            "hf.cg_tolerance",
+            self.cg_tolerance,
+            POSITIVE,
+        )
         for name in ("warm_start_decay", "preconditioner_exponent"):
             value = getattr(self, name)
-            require(in_unit_interval(value, closed_high=True), f"hf.{name}", value, "a number in [0, 1]")
+            require(
+                in_unit_interval(value, closed_high=True), f"hf.{name}", value, "a number in [0, 1]"
+            )
         require(isinstance(self.backtrack, bool), "hf.backtrack", self.backtrack, "true or false")
-        require(in_unit_interval(self.line_search_shrink, closed_low=False), "hf.line_search_shrink",
-                self.line_search_shrink, "a number in (0, 1)")
-        require(in_unit_interval(self.line_search_c), "hf.line_search_c", self.line_search_c, "a number in [0, 1)")
-        require(is_integer(self.line_search_max_shrinks) and self.line_search_max_shrinks >= 0,
-                "hf.line_search_max_shrinks", self.line_search_max_shrinks, "an integer >= 0")
+        require(
+            in_unit_interval(self.line_search_shrink, closed_low=False),
+            "hf.line_search_shrink",
+            self.line_search_shrink,
+            "a number in (0, 1)",
+        )
+        require(
+            in_unit_interval(self.line_search_c),
+            "hf.line_search_c",
+            self.line_search_c,
+            "a number in [0, 1)",
+        )
+        require(
+            is_integer(self.line_search_max_shrinks) and self.line_search_max_shrinks >= 0,
+            "hf.line_search_max_shrinks",
+            self.line_search_max_shrinks,
+            "an integer >= 0",
+        )
 
     @property
     def chunks(self) -> int:
-        """The number of curvature chunks the batch is cut into, ``round(1 / curvature_fraction)``."""
+        """The number of curvature chunks the batch is cut into, ``round(1 /
+        curvature_fraction)``.
+        """
         return max(1, round(1.0 / self.curvature_fraction))
 
 
@@ -134,7 +180,12 @@ def hessian_free_fields(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(damping, Mapping):
         return dict(hyperparameters)
     unknown = sorted(set(damping) - set(_DAMPING_KEYS))
-    require(not unknown, "hf.damping", unknown, f"keys among {sorted(_DAMPING_KEYS)} (Hessian-free adapts lambda by its own rule)")
+    require(
+        not unknown,
+        "hf.damping",
+        unknown,
+        f"keys among {sorted(_DAMPING_KEYS)} (Hessian-free adapts lambda by its own rule)",
+    )
     return {**hyperparameters, **{_DAMPING_KEYS[key]: value for key, value in damping.items()}}
 
 
@@ -145,11 +196,12 @@ def chunk_inputs(inputs: tuple[Tensor, ...], chunks: int, index: int) -> tuple[T
     start = (index % chunks) * size
     if start >= n:
         start = 0
-    return tuple(t[start:start + size] for t in inputs)
+    return tuple(t[start : start + size] for t in inputs)
 
 
 def backtrack(result: CGResult, evaluate: Callable[[Tensor], float]) -> tuple[int, Tensor, float]:
-    """Martens 2010 section 4.6: from the last stored iterate backwards while ``f`` keeps decreasing.
+    """Martens 2010 section 4.6: from the last stored iterate backwards while ``f`` keeps
+    decreasing.
 
     Returns ``(iteration, iterate, f(iterate))`` of the chosen iterate.
     """
@@ -164,9 +216,16 @@ def backtrack(result: CGResult, evaluate: Callable[[Tensor], float]) -> tuple[in
 
 
 def armijo_rate(
-    evaluate: Callable[[float], float], f0: float, slope: float, first: float, shrink: float, c: float, max_shrinks: int
+    evaluate: Callable[[float], float],
+    f0: float,
+    slope: float,
+    first: float,
+    shrink: float,
+    c: float,
+    max_shrinks: int,
 ) -> tuple[float, float]:
-    """Largest ``r = shrink^j`` (``j <= max_shrinks``) with ``f(r) <= f0 + c r slope``; ``(0, f0)`` if none.
+    """Largest ``r = shrink^j`` (``j <= max_shrinks``) with ``f(r) <= f0 + c r slope``; ``(0, f0)``
+    if none.
 
     ``first`` is ``f(1)``, already known from backtracking.
     """
@@ -219,11 +278,19 @@ class HessianFree(SingleParameterGroup):
         line_search_max_shrinks: int = HessianFreeConfig.line_search_max_shrinks,
     ) -> None:
         fields = dict(
-            damping=damping, weight_decay=weight_decay, damping_decrease=damping_decrease,
-            damping_increase=damping_increase, curvature=curvature, curvature_fraction=curvature_fraction,
-            max_cg_iterations=max_cg_iterations, cg_tolerance=cg_tolerance, warm_start_decay=warm_start_decay,
-            preconditioner_exponent=preconditioner_exponent, backtrack=backtrack,
-            line_search_shrink=line_search_shrink, line_search_c=line_search_c,
+            damping=damping,
+            weight_decay=weight_decay,
+            damping_decrease=damping_decrease,
+            damping_increase=damping_increase,
+            curvature=curvature,
+            curvature_fraction=curvature_fraction,
+            max_cg_iterations=max_cg_iterations,
+            cg_tolerance=cg_tolerance,
+            warm_start_decay=warm_start_decay,
+            preconditioner_exponent=preconditioner_exponent,
+            backtrack=backtrack,
+            line_search_shrink=line_search_shrink,
+            line_search_c=line_search_c,
             line_search_max_shrinks=line_search_max_shrinks,
         )
         self.config = HessianFreeConfig(**hessian_free_fields(fields))
@@ -238,7 +305,9 @@ class HessianFree(SingleParameterGroup):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
-        """One Hessian-free step (module docstring); returns the closure's Loss (before the update)."""
+        """One Hessian-free step (module docstring); returns the closure's Loss (before the
+        update).
+        """
         if closure is None:
             raise ValueError("HessianFree.step needs a closure returning a natgrad.losses.Loss")
         with torch.enable_grad():
@@ -277,18 +346,26 @@ class HessianFree(SingleParameterGroup):
             preconditioner = self._preconditioner(chunk, shift)
             return conjugate_gradient(
                 lambda v: self._curvature_product(chunk, v) + shift * v,
-                -gradient, config.warm_start_decay * state["cg_start"], preconditioner,
-                config.max_cg_iterations, config.cg_tolerance,
+                -gradient,
+                config.warm_start_decay * state["cg_start"],
+                preconditioner,
+                config.max_cg_iterations,
+                config.cg_tolerance,
             )
 
     def _backtrack_and_search(
         self, loss: Loss, gradient: Tensor, result: CGResult, record: StepRecord
     ) -> tuple[Tensor, float, StepRecord]:
-        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate, record)``."""
+        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate,
+        record)``.
+        """
         config, state, h0 = self.config, self.state[self.STATE_KEY], record.objective
 
         def h_at(direction: Tensor) -> float:
-            moved = {n: p.detach() + d for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))}
+            moved = {
+                n: p.detach() + d
+                for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))
+            }
             return objective(float(loss.value_at(moved)), list(moved.values()), config.weight_decay)
 
         if config.backtrack:
@@ -296,17 +373,34 @@ class HessianFree(SingleParameterGroup):
         else:
             iteration, direction, h1 = result.iterations, result.solution, h_at(result.solution)
         damping = state["damping"]
-        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)  # q without lambda
+        # q without lambda
+        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)
         rho = reduction_ratio(h1 - h0, predicted)
-        state["damping"] = levenberg_marquardt_update(damping, rho, config.damping_decrease, config.damping_increase)
-        rate, _ = armijo_rate(lambda r: h_at(r * direction), h0, float(gradient @ direction), h1,
-                              config.line_search_shrink, config.line_search_c, config.line_search_max_shrinks)
-        record = replace(record, rho=rho, line_search_rate=rate, backtracked_iteration=iteration,
-                         damping=state["damping"])
+        state["damping"] = levenberg_marquardt_update(
+            damping, rho, config.damping_decrease, config.damping_increase
+        )
+        rate, _ = armijo_rate(
+            lambda r: h_at(r * direction),
+            h0,
+            float(gradient @ direction),
+            h1,
+            config.line_search_shrink,
+            config.line_search_c,
+            config.line_search_max_shrinks,
+        )
+        record = replace(
+            record,
+            rho=rho,
+            line_search_rate=rate,
+            backtracked_iteration=iteration,
+            damping=state["damping"],
+        )
         return direction, rate, record
 
     def _curvature_product(self, chunk: Loss, flat: Tensor) -> Tensor:
-        product = curvature_vector_product(chunk, self.layout.unflatten(flat), kind=self.config.curvature)
+        product = curvature_vector_product(
+            chunk, self.layout.unflatten(flat), kind=self.config.curvature
+        )
         return self.layout.flatten(product)
 
     def _preconditioner(self, chunk: Loss, shift: float) -> Tensor | None:
@@ -316,11 +410,15 @@ class HessianFree(SingleParameterGroup):
         diagonal = DiagonalCurvature(chunk.model, CurvatureConfig(kind=CurvatureKind.EMPIRICAL))
         diagonal.update(diagonal.capture(chunk), decay=0.0)
         diagonal.refresh()
-        squares = self.layout.flatten(diagonal.matvec([torch.ones_like(p) for p in self.layout.params]))
+        squares = self.layout.flatten(
+            diagonal.matvec([torch.ones_like(p) for p in self.layout.params])
+        )
         return (squares + shift).pow(self.config.preconditioner_exponent)
 
     def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
-        """``lambda *= 3/2`` (unless the line search already adapted it) and the CG warm start reset."""
+        """``lambda *= 3/2`` (unless the line search already adapted it) and the CG warm start
+        reset.
+        """
         if raise_damping:
             state["damping"] *= self.config.damping_increase
         state["cg_start"] = torch.zeros_like(state["cg_start"])

@@ -14,6 +14,7 @@ search).
 The paper's autoencoder runs grow the mini-batch exponentially (section 13);
 :func:`exponential_batch_size` gives that schedule for a training loop to follow.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,11 @@ class Structure(str, Enum):
     TRIDIAGONAL = "tridiagonal"  # section 4.3
 
 
-def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, full_at: int = 500) -> int:
-    r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| / initial)``.
+def exponential_batch_size(
+    step: int, dataset_size: int, initial: int = 1000, full_at: int = 500
+) -> int:
+    r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| /
+    initial)``.
 
     Martens & Grosse 2015, section 13: the batch doubles every ``b`` steps and reaches the whole
     training set ``S`` at step ``full_at`` (500 in the paper). ``step`` counts from 1.
@@ -48,9 +52,18 @@ def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, fu
         ValueError: ``step < 1`` or sizes not positive.
     """
     require(is_integer(step) and step >= 1, "batch schedule step", step, "an integer >= 1")
-    require(dataset_size >= 1 and initial >= 1, "batch schedule sizes", (dataset_size, initial), "integers >= 1")
-    require(is_integer(full_at) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
-    if dataset_size <= initial or step >= full_at:  # exact at full_at: the float power can land at N - 1
+    require(
+        dataset_size >= 1 and initial >= 1,
+        "batch schedule sizes",
+        (dataset_size, initial),
+        "integers >= 1",
+    )
+    require(
+        is_integer(full_at) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2"
+    )
+    if (
+        dataset_size <= initial or step >= full_at
+    ):  # exact at full_at: the float power can land at N - 1
         return dataset_size
     doubling = (full_at - 1) / math.log2(dataset_size / initial)
     return min(math.floor(initial * 2.0 ** ((step - 1) / doubling)), dataset_size)
@@ -70,8 +83,8 @@ class KFAC(NaturalGradientOptimizer):
             eigendecomposes at each refresh and makes any damping cheap but costs four products per
             step (timings: ``benchmarks/results/step_cost-threads1.md``). None keeps the default.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
-            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, faster
-            on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
+            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16,
+            faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
         preset: the starting point of the config groups, before the fields given in ``damping``,
             ``step`` etc.: ``"natgrad"`` (default: ``lambda_0 = 1`` with ``gamma`` tied to
             ``lambda``; departures measured in docs/vae-training.md) or ``"paper"`` (Martens &
@@ -98,10 +111,18 @@ class KFAC(NaturalGradientOptimizer):
         structure = parse_choice(Structure, "structure", structure)
         config = coerce(CurvatureConfig, curvature, "curvature")
         if structure is Structure.TRIDIAGONAL:
-            require(inverse_method is None, "inverse_method", inverse_method,
-                    "omitted with structure 'tridiagonal' (its solve has its own factorisation)")
-            require(solve_dtype == SolveDtype.FACTORS, "solve_dtype", solve_dtype,
-                    "'factors' with structure 'tridiagonal' (its solve has its own factorisation)")
+            require(
+                inverse_method is None,
+                "inverse_method",
+                inverse_method,
+                "omitted with structure 'tridiagonal' (its solve has its own factorisation)",
+            )
+            require(
+                solve_dtype == SolveDtype.FACTORS,
+                "solve_dtype",
+                solve_dtype,
+                "'factors' with structure 'tridiagonal' (its solve has its own factorisation)",
+            )
             representation = TridiagonalKFAC(model, config)
         else:
             method = {} if inverse_method is None else {"inverse_method": inverse_method}

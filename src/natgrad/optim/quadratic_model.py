@@ -1,4 +1,5 @@
-r"""Exact-GGN quadratic forms for the step-size/momentum model (Martens & Grosse 2015, App. C, section 7).
+r"""Exact-GGN quadratic forms for the step-size/momentum model (Martens & Grosse 2015, App. C,
+section 7).
 
 The quadratic model needs only the ``k x k`` matrix ``[u_i^T G u_j]`` over the directions
 ``u = (Delta, delta_0)``, never ``G u`` itself. With ``J_t u`` the directional derivative of term
@@ -22,6 +23,7 @@ bfloat16's relative error of about ``2^-8``; each ``(J u_i)^T H (J u_j)`` is sti
 float64, so the ``(k, k)`` Gram is off by about 0.1% (measured on the MNIST autoencoder), far below
 what changes the model's ``alpha`` and ``mu`` materially.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,6 +62,7 @@ def ggn_gram(
     """
     if kind is CurvatureKind.EMPIRICAL:
         raise ValueError("ggn_gram needs kind 'full' or 'decoder-only', got 'empirical'")
+
     def cast(t: Tensor) -> Tensor:
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
@@ -68,7 +71,9 @@ def ggn_gram(
 
     def outputs(p: dict[str, Tensor]):
         terms = select_terms(loss.evaluate(p, batch), kind)
-        return tuple(z for t in terms for z in t.outputs), tuple(c for t in terms for c in t.curvature)
+        return tuple(z for t in terms for z in t.outputs), tuple(
+            c for t in terms for c in t.curvature
+        )
 
     names = list(params)
     tangents = {n: cast(torch.stack([u[i] for u in directions])) for i, n in enumerate(names)}
@@ -77,7 +82,8 @@ def ggn_gram(
         _, ju, curvature = jvp(outputs, (params,), (tangent,), has_aux=True)
         return ju, tuple(curvature_product(c, u) for c, u in zip(curvature, ju))
 
-    # one forward-mode pass for all directions; a forward's noise is replayed, the same for every lane
+    # one forward-mode pass for all directions; a forward's noise is replayed, the same for every
+    # lane
     projected, weighted = vmap(tangent_outputs, randomness="same")(tangents)
     k = len(directions)
     gram = torch.zeros(k, k, dtype=torch.float64)

@@ -1,10 +1,11 @@
 r"""TONGA on the shared natural-gradient step (Le Roux, Manzagol & Bengio 2008).
 
-The direction is ``Delta = -(C + (lambda + eta) I)^{-1} grad`` with ``C`` the low-rank, block-diagonal
-model of the covariance of per-example gradients (:mod:`natgrad.curvature.tonga`), applied by
-Woodbury. Everything else is the shared step of :mod:`natgrad.optim.base`: statistics every step on
-the first ``examples_per_update`` examples of the batch's first ``tau_1`` fraction, the amortised
-eigendecomposition every ``T3 = schedule.inverse_every`` steps (the paper's ``b``), and either
+The direction is ``Delta = -(C + (lambda + eta) I)^{-1} grad`` with ``C`` the low-rank,
+block-diagonal model of the covariance of per-example gradients (:mod:`natgrad.curvature.tonga`),
+applied by Woodbury. Everything else is the shared step of :mod:`natgrad.optim.base`: statistics
+every step on the first ``examples_per_update`` examples of the batch's first ``tau_1`` fraction,
+the amortised eigendecomposition every ``T3 = schedule.inverse_every`` steps (the paper's ``b``),
+and either
 
 * the paper's update ``theta <- theta - eta_t v_t`` with a fixed learning rate (and optional
   momentum): ``step.quadratic_model = False``, ``step.learning_rate``, ``step.momentum``; or
@@ -17,6 +18,7 @@ factor narrow, ``k + b m`` columns) and ``gamma`` tied to ``sqrt(lambda + eta)``
 no factored Tikhonov split to search. TONGA takes no ``curvature`` config; its moving-average cap is
 ``tonga.discount``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

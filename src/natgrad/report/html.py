@@ -4,6 +4,7 @@ Supported blocks: ``#``-headings, pipe tables (the second line is the alignment 
 paragraphs; inline: images ``![alt](src)``, links ``[text](href)``, ``**bold**`` and ``code``.
 Everything else is escaped text. Tables right-align the columns whose alignment cell ends in ``:``.
 """
+
 from __future__ import annotations
 
 import html
@@ -14,9 +15,11 @@ _LINK = re.compile(r"\[([^\]]+)\]\(([^)]+)\)")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
 
-STYLE = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:70em;margin:2em auto;
-padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:0.25em 0.6em}th{background:#f3f3f3}td.r,th.r{text-align:right}
+STYLE = """body{font-family:-apple-system,Segoe
+        UI,Helvetica,Arial,sans-serif;max-width:70em;margin:2em auto;
+padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:0.8em
+0;font-size:0.9em} th,td{border:1px solid #ccc;padding:0.25em
+0.6em}th{background:#f3f3f3}td.r,th.r{text-align:right}
 img{max-width:100%;height:auto}code{background:#f5f5f5;padding:0 0.2em}h1,h2,h3{line-height:1.2}"""
 
 
@@ -38,17 +41,31 @@ def _table(lines: list[str]) -> str:
     right = [a.endswith(":") for a in align]
 
     def row(cells: list[str], tag: str) -> str:
-        return "<tr>" + "".join(f'<{tag}{" class=r" if i < len(right) and right[i] else ""}>{inline(c)}</{tag}>'
-                                for i, c in enumerate(cells)) + "</tr>"
+        return (
+            "<tr>"
+            + "".join(
+                f"<{tag}{' class=r' if i < len(right) and right[i] else ''}>{inline(c)}</{tag}>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
 
-    return "<table>\n" + row(header, "th") + "\n" + "\n".join(row(r, "td") for r in body) + "\n</table>"
+    return (
+        "<table>\n"
+        + row(header, "th")
+        + "\n"
+        + "\n".join(row(r, "td") for r in body)
+        + "\n</table>"
+    )
 
 
 def _blocks(markdown: str) -> list[list[str]]:
     blocks: list[list[str]] = []
     current: list[str] = []
     for line in markdown.splitlines():
-        starts_new = line.startswith("#") or (line.startswith("|") and current and not current[-1].startswith("|"))
+        starts_new = line.startswith("#") or (
+            line.startswith("|") and current and not current[-1].startswith("|")
+        )
         if not line.strip() or starts_new:
             if current:
                 blocks.append(current)
@@ -78,5 +95,8 @@ def _block(lines: list[str]) -> str:
 def markdown_to_html(markdown: str, title: str) -> str:
     """A standalone HTML page of ``markdown`` (the supported subset, see module docstring)."""
     body = "\n".join(_block(block) for block in _blocks(markdown))
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>\n"
-            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta '
+        f'charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

@@ -1,6 +1,8 @@
-"""Summaries of a comparison: per optimizer, statistics over seeds of final/best errors and time to target.
+"""Summaries of a comparison: per optimizer, statistics over seeds of final/best errors and time to
+target.
 
-Definitions (all on evaluations of the full train/test sets, see :mod:`natgrad.experiments.metrics`):
+Definitions (all on evaluations of the full train/test sets, see
+:mod:`natgrad.experiments.metrics`):
 
 * *final* error: the value at the last evaluation (the end of the budget);
 * *best* error: the minimum over evaluations;
@@ -13,6 +15,7 @@ Definitions (all on evaluations of the full train/test sets, see :mod:`natgrad.e
 Each statistic is the median over seeds with its minimum and maximum; the number of seeds whose run
 diverged is counted (the table shows it next to the seeds).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +38,7 @@ class Spread:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Spread":
+        """The median, minimum and maximum of ``values``."""
         finite = [v for v in values if math.isfinite(v)]
         if not finite:
             return cls(math.nan, math.nan, math.nan, 0)
@@ -60,7 +64,9 @@ class OptimizerSummary:
 
 
 def first_reach(curves: RunCurves, key: str, target: float) -> tuple[float, float]:
-    """(training seconds, steps) at the first evaluation with ``metrics[key] <= target``; NaN if never."""
+    """(training seconds, steps) at the first evaluation with ``metrics[key] <= target``; NaN if
+    never.
+    """
     hits = np.flatnonzero(curves.metrics[key] <= target)
     if hits.size == 0:
         return math.nan, math.nan
@@ -69,16 +75,22 @@ def first_reach(curves: RunCurves, key: str, target: float) -> tuple[float, floa
 
 def default_target(runs: Mapping[str, Sequence[RunCurves]], metric: str) -> float:
     """The largest median final train error over optimizers (see module docstring)."""
-    medians = [Spread.of([float(c.metrics[f"train.{metric}"][-1]) for c in curves]).median for curves in runs.values()]
+    medians = [
+        Spread.of([float(c.metrics[f"train.{metric}"][-1]) for c in curves]).median
+        for curves in runs.values()
+    ]
     finite = [m for m in medians if math.isfinite(m)]
     if not finite:
         raise ValueError(f"no finite final train.{metric} in any run; cannot choose a target error")
     return max(finite)
 
 
-def summarise(label: str, curves: Sequence[RunCurves], metric: str, target: float,
-              extra: Sequence[str] = ()) -> OptimizerSummary:
-    """The table row of one optimizer over its seeds; ``extra`` metric keys get their final value."""
+def summarise(
+    label: str, curves: Sequence[RunCurves], metric: str, target: float, extra: Sequence[str] = ()
+) -> OptimizerSummary:
+    """The table row of one optimizer over its seeds; ``extra`` metric keys get their final
+    value.
+    """
     train_key, test_key = f"train.{metric}", f"test.{metric}"
     reach = [first_reach(c, train_key, target) for c in curves]
     return OptimizerSummary(
@@ -92,6 +104,8 @@ def summarise(label: str, curves: Sequence[RunCurves], metric: str, target: floa
         steps_to_target=Spread.of([s for _, s in reach]),
         steps=Spread.of([float(c.total_steps) for c in curves]),
         time=Spread.of([c.total_time for c in curves]),
-        extra_final={k: Spread.of([float(c.metrics[k][-1]) for c in curves if k in c.metrics]) for k in extra},
+        extra_final={
+            k: Spread.of([float(c.metrics[k][-1]) for c in curves if k in c.metrics]) for k in extra
+        },
         diverged=sum(c.status == "diverged" for c in curves),
     )

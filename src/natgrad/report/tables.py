@@ -1,4 +1,5 @@
 """Markdown tables of comparison summaries (median over seeds, [min-max] when there are several)."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,8 @@ METRIC_NAMES = {
     "nll": "negative log-likelihood (nats per image)",
     "test.iwae_ll": "test -L_k (IWAE bound, nats per image)",
 }
-#: Metrics shown negated, so that every column is a loss in nats (lower is better): L_k is a log-likelihood.
+#: Metrics shown negated, so that every column is a loss in nats (lower is better): L_k is a
+#: log-likelihood.
 NEGATED = {"test.iwae_ll"}
 
 
@@ -25,7 +27,9 @@ def format_number(value: float) -> str:
 
 
 def format_spread(spread: Spread, seeds: int | None = None) -> str:
-    """``median [min–max]``; with ``seeds`` given, also ``(reached/seeds)`` when some seeds missed."""
+    """``median [min–max]``; with ``seeds`` given, also ``(reached/seeds)`` when some seeds
+    missed.
+    """
     if spread.n == 0:
         return "not reached" if seeds is not None else "—"
     text = format_number(spread.median)
@@ -37,7 +41,9 @@ def format_spread(spread: Spread, seeds: int | None = None) -> str:
 
 
 def displayed(key: str, spread: Spread) -> Spread:
-    """``spread`` as the table shows metric ``key``: negated for the :data:`NEGATED` log-likelihoods."""
+    """``spread`` as the table shows metric ``key``: negated for the :data:`NEGATED`
+    log-likelihoods.
+    """
     if key not in NEGATED:
         return spread
     return Spread(-spread.median, -spread.high, -spread.low, spread.n)
@@ -55,20 +61,42 @@ def comparison_table(rows: Sequence[OptimizerSummary], reference: str | None = N
     """
     extras = sorted({k for row in rows for k in row.extra_final})
     by_label = {row.label: row for row in rows}
-    header = ["optimizer", "seeds", "final train", "final test", "best train", "best test",
-              "time to target (s)"] + ([f"speed-up vs {reference}"] if reference in by_label else [])
+    header = [
+        "optimizer",
+        "seeds",
+        "final train",
+        "final test",
+        "best train",
+        "best test",
+        "time to target (s)",
+    ] + ([f"speed-up vs {reference}"] if reference in by_label else [])
     header += ["steps to target", "steps", "train time (s)"]
     header += [f"final {METRIC_NAMES.get(k, k)}" for k in extras]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for row in rows:
         seeds = f"{row.seeds} ({row.diverged} diverged)" if row.diverged else str(row.seeds)
-        cells = [row.label, seeds, format_spread(row.final_train), format_spread(row.final_test),
-                 format_spread(row.best_train), format_spread(row.best_test),
-                 format_spread(row.time_to_target, row.seeds)]
+        cells = [
+            row.label,
+            seeds,
+            format_spread(row.final_train),
+            format_spread(row.final_test),
+            format_spread(row.best_train),
+            format_spread(row.best_test),
+            format_spread(row.time_to_target, row.seeds),
+        ]
         if reference in by_label:
             ratio = speedup(by_label[reference], row)
             cells.append(f"{format_number(ratio)}x" if math.isfinite(ratio) else "—")
-        cells += [format_spread(row.steps_to_target, row.seeds), format_spread(row.steps), format_spread(row.time)]
-        cells += [format_spread(displayed(k, row.extra_final.get(k, Spread.of([])))) for k in extras]
+        cells += [
+            format_spread(row.steps_to_target, row.seeds),
+            format_spread(row.steps),
+            format_spread(row.time),
+        ]
+        cells += [
+            format_spread(displayed(k, row.extra_final.get(k, Spread.of([])))) for k in extras
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
