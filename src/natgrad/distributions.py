@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from natgrad.validation import require
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -175,8 +177,7 @@ class Gaussian(OutputDistribution):
     """
 
     def __init__(self, mean: Tensor, sigma: float = 1.0) -> None:
-        if not sigma > 0:
-            raise ValueError(f"Gaussian sigma must be > 0, got {sigma}")
+        require(sigma > 0, "Gaussian sigma", sigma, "a number > 0")
         self._mean = mean
         self.sigma = float(sigma)
         self.params = (mean,)

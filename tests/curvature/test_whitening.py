@@ -139,7 +139,7 @@ def test_whiten_replaces_every_linear_and_normalises_hidden_layers_only():
 
 
 def test_whitening_statistics_validation():
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
+    with pytest.raises(ValueError, match="Invalid whitening epsilon: .*; allowed: a number > 0"):
         whitening_statistics(torch.randn(5, 3), 0.0)
     with pytest.raises(ValueError, match="N_s >= 2"):
         whitening_statistics(torch.randn(1, 3), 1e-3)

@@ -40,7 +40,9 @@ def test_split_train_size(shared_data_dir, isolated, monkeypatch):
     full = load_dataset("mnist")
     small = load_dataset("mnist", split_train_size=100)
     assert torch.equal(small.train, full.train[:100]) and small.test.shape == (10000, 784)
-    with pytest.raises(DataError, match=r"split_train_size=0 must be in \[1, 60000\]"):
+    with pytest.raises(
+        DataError, match=r"Invalid split_train_size: 0; allowed: an integer in \[1, 60000\]"
+    ):
         load_dataset("mnist", split_train_size=0)
 
 

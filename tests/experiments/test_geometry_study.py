@@ -71,7 +71,9 @@ def test_every_f_divergence_trains_identically_and_differs_from_mmd(float64):
 
 
 def test_metric_training_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="MetricTrainingConfig.steps must be >= 1"):
+    with pytest.raises(
+        ValueError, match="Invalid MetricTrainingConfig.steps: 0; allowed: an integer >= 1"
+    ):
         MetricTrainingConfig(steps=0)
     with pytest.raises(ValueError, match="lm_factor"):
         MetricTrainingConfig(lm_factor=1.5)

@@ -45,6 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from natgrad.validation import require
+
 
 @dataclass(frozen=True)
 class ChangeOfBasis:
@@ -73,8 +75,7 @@ def whitening_statistics(inputs: Tensor, epsilon: float) -> tuple[Tensor, Tensor
     Raises:
         ValueError: ``epsilon <= 0`` or fewer than two samples.
     """
-    if not epsilon > 0:
-        raise ValueError(f"whitening epsilon must be > 0, got {epsilon}")
+    require(epsilon > 0, "whitening epsilon", epsilon, "a number > 0")
     if inputs.dim() != 2 or inputs.shape[0] < 2:
         raise ValueError(f"whitening needs (N_s >= 2, d) samples, got shape {tuple(inputs.shape)}")
     h = inputs.detach().to(torch.float64)

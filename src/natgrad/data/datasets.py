@@ -32,6 +32,7 @@ from natgrad.data import curves, faces, mnist, sources
 from natgrad.data.cache import file_sha256, read_cache, read_manifest, write_cache
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file, require_data_dir, writable_data_dir
+from natgrad.validation import require
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +143,9 @@ def load_dataset(
     require_data_dir(data_dir)
     label, train, test, source = _load_arrays(name, data_search_path(data_dir))
     if split_train_size is not None:
-        if not 1 <= split_train_size <= len(train):
-            raise DataError(
-                f"split_train_size={split_train_size} must be in [1, {len(train)}] for {label}"
-            )
+        ok = 1 <= split_train_size <= len(train)
+        allowed = f"an integer in [1, {len(train)}] for {label}"
+        require(ok, "split_train_size", split_train_size, allowed, DataError)
         train = train[:split_train_size]
     logger.info("loaded %s: train %s, test %s from %s", label, train.shape, test.shape, source)
     return Dataset(

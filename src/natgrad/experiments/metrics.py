@@ -37,14 +37,14 @@ from torch import Tensor, nn
 
 from natgrad.iwae import log_importance_weights
 from natgrad.models import VAE
+from natgrad.validation import require
 
 #: The metric (without its ``train.``/``test.`` split) each model kind is judged by.
 HEADLINE_METRICS = {"autoencoder": "reconstruction_error", "vae": "neg_elbo"}
 
 
 def _chunks(x: Tensor, chunk_size: int) -> Iterator[Tensor]:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    require(chunk_size >= 1, "chunk_size", chunk_size, "an integer >= 1")
     for start in range(0, x.shape[0], chunk_size):
         yield x[start : start + chunk_size]
 
@@ -147,8 +147,7 @@ def iwae_log_likelihood(
     Raises:
         ValueError: ``k`` < 1.
     """
-    if k < 1:
-        raise ValueError(f"iwae k (number of importance samples) must be >= 1, got {k}")
+    require(k >= 1, "iwae k (number of importance samples)", k, "an integer >= 1")
     examples_per_pass = max(1, chunk_size // k)
     samples_per_pass = max(1, chunk_size // examples_per_pass)
     total = 0.0

@@ -77,7 +77,7 @@ def coordinates_of(dist: object) -> Coordinates:
         return GaussianCoordinates(dist.mean, dist.log_var, learned_variance=True)
     if isinstance(dist, DiagonalGaussianPosterior):
         return GaussianCoordinates(dist.mu, dist.log_var, learned_variance=True)
-    raise TypeError(f"distribution must be one of {SUPPORTED}, got {type(dist).__name__}")
+    raise TypeError(f"Invalid distribution: {type(dist).__name__}; allowed: {', '.join(SUPPORTED)}")
 
 
 def same_family(p: Coordinates, q: Coordinates) -> None:

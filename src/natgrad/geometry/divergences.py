@@ -42,6 +42,7 @@ from natgrad.geometry.coordinates import (
     fisher_diagonal,
     same_family,
 )
+from natgrad.validation import require
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -249,8 +250,12 @@ class JensenShannon(FDivergence):
     f_second_derivative_at_one = 0.25
 
     def __init__(self, quadrature_nodes: int = 128) -> None:
-        if quadrature_nodes < 2:
-            raise ValueError(f"JensenShannon quadrature_nodes must be >= 2, got {quadrature_nodes}")
+        require(
+            quadrature_nodes >= 2,
+            "JensenShannon quadrature_nodes",
+            quadrature_nodes,
+            "an integer >= 2",
+        )
         self.quadrature_nodes = int(quadrature_nodes)
         nodes, weights = np.polynomial.hermite_e.hermegauss(self.quadrature_nodes)
         self._nodes = torch.from_numpy(nodes)
@@ -419,8 +424,7 @@ class MMD(Divergence):
     name = "mmd"
 
     def __init__(self, bandwidth: float = 1.0) -> None:
-        if not bandwidth > 0:
-            raise ValueError(f"MMD bandwidth must be > 0, got {bandwidth}")
+        require(bandwidth > 0, "MMD bandwidth", bandwidth, "a number > 0")
         self.bandwidth = float(bandwidth)
 
     def __repr__(self) -> str:
@@ -481,6 +485,5 @@ def get_divergence(name: str, **settings: float) -> Divergence:
     Raises:
         ValueError: if ``name`` is unknown.
     """
-    if name not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {name!r}")
+    require(name in DIVERGENCES, "divergence", name, ", ".join(sorted(DIVERGENCES)))
     return DIVERGENCES[name](**settings)

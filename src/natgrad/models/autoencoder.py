@@ -62,8 +62,7 @@ def decoder_sizes(sizes: tuple[int, ...], likelihood: str) -> list[int]:
 
 def problem_arguments(problem: str, kwargs: dict) -> tuple[tuple[int, ...], dict]:
     """Sizes of a benchmark problem and ``kwargs`` with its likelihood, for ``for_problem``."""
-    if problem not in ARCHITECTURES:
-        raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
+    require(problem in ARCHITECTURES, "problem", problem, ", ".join(sorted(ARCHITECTURES)))
     return ARCHITECTURES[problem], {"likelihood": LIKELIHOODS[problem], **kwargs}
 
 

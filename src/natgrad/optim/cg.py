@@ -21,6 +21,8 @@ from enum import Enum
 
 from torch import Tensor
 
+from natgrad.validation import require
+
 
 class StopReason(str, Enum):
     """Why :func:`conjugate_gradient` returned."""
@@ -112,8 +114,8 @@ def conjugate_gradient(
             f"conjugate_gradient: b {tuple(b.shape)} and x0 {tuple(x0.shape)} (and preconditioner) "
             "must match"
         )
-    if preconditioner is not None and not bool((preconditioner > 0).all()):
-        raise ValueError("conjugate_gradient: preconditioner entries must be > 0")
+    positive = preconditioner is None or bool((preconditioner > 0).all())
+    require(positive, "conjugate_gradient preconditioner", "an entry <= 0", "entries > 0")
     keep = storage_schedule(max_iterations)
     x = x0.clone()
     residual = matvec(x) - b

@@ -43,6 +43,7 @@ from natgrad.optim.natural import (
     quadratic_model_coefficients,
     reduction_ratio,
 )
+from natgrad.validation import require
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,15 @@ class MetricTrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "cg_iterations", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"MetricTrainingConfig.{name} must be >= 1, got {getattr(self, name)}"
-                )
-        if not self.relative_damping > 0 or not self.initial_damping > 0:
-            raise ValueError(
-                "MetricTrainingConfig.relative_damping and initial_damping must be > 0"
-            )
-        if not 0 < self.lm_factor < 1:
-            raise ValueError(
-                f"MetricTrainingConfig.lm_factor must be in (0, 1), got {self.lm_factor}"
-            )
+            value = getattr(self, name)
+            require(value >= 1, f"MetricTrainingConfig.{name}", value, "an integer >= 1")
+        for name in ("relative_damping", "initial_damping"):
+            value = getattr(self, name)
+            require(value > 0, f"MetricTrainingConfig.{name}", value, "a number > 0")
+        lm_factor = self.lm_factor
+        require(
+            0 < lm_factor < 1, "MetricTrainingConfig.lm_factor", lm_factor, "a number in (0, 1)"
+        )
 
 
 @dataclass

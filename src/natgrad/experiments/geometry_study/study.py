@@ -50,6 +50,7 @@ from natgrad.geometry.divergences import Divergence, NoLocalMetricError, get_div
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
+from natgrad.validation import require
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +113,11 @@ class StudyConfig:
             "eigen_directions",
             "cg_iterations",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"StudyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.relative_damping > 0 or not self.pretrain_lr > 0:
-            raise ValueError("StudyConfig.relative_damping and pretrain_lr must be > 0")
+            value = getattr(self, name)
+            require(value >= 1, f"StudyConfig.{name}", value, "an integer >= 1")
+        for name in ("relative_damping", "pretrain_lr"):
+            value = getattr(self, name)
+            require(value > 0, f"StudyConfig.{name}", value, "a number > 0")
 
     @classmethod
     def quick(cls, out_dir: Path, data_dir: str | None = None) -> "StudyConfig":
