@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, reparametrise_all, whiten
+from natgrad.distributed.communicator import refuse_data_parallel
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
 from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
@@ -61,6 +62,13 @@ def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestima
     require(not (nesterov and momentum == 0), "prong.nesterov", nesterov, "true only with momentum > 0")
 
 
+#: Why PRONG refuses data-parallel runs (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
+DATA_PARALLEL_REFUSAL = (
+    "it reparametrises the model in place from whitening statistics that each process would re-estimate on "
+    "its own recent layer inputs (Desjardins et al. 2015), so the processes' models would differ; averaging "
+    "those statistics and broadcasting the new whitening is not implemented")
+
+
 class PRONG(SingleParameterGroup):
     """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a checkpoint.
 
@@ -78,7 +86,8 @@ class PRONG(SingleParameterGroup):
         batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
 
     Raises:
-        ValueError: an invalid hyper-parameter (the message names it) or a model without nn.Linear.
+        ValueError: an invalid hyper-parameter (the message names it), a model without nn.Linear, or an
+            initialised ``torch.distributed`` process group with several processes (:data:`DATA_PARALLEL_REFUSAL`).
     """
 
     STATE_KEY = "prong"
@@ -95,6 +104,7 @@ class PRONG(SingleParameterGroup):
         epsilon: float = 0.1,
         batch_norm: bool = False,
     ) -> None:
+        refuse_data_parallel("PRONG", DATA_PARALLEL_REFUSAL)
         _validate(lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm)
         self.layers: list[WhitenedLinear] = whiten(model, batch_norm=batch_norm)
         if not self.layers:
