@@ -10,6 +10,7 @@ from natgrad.distributed.communicator import (
     PeerLostError,
     ProcessGroupCommunicator,
     Traffic,
+    average_gradients,
     current_communicator,
     refuse_data_parallel,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ProcessGroupCommunicator",
     "Traffic",
     "assign_jobs",
+    "average_gradients",
     "current_communicator",
     "process_shards",
     "refuse_data_parallel",

@@ -211,6 +211,23 @@ def current_communicator(timeout: float | None = None) -> Communicator:
     return Communicator()
 
 
+def average_gradients(communicator: Communicator, params: Sequence[Tensor], loss: Tensor, count: int) -> float:
+    """The global batch's mean loss, with every ``p.grad`` replaced in place by the global batch's mean gradient.
+
+    For a closure of a ``torch.optim`` optimizer (the natural-gradient optimizers do this
+    themselves): after ``loss.backward()`` on a process's ``count`` examples, one bucketed,
+    example-weighted all-reduce of the gradients and the loss (no-op on one process). A parameter
+    without a gradient gets zeros, so every process hands the collective the same tensors.
+    """
+    value = loss.detach().reshape(1).clone()
+    if communicator.distributed:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        communicator.weighted_mean_([p.grad for p in params] + [value], count)
+    return float(value)
+
+
 def refuse_data_parallel(optimizer: str, reason: str) -> None:
     """Refuse to build ``optimizer`` inside a process group of more than one process.
 

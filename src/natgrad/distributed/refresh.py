@@ -85,8 +85,8 @@ class DistributedJobs:
             if owner != rank or error is not None:
                 results.append(empty)
                 continue
-            try:
-                result = tuple(job.compute())
+            try:  # contiguous, as the receivers' copies are: a matrix product's rounding depends on the layout
+                result = tuple(t.contiguous() for t in job.compute())
             except torch.linalg.LinAlgError as failure:
                 error, result = failure, empty
             else:

@@ -56,6 +56,7 @@ from natgrad.curvature.base import CurvatureRepresentation, NonFiniteStatistics
 from natgrad.curvature.choices import CurvatureKind
 from natgrad.curvature.statistics import weighted_mean
 from natgrad.distributed.communicator import Communicator, current_communicator
+from natgrad.distributed.communicator import average_gradients as distributed_average_gradients
 from natgrad.distributed.refresh import DistributedJobs
 from natgrad.distributed.shards import process_shards, shard_seed
 from natgrad.finite import all_finite
@@ -114,18 +115,10 @@ def damping_fields(damping: Any) -> Any:
 def average_gradients(communicator: Communicator, params: list[Tensor], loss: Loss) -> float:
     """The loss of the global batch, with every ``p.grad`` replaced in place by the global batch's gradient.
 
-    One bucketed, example-weighted all-reduce of the gradients and the loss
-    (:meth:`~natgrad.distributed.communicator.Communicator.weighted_mean_`); on one process it
-    returns ``loss.value`` and changes nothing. A parameter without a gradient gets zeros, so
-    every process hands the collective the same tensors.
+    :func:`natgrad.distributed.average_gradients` with the loss's value and batch size; on one
+    process it returns ``loss.value`` and changes nothing.
     """
-    value = loss.value.detach().reshape(1).clone()
-    if communicator.distributed:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        communicator.weighted_mean_([p.grad for p in params] + [value], loss.batch_size)
-    return float(value)
+    return distributed_average_gradients(communicator, params, loss.value, loss.batch_size)
 
 
 def global_value(communicator: Communicator, value: Tensor, count: int) -> float:
