@@ -11,9 +11,12 @@ candidates share one forward-mode pass), each measured separately. Hessian-free'
 ``--hf-cg`` and the cost of one CG iteration is reported too, so a full step can be read off as
 ``fixed + iterations * per_iteration`` (Martens 2010 allows up to 250).
 
-Writes ``benchmarks/results/step_cost.json`` and ``.md`` with the machine description.
+Writes ``benchmarks/results/step_cost-threads<T>.json`` and ``.md`` with the machine description;
+Adam, when timed, is the reference of issue 13's target (K-FAC's step at most 2.5x Adam's):
 
     .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 5 --threads 1
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac kfac-stats-every-4 \
+        kfac-model-half kfac-fast
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer], str]] = {
     "sgd": (lambda m, cg: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-5),
             "SGD, Nesterov momentum 0.9 (the unit)"),
+    "adam": (lambda m, cg: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam (the reference of issue 13's target)"),
     "kfac-fixed": (lambda m, cg: KFAC(m, step={"quadratic_model": False}),
                    "K-FAC block-diagonal, fixed alpha/mu (no quadratic model)"),
     "kfac-fixed-eigen": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, inverse_method="eigen"),
@@ -54,6 +58,12 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
                            "K-FAC block-diagonal, quadratic model on 1/4 of the batch (departure)"),
     "kfac-model-quarter-bf16": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, solve_dtype="bfloat16"),
                                 "as kfac-model-quarter with the solve in bfloat16 (departures)"),
+    "kfac-stats-every-4": (lambda m, cg: KFAC(m, schedule={"statistics_every": 4}),
+                           "as kfac with statistics every 4 steps (section 8 allows it; departure from Martens' code)"),
+    "kfac-model-half": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}),
+                        "K-FAC block-diagonal, quadratic model on 1/2 of the batch (departure)"),
+    "kfac-fast": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}, schedule={"inverse_every": 5}),
+                  "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder grid)"),
     "kfac-tridiag": (lambda m, cg: KFAC(m, structure="tridiagonal"), "K-FAC block-tridiagonal, quadratic model"),
     "diag": (lambda m, cg: DiagonalNaturalGradient(m), "diagonal Fisher, quadratic model"),
     "hf": (lambda m, cg: HessianFree(m, max_cg_iterations=cg), "Hessian-free (CG capped, see per-iteration cost)"),
@@ -97,7 +107,7 @@ class TimedOptimizer:
         self.model = DeepAutoencoder.for_problem("mnist", generator=torch.Generator().manual_seed(0))
         self.optimizer = VARIANTS[label][0](self.model, hf_cg)
         self.times: list[float] = []
-        self.records: list[dict] = []
+        self.records: list = []  # the optimizers' StepRecords (None for torch's own)
 
     def closure(self):
         self.optimizer.zero_grad()
@@ -110,7 +120,7 @@ class TimedOptimizer:
 
     def timed_step(self) -> None:
         self.times.append(self.step())
-        self.records.append(dict(getattr(self.optimizer, "last_step_record", {})))
+        self.records.append(getattr(self.optimizer, "last_step_record", None))
 
     def result(self) -> dict:
         optimizer, x = self.optimizer, self.x
@@ -121,7 +131,7 @@ class TimedOptimizer:
             result.update(refresh_seconds=refresh, gamma_search_extra_seconds=search,
                           amortised_seconds=result["median_seconds"] + refresh / periods[0] + search / periods[1])
         if isinstance(optimizer, HessianFree):
-            result["cg_iterations"] = [r["cg_iterations"] for r in self.records]
+            result["cg_iterations"] = [r.cg_iterations for r in self.records]
             result["cg_iteration_seconds"] = timed(lambda: optimizer._curvature_product(
                 build_loss(self.model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]),
                 torch.randn(optimizer.layout.dimension)))
@@ -146,9 +156,12 @@ def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg:
         x = load_dataset("mnist", data_dir, split_train_size=batch).train.flatten(1)
         results = measure(labels, x, warmup, repeats, hf_cg)
         unit = results["sgd"]["median_seconds"]
+        adam = results["adam"]["median_seconds"] if "adam" in results else math.nan
         for label, r in results.items():
             row = {"batch": batch, "optimizer": label, "description": VARIANTS[label][1], **r,
-                   "ratio": r["median_seconds"] / unit}
+                   "ratio": r["median_seconds"] / unit, "ratio_to_adam": r["median_seconds"] / adam}
+            if "amortised_seconds" in r:
+                row["amortised_ratio_to_adam"] = r["amortised_seconds"] / adam
             if "amortised_seconds" in r:
                 row["amortised_ratio"] = r["amortised_seconds"] / unit
             if "cg_iteration_seconds" in r:
@@ -180,17 +193,19 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['torch_threads']} threads), "
         f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of percent.",
         "",
-        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | notes |",
-        "| ---: | --- | ---: | ---: | ---: | --- |",
+        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | ratio to Adam | amortised ratio to Adam | notes |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["rows"]:
         amortised = f"{r['amortised_ratio']:.2f}" if "amortised_ratio" in r else ""
+        to_adam = f"{r['ratio_to_adam']:.2f}" if math.isfinite(r.get("ratio_to_adam", math.nan)) else ""
+        amortised_adam = f"{r['amortised_ratio_to_adam']:.2f}" if math.isfinite(r.get("amortised_ratio_to_adam", math.nan)) else ""
         notes = r["description"]
         if "cg_iterations" in r:
             notes += (f"; CG iterations {r['cg_iterations']}, one CG "
                       f"iteration = {r['cg_iteration_ratio']:.2f} SGD steps")
-        lines.append(f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {notes} |")
-    lines += ["", "Produced by `benchmarks/step_cost.py`; raw timings in step_cost.json."]
+        lines.append(f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {to_adam} | {amortised_adam} | {notes} |")
+    lines += ["", f"Produced by `benchmarks/step_cost.py --threads {m['torch_threads']}`; raw timings in {report['stem']}.json."]
     return "\n".join(lines) + "\n"
 
 
@@ -205,19 +220,21 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
-                        help="add these rows to an existing step_cost.json (e.g. fewer optimizers at batch 5000)")
+                        help="add these rows to an existing step_cost-threads<T>.json (e.g. fewer optimizers at batch 5000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     labels = ["sgd"] + [label for label in args.optimizers if label != "sgd"]
     report = run(args.batches, labels, args.warmup, args.repeats, args.hf_cg, args.data_dir)
-    previous = args.out / "step_cost.json"
+    stem = f"step_cost-threads{args.threads}"
+    report["stem"] = stem
+    previous = args.out / f"{stem}.json"
     if args.append and previous.exists():
         old = json.loads(previous.read_text())
         report["rows"] = old["rows"] + report["rows"]
         report["settings"] = old.get("settings", []) + report["settings"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_cost.json").write_text(json.dumps(report, indent=2))
-    (args.out / "step_cost.md").write_text(markdown(report))
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

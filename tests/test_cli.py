@@ -71,11 +71,20 @@ def test_train_help_lists_the_names_the_config_accepts(tmp_path, capsys):
         main(["train", "--help"])
     help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
     choices = train_flag_choices()
-    for flag in ("--dataset", "--model", "--optimizer", "--curvature"):
+    for flag in ("--dataset", "--model", "--optimizer", "--curvature", "--objective"):
         assert "".join(f"one of: {', '.join(choices[flag])}".split()) in help_text
     assert {"kfac", "hf", "adam", "tonga"} <= set(choices["--optimizer"])
     assert main(["train", *TINY, "--optimizer", "nope", "--out", str(tmp_path / "x")]) == 2
     assert f"allowed: {', '.join(choices['--optimizer'])}" in capsys.readouterr().err
+
+
+def test_objective_flags_set_the_model_fields():
+    from natgrad.cli import config_overrides
+    from natgrad.experiments.config import load_run_config
+
+    args = build_parser().parse_args(["train", "--model", "vae", "--objective", "iwae", "--samples", "5"])
+    model = load_run_config(None, config_overrides(args)).model
+    assert (model.objective, model.samples) == ("iwae", 5)
 
 
 def test_out_is_used_exactly_as_given(tmp_path):
@@ -87,3 +96,12 @@ def test_out_is_used_exactly_as_given(tmp_path):
     args = build_parser().parse_args(["train", "--out", out, "--data-dir", "d'ir"])
     config = load_run_config(None, config_overrides(args))
     assert (config.out_dir, config.data.data_dir) == (out, "d'ir")
+
+
+def test_bench_dry_run_lists_the_cells_of_the_elbo_vs_iwae_grid_and_runs_nothing(tmp_path, capsys):
+    grid = Path(__file__).parents[1] / "benchmarks" / "configs" / "elbo-vs-iwae.toml"
+    assert main(["bench", str(grid), "--dry-run", "--out", str(tmp_path / "grid"), "--shard", "1/2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("6 cells in ") and not (tmp_path / "grid").exists()
+    assert "mnist-vae/adam-elbo/seed-1  adam, batch 100, elbo k=1 (plain)" in lines[0]
+    assert "mnist-vae/kfac-iwae50/seed-1  kfac, batch 1000, iwae k=50 (plain)" in lines[-2]

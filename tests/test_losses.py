@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from natgrad.losses import Loss, LossTerm, build_loss, curvature_product, kl_term, likelihood_term
+from natgrad.distributions import curvature_product
+from natgrad.losses import Loss, LossTerm, build_loss, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
 
 

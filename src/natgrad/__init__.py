@@ -1,6 +1,6 @@
 """natgrad: natural-gradient training of VAEs and deep autoencoders.
 
-Layers, lowest first: distributions <- models <- losses/curvature <- optim <- experiments <- report
+Layers, lowest first: distributions <- models <- losses/curvature (objectives: iwae) <- optim <- experiments <- report
 <- cli. The public API below is what a user needs for their own training loop.
 """
 from natgrad.curvature import (
@@ -19,8 +19,10 @@ from natgrad.distributions import (
     GaussianLearnedVariance,
     OutputDistribution,
 )
+from natgrad.iwae import build_iwae_loss
 from natgrad.losses import Loss, LossTerm, build_loss, cross_entropy, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
+from natgrad.objectives import Objective, build_objective_loss
 from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
 
 __version__ = "0.1.0"
@@ -41,12 +43,15 @@ __all__ = [
     "KFAC",
     "Loss",
     "LossTerm",
+    "Objective",
     "OutputDistribution",
     "PRONG",
     "TONGA",
     "TridiagonalKFAC",
     "VAE",
+    "build_iwae_loss",
     "build_loss",
+    "build_objective_loss",
     "cross_entropy",
     "kl_term",
     "likelihood_term",

@@ -16,6 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from natgrad.experiments.bench import Cell
 
 logger = logging.getLogger("natgrad.cli")
 
@@ -53,6 +57,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--test-size": ("data.test_size", int),
     "--model": ("model.kind", str),
     "--problem": ("model.problem", str),
+    "--objective": ("model.objective", str),
+    "--samples": ("model.samples", int),
     "--optimizer": ("optimizer.name", str),
     "--lr": ("optimizer.lr", float),
     "--curvature": ("optimizer.curvature", str),
@@ -76,9 +82,11 @@ def train_flag_choices() -> dict[str, tuple[str, ...]]:
     from natgrad.curvature.choices import CurvatureKind
     from natgrad.experiments.config import DATASETS, MODEL_KINDS
     from natgrad.experiments.optimizers import OPTIMIZERS
+    from natgrad.objectives import ObjectiveName
 
     return {"--dataset": DATASETS, "--model": MODEL_KINDS, "--optimizer": tuple(sorted(OPTIMIZERS)),
-            "--curvature": tuple(kind.value for kind in CurvatureKind)}
+            "--curvature": tuple(kind.value for kind in CurvatureKind),
+            "--objective": tuple(name.value for name in ObjectiveName)}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,16 +276,72 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="run only cells I, I+N, I+2N, ... of the grid (0-based); start N of these, one per "
                              "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run the grid as N processes (shards 0/N ... N-1/N), each pinned to its own 1/N of "
+                             "the cores; with run.threads = cores/N this is one cell per core set (default 1)")
     parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the grid and list its cells (of --shard), one per line; run nothing")
     _add_force_argument(parser, "rerun cells whose config differs from the one on disk (by default refused)")
+
+
+def _shard_command(args: argparse.Namespace, index: int) -> list[str]:
+    """The ``natgrad bench`` command line of shard ``index`` of ``args.jobs`` (no report, no bar)."""
+    command = [sys.executable, "-m", "natgrad", "bench", str(args.config), "--shard", f"{index}/{args.jobs}",
+               "--no-report", "--no-progress"]
+    if args.out is not None:
+        command += ["--out", str(args.out)]
+    for override in args.overrides:
+        command += ["--set", override]
+    return command + (["--force"] if args.force else [])
+
+
+def _run_bench_jobs(args: argparse.Namespace) -> int:
+    from natgrad.experiments.bench import load_bench
+    from natgrad.experiments.config import ConfigError
+    from natgrad.experiments.jobs import available_cores, core_sets, run_shards
+    from natgrad.report.bench_report import write_bench_report
+
+    if args.shard != (0, 1):
+        raise ConfigError("--jobs and --shard exclude each other: --jobs N starts the N shards itself")
+    try:
+        cores = core_sets(args.jobs, available_cores())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    bench = load_bench(args.config, args.overrides, args.out)  # refuse a bad grid before starting anything
+    codes = run_shards([_shard_command(args, i) for i in range(args.jobs)], cores)
+    failed = [c for c in codes if c not in (EXIT_OK, EXIT_INTERRUPTED)]
+    if failed:
+        return failed[0]
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if not args.no_report:
+        sys.stdout.write(f"Report: {write_bench_report(bench.out_dir, title=bench.title).path}\n")
+    return EXIT_OK
+
+
+def _cell_line(cell: Cell) -> str:
+    """One cell of a dry run: key, optimizer, batch size, objective and budget."""
+    config, objective = cell.config, cell.config.model.training_objective()
+    budget = ", ".join(f"{v} {k}" for k, v in (("steps", config.budget.steps), ("s", config.budget.seconds)) if v)
+    return (f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective.name.value} "
+            f"k={objective.samples} ({objective.estimator.value}), budget {budget}\n")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from natgrad.experiments.bench import load_bench, run_bench
     from natgrad.report.bench_report import write_bench_report
 
+    if args.jobs != 1 and not args.dry_run:
+        return _run_bench_jobs(args)
     bench = load_bench(args.config, args.overrides, args.out)
+    if args.dry_run:
+        index, count = args.shard
+        cells = bench.cells[index::count]
+        sys.stdout.writelines(_cell_line(cell) for cell in cells)
+        sys.stdout.write(f"{len(cells)} cells in {bench.out_dir} (dry run: nothing was run)\n")
+        return EXIT_OK
     outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard, force=args.force)
     sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
     if not args.no_report and not outcome.interrupted:

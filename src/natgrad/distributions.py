@@ -15,7 +15,7 @@ Every distribution returns its output curvature from :meth:`OutputDistribution.c
 aligned with :attr:`params`: the diagonal (shaped like the parameter) for the factorised ones, a
 per-example ``(N, K, K)`` matrix for :class:`Categorical`, whose softmax couples the logits
 (``H_L = diag(p) - p p^T``). The curvature code multiplies by it
-(:func:`natgrad.losses.curvature_product`), takes its square root, and samples vectors with that
+(:func:`curvature_product`), takes its square root, and samples vectors with that
 covariance (:attr:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing
 there branches on the distribution type.
 """
@@ -23,13 +23,41 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def is_matrix_curvature(curvature: Tensor, vector: Tensor) -> bool:
+    """True when ``curvature`` is the per-example ``(N, d, d)`` matrix of the ``(N, d)`` ``vector``."""
+    return curvature.dim() == vector.dim() + 1
+
+
+def curvature_product(curvature: Tensor, vector: Tensor) -> Tensor:
+    """``H v`` per example for one output: ``c * v`` (diagonal) or ``H_n v_n`` (``(N, d, d)`` matrix).
+
+    ``vector`` is shaped like the output (or, for a square root ``R`` of shape ``(N, d, r)``, like
+    its ``(N, r)`` columns' coefficients).
+    """
+    if is_matrix_curvature(curvature, vector):
+        return (curvature @ vector.unsqueeze(-1)).squeeze(-1)
+    return curvature * vector
+
+
+def sample_with_square_root(roots: Sequence[Tensor], outputs: Sequence[Tensor],
+                            generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    """``s = R eps`` per output, ``eps ~ N(0, I)`` shaped like the output, so ``E[s s^T] = R R^T``.
+
+    The one default Monte-Carlo sampler of the output curvature (Martens & Grosse 2015, section 5):
+    ``R`` is a square root of ``H``, diagonal (shaped like the output) or per-example ``(N, d, d)``.
+    """
+    return tuple(curvature_product(root, torch.randn(z.shape, generator=generator, dtype=root.dtype,
+                                                     device=root.device))
+                 for root, z in zip(roots, outputs))
 
 
 class OutputDistribution(ABC):
@@ -40,7 +68,6 @@ class OutputDistribution(ABC):
     @abstractmethod
     def nll(self, target: Tensor) -> Tensor:
         """Negative log-likelihood ``-log r(y|z)`` per example, summed over dimensions: shape (N,)."""
-
 
     @property
     @abstractmethod
@@ -63,12 +90,25 @@ class OutputDistribution(ABC):
         """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per output)."""
         return target.reshape(self.params[0].shape)
 
-    #: Draws a random ``s`` per output with ``E[s s^T] = curvature()``: back-propagated through the
-    #: network, its outer product is in expectation the GGN (Martens & Grosse 2015, section 5).
-    #: Bernoulli and Categorical define it as the papers' estimator, the NLL's gradient at a target
-    #: sampled from the distribution; None leaves the loss term's default ``H^{1/2} eps``
-    #: (:meth:`natgrad.losses.LossTerm.sample_output_gradient`), the one sampler written once.
-    sample_output_gradient: Callable[[torch.Generator | None], tuple[Tensor, ...]] | None = None
+    @abstractmethod
+    def with_params(self, params: tuple[Tensor, ...]) -> "OutputDistribution":
+        """The same family (and fixed settings, e.g. a Gaussian's ``sigma``) on other parameter tensors.
+
+        Aligned with :attr:`params`; e.g. the ``(N, k, D)`` outputs of ``k`` samples per example
+        flattened to ``(N k, D)``, so that :meth:`nll` gives one value per sample.
+        """
+
+    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
+
+        Back-propagating ``s`` through the network gives a gradient sample whose outer product is,
+        in expectation, the GGN (Martens & Grosse 2015, section 5). The default draws
+        ``sqrt(c) * eps`` with ``eps ~ N(0, I)`` (:func:`sample_with_square_root`, the one
+        Monte-Carlo sampler, shared with :class:`natgrad.losses.LossTerm`); Bernoulli and
+        Categorical return the gradient of the NLL at a sampled target instead, the papers'
+        estimator.
+        """
+        return sample_with_square_root(tuple(c.sqrt() for c in self.curvature_diagonal()), self.params, generator)
 
 
 class Bernoulli(OutputDistribution):
@@ -80,6 +120,9 @@ class Bernoulli(OutputDistribution):
 
     def nll(self, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(self.logits, target, reduction="none").flatten(1).sum(1)
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "Bernoulli":
+        return Bernoulli(*params)
 
     @property
     def mean(self) -> Tensor:
@@ -114,6 +157,9 @@ class Gaussian(OutputDistribution):
         d = self._mean[0].numel()
         return 0.5 * sq / self.sigma**2 + 0.5 * d * (_LOG_2PI + 2.0 * math.log(self.sigma))
 
+    def with_params(self, params: tuple[Tensor, ...]) -> "Gaussian":
+        return Gaussian(*params, sigma=self.sigma)
+
     @property
     def mean(self) -> Tensor:
         return self._mean
@@ -138,6 +184,9 @@ class GaussianLearnedVariance(OutputDistribution):
     def nll(self, target: Tensor) -> Tensor:
         per_dim = 0.5 * ((target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
         return per_dim.flatten(1).sum(1)
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "GaussianLearnedVariance":
+        return GaussianLearnedVariance(*params)
 
     @property
     def mean(self) -> Tensor:
@@ -169,6 +218,9 @@ class Categorical(OutputDistribution):
 
     def as_target(self, target: Tensor) -> Tensor:
         return target.reshape(self.logits.shape[0])
+
+    def with_params(self, params: tuple[Tensor, ...]) -> "Categorical":
+        return Categorical(*params)
 
     @property
     def mean(self) -> Tensor:
@@ -211,6 +263,18 @@ class DiagonalGaussianPosterior:
     def rsample(self, eps: Tensor) -> Tensor:
         """Reparameterised sample ``z = mu + sigma * eps`` (Kingma & Welling 2014, section 2.4)."""
         return self.mu + self.std * eps
+
+    def with_sample_axis(self) -> "DiagonalGaussianPosterior":
+        """The posterior with ``mu, v`` of shape ``(N, 1, d)``: broadcasts over ``k`` samples ``(N, k, d)``.
+
+        Its :meth:`rsample` maps noise ``(N, k, d)`` to ``k`` samples per example and its
+        :meth:`log_prob` scores them, ``(N, k)``.
+        """
+        return DiagonalGaussianPosterior(self.mu.unsqueeze(-2), self.log_var.unsqueeze(-2))
+
+    def detached(self) -> "DiagonalGaussianPosterior":
+        """The same distribution with ``mu, v`` cut from the graph (gradients reach a sample only through ``z``)."""
+        return DiagonalGaussianPosterior(self.mu.detach(), self.log_var.detach())
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z|x)`` per example, shape (N,) (or (..., N) for stacked samples)."""

@@ -35,8 +35,8 @@ model's positional inputs followed by the loss's targets) into :class:`LossTerm`
 
 (:func:`cross_entropy` is exactly this.) Any term fits whose output curvature is known: give the
 per-example value and the diagonal or per-example matrix.
-Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss`; the curvature code
-sees terms, never models.
+Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss` (and, for the VAE's
+importance-weighted bound, in :mod:`natgrad.iwae`); the curvature code sees terms, never models.
 """
 from __future__ import annotations
 
@@ -51,26 +51,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from natgrad.distributions import Categorical, DiagonalGaussianPosterior, OutputDistribution
+from natgrad.distributions import (
+    Categorical,
+    DiagonalGaussianPosterior,
+    OutputDistribution,
+    is_matrix_curvature,
+    sample_with_square_root,
+)
 from natgrad.models import VAE, AutoencoderOutput, VAEOutput
 
 OutputGradientSampler = Callable[[torch.Generator | None], tuple[Tensor, ...]]
-
-
-def is_matrix_curvature(curvature: Tensor, vector: Tensor) -> bool:
-    """True when ``curvature`` is the per-example ``(N, d, d)`` matrix of the ``(N, d)`` ``vector``."""
-    return curvature.dim() == vector.dim() + 1
-
-
-def curvature_product(curvature: Tensor, vector: Tensor) -> Tensor:
-    """``H v`` per example for one output: ``c * v`` (diagonal) or ``H_n v_n`` (``(N, d, d)`` matrix).
-
-    ``vector`` is shaped like the output (or, for a square root ``B`` of shape ``(N, d, r)``, like
-    its ``(N, r)`` columns' coefficients).
-    """
-    if is_matrix_curvature(curvature, vector):
-        return (curvature @ vector.unsqueeze(-1)).squeeze(-1)
-    return curvature * vector
 
 
 def _check_curvature_shape(name: str, output: Tensor, curvature: Tensor) -> None:
@@ -158,10 +148,7 @@ class LossTerm:
         """A random ``s`` with ``E[s s^T] = H`` per example (Monte-Carlo Fisher, K-FAC §5)."""
         if self.output_gradient_sampler is not None:
             return self.output_gradient_sampler(generator)
-        return tuple(
-            curvature_product(b, torch.randn(z.shape, generator=generator, dtype=b.dtype, device=b.device))
-            for b, z in zip(self.curvature_sqrt(), self.outputs)
-        )
+        return sample_with_square_root(self.curvature_sqrt(), self.outputs, generator)
 
 
 def likelihood_term(likelihood: OutputDistribution, target: Tensor) -> LossTerm:

@@ -9,18 +9,19 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost.py"
 
 
-def test_step_cost_writes_ratios_against_sgd_for_every_optimizer(tmp_path, shared_data_dir):
+def test_step_cost_writes_ratios_against_sgd_and_adam_for_every_optimizer(tmp_path, shared_data_dir):
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--batches", "16", "--optimizers", "kfac-fixed-bf16", "hf",
+        [sys.executable, str(SCRIPT), "--batches", "16", "--optimizers", "adam", "kfac-fixed-bf16", "hf",
          "--warmup", "1", "--repeats", "2", "--hf-cg", "2", "--data-dir", str(shared_data_dir), "--out", str(tmp_path)],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    report = json.loads((tmp_path / "step_cost.json").read_text())
+    report = json.loads((tmp_path / "step_cost-threads1.json").read_text())
     rows = {row["optimizer"]: row for row in report["rows"]}
-    assert list(rows) == ["sgd", "kfac-fixed-bf16", "hf"]
+    assert list(rows) == ["sgd", "adam", "kfac-fixed-bf16", "hf"]
+    assert rows["adam"]["ratio_to_adam"] == 1.0
     assert rows["sgd"]["ratio"] == 1.0 and all(len(r["seconds"]) == 2 for r in rows.values())
     assert rows["kfac-fixed-bf16"]["amortised_ratio"] >= rows["kfac-fixed-bf16"]["ratio"] > 0
     assert all(1 <= i <= 2 for i in rows["hf"]["cg_iterations"])
     assert report["machine"]["torch_threads"] == 1
-    markdown = (tmp_path / "step_cost.md").read_text()
+    markdown = (tmp_path / "step_cost-threads1.md").read_text()
     assert "| 16 | kfac-fixed-bf16 |" in markdown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from natgrad.cli import main
 from natgrad.experiments.bench import first_reach, load_bench, machine_info, parse_shard, run_bench
 from natgrad.experiments.checkpoint import CHECKPOINT_NAME
 from natgrad.experiments.config import ConfigError
+from natgrad.experiments.jobs import available_cores, core_sets, run_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = REPO_ROOT / "benchmarks" / "configs" / "smoke.toml"
@@ -199,3 +201,30 @@ def test_a_label_may_change_the_model(tmp_path):
     assert activations[("adam", "synthetic-vae")] == activations[("adam", "synthetic-autoencoder")] == "tanh"
     assert activations[("sgd-lr0.01", "synthetic-vae")] is None
     assert all(c.config.model.sizes == [64, 8, 2] for c in bench.cells)  # merged over [run.model]
+
+
+def test_core_sets_are_disjoint_and_equal_and_too_many_jobs_are_refused():
+    assert core_sets(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+    assert core_sets(1, [3]) == [[3]]
+    with pytest.raises(ValueError, match="--jobs 3 needs"):
+        core_sets(3, [0, 1])
+
+
+def test_shard_processes_are_pinned_to_their_cores(tmp_path):
+    cores = available_cores()
+    command = [sys.executable, "-c", "import os, sys; sys.exit(100 + min(os.sched_getaffinity(0)))"]
+    sets = core_sets(len(cores), cores)
+    assert run_shards([command] * len(sets), sets) == [100 + s[0] for s in sets]
+
+
+@pytest.mark.skipif(len(available_cores()) < 2, reason="needs two cores to run two shards")
+def test_jobs_run_every_cell_once_as_pinned_shards_and_record_the_layout(tmp_path, capsys):
+    path = write(tmp_path, autoencoder_grid_of_one_seed())
+    out = tmp_path / "out"
+    assert main(["bench", str(path), "--out", str(out), "--jobs", "2", "--no-report"]) == 0
+    records = [json.loads(p.read_text()) for p in sorted((out / "cells").rglob("*.json"))]
+    assert len(records) == 3
+    assert sorted(tuple(r["shard"]) for r in records) == [(0, 2), (0, 2), (1, 2)]
+    assert {len(r["machine"]["pinned_cores"]) for r in records} == {len(available_cores()) // 2}
+    assert main(["bench", str(path), "--out", str(out), "--jobs", "2", "--shard", "0/2"]) == 2
+    assert "--jobs and --shard exclude each other" in capsys.readouterr().err

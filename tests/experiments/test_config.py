@@ -38,6 +38,18 @@ INVALID = [
     ({"data": {"data_dir": 5}}, r"Invalid data\.data_dir: 5; allowed: a directory path as a string"),
     ({"max_rejected_steps": 0}, r"Invalid max_rejected_steps: 0; allowed: an integer >= 1"),
     ({"fault": {"nan_batch_at": [0]}}, r"Invalid fault\.nan_batch_at: \[0\]; allowed: a list of step numbers"),
+    # issue 18: the objective, dynamic binarisation and the extra bounds of the evaluation
+    ({"model": {"kind": "vae", "objective": "bound"}}, r"Invalid model\.objective: 'bound'; allowed: elbo, iwae"),
+    ({"model": {"kind": "vae", "objective": "iwae", "samples": 0}}, r"Invalid model\.samples: 0; allowed: an integer >= 1"),
+    ({"model": {"kind": "vae", "samples": 5}}, r"Invalid model\.samples: 5; allowed: 1 with objective 'elbo'"),
+    ({"model": {"kind": "vae", "estimator": "dreg"}}, r"Invalid model\.estimator: 'dreg'; allowed: 'plain' with objective 'elbo'"),
+    ({"model": {"objective": "iwae", "samples": 5}}, r"Invalid model\.objective: 'iwae'; allowed: omitted for "
+                                                     r"model\.kind = 'autoencoder'"),
+    ({"model": {"kind": "vae", "objective": "iwae", "samples": 5}, "optimizer": {"name": "kfac-tridiag"}},
+     r"Invalid optimizer\.name: 'kfac-tridiag'; allowed: not 'kfac-tridiag' with model\.samples = 5"),
+    ({"data": {"binarize": "static"}}, r"Invalid data\.binarize: 'static'; allowed: dynamic \(or omitted\)"),
+    ({"data": {"dataset": "faces", "binarize": "dynamic"}}, r"Invalid data\.binarize: .* omitted for dataset 'faces'"),
+    ({"eval": {"bound_samples": [5, 0]}}, r"Invalid eval\.bound_samples: \[5, 0\]"),
 ]
 
 
@@ -154,3 +166,13 @@ def test_units_default_to_the_papers_for_the_autoencoder_and_tanh_for_the_vae(tm
     assert activations == {"autoencoder": {"Sigmoid"}, "vae": {"Tanh"}}
     chosen = RunConfig.from_dict({"model": {"kind": "vae", "sizes": [64, 8, 2], "activation": "sigmoid"}}).model
     assert {type(m).__name__ for m in build_model(chosen, data, None).modules()} & {"Tanh"} == set()
+
+
+def test_the_objective_fields_reach_the_training_objective():
+    config = load_run_config(None, ["model.kind=vae", "model.objective=iwae", "model.samples=50",
+                                    "model.estimator=dreg", "data.binarize=dynamic"])
+    objective = config.model.training_objective()
+    assert (objective.name.value, objective.samples, objective.estimator.value) == ("iwae", 50, "dreg")
+    assert config.data.binarize == "dynamic"
+    default = RunConfig().model.training_objective()
+    assert (default.name.value, default.samples, default.estimator.value) == ("elbo", 1, "plain")

@@ -8,7 +8,7 @@ product takes and returns a list of tensors aligned with it, every dense matrix 
 
 * GGN (Schraudolph 2002; Martens 2010 §4.2): ``G v = (1/N) sum_t J_t^T H_t J_t v`` — one ``jvp``,
   a multiplication by ``H_t`` in output space (diagonal, or a per-example matrix such as the
-  softmax's ``diag(p) - p p^T``; :func:`natgrad.losses.curvature_product`), one ``vjp``; no
+  softmax's ``diag(p) - p p^T``; :func:`natgrad.distributions.curvature_product`), one ``vjp``; no
   matrix is formed. For the VAE with
   :class:`~natgrad.curvature.choices.CurvatureKind` ``FULL`` the likelihood Jacobian runs through
   ``z = mu + sigma * eps`` (fixed ``eps``) into the encoder and the KL term adds
@@ -32,7 +32,8 @@ from torch import Tensor
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 from natgrad.curvature.choices import CurvatureKind, select_terms
-from natgrad.losses import Loss, curvature_product
+from natgrad.distributions import curvature_product
+from natgrad.losses import Loss
 from natgrad.validation import parse_choice
 
 Params = Mapping[str, Tensor]
@@ -181,7 +182,7 @@ def dense_pullback(columns: Sequence[Tensor], metric: Sequence[Tensor]) -> Tenso
 
     ``columns[k]`` is output ``k``'s Jacobian as ``(P, *output shape)`` (one column per parameter),
     ``metric[k]`` its output-space matrix: the diagonal or per-example matrices
-    (:func:`natgrad.losses.curvature_product`).
+    (:func:`natgrad.distributions.curvature_product`).
     """
     total = 0
     for j, m in zip(columns, metric):

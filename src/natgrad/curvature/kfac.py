@@ -32,7 +32,7 @@ Both give the same matrix ``M(gamma^2) = (A + pi gamma I) (x) (B + gamma/pi I)``
 stores the shifted inverses in bfloat16 and multiplies in bfloat16 (float32 accumulation inside the
 product, result cast back to the gradient's dtype). The two products per layer are the solve's
 whole cost, ``sum_i d_out d_in (d_out + d_in)`` multiply-adds, and on CPUs with AVX512-BF16 they
-run faster in bfloat16 (timings: ``benchmarks/results/step_cost.md``); the price is a relative
+run faster in bfloat16 (timings: ``benchmarks/results/step_cost-threads1.md``); the price is a relative
 error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa), which the
 quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
 moving averages and the inverses' Cholesky factorisation stay in float32/float64.

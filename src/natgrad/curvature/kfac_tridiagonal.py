@@ -120,7 +120,8 @@ class TridiagonalKFAC(KroneckerFactored):
             require(lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1, "locations per example",
                     (lower.inputs.shape[1], upper.inputs.shape[1]),
                     f"1: TridiagonalKFAC needs (N, d) inputs at every layer (layer {self.layout.layers[i].name!r} "
-                    "or its successor has more)")
+                    "or its successor has more; a VAE on the importance-weighted bound decodes k samples per "
+                    "example: use block-diagonal K-FAC)")
             layers[i] = layers[i].with_cross(input_cross_factor(lower, upper, records.batch_size),
                                              output_cross_factor(lower, upper, records.batch_size))
         return CurvatureStatistics(tuple(layers), statistics.diagonal)

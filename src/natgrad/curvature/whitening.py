@@ -130,9 +130,10 @@ class WhitenedLinear(nn.Module):
 
     def _normalise(self, s: Tensor) -> Tensor:
         if self.training:
-            mean, var = s.mean(dim=0), s.var(dim=0, unbiased=False)
+            rows = s.reshape(-1, s.shape[-1])  # (N, d_out), or (N k, d_out) for k samples per example
+            mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
             with torch.no_grad():
-                n = s.shape[0]
+                n = rows.shape[0]
                 unbiased = var.detach() * n / max(n - 1, 1)
                 self.running_mean.lerp_(mean.detach(), self.bn_momentum)
                 self.running_var.lerp_(unbiased, self.bn_momentum)
@@ -202,7 +203,7 @@ def capture_layer_inputs(layers: Sequence[WhitenedLinear]) -> Iterator[list[list
 
     def hook_for(store: list[Tensor]) -> Callable:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store.append(args[0].detach().flatten(1))
+            store.append(args[0].detach().reshape(-1, args[0].shape[-1]))  # one row per example (and sample)
 
         return hook
 

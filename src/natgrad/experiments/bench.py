@@ -69,6 +69,7 @@ from natgrad.experiments.config import (
     merge_tables,
     split_label_entry,
 )
+from natgrad.experiments.jobs import available_cores
 from natgrad.experiments.metrics import HEADLINE_METRICS
 from natgrad.experiments.runlog import read_log
 from natgrad.experiments.runner import RunExistsError
@@ -235,10 +236,11 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Where a cell ran: CPU model, cores, torch's threads, torch and Python versions, device."""
+    """Where a cell ran: CPU model, cores (and those the run was pinned to), torch's threads, versions."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "pinned_cores": available_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -260,13 +262,15 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
+def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """The JSON of a finished cell, from its run directory's log.
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
-    ``config`` (resolved), ``machine``, ``budget`` (steps and seconds), ``steps`` and ``train_time``
-    reached, ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training
-    seconds, wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    ``config`` (resolved), ``machine`` (with the cores it was pinned to), ``shard`` ``[I, N]`` (the
+    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps`` and
+    ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps), ``metric``
+    (the headline metric's name), ``curve`` (every evaluation: step, training seconds, wall seconds,
+    metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
     """
@@ -283,9 +287,10 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "problem": cell.problem, "dataset": cell.config.data.dataset, "model": cell.config.model.kind,
         "label": cell.label, "variant": cell.variant, "seed": cell.seed, "grid": cell.grid, "status": status,
-        "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads),
+        "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads), "shard": list(shard),
         "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
         "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "seconds_per_step": steps[-1]["time"] / steps[-1]["step"] if steps else None,
         "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
         "time_to_target": None, "steps_to_target": None,
     }
@@ -303,7 +308,7 @@ def cell_record(cell: Cell, status: str, run_dir: Path) -> dict[str, Any]:
 
 # -- running the grid -----------------------------------------------------------------------------
 
-def run_cell(bench: Bench, cell: Cell, force: bool = False) -> str:
+def run_cell(bench: Bench, cell: Cell, force: bool = False, shard: tuple[int, int] = (0, 1)) -> str:
     """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's status."""
     status = run_config(cell.config, show_progress=False, force=force)
     if status == "interrupted":
@@ -311,7 +316,7 @@ def run_cell(bench: Bench, cell: Cell, force: bool = False) -> str:
     run_dir = Path(cell.config.out_dir)
     path = bench.cell_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir, shard), indent=1, sort_keys=True) + "\n")
     for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
         (run_dir / name).unlink(missing_ok=True)
     return status
@@ -375,7 +380,7 @@ def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] =
             continue
         if not show_progress:
             logger.info("cell %s", cell.key)
-        status = run_cell(bench, cell, force)
+        status = run_cell(bench, cell, force, shard)
         if status == "interrupted":
             outcome.interrupted = True
             break

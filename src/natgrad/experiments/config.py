@@ -43,9 +43,11 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 from natgrad.experiments.batches import SCHEDULES as BATCH_SCHEDULES
-from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES
+from natgrad.experiments.binarize import BINARIZATIONS
+from natgrad.models.autoencoder import ARCHITECTURES, LIKELIHOOD_NAMES, LIKELIHOODS
 from natgrad.models.init import INITIALISATIONS
 from natgrad.models.mlp import ACTIVATIONS
+from natgrad.objectives import Objective
 from natgrad.validation import is_integer, is_number, require
 
 MODEL_KINDS = ("autoencoder", "vae")
@@ -88,6 +90,9 @@ class DataConfig:
             examples) or 'strided' (N examples evenly spaced over the file, ``floor(i * M / N)``;
             the same for every seed). FACES is stored person by person, so only 'strided' gives
             a subset showing every person.
+        binarize: 'dynamic' samples every training batch as ``Bernoulli(intensity)`` and
+            evaluates on sets binarised once with a fixed seed (:mod:`natgrad.experiments.binarize`);
+            None uses the intensities. Only for the Bernoulli datasets (MNIST, CURVES, synthetic).
     """
 
     dataset: str = "mnist"
@@ -95,6 +100,7 @@ class DataConfig:
     train_size: int | None = None
     test_size: int | None = None
     subset: str = "prefix"
+    binarize: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
@@ -103,6 +109,10 @@ class DataConfig:
         _check_optional_positive_int("data.train_size", self.train_size)
         _check_optional_positive_int("data.test_size", self.test_size)
         _require(self.subset in SUBSETS, "data.subset", self.subset, ", ".join(SUBSETS))
+        _require(self.binarize is None or self.binarize in BINARIZATIONS, "data.binarize", self.binarize,
+                 ", ".join(BINARIZATIONS) + " (or omitted)")
+        _require(self.binarize is None or LIKELIHOODS.get(self.dataset, "bernoulli") == "bernoulli", "data.binarize",
+                 self.binarize, f"omitted for dataset {self.dataset!r} (its pixels are Gaussian, not intensities in [0, 1])")
 
 
 @dataclass
@@ -121,6 +131,12 @@ class ModelConfig:
             default for the VAE.
         likelihood: output distribution; None means the dataset's ('bernoulli' for MNIST and
             CURVES, 'gaussian' for FACES); 'gaussian-learned' adds a log-variance per pixel.
+        objective: the VAE's training objective (:mod:`natgrad.objectives`, docs/elbo.md): 'elbo'
+            or 'iwae' (the importance-weighted bound L_k); None means 'elbo'. The autoencoder
+            always trains on its NLL and takes none of these three fields.
+        samples: k, latent samples per example of the 'iwae' objective; None means 1.
+        estimator: the bound's gradient estimator, 'plain' or 'dreg' (Tucker et al. 2019);
+            None means 'plain'.
     """
 
     kind: str = "autoencoder"
@@ -129,6 +145,9 @@ class ModelConfig:
     activation: str | None = None
     init: str | None = None
     likelihood: str | None = None
+    objective: str | None = None
+    samples: int | None = None
+    estimator: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.kind in MODEL_KINDS, "model.kind", self.kind, ", ".join(MODEL_KINDS))
@@ -146,6 +165,20 @@ class ModelConfig:
                  ", ".join(INITIALISATIONS) + " (or omitted)")
         _require(self.likelihood is None or self.likelihood in LIKELIHOOD_NAMES, "model.likelihood",
                  self.likelihood, ", ".join(LIKELIHOOD_NAMES) + " (or omitted)")
+        try:
+            self.training_objective()
+        except ValueError as error:  # "Invalid <field>: ...", the field without its table
+            raise ConfigError(str(error).replace("Invalid ", "Invalid model.", 1)) from None
+        chosen = {"objective": self.objective, "samples": self.samples, "estimator": self.estimator}
+        for name, value in chosen.items():
+            _require(self.kind == "vae" or value is None, f"model.{name}", value,
+                     "omitted for model.kind = 'autoencoder' (it trains on its NLL; the importance-weighted "
+                     "bound needs a VAE's latent samples)")
+
+    def training_objective(self) -> Objective:
+        """The :class:`~natgrad.objectives.Objective` of these fields (defaults filled in)."""
+        return Objective(self.objective or "elbo", 1 if self.samples is None else self.samples,
+                         self.estimator or "plain")
 
 
 @dataclass
@@ -238,6 +271,9 @@ class EvalConfig:
         iwae_examples: evaluate the IWAE bound on the first ``iwae_examples`` test examples only
             (None: all); with k = 5000 as in the paper this is expensive.
         iwae_every_eval: compute the IWAE bound at every evaluation, not only the last one.
+        bound_samples: further k of the bound L_k, reported as ``test.iwae_bound_k<k>`` on the same
+            ``iwae_examples`` test examples and at the same evaluations as ``iwae_samples`` (e.g.
+            ``[1, 5, 50]`` beside ``iwae_samples = 5000``); None: none.
     """
 
     every: int = 100
@@ -246,6 +282,7 @@ class EvalConfig:
     iwae_samples: int = 0
     iwae_examples: int | None = None
     iwae_every_eval: bool = False
+    bound_samples: list[int] | None = None
 
     def __post_init__(self) -> None:
         _check_positive_int("eval.every", self.every)
@@ -258,6 +295,11 @@ class EvalConfig:
                  "an integer >= 0 (0 disables the IWAE bound)")
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
         _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
+        ok = self.bound_samples is None or (isinstance(self.bound_samples, (list, tuple))
+                                            and all(is_integer(k) and k >= 1 for k in self.bound_samples))
+        _require(ok, "eval.bound_samples", self.bound_samples, "a list of integers >= 1 (or omitted)")
+        if self.bound_samples is not None:
+            self.bound_samples = list(self.bound_samples)
 
 
 @dataclass
@@ -321,6 +363,10 @@ class RunConfig:
         _check_positive_int("checkpoint_every", self.checkpoint_every)
         _check_positive_int("max_rejected_steps", self.max_rejected_steps)
         _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir", self.out_dir, "a non-empty path")
+        samples = self.model.training_objective().samples
+        _require(self.optimizer.name != "kfac-tridiag" or samples == 1, "optimizer.name", self.optimizer.name,
+                 f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one input per "
+                 "example, while the decoder sees k samples per example (use 'kfac')")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML-serialisable; None values are kept for JSON)."""

@@ -28,12 +28,12 @@ r"""Evaluation metrics of the autoencoder and VAE papers, computed in chunks ove
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from natgrad.distributions import standard_normal_log_prob
+from natgrad.iwae import log_importance_weights
 from natgrad.models import VAE
 
 
@@ -116,7 +116,7 @@ def _iwae_chunk(model: VAE, x: Tensor, k: int, samples_per_pass: int, generator:
         z = posterior.rsample(eps)  # (s, n, d_z)
         target = x.unsqueeze(0).expand(s, *x.shape).reshape(s * x.shape[0], *x.shape[1:])
         log_px_z = -model.decode(z.reshape(s * x.shape[0], -1)).nll(target).reshape(s, x.shape[0])
-        log_weights.append(log_px_z + standard_normal_log_prob(z) - posterior.log_prob(z))
+        log_weights.append(log_importance_weights(log_px_z, z, posterior))
     return torch.logsumexp(torch.cat(log_weights).double(), dim=0) - math.log(k)
 
 
@@ -154,12 +154,15 @@ def evaluate(
     iwae_samples: int = 0,
     iwae_examples: int | None = None,
     generator: torch.Generator | None = None,
+    bound_samples: Sequence[int] = (),
 ) -> dict[str, float]:
     """All metrics of ``model`` on the full train and test sets, keyed ``"<split>.<metric>"``.
 
     Autoencoder: ``reconstruction_error`` and ``nll``. VAE: ``reconstruction_error`` and the
-    :func:`elbo_terms` (``neg_elbo``, ``kl``, ``active_units``), plus ``test.iwae_ll`` (on the first ``iwae_examples`` test examples) when
-    ``iwae_samples`` > 0. The model is put in eval mode and restored.
+    :func:`elbo_terms` (``neg_elbo``, ``kl``, ``active_units``), plus, on the first
+    ``iwae_examples`` test examples, ``test.iwae_ll`` (the log-likelihood estimate L_k,
+    ``k = iwae_samples``) when ``iwae_samples`` > 0 and ``test.iwae_bound_k<k>`` for every ``k`` of
+    ``bound_samples``. The model is put in eval mode and restored.
     """
     was_training = model.training
     model.eval()
@@ -170,8 +173,11 @@ def evaluate(
             metrics.update({f"{split}.{name}": value for name, value in elbo_terms(model, x, chunk_size, generator).items()})
         else:
             metrics[f"{split}.nll"] = negative_log_likelihood(model, x, chunk_size)
-    if isinstance(model, VAE) and iwae_samples > 0:
+    if isinstance(model, VAE):
         subset = test if iwae_examples is None else test[:iwae_examples]
-        metrics["test.iwae_ll"] = iwae_log_likelihood(model, subset, iwae_samples, chunk_size, generator)
+        if iwae_samples > 0:
+            metrics["test.iwae_ll"] = iwae_log_likelihood(model, subset, iwae_samples, chunk_size, generator)
+        for k in bound_samples:
+            metrics[f"test.iwae_bound_k{k}"] = iwae_log_likelihood(model, subset, k, chunk_size, generator)
     model.train(was_training)
     return metrics

@@ -11,7 +11,7 @@ A run directory holds
 * ``checkpoint.pt`` - written atomically (with a checksum, the previous one kept as
   ``checkpoint.prev.pt``; see :mod:`natgrad.experiments.checkpoint`) every ``checkpoint_every``
   steps, at the end, and on SIGINT/SIGTERM: model and optimizer ``state_dict``, the data-order
-  sampler, the VAE-noise generator, torch's global RNG, the step, the training time, the log length
+  sampler, the VAE-noise generator, the dynamic-binarisation generator, torch's global RNG, the step, the training time, the log length
   and the resolved config;
 * ``result.json`` - written when the run ends (status ``completed``, ``diverged`` with the
   ``reason``, or ``interrupted``), with the final metrics and the step they were evaluated at.
@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from natgrad.experiments.batches import BatchSampler
+from natgrad.experiments.binarize import DynamicBinarizer, binarize_once
 from natgrad.data.cache import remove_stale_temporaries
 from natgrad.experiments.checkpoint import (
     CHECKPOINT_NAME,
@@ -57,8 +58,9 @@ from natgrad.experiments.metrics import HEADLINE_METRICS, evaluate
 from natgrad.experiments.optimizers import build_optimizer
 from natgrad.experiments.progress import make_progress
 from natgrad.experiments.runlog import LOG_NAME, RunLog
-from natgrad.losses import Loss, build_loss
+from natgrad.losses import Loss
 from natgrad.models import ARCHITECTURES, VAE, DeepAutoencoder
+from natgrad.objectives import build_objective_loss
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +156,11 @@ class Trainer:
         self.sampler = BatchSampler(self.data.train.shape[0], config.batch_size, derive_seed(config.seed, "data-order"),
                                     config.batch_schedule, config.batch_full_at)
         self.noise = torch.Generator().manual_seed(derive_seed(config.seed, "noise"))
+        self.objective = config.model.training_objective()
+        dynamic = config.data.binarize == "dynamic"
+        self.binarizer = DynamicBinarizer(derive_seed(config.seed, "binarize")) if dynamic else None
+        self.evaluation_sets = ((binarize_once(self.data.train), binarize_once(self.data.test)) if dynamic
+                                else (self.data.train, self.data.test))
         self.step = 0
         self.train_time = 0.0
         self.wall_offset = 0.0
@@ -169,6 +176,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "noise": self.noise.get_state(),
+            "binarizer": None if self.binarizer is None else self.binarizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "train_time": self.train_time,
@@ -186,6 +194,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.noise.set_state(state["noise"])
+        if self.binarizer is not None:
+            self.binarizer.load_state_dict(state["binarizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.train_time = float(state["train_time"])
@@ -202,17 +212,20 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step on the next batch; returns its log record."""
         x = self.data.train[self.sampler.next_indices()]
+        if self.binarizer is not None:
+            x = self.binarizer(x)
         if self.step + 1 in self.config.fault.nan_batch_at:
             x = x.clone()
             x[0, 0] = math.nan
         eps = None
         if isinstance(self.model, VAE):
-            eps = torch.randn((x.shape[0], self.model.latent_dim), generator=self.noise, dtype=x.dtype)
+            shape = self.objective.noise_shape(x.shape[0], self.model.latent_dim)
+            eps = torch.randn(shape, generator=self.noise, dtype=x.dtype)
         first: list[Loss] = []
 
         def closure() -> Loss:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = build_loss(self.model, x, eps=eps)
+            loss = build_objective_loss(self.model, x, self.objective, eps=eps)
             loss.value.backward()
             if not first:
                 first.append(loss)
@@ -234,12 +247,14 @@ class Trainer:
         }
 
     def evaluate(self, final: bool) -> dict[str, float]:
-        """Metrics on the full train and test sets; the IWAE bound only when ``final`` unless asked."""
+        """Metrics on the full train and test sets (binarised once under dynamic binarisation); the
+        IWAE bounds only when ``final`` unless asked."""
         ev = self.config.eval
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "eval", self.step))
-        iwae = ev.iwae_samples if final or ev.iwae_every_eval else 0
-        self.metrics = evaluate(self.model, self.data.train, self.data.test, ev.chunk_size, iwae,
-                                ev.iwae_examples, generator)
+        bounds = final or ev.iwae_every_eval
+        train, test = self.evaluation_sets
+        self.metrics = evaluate(self.model, train, test, ev.chunk_size, ev.iwae_samples if bounds else 0,
+                                ev.iwae_examples, generator, (ev.bound_samples or []) if bounds else ())
         self.last_eval_step = self.step
         self.last_eval_time = self.train_time
         return self.metrics

@@ -28,7 +28,7 @@ from torch.func import functional_call, jacrev
 
 from natgrad.curvature.exact import OutputJacobian, dense_pullback
 from natgrad.geometry.divergences import Divergence
-from natgrad.losses import curvature_product
+from natgrad.distributions import curvature_product
 from natgrad.models import VAEOutput
 
 #: ``theta (flat) -> the output distributions on a fixed batch``.

@@ -19,7 +19,7 @@ class VAEOutput:
 
     likelihood: OutputDistribution  # p(x | z), on the decoder output
     posterior: DiagonalGaussianPosterior  # q(z | x), on the encoder output (mu, log sigma^2)
-    z: Tensor
+    z: Tensor  # (N, latent), or (N, k, latent) for k samples per example
     eps: Tensor
 
 
@@ -70,9 +70,16 @@ class VAE(nn.Module):
         return likelihood_from_outputs(self.likelihood_name, self.decoder(z))
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> VAEOutput:
-        """One reparameterised pass; pass ``eps`` to fix the noise (exact oracles need it)."""
+        """One reparameterised pass; pass ``eps`` to fix the noise (exact oracles need it).
+
+        ``eps`` of shape ``(N, latent)`` draws one sample per example (the ELBO); ``(N, k, latent)``
+        draws ``k`` (the importance-weighted bound, :mod:`natgrad.iwae`): ``z`` and the decoder's
+        outputs are then ``(N, k, ...)``, and every decoder layer sees the ``k`` samples as ``k``
+        locations of one example (the KFC statistics of :mod:`natgrad.curvature.capture`).
+        """
         posterior = self.encode(x)
         if eps is None:
             eps = torch.randn_like(posterior.mu)
-        z = posterior.rsample(eps)
+        sampled = posterior.with_sample_axis() if eps.dim() == posterior.mu.dim() + 1 else posterior
+        z = sampled.rsample(eps)
         return VAEOutput(self.decode(z), posterior, z, eps)

@@ -68,7 +68,7 @@ class KFAC(NaturalGradientOptimizer):
             explicit damped factor inverses, rebuilt only when ``gamma`` changes (every T2 steps) or
             after a refresh, so a step costs two matrix products per layer; ``"eigen"``
             eigendecomposes at each refresh and makes any damping cheap but costs four products per
-            step (timings: ``benchmarks/results/step_cost.md``). None keeps the default.
+            step (timings: ``benchmarks/results/step_cost-threads1.md``). None keeps the default.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
             or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, faster
             on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).

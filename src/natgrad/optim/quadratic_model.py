@@ -12,7 +12,7 @@ under ``torch.func.vmap`` over the stacked tangents computes the primal outputs 
 layer's tangent products for all directions as one batched product (cheaper than one jvp per
 direction; timings in ``benchmarks/results/docstring-timings.md``). The Gram entries are then
 ``[W_i]^T [J u_j]`` with ``W = H J u`` (one ``(k, k)`` product per output; ``H`` diagonal or a
-per-example matrix, :func:`natgrad.losses.curvature_product`). Tests check it against
+per-example matrix, :func:`natgrad.distributions.curvature_product`). Tests check it against
 :func:`natgrad.curvature.exact.dense_ggn`.
 
 ``dtype = torch.bfloat16`` (``StepConfig.model_dtype``, a departure from the paper) runs that
@@ -31,7 +31,8 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from natgrad.curvature.choices import CurvatureKind, select_terms
-from natgrad.losses import Loss, curvature_product
+from natgrad.distributions import curvature_product
+from natgrad.losses import Loss
 
 
 def ggn_gram(

@@ -14,7 +14,7 @@ eigendecomposition every ``T3 = schedule.inverse_every`` steps (the paper's ``b`
 Defaults that differ from K-FAC's: ``T3 = 5`` (PLearn's b = 10, climin's 50; smaller keeps the
 factor narrow, ``k + b m`` columns) and ``gamma`` tied to ``sqrt(lambda + eta)``
 (``damping.adapt_gamma = False``): TONGA's damping is the plain ``lambda I`` of the paper, there is
-no factored Tikhonov split to search. ``schedule.ema_cap`` is not used; TONGA's discount is
+no factored Tikhonov split to search. TONGA takes no ``curvature`` config; its moving-average cap is
 ``tonga.discount``.
 """
 from __future__ import annotations
