@@ -204,11 +204,26 @@ class ProcessGroupCommunicator(Communicator):
                                seconds=self.traffic.seconds + time.perf_counter() - start)
 
 
+#: The communicator of the default process group, shared so that its traffic counts every collective.
+_default: list[tuple[Any, ProcessGroupCommunicator]] = []
+
+
 def current_communicator(timeout: float | None = None) -> Communicator:
-    """The process group's communicator when one is initialised with more than one process, else one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return ProcessGroupCommunicator(timeout=timeout)
-    return Communicator()
+    """The default process group's communicator when one is initialised with several processes, else one process.
+
+    Every caller gets the same :class:`ProcessGroupCommunicator` for a process group, so its
+    :attr:`~Communicator.traffic` counts the optimizer's and the runner's collectives together.
+    ``timeout`` (seconds, for messages) is recorded when given.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return Communicator()
+    world = dist.GroupMember.WORLD
+    if not _default or _default[0][0] is not world:
+        _default[:] = [(world, ProcessGroupCommunicator(timeout=timeout))]
+    communicator = _default[0][1]
+    if timeout is not None:
+        communicator.timeout = timeout
+    return communicator
 
 
 def average_gradients(communicator: Communicator, params: Sequence[Tensor], loss: Tensor, count: int) -> float:
