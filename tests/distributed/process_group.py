@@ -54,6 +54,8 @@ def _entry(rank: int, world_size: int, port: int, init: bool, fn: Callable, args
                                 timeout=datetime.timedelta(seconds=TIMEOUT / 3))
     try:
         value, error = fn(*args), None
+        if init:
+            dist.barrier()  # every process done before any closes its connections (gloo aborts a peer otherwise)
     except BaseException:  # noqa: BLE001 - reported to the test
         value, error = None, traceback.format_exc()
     finally:

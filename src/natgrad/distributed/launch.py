@@ -75,9 +75,13 @@ def process_group(timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
         return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
     current_communicator(timeout)
+    finished = False
     try:
         yield
+        finished = True
     finally:
+        if finished:  # every process done before any closes its connections (gloo aborts a peer otherwise)
+            dist.barrier()
         dist.destroy_process_group()
 
 
