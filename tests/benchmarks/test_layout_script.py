@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "layout.py"
 
 
+@pytest.mark.slow
 def test_layout_reports_both_layouts_with_their_throughput(tmp_path, shared_data_dir):
     subprocess.run([sys.executable, str(SCRIPT), "--optimizers", "adam", "--batch", "8", "--warmup", "1",
                     "--steps", "2", "--data-dir", str(shared_data_dir), "--out", str(tmp_path)],

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost.py"
 
 
+@pytest.mark.slow
 def test_step_cost_writes_ratios_against_sgd_and_adam_for_every_optimizer(tmp_path, shared_data_dir):
     subprocess.run(
         [sys.executable, str(SCRIPT), "--batches", "16", "--optimizers", "adam", "kfac-fixed-bf16", "hf",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from curvature_cases import PROBLEMS, bernoulli_terms, relative_error
+from curvature_cases import bernoulli_terms, build, relative_error
 from natgrad.curvature import CurvatureKind, OutputGradientEstimator, ParameterLayout, capture
 from natgrad.curvature.kfac import input_factor, output_factor
 from natgrad.losses import Loss, kl_term
@@ -22,7 +22,7 @@ def head_index(layout: ParameterLayout) -> int:
 
 
 def test_conv_inputs_are_unfolded_patches_with_ones(float64):
-    loss = PROBLEMS["conv_net"]()
+    loss = build("conv_net")
     layout = ParameterLayout(loss.model)
     record = capture(layout, loss, estimator=EXACT).layers[0]
     x = loss.inputs[0]
@@ -41,7 +41,7 @@ def test_conv_inputs_are_unfolded_patches_with_ones(float64):
 
 def test_full_adds_the_kl_term_to_the_encoder_head(float64):
     """The head outputs (mu, log sigma^2) directly, so G_full - G_decoder-only = mean_n diag(1, sigma^2/2)."""
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     layout = ParameterLayout(loss.model)
     i = head_index(layout)
     full = output_factor(capture(layout, loss, CurvatureKind.FULL, EXACT).layers[i], loss.batch_size)
@@ -54,7 +54,7 @@ def test_sampled_full_statistics_back_propagate_every_term(float64):
     """One VAE example repeated S = 4000 times: the mean of the sampled per-example head ``g g^T``
     converges to the exact 'full' head G factor, every entry within 5 standard errors; the KL
     curvature that 'decoder-only' would miss is far larger than that tolerance."""
-    vae = PROBLEMS["vae"]()
+    vae = build("vae")
     one = Loss.from_model(vae.model, tuple(x[:1] for x in vae.inputs), vae.build_terms)
     many = Loss.from_model(vae.model, tuple(x[:1].expand(4000, -1) for x in vae.inputs), vae.build_terms)
     layout = ParameterLayout(vae.model)
@@ -83,14 +83,14 @@ def test_layer_called_twice_is_rejected(float64):
 
 
 def test_decoder_only_needs_a_likelihood_term(float64):
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     kl_only = Loss.from_model(loss.model, loss.inputs, lambda out, inputs: (kl_term(out.posterior),))
     with pytest.raises(ValueError, match="'decoder-only' needs a likelihood term; the loss has terms \\['kl'\\]"):
         capture(ParameterLayout(loss.model), kl_only, CurvatureKind.DECODER_ONLY)
 
 
 def test_layout_splits_kronecker_and_other_parameters():
-    layout = ParameterLayout(PROBLEMS["norm_net"]().model)
+    layout = ParameterLayout(build("norm_net").model)
     assert [layer.name for layer in layout.layers] == ["fc1", "fc2"]
     assert [layout.names[i] for i in layout.other] == ["norm.weight", "norm.bias"]
     assert relative_error(torch.tensor(float(layout.dimension)), torch.tensor(4 * 3 + 3 + 3 + 3 + 3 * 4 + 4.0)) == 0

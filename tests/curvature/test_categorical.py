@@ -66,6 +66,7 @@ def test_diagonal_exact_roots_give_diag_of_ggn(float64):
     assert relative_error(rep.to_dense().diagonal(), torch_func_ggn(loss).diagonal()) < 1e-10
 
 
+@pytest.mark.slow
 def test_square_root_and_sampled_gradients_have_the_curvature_as_covariance(float64):
     term = classifier(n=2).terms[0]
     (h,), (b,) = term.curvature, term.curvature_sqrt()
@@ -95,7 +96,7 @@ def test_curvature_of_the_wrong_shape_is_refused(float64, shape):
 
 
 def test_image_shaped_output_exact_estimator_matches_flattened(float64):
-    """A (N, 1, H, W) Bernoulli output: exact roots over every pixel, not only the channel dimension."""
+    """A (N, 1, H, W) Bernoulli output: square roots over every pixel, not only the channel dimension."""
     torch.manual_seed(13)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 9), nn.Unflatten(1, (1, 3, 3)))
     x = torch.rand(3, 4)

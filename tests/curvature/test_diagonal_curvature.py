@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvature_cases import PROBLEMS, flat, random_vectors, relative_error
+from curvature_cases import build, flat, problems, random_vectors, relative_error
 from natgrad.curvature import CurvatureConfig, DiagonalCurvature, exact
 
 
@@ -15,18 +15,18 @@ def refreshed(loss, **config):
     return rep
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net", "norm_net"])
+@pytest.mark.parametrize("problem", problems())
 @pytest.mark.parametrize("kind", ["full", "decoder-only", "empirical"])
 def test_exact_diagonal_is_diag_of_dense(float64, problem, kind):
-    """Exact square roots (or the loss gradient for 'empirical') make the diagonal exact."""
-    loss = PROBLEMS[problem]()
+    """Square-root statistics (or the loss gradient for 'empirical') make the diagonal exact."""
+    loss = build(problem)
     rep = refreshed(loss, kind=kind, estimator="square-root")
     dense = exact.dense_curvature(loss, kind=kind)
     assert relative_error(rep.to_dense().diagonal(), dense.diagonal()) < 1e-12
 
 
 def test_solve_and_matvec_match_own_dense(float64):
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     rep = refreshed(loss)
     v = random_vectors(loss)
     assert relative_error(flat(rep.solve(v, 0.2)), torch.linalg.solve(rep.to_dense(0.2), flat(v))) < 1e-12

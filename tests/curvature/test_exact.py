@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvature_cases import PROBLEMS, bernoulli_terms, flat, random_vectors, relative_error
+from curvature_cases import bernoulli_terms, build, flat, problems, random_vectors, relative_error
 from natgrad.curvature import exact
 from natgrad.curvature.choices import CurvatureKind
 from natgrad.losses import Loss, kl_term
@@ -16,10 +16,10 @@ from natgrad.losses import Loss, kl_term
 RTOL = 1e-10
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net", "norm_net"])
+@pytest.mark.parametrize("problem", problems())
 @pytest.mark.parametrize("kind", ["full", "decoder-only"])
 def test_ggn_vector_product_equals_dense_ggn(float64, problem, kind):
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     v = random_vectors(loss)
     dense = exact.dense_ggn(loss, kind=kind)
     assert relative_error(flat(exact.ggn_vector_product(loss, v, kind=kind)), dense @ flat(v)) < RTOL
@@ -27,7 +27,7 @@ def test_ggn_vector_product_equals_dense_ggn(float64, problem, kind):
 
 def test_vae_ggn_is_sum_of_the_two_terms(float64):
     """G_full = J_dec^T H_lik J_dec + J_enc^T H_KL J_enc, each term built as its own Loss."""
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     kl_only = Loss.from_model(loss.model, loss.inputs, lambda out, inputs: (kl_term(out.posterior),))
     full = exact.dense_ggn(loss, kind="full")
     parts = exact.dense_ggn(loss, kind="decoder-only") + exact.dense_ggn(kl_only)
@@ -37,7 +37,7 @@ def test_vae_ggn_is_sum_of_the_two_terms(float64):
 
 def test_vae_decoder_jacobian_reaches_the_encoder(float64):
     """With the likelihood term alone, the GGN still has encoder rows (through mu and sigma)."""
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     dense = exact.dense_ggn(loss, kind="decoder-only")
     encoder = sum(p.numel() for p in loss.model.encoder.parameters())
     assert dense[:encoder, :encoder].abs().max() > 1e-6
@@ -50,16 +50,16 @@ def test_ggn_equals_hessian_when_outputs_are_linear_in_params(float64):
     assert relative_error(exact.dense_ggn(loss), exact.dense_hessian(loss)) < RTOL
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net"])
+@pytest.mark.parametrize("problem", problems(dense_hessian=True))
 def test_hessian_vector_product_equals_dense_hessian(float64, problem):
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     v = random_vectors(loss)
     assert relative_error(flat(exact.hessian_vector_product(loss, v)), exact.dense_hessian(loss) @ flat(v)) < RTOL
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net"])
+@pytest.mark.parametrize("problem", problems())
 def test_empirical_fisher_product_and_dense_match_a_per_example_loop(float64, problem):
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     params = list(loss.parameters().values())
     rows = []
     for n in range(loss.batch_size):  # the independent oracle: one autograd.grad per example
@@ -75,7 +75,7 @@ def test_empirical_fisher_product_and_dense_match_a_per_example_loop(float64, pr
 
 
 def test_fisher_is_the_likelihood_ggn(float64):
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     v = random_vectors(loss)
     dense = exact.dense_fisher(loss)
     assert relative_error(dense, exact.dense_ggn(loss, kind=CurvatureKind.DECODER_ONLY)) < RTOL
@@ -83,7 +83,7 @@ def test_fisher_is_the_likelihood_ggn(float64):
 
 
 def test_products_at_other_params_are_pure_functions(float64):
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     moved = {k: p.detach() + 0.3 for k, p in loss.parameters().items()}
     v = random_vectors(loss)
     at_moved = flat(exact.ggn_vector_product(loss, v, params=moved))
@@ -92,7 +92,7 @@ def test_products_at_other_params_are_pure_functions(float64):
 
 
 def test_errors_name_the_field():
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     with pytest.raises(ValueError, match=r"Invalid kind: 'gauss'; allowed: full, decoder-only, empirical"):
         exact.dense_curvature(loss, kind="gauss")
     with pytest.raises(ValueError, match="use empirical_fisher"):

@@ -91,7 +91,7 @@ def test_products_and_the_quadratic_model_use_the_same_matrix(float64, estimator
 
 @pytest.mark.parametrize("kind", ["full", "decoder-only", "empirical"])
 def test_the_exact_diagonal_is_the_diagonal_of_the_dense_matrix(float64, kind):
-    """Exact square roots of w~_i H_i (or the loss gradient, 'empirical') make the diagonal exact."""
+    """Square-root statistics of w~_i H_i (or the loss gradient, 'empirical') make the diagonal exact."""
     model, x, eps = _problem(4)
     loss = build_iwae_loss(model, x, 4, eps=eps)
     diagonal = _refreshed(DiagonalCurvature(model, CurvatureConfig(kind=kind, estimator="square-root")), loss)
@@ -110,7 +110,7 @@ def test_the_empirical_fisher_is_built_from_the_per_example_gradients_of_the_bou
 
 
 def test_kfac_is_exact_where_its_regime_says_so(float64):
-    """One example, exact square roots: every block is exact at k = 1; at k = 4 the encoder's blocks
+    """One example, square-root statistics: every block is exact at k = 1; at k = 4 the encoder's blocks
     (one location each) are, while the decoder's see the k samples as k locations (KFC's approximation)."""
     for k in (1, 4):
         model, x, eps = _problem(k, n=1)

@@ -1,4 +1,4 @@
-"""Block-diagonal K-FAC: the exact regime, its own dense matrix, damping, EMA and state."""
+"""Block-diagonal K-FAC: the exact regimes, its own dense matrix, factored Tikhonov, EMA and state."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvature_cases import PROBLEMS, bernoulli_terms, flat, gaussian_terms, random_vectors, relative_error
+from curvature_cases import KFAC_EXACT_CASES, bernoulli_terms, build, flat, gaussian_terms, problems, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
 from natgrad.curvature.capture import capture
 from natgrad.curvature.damping import pi_trace_norm
@@ -30,10 +30,21 @@ def one_layer_one_example(terms, bias=True):
 @pytest.mark.parametrize("terms", [bernoulli_terms, gaussian_terms])
 @pytest.mark.parametrize("bias", [True, False])
 def test_one_linear_layer_one_example_exact_roots_is_exact_ggn(float64, terms, bias):
-    """N = 1 and exact square roots: A (x) G = a a^T (x) sum_k J^T b_k b_k^T J = GGN (Martens & Grosse §3)."""
+    """N = 1 and square-root statistics: A (x) B = a a^T (x) sum_k J^T r_k r_k^T J = GGN (Martens & Grosse §3)."""
     loss = one_layer_one_example(terms, bias)
     rep = refreshed(BlockDiagonalKFAC(loss.model, EXACT), loss)
     assert relative_error(rep.to_dense(), exact.dense_ggn(loss)) < 1e-12
+
+
+@pytest.mark.parametrize("case", KFAC_EXACT_CASES, ids=[case.name for case in KFAC_EXACT_CASES])
+def test_kfac_blocks_are_exact_in_the_exact_regimes(float64, case):
+    """Where K-FAC is exact (curvature_cases.KFAC_EXACT_CASES), every layer's block is the GGN's block."""
+    loss = case.build()
+    rep = refreshed(BlockDiagonalKFAC(loss.model, EXACT), loss)
+    dense, ggn = rep.to_dense(), exact.dense_ggn(loss)
+    for layer in rep.layout.layers:
+        idx = rep.layout.layer_indices(layer)
+        assert relative_error(dense[idx][:, idx], ggn[idx][:, idx]) < 1e-12, (case.why, layer.name)
 
 
 def test_one_layer_one_example_empirical_is_dense_empirical_fisher(float64):
@@ -65,25 +76,25 @@ def test_monte_carlo_fisher_converges_to_ggn(float64):
     assert (standard_error.diagonal() < 0.05 * g_true.diagonal()).all()
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "conv_net", "norm_net"])
+@pytest.mark.parametrize("problem", problems())
 @pytest.mark.parametrize("inverse_method", ["eigen", "inverse"])
 def test_solve_and_matvec_match_own_dense(float64, problem, inverse_method):
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     rep = refreshed(BlockDiagonalKFAC(loss.model, inverse_method=inverse_method), loss)
     v = random_vectors(loss)
-    damping = 0.3
-    assert relative_error(flat(rep.solve(v, damping)), torch.linalg.solve(rep.to_dense(damping), flat(v))) < 1e-10
+    tikhonov = 0.3
+    assert relative_error(flat(rep.solve(v, tikhonov)), torch.linalg.solve(rep.to_dense(tikhonov), flat(v))) < 1e-10
     assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-12
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "conv_net"])
+@pytest.mark.parametrize("problem", problems())
 def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
-    """The bf16 departure: damped inverses and V rounded to bf16 (unit roundoff u = 2^-9), products
+    """The bf16 departure: shifted inverses and V rounded to bf16 (unit roundoff u = 2^-9), products
     accumulated in float32. Each entry of G^-1 V A^-1 carries a relative error of order a few u
-    times the cancellation in its sums; with damping 0.3 the factors are well conditioned, so the
+    times the cancellation in its sums; with gamma^2 = 0.3 the factors are well conditioned, so the
     whole solve stays within 3% of float32's (measured about 0.5%) and is not equal to it (it
     really ran in bf16)."""
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     reference = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse"), loss)
     low = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss)
     v = random_vectors(loss)
@@ -93,25 +104,25 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
 
 
 def test_bfloat16_solve_needs_explicit_inverses():
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     with pytest.raises(ValueError, match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is 'inverse'"):
         BlockDiagonalKFAC(loss.model, inverse_method="eigen", solve_dtype="bfloat16")
     with pytest.raises(ValueError, match=r"Invalid solve_dtype: 'float16'; allowed: factors, bfloat16"):
         BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
 
 
-def test_factored_tikhonov_damping_blocks(float64):
-    """Each block of M(lambda) is (A + pi gamma I) (x) (G + gamma/pi I), pi the trace norm (§6.3)."""
-    loss = PROBLEMS["autoencoder"]()
+def test_factored_tikhonov_blocks(float64):
+    """Each block of M(gamma^2) is (A + pi gamma I) (x) (B + gamma/pi I), pi the trace norm (§6.3)."""
+    loss = build("autoencoder")
     rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
-    frozen, damping = rep.frozen, 0.5
+    frozen, tikhonov = rep.frozen, 0.5
     for i, layer in enumerate(rep.layout.layers):
         a, g = frozen.layers[i].input_factor, frozen.layers[i].output_factor
         pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
-        gamma = math.sqrt(damping)
+        gamma = math.sqrt(tikhonov)
         expected = torch.kron(g + gamma / pi * torch.eye(g.shape[0]), a + pi * gamma * torch.eye(a.shape[0]))
         idx = rep.layout.layer_indices(layer)
-        assert relative_error(rep.to_dense(damping)[idx][:, idx], expected) < 1e-12
+        assert relative_error(rep.to_dense(tikhonov)[idx][:, idx], expected) < 1e-12
 
 
 def test_pi_is_one_for_a_zero_trace():
@@ -120,7 +131,7 @@ def test_pi_is_one_for_a_zero_trace():
 
 def test_ema_is_the_running_mean_for_the_first_updates(float64):
     """eps_k = min(1 - 1/k, 0.95): while 1 - 1/k < 0.95 the average is the arithmetic mean."""
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     rep, gen, batches = BlockDiagonalKFAC(loss.model), torch.Generator().manual_seed(0), []
     for _ in range(3):
         batches.append(rep.capture(loss, gen))
@@ -131,7 +142,7 @@ def test_ema_is_the_running_mean_for_the_first_updates(float64):
 
 
 def test_ema_decay_is_capped(float64):
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     rep, gen = BlockDiagonalKFAC(loss.model, CurvatureConfig(ema_cap=0.5)), torch.Generator().manual_seed(0)
     first, second = rep.capture(loss, gen), rep.capture(loss, gen)
     rep.update(first)
@@ -144,7 +155,7 @@ def test_ema_decay_is_capped(float64):
 
 
 def test_state_dict_round_trip_gives_identical_solves(float64):
-    loss = PROBLEMS["vae"]()
+    loss = build("vae")
     rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
     rep.update(rep.capture(loss, torch.Generator().manual_seed(3)))
     clone = BlockDiagonalKFAC(loss.model)
@@ -156,7 +167,7 @@ def test_state_dict_round_trip_gives_identical_solves(float64):
 
 
 def test_interface_errors(float64):
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     rep = BlockDiagonalKFAC(loss.model)
     with pytest.raises(RuntimeError, match="before solve"):
         rep.solve(random_vectors(loss), 1.0)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvature_cases import PROBLEMS, ConvNet, bernoulli_terms, flat, random_vectors, relative_error
+from curvature_cases import ConvNet, bernoulli_terms, build, flat, problems, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, TridiagonalKFAC, exact
 from natgrad.curvature.kfac_tridiagonal import simultaneous_diagonalisation
 from natgrad.losses import Loss, build_loss
 from natgrad.models import DeepAutoencoder
 
-DAMPING = 0.05
+TIKHONOV = 0.05
 
 
 def refreshed(rep, loss):
@@ -23,15 +23,15 @@ def block(matrix, rows, cols):
     return matrix[rows.unsqueeze(1), cols]
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "norm_net"])
+@pytest.mark.parametrize("problem", problems(tridiagonal=True))
 def test_matches_kronecker_factored_fisher_on_tridiagonal_blocks(float64, problem):
-    """F_hat_ii = (damped A_i) (x) (damped G_i) and F_hat_{i,i+1} = AX_i (x) GX_i (row-major: G (x) A)."""
-    loss = PROBLEMS[problem]()
+    """F_hat_ii = (shifted A_i) (x) (shifted B_i), F_hat_{i,i+1} = A_{i,i+1} (x) B_{i,i+1} (row-major: B (x) A)."""
+    loss = build(problem)
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
-    dense, frozen = rep.to_dense(DAMPING), rep.frozen
+    dense, frozen = rep.to_dense(TIKHONOV), rep.frozen
     idx = [rep.layout.layer_indices(layer) for layer in rep.layout.layers]
     for i in range(len(idx)):
-        a, g = rep.shifted_layer_factors(frozen, i, DAMPING)
+        a, g = rep.shifted_layer_factors(frozen, i, TIKHONOV)
         assert relative_error(block(dense, idx[i], idx[i]), torch.kron(g, a)) < 1e-9
     for i in range(len(idx) - 1):
         expected = torch.kron(frozen.layers[i].output_cross, frozen.layers[i].input_cross)
@@ -39,25 +39,25 @@ def test_matches_kronecker_factored_fisher_on_tridiagonal_blocks(float64, proble
 
 
 def test_inverse_is_block_tridiagonal(float64):
-    loss = PROBLEMS["autoencoder"]()
+    loss = build("autoencoder")
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
-    precision = torch.linalg.inv(rep.to_dense(DAMPING))
+    precision = torch.linalg.inv(rep.to_dense(TIKHONOV))
     idx = [rep.layout.layer_indices(layer) for layer in rep.layout.layers]
     far = [block(precision, idx[i], idx[j]).abs().max() for i in range(len(idx)) for j in range(i + 2, len(idx))]
     assert far and max(far) < 1e-9 * precision.abs().max()
     assert block(precision, idx[0], idx[1]).abs().max() > 1e-6 * precision.abs().max()
 
 
-@pytest.mark.parametrize("problem", ["autoencoder", "vae", "norm_net"])
+@pytest.mark.parametrize("problem", problems(tridiagonal=True))
 def test_efficient_solve_equals_dense_inverse(float64, problem):
-    loss = PROBLEMS[problem]()
+    loss = build(problem)
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
     v = random_vectors(loss)
-    assert relative_error(flat(rep.solve(v, DAMPING)), torch.linalg.solve(rep.to_dense(DAMPING), flat(v))) < 1e-9
+    assert relative_error(flat(rep.solve(v, TIKHONOV)), torch.linalg.solve(rep.to_dense(TIKHONOV), flat(v))) < 1e-9
 
 
 def test_matvec_matches_own_dense(float64):
-    """Undamped F_hat inverts A_{i+1}, G_{i+1}: 64 examples for at most 5-dimensional factors."""
+    """Unshifted F_hat inverts A_{i+1}, B_{i+1}: 64 examples for at most 5-dimensional factors."""
     torch.manual_seed(0)
     loss = build_loss(DeepAutoencoder((4, 3, 2), init="default", activation="tanh"), torch.randn(64, 4))
     rep = refreshed(TridiagonalKFAC(loss.model, CurvatureConfig(estimator="square-root")), loss)
@@ -75,21 +75,21 @@ def test_simultaneous_diagonalisation(float64):
 
 
 def test_tiny_mlp_inverse_no_worse_than_block_diagonal(float64):
-    """|M(lambda)^{-1} - (G + lambda I)^{-1}|_F / |(G + lambda I)^{-1}|_F on a 6-5-4-3 tanh autoencoder.
+    """|M(gamma^2)^{-1} - (G + gamma^2 I)^{-1}|_F / |(G + gamma^2 I)^{-1}|_F on a 6-5-4-3 tanh autoencoder.
 
-    Exact square roots (no sampling noise), 64 examples. Measured (recorded in docs/curvature.md):
-    block-diagonal 0.3294, block-tridiagonal 0.3242 at lambda = 0.1.
+    Square-root statistics (no sampling noise), 64 examples. Measured (recorded in docs/curvature.md):
+    block-diagonal 0.3294, block-tridiagonal 0.3242 at gamma^2 = 0.1.
     """
     torch.manual_seed(0)
     loss = build_loss(DeepAutoencoder((6, 5, 4, 3), init="default", activation="tanh"), torch.rand(64, 6))
-    damping = 0.1
+    tikhonov = 0.1
     ggn = exact.dense_ggn(loss)
-    truth = torch.linalg.inv(ggn + damping * torch.eye(ggn.shape[0]))
+    truth = torch.linalg.inv(ggn + tikhonov * torch.eye(ggn.shape[0]))
     errors = {}
     for cls in (BlockDiagonalKFAC, TridiagonalKFAC):
         rep = refreshed(cls(loss.model, CurvatureConfig(estimator="square-root")), loss)
-        errors[cls.__name__] = relative_error(torch.linalg.inv(rep.to_dense(damping)), truth)
-    print(f"relative error of the inverse vs. (G + {damping} I)^-1: {errors}")
+        errors[cls.__name__] = relative_error(torch.linalg.inv(rep.to_dense(tikhonov)), truth)
+    print(f"relative error of the inverse vs. (G + {tikhonov} I)^-1: {errors}")
     assert errors["TridiagonalKFAC"] <= errors["BlockDiagonalKFAC"]
 
 

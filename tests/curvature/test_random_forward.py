@@ -80,7 +80,7 @@ def test_exact_ggn_products_and_gram_use_the_loss_noise(float64):
 
 
 def test_kfac_statistics_use_the_loss_noise(float64):
-    """Exact square roots, Kronecker layers and the LayerNorm's per-example diagonal alike."""
+    """Square-root statistics, Kronecker layers and the LayerNorm's per-example diagonal alike."""
     loss, reference = pair()
     dense = []
     for each in (loss, reference):

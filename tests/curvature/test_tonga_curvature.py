@@ -2,7 +2,7 @@
 
 Tolerances: every comparison is between two exact float64 computations of the same quantity (a
 handful of matrix products or one ``eigh``/``solve`` of matrices of size <= 60 with condition
-number <= ~1e4 at damping 0.1), so 1e-10 relative error leaves several orders of margin.
+number <= ~1e4 at gamma^2 = 0.1), so 1e-10 relative error leaves several orders of margin.
 """
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ def test_solve_and_matvec_equal_dense(float64, blocks):
     torch.manual_seed(5)
     v = [torch.randn_like(p) for p in rep.params]
     dense = rep.to_dense()
-    damping = 0.1
-    _close(_flat(rep.solve(v, damping)), torch.linalg.solve(rep.to_dense(damping), _flat(v)))
-    _close(rep.to_dense(damping), dense + damping * torch.eye(len(dense)))
+    tikhonov = 0.1
+    _close(_flat(rep.solve(v, tikhonov)), torch.linalg.solve(rep.to_dense(tikhonov), _flat(v)))
+    _close(rep.to_dense(tikhonov), dense + tikhonov * torch.eye(len(dense)))
     _close(_flat(rep.matvec(v)), dense @ _flat(v))
 
 
@@ -153,7 +153,7 @@ def test_invalid_config_names_field(field, value, message):
         TongaConfig(**{field: value})
 
 
-def test_zero_damping_rejected(float64):
+def test_zero_tikhonov_rejected(float64):
     rep = TongaCurvature(_tiny("autoencoder"))
     with pytest.raises(ValueError, match="tikhonov: 0.0; allowed: a number > 0"):
         rep.solve([torch.zeros_like(p) for p in rep.params], 0.0)

@@ -60,6 +60,7 @@ def test_metric_training_config_rejects_bad_values():
         MetricTrainingConfig(lm_factor=1.5)
 
 
+@pytest.mark.slow
 def test_cli_geometry_quick_writes_report_with_exact_f_divergence_ratios(shared_data_dir, tmp_path):
     assert cli_main(["geometry", "--out", str(tmp_path), "--quick", "--data-dir", str(shared_data_dir)]) == 0
     assert (tmp_path / "report.md").read_text().startswith("# Perturbation-norm study")

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -129,36 +128,67 @@ def test_resume_of_completed_run_does_nothing(tmp_path):
     assert (again.status, again.step) == ("completed", 5)
 
 
-def _start(tmp_path: Path, name: str, kind: str, optimizer: str, steps: int) -> tuple[subprocess.Popen, Path]:
+#: Run in the child: ``natgrad train`` whose trainer, after step PAUSE_AT, says "paused" on stderr
+#: and waits for a signal, so the parent kills it at a known step whatever the machine's speed.
+PAUSING_TRAIN = """
+import signal, sys
+from natgrad.cli import main
+from natgrad.experiments.runner import Trainer
+
+PAUSE_AT = int(sys.argv[1])
+step = Trainer.train_step
+
+def pausing_step(self):
+    record = step(self)
+    if self.step == PAUSE_AT:
+        print("paused", file=sys.stderr, flush=True)
+        signal.pause()
+    return record
+
+Trainer.train_step = pausing_step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _start(tmp_path: Path, name: str, kind: str, optimizer: str, steps: int,
+           pause_at: int) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / f"{name}.toml"
     config.write_text(TINY.format(kind=kind, optimizer=optimizer, steps=steps))
     out = tmp_path / name
-    command = [sys.executable, "-m", "natgrad", "train", "--config", str(config), "--out", str(out), "--no-progress"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out
+    command = [sys.executable, "-c", PAUSING_TRAIN, str(pause_at), "train", "--config", str(config), "--out", str(out),
+               "--no-progress"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out
 
 
-def _kill_after_checkpoint(process: subprocess.Popen, out: Path, sig: int) -> None:
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.01)
-    time.sleep(0.05)  # let it log a few steps past the checkpoint
+def _kill_when_paused(process: subprocess.Popen, sig: int) -> None:
+    """Wait for the child's "paused" (it is then blocked after its step), send ``sig``, reap it."""
+    lines = []
+    for line in process.stderr:
+        if line.strip() == "paused":
+            break
+        lines.append(line)
+    else:
+        raise AssertionError(f"the run ended before pausing: {''.join(lines)}")
     process.send_signal(sig)
     process.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_bitwise_identically(tmp_path):
-    """A K-FAC VAE run SIGKILLed and an Adam autoencoder run SIGTERMed after a checkpoint, resumed,
-    end exactly like uninterrupted runs. Both run concurrently to halve the subprocess start-up cost;
-    the fast Adam run is stopped first (it would finish its 800 steps while the K-FAC run is awaited)."""
-    steps = 800
+    """A K-FAC VAE run SIGKILLed and an Adam autoencoder run SIGTERMed three steps after their
+    checkpoint at step 100, resumed, end exactly like uninterrupted runs (the resume truncates the log
+    past the checkpoint). Both run concurrently to halve the subprocess start-up cost. Each child
+    pauses itself after step 103 until the signal arrives, so the kill lands at that step on any
+    machine (it used to be sent 50 ms after the checkpoint appeared, which a loaded machine could
+    miss in either direction)."""
+    steps, pause_at = 800, 103
     cases = {"autoencoder": ("adam", signal.SIGTERM, 130), "vae": ("kfac", signal.SIGKILL, -signal.SIGKILL)}
-    started = {kind: _start(tmp_path, kind, kind, optimizer, steps) for kind, (optimizer, _, _) in cases.items()}
+    started = {kind: _start(tmp_path, kind, kind, optimizer, steps, pause_at)
+               for kind, (optimizer, _, _) in cases.items()}
     for kind, (_, sig, code) in cases.items():
         process, run_dir = started[kind]
-        _kill_after_checkpoint(process, run_dir, sig)
-        assert process.returncode == code, process.stderr.read().decode()
+        _kill_when_paused(process, sig)
+        assert process.returncode == code, process.stderr.read()
         assert read_log(run_dir)[-1]["step"] < steps
     assert not (tmp_path / "vae" / "result.json").exists()
     assert json.loads((tmp_path / "autoencoder" / "result.json").read_text())["status"] == "interrupted"

@@ -38,7 +38,7 @@ def test_ggn_uses_the_fisher_of_mean_and_log_variance(float64):
 
 
 def test_kfac_captures_both_output_heads(float64):
-    """One Linear layer, one example, exact square roots: K-FAC equals the exact GGN block."""
+    """One Linear layer, one example, square-root statistics: K-FAC equals the exact GGN block."""
     torch.manual_seed(1)
     model = DeepAutoencoder((4, 3), likelihood="gaussian-learned", init="default").double()
     loss = build_loss(model, torch.randn(1, 4))

@@ -23,8 +23,9 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
   its products use the live factor, and refresh truncates it; see ``tonga.py``.)
 * :meth:`solve` applies ``M(gamma^2)^{-1}``, with ``M(gamma^2) = to_dense(gamma^2)`` the
   representation's approximation of ``C + gamma^2 I`` (for K-FAC the factored Tikhonov form,
-  section 6.3; otherwise exactly ``C + gamma^2 I``). This is the one place ``gamma^2`` is added.
-  The work that depends on ``gamma^2`` is cached per value, so trying several ``gamma``
+  section 6.3; otherwise exactly ``C + gamma^2 I``). ``gamma^2`` enters only here, through
+  :meth:`solve` and :meth:`to_dense` (validated once in this class; each family's hooks add it in
+  their own form); the optimizer never adds it to anything. The work that depends on ``gamma^2`` is cached per value, so trying several ``gamma``
   (section 6.6) costs one small factorisation each and never touches the statistics; the last
   :data:`SHIFTED_CACHE` values stay cached, so returning to the chosen candidate costs nothing.
 * :meth:`matvec` multiplies by ``C``; :meth:`to_dense` returns ``C`` or ``M(gamma^2)`` as a
