@@ -15,7 +15,7 @@ from functools import partial
 import pytest
 import torch
 
-from natgrad.distributed import average_gradients, current_communicator
+from natgrad.distributed import ProcessGroupCommunicator, average_gradients, current_communicator
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
 from natgrad.optim import KFAC, HessianFree, DiagonalNaturalGradient
@@ -92,9 +92,27 @@ def train(case: str, dtype: torch.dtype, batch_size: int, shards: int | None = N
 
 
 def on_two_processes() -> dict[str, dict]:
-    """Every case in float64 at global batch 16 (shards of 8), K-FAC at 15 (8 and 7) and in float32."""
+    """Every case in float64 at global batch 16 (shards of 8), K-FAC at 15 (8 and 7) and in float32; the
+    communicator's collectives."""
     even = {case: train(case, torch.float64, 16) for case in CASES}
-    return {"even": even, "uneven": train("kfac", torch.float64, 15), "float32": train("kfac", torch.float32, 16)}
+    return {"even": even, "uneven": train("kfac", torch.float64, 15), "float32": train("kfac", torch.float32, 16),
+            "communicator": communicator_checks()}
+
+
+def communicator_checks() -> dict:
+    """Process r holds values r + 1 with weight r + 1; 64-byte buckets make every call use several."""
+    comm = ProcessGroupCommunicator(bucket_bytes=64)
+    weight = float(comm.rank + 1)
+    means = [torch.full((10,), weight), torch.full((10,), 2 * weight), torch.full((3,), weight, dtype=torch.float64)]
+    total = comm.weighted_mean_(means, weight)
+    broadcast = [torch.full((5,), weight, dtype=torch.bfloat16), torch.full((40,), weight)]
+    comm.broadcast_(broadcast, source=1)
+    try:
+        comm.on_rank_zero(lambda: int("process 0's error"))
+    except ValueError as error:
+        raised = str(error)
+    return {"means": means, "total": total, "broadcast": broadcast, "raised": raised,
+            "gathered": comm.all_gather(torch.tensor([comm.rank])), "calls": comm.traffic.calls}
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +176,16 @@ def test_refresh_jobs_are_spread_over_the_processes(two_processes):
     assert owners[0] == owners[1] and len(owners[0]) == 8  # 4 layers x (A, B), same assignment everywhere
     mine = [{job for job, owner in owners[0].items() if owner == rank} for rank in (0, 1)]
     assert mine[0] and mine[1] and not mine[0] & mine[1] and mine[0] | mine[1] == set(owners[0])
+
+
+def test_collectives_are_example_weighted_bucketed_and_typed(two_processes):
+    # weights 1 and 2: the mean of (1, 2) is 5/3, of (2, 4) 10/3; broadcasts keep each dtype.
+    for result in two_processes:
+        checks = result["communicator"]
+        assert checks["total"] == 3.0
+        assert [float(t[0]) for t in checks["means"]] == pytest.approx([5 / 3, 10 / 3, 5 / 3], rel=1e-6)
+        assert checks["means"][2].dtype == torch.float64 and checks["broadcast"][0].dtype == torch.bfloat16
+        assert all(bool((t == 2.0).all()) for t in checks["broadcast"])  # process 1's values
+        assert "invalid literal for int()" in checks["raised"]  # process 0's exception, on every process
+        assert [int(t) for t in checks["gathered"]] == [0, 1]
+        assert checks["calls"] >= 6  # 3 buckets of means, 2 of broadcasts, the error's broadcast, ...
