@@ -13,6 +13,7 @@ Writes ``benchmarks/results/curvature_cost.json`` and ``.md`` with the machine d
 
     .venv/bin/python benchmarks/curvature_cost.py --batch 1000 --repeats 5 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ def measure(batch: int, repeats: int, data_dir: str | None) -> dict:
 
     timings = {
         "gradient": median_seconds(gradient, repeats),
-        "ggn_vector_product": median_seconds(lambda: exact.ggn_vector_product(loss, vectors), repeats),
+        "ggn_vector_product": median_seconds(
+            lambda: exact.ggn_vector_product(loss, vectors), repeats
+        ),
         "kfac_statistics": median_seconds(statistics_update, repeats),
         "kfac_refresh": median_seconds(rep.refresh, repeats),
         "kfac_solve": median_seconds(lambda: rep.solve(vectors, 1.0), repeats),
@@ -107,7 +110,11 @@ def markdown(result: dict) -> str:
     ]
     for key, seconds in result["median_seconds"].items():
         lines.append(f"| {key} | {seconds:.4f} | {result['ratio_to_gradient'][key]:.2f} |")
-    lines += ["", "Produced by `benchmarks/curvature_cost.py`; raw timings in curvature_cost.json.", ""]
+    lines += [
+        "",
+        "Produced by `benchmarks/curvature_cost.py`; raw timings in curvature_cost.json.",
+        "",
+    ]
     return "\n".join(lines)
 
 

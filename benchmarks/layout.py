@@ -12,6 +12,7 @@ Writes ``benchmarks/results/layout.json`` and ``.md``:
 
     .venv/bin/python benchmarks/layout.py --optimizers adam kfac --batch 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,24 @@ import time
 from pathlib import Path
 
 import torch
+from step_cost import RESULTS, VARIANTS, TimedOptimizer
 
 from natgrad.data.datasets import load_dataset
 from natgrad.experiments.bench import machine_info
 from natgrad.experiments.jobs import available_cores, core_sets
-from step_cost import RESULTS, VARIANTS, TimedOptimizer
 
 
-def _worker(label: str, batch: int, cores: list[int], threads: int, warmup: int, steps: int,
-            data_dir: str | None, barrier, results) -> None:
+def _worker(
+    label: str,
+    batch: int,
+    cores: list[int],
+    threads: int,
+    warmup: int,
+    steps: int,
+    data_dir: str | None,
+    barrier,
+    results,
+) -> None:
     os.sched_setaffinity(0, cores)
     torch.set_num_threads(threads)
     x = load_dataset("mnist", data_dir, split_train_size=batch).train.flatten(1)
@@ -41,39 +51,65 @@ def _worker(label: str, batch: int, cores: list[int], threads: int, warmup: int,
     barrier.wait()
     start = time.perf_counter()
     seconds = [run.step() for _ in range(steps)]
-    results.put({"cores": cores, "threads": threads, "seconds": seconds, "elapsed": time.perf_counter() - start})
+    results.put(
+        {
+            "cores": cores,
+            "threads": threads,
+            "seconds": seconds,
+            "elapsed": time.perf_counter() - start,
+        }
+    )
 
 
-def measure(label: str, batch: int, layout: list[list[int]], warmup: int, steps: int, data_dir: str | None) -> dict:
+def measure(
+    label: str, batch: int, layout: list[list[int]], warmup: int, steps: int, data_dir: str | None
+) -> dict:
     """Run one process per core set of ``layout`` at once; steps per second summed over them."""
     context = mp.get_context("spawn")
     barrier, results = context.Barrier(len(layout)), context.Queue()
-    workers = [context.Process(target=_worker, args=(label, batch, cores, len(cores), warmup, steps, data_dir,
-                                                        barrier, results)) for cores in layout]
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(label, batch, cores, len(cores), warmup, steps, data_dir, barrier, results),
+        )
+        for cores in layout
+    ]
     for w in workers:
         w.start()
     runs = [results.get() for _ in workers]
     for w in workers:
         w.join()
-    return {"processes": len(layout), "threads_each": len(layout[0]),
-            "median_step_seconds": statistics.median(s for r in runs for s in r["seconds"]),
-            "steps_per_second": sum(steps / r["elapsed"] for r in runs), "runs": runs}
+    return {
+        "processes": len(layout),
+        "threads_each": len(layout[0]),
+        "median_step_seconds": statistics.median(s for r in runs for s in r["seconds"]),
+        "steps_per_second": sum(steps / r["elapsed"] for r in runs),
+        "runs": runs,
+    }
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = ["# Grid layout: one cell on all cores, or one cell per core", "",
-             f"MNIST deep autoencoder (paper architecture), batch {report['batch']}, {report['steps']} timed steps "
-             f"after {report['warmup']} warm-up steps. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.",
-             "", "| optimizer | layout | median s per step | steps per second (all processes) | per-core layout / all-cores layout |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "# Grid layout: one cell on all cores, or one cell per core",
+        "",
+        f"MNIST deep autoencoder (paper architecture), batch {report['batch']}, {report['steps']} timed steps "
+        f"after {report['warmup']} warm-up steps. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.",
+        "",
+        "| optimizer | layout | median s per step | steps per second (all processes) | per-core layout / all-cores layout |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for label, layouts in report["results"].items():
         whole, split = layouts["all-cores"], layouts["per-core"]
         gain = split["steps_per_second"] / whole["steps_per_second"]
-        lines.append(f"| {label} | 1 process x {whole['threads_each']} threads | {whole['median_step_seconds']:.3f} | "
-                     f"{whole['steps_per_second']:.2f} | |")
-        lines.append(f"| {label} | {split['processes']} processes x 1 thread | {split['median_step_seconds']:.3f} | "
-                     f"{split['steps_per_second']:.2f} | {gain:.2f} |")
+        lines.append(
+            f"| {label} | 1 process x {whole['threads_each']} threads | {whole['median_step_seconds']:.3f} | "
+            f"{whole['steps_per_second']:.2f} | |"
+        )
+        lines.append(
+            f"| {label} | {split['processes']} processes x 1 thread | {split['median_step_seconds']:.3f} | "
+            f"{split['steps_per_second']:.2f} | {gain:.2f} |"
+        )
     lines += ["", "Produced by `benchmarks/layout.py`; raw timings in layout.json."]
     return "\n".join(lines) + "\n"
 
@@ -89,10 +125,20 @@ def main() -> None:
     args = parser.parse_args()
     cores = available_cores()
     layouts = {"all-cores": [cores], "per-core": core_sets(len(cores), cores)}
-    results = {label: {name: measure(label, args.batch, layout, args.warmup, args.steps, args.data_dir)
-                       for name, layout in layouts.items()} for label in args.optimizers}
-    report = {"batch": args.batch, "warmup": args.warmup, "steps": args.steps, "machine": machine_info(),
-              "results": results}
+    results = {
+        label: {
+            name: measure(label, args.batch, layout, args.warmup, args.steps, args.data_dir)
+            for name, layout in layouts.items()
+        }
+        for label in args.optimizers
+    }
+    report = {
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "machine": machine_info(),
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "layout.json").write_text(json.dumps(report, indent=2))
     (args.out / "layout.md").write_text(markdown(report))

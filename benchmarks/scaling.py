@@ -20,6 +20,7 @@ report)::
     python benchmarks/scaling.py --dataset synthetic --sizes 64 16 4 --batches 40 80 --steps 6 \\
         --eval-every 3 --target-error 1000 --out /tmp/scaling --report /tmp/scaling.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,7 +69,9 @@ class Model:
         return sum(a * a + g * g for a, g in self.factors)
 
 
-def predicted_step_bytes(model: Model, log: list[dict], damping: DampingConfig, schedule: ScheduleConfig) -> list[int]:
+def predicted_step_bytes(
+    model: Model, log: list[dict], damping: DampingConfig, schedule: ScheduleConfig
+) -> list[int]:
     r"""The payload bytes each process hands to collectives at each step of a K-FAC run (docs/distributed.md).
 
     With ``s`` bytes per number, ``P`` parameters, ``a_i = d_in + 1`` and ``g_i = d_out`` for layer ``i``:
@@ -114,10 +117,32 @@ def run(args: argparse.Namespace, batch: int, processes: int, threads: int) -> P
         return out
     budget = ["--steps", str(args.steps)] if args.steps else ["--seconds", str(args.seconds)]
     model = ["--set", f"model.sizes={json.dumps(args.sizes)}"] if args.sizes else []
-    command = [sys.executable, "-m", "natgrad", "train", "--dataset", args.dataset, "--model", "autoencoder",
-               "--optimizer", "kfac", "--batch-size", str(batch), *budget, *model,
-               "--set", f"threads={threads}", "--set", f"eval.every={args.eval_every}",
-               "--set", f"checkpoint_every={args.checkpoint_every}", "--out", str(out), "--force", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "natgrad",
+        "train",
+        "--dataset",
+        args.dataset,
+        "--model",
+        "autoencoder",
+        "--optimizer",
+        "kfac",
+        "--batch-size",
+        str(batch),
+        *budget,
+        *model,
+        "--set",
+        f"threads={threads}",
+        "--set",
+        f"eval.every={args.eval_every}",
+        "--set",
+        f"checkpoint_every={args.checkpoint_every}",
+        "--out",
+        str(out),
+        "--force",
+        "--no-progress",
+    ]
     if args.train_size:
         command += ["--train-size", str(args.train_size)]
     if processes > 1:
@@ -131,19 +156,39 @@ def summarise(out: Path, target: float, model: Model) -> dict:
     log = read_log(out)
     steps = [r for r in log if r["kind"] == "step"]
     times = [r["time"] for r in steps]
-    per_step = [b - a for a, b in zip([0.0] + times[:-1], times)][WARMUP:] or [times[-1] / len(times)]
-    reached = next((r["time"] for r in log if r["kind"] == "eval"
-                    and r["metrics"]["train.reconstruction_error"] <= target), None)
+    per_step = [b - a for a, b in zip([0.0] + times[:-1], times)][WARMUP:] or [
+        times[-1] / len(times)
+    ]
+    reached = next(
+        (
+            r["time"]
+            for r in log
+            if r["kind"] == "eval" and r["metrics"]["train.reconstruction_error"] <= target
+        ),
+        None,
+    )
     final = [r for r in log if r["kind"] == "eval"][-1]["metrics"]["train.reconstruction_error"]
-    summary = {"steps": len(steps), "median": statistics.median(per_step), "mean": statistics.fmean(per_step),
-               "reached": reached, "final": final, "share": None, "bytes": None, "matches": None}
+    summary = {
+        "steps": len(steps),
+        "median": statistics.median(per_step),
+        "mean": statistics.fmean(per_step),
+        "reached": reached,
+        "final": final,
+        "share": None,
+        "bytes": None,
+        "matches": None,
+    }
     traffic = [r.get("communication") for r in steps[WARMUP:]]
     if all(traffic) and traffic:
         summary["share"] = sum(t["seconds"] for t in traffic) / sum(per_step)
         measured = [r["communication"]["bytes"] for r in steps]
         config = json.loads((out / "config.json").read_text())["optimizer"]["options"]
-        predicted = predicted_step_bytes(model, log, DampingConfig(**config.get("damping", {})),
-                                         ScheduleConfig(**config.get("schedule", {})))
+        predicted = predicted_step_bytes(
+            model,
+            log,
+            DampingConfig(**config.get("damping", {})),
+            ScheduleConfig(**config.get("schedule", {})),
+        )
         summary["bytes"] = statistics.fmean(measured)
         summary["matches"] = (sum(m == p for m, p in zip(measured, predicted)), len(measured))
     return summary
@@ -153,39 +198,55 @@ def report(args: argparse.Namespace, model: Model, rows: list[tuple[int, str, di
     def seconds(value: float | None) -> str:
         return "not reached" if value is None else f"{value:.1f}"
 
-    lines = [f"# K-FAC data-parallel scaling: {args.dataset} autoencoder {args.sizes or 'paper architecture'}", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-             f"budget {'%d steps' % args.steps if args.steps else '%g s' % args.seconds} per run; "
-             f"target: training reconstruction error <= {args.target_error}.", "",
-             "| global batch | layout | steps | s/step (median) | s/step (mean) | s to target | final train error "
-             "| communication share | bytes/step (mean) | formula = measured |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# K-FAC data-parallel scaling: {args.dataset} autoencoder {args.sizes or 'paper architecture'}",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"budget {'%d steps' % args.steps if args.steps else '%g s' % args.seconds} per run; "
+        f"target: training reconstruction error <= {args.target_error}.",
+        "",
+        "| global batch | layout | steps | s/step (median) | s/step (mean) | s to target | final train error "
+        "| communication share | bytes/step (mean) | formula = measured |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for batch, layout, s in rows:
         share = "-" if s["share"] is None else f"{100 * s['share']:.1f}%"
         bytes_ = "-" if s["bytes"] is None else f"{s['bytes'] / 2**20:.2f} MiB"
         matches = "-" if s["matches"] is None else f"{s['matches'][0]}/{s['matches'][1]} steps"
-        lines.append(f"| {batch} | {layout} | {s['steps']} | {s['median']:.3f} | {s['mean']:.3f} | "
-                     f"{seconds(s['reached'])} | {s['final']:.2f} | {share} | {bytes_} | {matches} |")
+        lines.append(
+            f"| {batch} | {layout} | {s['steps']} | {s['median']:.3f} | {s['mean']:.3f} | "
+            f"{seconds(s['reached'])} | {s['final']:.2f} | {share} | {bytes_} | {matches} |"
+        )
     mib = 2**20
-    lines += ["", f"Traffic formula for this model (P = {model.parameters:,} parameters, sum_i (a_i^2 + g_i^2) = "
-              f"{model.factor_numbers:,} factor entries, float32): gradient all-reduce "
-              f"{4 * model.parameters / mib:.2f} MiB every step; moving-average all-reduce "
-              f"{4 * model.factor_numbers / mib:.2f} MiB per refresh; damped-inverse broadcast "
-              f"{4 * model.factor_numbers / mib:.2f} MiB per refresh or new gamma (docs/distributed.md).", ""]
+    lines += [
+        "",
+        f"Traffic formula for this model (P = {model.parameters:,} parameters, sum_i (a_i^2 + g_i^2) = "
+        f"{model.factor_numbers:,} factor entries, float32): gradient all-reduce "
+        f"{4 * model.parameters / mib:.2f} MiB every step; moving-average all-reduce "
+        f"{4 * model.factor_numbers / mib:.2f} MiB per refresh; damped-inverse broadcast "
+        f"{4 * model.factor_numbers / mib:.2f} MiB per refresh or new gamma (docs/distributed.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--sizes", type=int, nargs="+", help="encoder sizes (default: the paper architecture)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="encoder sizes (default: the paper architecture)"
+    )
     parser.add_argument("--train-size", type=int, help="use the first N training images")
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per run")
     parser.add_argument("--steps", type=int, help="a step budget instead of --seconds (smoke runs)")
-    parser.add_argument("--eval-every", type=int, default=20, help="steps between evaluations on rank 0")
+    parser.add_argument(
+        "--eval-every", type=int, default=20, help="steps between evaluations on rank 0"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=1000)
-    parser.add_argument("--target-error", type=float, default=10.0, help="training reconstruction error to reach")
+    parser.add_argument(
+        "--target-error", type=float, default=10.0, help="training reconstruction error to reach"
+    )
     parser.add_argument("--out", default="runs/scaling", help="directory of the runs")
     parser.add_argument("--report", type=Path, help="write the Markdown report here (also printed)")
     args = parser.parse_args(argv)
@@ -195,12 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in args.batches:
         for label, processes, threads in LAYOUTS:
-            rows.append((batch, label, summarise(run(args, batch, processes, threads), args.target_error, model)))
+            rows.append(
+                (
+                    batch,
+                    label,
+                    summarise(run(args, batch, processes, threads), args.target_error, model),
+                )
+            )
     text = report(args, model, rows)
     sys.stdout.write(text)
     if args.report is not None:
         args.report.write_text(text)
-    mismatched = [row for row in rows if row[2]["matches"] and row[2]["matches"][0] != row[2]["matches"][1]]
+    mismatched = [
+        row for row in rows if row[2]["matches"] and row[2]["matches"][0] != row[2]["matches"][1]
+    ]
     return 1 if mismatched else 0
 
 

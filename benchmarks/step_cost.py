@@ -18,6 +18,7 @@ Adam, when timed, is the reference of issue 13's target (K-FAC's step at most 2.
     .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac kfac-stats-every-4 \
         kfac-model-half kfac-fast
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,31 +43,62 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: label -> (factory, description). K-FAC variants as the issue's targets name them.
 VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer], str]] = {
-    "sgd": (lambda m, cg: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-5),
-            "SGD, Nesterov momentum 0.9 (the unit)"),
-    "adam": (lambda m, cg: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam (the reference of issue 13's target)"),
-    "kfac-fixed": (lambda m, cg: KFAC(m, step={"quadratic_model": False}),
-                   "K-FAC block-diagonal, fixed alpha/mu (no quadratic model)"),
-    "kfac-fixed-eigen": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, inverse_method="eigen"),
-                         "as kfac-fixed with eigendecompositions instead of explicit inverses"),
+    "sgd": (
+        lambda m, cg: torch.optim.SGD(
+            m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-5
+        ),
+        "SGD, Nesterov momentum 0.9 (the unit)",
+    ),
+    "adam": (
+        lambda m, cg: torch.optim.Adam(m.parameters(), lr=1e-3),
+        "Adam (the reference of issue 13's target)",
+    ),
+    "kfac-fixed": (
+        lambda m, cg: KFAC(m, step={"quadratic_model": False}),
+        "K-FAC block-diagonal, fixed alpha/mu (no quadratic model)",
+    ),
+    "kfac-fixed-eigen": (
+        lambda m, cg: KFAC(m, step={"quadratic_model": False}, inverse_method="eigen"),
+        "as kfac-fixed with eigendecompositions instead of explicit inverses",
+    ),
     "kfac": (lambda m, cg: KFAC(m), "K-FAC block-diagonal, quadratic model (paper)"),
-    "kfac-bf16": (lambda m, cg: KFAC(m, step={"model_dtype": "bfloat16"}, solve_dtype="bfloat16"),
-                  "as kfac with the solve and the model's forward-mode pass in bfloat16 (departures)"),
-    "kfac-fixed-bf16": (lambda m, cg: KFAC(m, step={"quadratic_model": False}, solve_dtype="bfloat16"),
-                        "as kfac-fixed with the solve in bfloat16 (departure)"),
-    "kfac-model-quarter": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}),
-                           "K-FAC block-diagonal, quadratic model on 1/4 of the batch (departure)"),
-    "kfac-model-quarter-bf16": (lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, solve_dtype="bfloat16"),
-                                "as kfac-model-quarter with the solve in bfloat16 (departures)"),
-    "kfac-stats-every-4": (lambda m, cg: KFAC(m, schedule={"statistics_every": 4}),
-                           "as kfac with statistics every 4 steps (section 8 allows it; departure from Martens' code)"),
-    "kfac-model-half": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}),
-                        "K-FAC block-diagonal, quadratic model on 1/2 of the batch (departure)"),
-    "kfac-fast": (lambda m, cg: KFAC(m, step={"model_fraction": 0.5}, schedule={"inverse_every": 5}),
-                  "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder grid)"),
-    "kfac-tridiag": (lambda m, cg: KFAC(m, structure="tridiagonal"), "K-FAC block-tridiagonal, quadratic model"),
+    "kfac-bf16": (
+        lambda m, cg: KFAC(m, step={"model_dtype": "bfloat16"}, solve_dtype="bfloat16"),
+        "as kfac with the solve and the model's forward-mode pass in bfloat16 (departures)",
+    ),
+    "kfac-fixed-bf16": (
+        lambda m, cg: KFAC(m, step={"quadratic_model": False}, solve_dtype="bfloat16"),
+        "as kfac-fixed with the solve in bfloat16 (departure)",
+    ),
+    "kfac-model-quarter": (
+        lambda m, cg: KFAC(m, step={"model_fraction": 0.25}),
+        "K-FAC block-diagonal, quadratic model on 1/4 of the batch (departure)",
+    ),
+    "kfac-model-quarter-bf16": (
+        lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, solve_dtype="bfloat16"),
+        "as kfac-model-quarter with the solve in bfloat16 (departures)",
+    ),
+    "kfac-stats-every-4": (
+        lambda m, cg: KFAC(m, schedule={"statistics_every": 4}),
+        "as kfac with statistics every 4 steps (section 8 allows it; departure from Martens' code)",
+    ),
+    "kfac-model-half": (
+        lambda m, cg: KFAC(m, step={"model_fraction": 0.5}),
+        "K-FAC block-diagonal, quadratic model on 1/2 of the batch (departure)",
+    ),
+    "kfac-fast": (
+        lambda m, cg: KFAC(m, step={"model_fraction": 0.5}, schedule={"inverse_every": 5}),
+        "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder grid)",
+    ),
+    "kfac-tridiag": (
+        lambda m, cg: KFAC(m, structure="tridiagonal"),
+        "K-FAC block-tridiagonal, quadratic model",
+    ),
     "diag": (lambda m, cg: DiagonalNaturalGradient(m), "diagonal Fisher, quadratic model"),
-    "hf": (lambda m, cg: HessianFree(m, max_cg_iterations=cg), "Hessian-free (CG capped, see per-iteration cost)"),
+    "hf": (
+        lambda m, cg: HessianFree(m, max_cg_iterations=cg),
+        "Hessian-free (CG capped, see per-iteration cost)",
+    ),
 }
 
 
@@ -92,7 +124,9 @@ def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> 
     refresh = timed(optimizer.curvature.refresh)
     loss = closure()
     state = optimizer.state["natural_gradient"]
-    gradient = regularised_gradient(optimizer.curvature.params, optimizer.damping_config.weight_decay)
+    gradient = regularised_gradient(
+        optimizer.curvature.params, optimizer.damping_config.weight_decay
+    )
     search_step = optimizer.damping_config.gamma_every
     search = timed(lambda: optimizer._choose_update(loss, gradient, state, search_step))
     plain = timed(lambda: optimizer._choose_update(loss, gradient, state, search_step + 1))
@@ -104,7 +138,9 @@ class TimedOptimizer:
 
     def __init__(self, label: str, x: torch.Tensor, hf_cg: int) -> None:
         self.label, self.x = label, x
-        self.model = DeepAutoencoder.for_problem("mnist", generator=torch.Generator().manual_seed(0))
+        self.model = DeepAutoencoder.for_problem(
+            "mnist", generator=torch.Generator().manual_seed(0)
+        )
         self.optimizer = VARIANTS[label][0](self.model, hf_cg)
         self.times: list[float] = []
         self.records: list = []  # the optimizers' StepRecords (None for torch's own)
@@ -128,17 +164,29 @@ class TimedOptimizer:
         if isinstance(optimizer, NaturalGradientOptimizer):
             refresh, search = amortised_extras(optimizer, self.closure)
             periods = optimizer.schedule.inverse_every, optimizer.damping_config.gamma_every
-            result.update(refresh_seconds=refresh, gamma_search_extra_seconds=search,
-                          amortised_seconds=result["median_seconds"] + refresh / periods[0] + search / periods[1])
+            result.update(
+                refresh_seconds=refresh,
+                gamma_search_extra_seconds=search,
+                amortised_seconds=result["median_seconds"]
+                + refresh / periods[0]
+                + search / periods[1],
+            )
         if isinstance(optimizer, HessianFree):
             result["cg_iterations"] = [r.cg_iterations for r in self.records]
-            result["cg_iteration_seconds"] = timed(lambda: optimizer._curvature_product(
-                build_loss(self.model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]),
-                torch.randn(optimizer.layout.dimension)))
+            result["cg_iteration_seconds"] = timed(
+                lambda: optimizer._curvature_product(
+                    build_loss(
+                        self.model, x[: math.ceil(len(x) * optimizer.config.curvature_fraction)]
+                    ),
+                    torch.randn(optimizer.layout.dimension),
+                )
+            )
         return result
 
 
-def measure(labels: list[str], x: torch.Tensor, warmup: int, repeats: int, hf_cg: int) -> dict[str, dict]:
+def measure(
+    labels: list[str], x: torch.Tensor, warmup: int, repeats: int, hf_cg: int
+) -> dict[str, dict]:
     """Warm every optimizer up, then time ``repeats`` rounds of one step each (round-robin)."""
     runs = [TimedOptimizer(label, x, hf_cg) for label in labels]
     for run in runs:
@@ -150,7 +198,14 @@ def measure(labels: list[str], x: torch.Tensor, warmup: int, repeats: int, hf_cg
     return {run.label: run.result() for run in runs}
 
 
-def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg: int, data_dir: str | None) -> dict:
+def run(
+    batches: list[int],
+    labels: list[str],
+    warmup: int,
+    repeats: int,
+    hf_cg: int,
+    data_dir: str | None,
+) -> dict:
     rows = []
     for batch in batches:
         x = load_dataset("mnist", data_dir, split_train_size=batch).train.flatten(1)
@@ -158,8 +213,14 @@ def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg:
         unit = results["sgd"]["median_seconds"]
         adam = results["adam"]["median_seconds"] if "adam" in results else math.nan
         for label, r in results.items():
-            row = {"batch": batch, "optimizer": label, "description": VARIANTS[label][1], **r,
-                   "ratio": r["median_seconds"] / unit, "ratio_to_adam": r["median_seconds"] / adam}
+            row = {
+                "batch": batch,
+                "optimizer": label,
+                "description": VARIANTS[label][1],
+                **r,
+                "ratio": r["median_seconds"] / unit,
+                "ratio_to_adam": r["median_seconds"] / adam,
+            }
             if "amortised_seconds" in r:
                 row["amortised_ratio_to_adam"] = r["amortised_seconds"] / adam
             if "amortised_seconds" in r:
@@ -169,7 +230,14 @@ def run(batches: list[int], labels: list[str], warmup: int, repeats: int, hf_cg:
             rows.append(row)
     return {
         "problem": "mnist deep autoencoder 784-1000-500-250-30-250-500-1000-784 (bernoulli), float32, paper defaults",
-        "settings": [{"batches": batches, "warmup": warmup, "repeats": repeats, "hf_max_cg_iterations": hf_cg}],
+        "settings": [
+            {
+                "batches": batches,
+                "warmup": warmup,
+                "repeats": repeats,
+                "hf_max_cg_iterations": hf_cg,
+            }
+        ],
         "machine": {
             "cpu": cpu_model(),
             "logical_cores": os.cpu_count(),
@@ -187,9 +255,13 @@ def markdown(report: dict) -> str:
         "# Optimizer step cost relative to one SGD step",
         "",
         f"{report['problem']}.",
-        "Settings per run: " + "; ".join(
+        "Settings per run: "
+        + "; ".join(
             f"batches {s['batches']}: median of {s['repeats']} steps after {s['warmup']} warm-up steps, "
-            f"HF CG capped at {s['hf_max_cg_iterations']}" for s in report["settings"]) + ".",
+            f"HF CG capped at {s['hf_max_cg_iterations']}"
+            for s in report["settings"]
+        )
+        + ".",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['torch_threads']} threads), "
         f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of percent.",
         "",
@@ -198,14 +270,27 @@ def markdown(report: dict) -> str:
     ]
     for r in report["rows"]:
         amortised = f"{r['amortised_ratio']:.2f}" if "amortised_ratio" in r else ""
-        to_adam = f"{r['ratio_to_adam']:.2f}" if math.isfinite(r.get("ratio_to_adam", math.nan)) else ""
-        amortised_adam = f"{r['amortised_ratio_to_adam']:.2f}" if math.isfinite(r.get("amortised_ratio_to_adam", math.nan)) else ""
+        to_adam = (
+            f"{r['ratio_to_adam']:.2f}" if math.isfinite(r.get("ratio_to_adam", math.nan)) else ""
+        )
+        amortised_adam = (
+            f"{r['amortised_ratio_to_adam']:.2f}"
+            if math.isfinite(r.get("amortised_ratio_to_adam", math.nan))
+            else ""
+        )
         notes = r["description"]
         if "cg_iterations" in r:
-            notes += (f"; CG iterations {r['cg_iterations']}, one CG "
-                      f"iteration = {r['cg_iteration_ratio']:.2f} SGD steps")
-        lines.append(f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {to_adam} | {amortised_adam} | {notes} |")
-    lines += ["", f"Produced by `benchmarks/step_cost.py --threads {m['torch_threads']}`; raw timings in {report['stem']}.json."]
+            notes += (
+                f"; CG iterations {r['cg_iterations']}, one CG "
+                f"iteration = {r['cg_iteration_ratio']:.2f} SGD steps"
+            )
+        lines.append(
+            f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {to_adam} | {amortised_adam} | {notes} |"
+        )
+    lines += [
+        "",
+        f"Produced by `benchmarks/step_cost.py --threads {m['torch_threads']}`; raw timings in {report['stem']}.json.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -219,8 +304,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--append", action="store_true",
-                        help="add these rows to an existing step_cost-threads<T>.json (e.g. fewer optimizers at batch 5000)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add these rows to an existing step_cost-threads<T>.json (e.g. fewer optimizers at batch 5000)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     labels = ["sgd"] + [label for label in args.optimizers if label != "sgd"]

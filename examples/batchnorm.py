@@ -7,11 +7,14 @@ up front rather than computing something silently wrong. The supported alternati
 per-example normalisation (``nn.LayerNorm`` as in classifier_kfac.py, ``nn.GroupNorm``) or a
 BatchNorm frozen with ``.eval()`` (it then uses its running statistics).
 """
+
 from torch import nn
 
 import natgrad
 
-model = nn.Sequential(nn.Linear(2, 32), nn.BatchNorm1d(32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 3))
+model = nn.Sequential(
+    nn.Linear(2, 32), nn.BatchNorm1d(32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 3)
+)
 try:
     natgrad.KFAC(model, damping=1.0)
 except ValueError as error:

@@ -1,7 +1,8 @@
 """Train the toy classifier for 50 steps; classifier_adam.py and classifier_kfac.py differ in 3 lines."""
-import torch
-import natgrad
 
+import torch
+
+import natgrad
 from toy_models import blobs, make_classifier, test_cross_entropy
 
 torch.manual_seed(0)

@@ -8,6 +8,7 @@ shard of it. ``KFAC`` finds the initialised process group and averages what the 
 needs: gradients, curvature statistics, the quadratic model's products, ``rho``; every process
 applies the same update (docs/distributed.md).
 """
+
 import os
 
 import torch
@@ -39,7 +40,9 @@ def train(steps: int = 50, global_batch: int = 64) -> None:
         optimizer.step(closure)
     if rank == 0:  # every process holds the same parameters
         record = optimizer.last_step_record
-        print(f"{world} processes, negative ELBO of the last global batch after {steps} steps: {record.objective:.2f} nats")
+        print(
+            f"{world} processes, negative ELBO of the last global batch after {steps} steps: {record.objective:.2f} nats"
+        )
 
 
 def process(rank: int, world: int, port: int) -> None:

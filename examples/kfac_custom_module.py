@@ -1,4 +1,5 @@
 """K-FAC on your own nn.Module with Linear and Conv2d layers (a small convolutional autoencoder)."""
+
 import torch
 from torch import nn
 
@@ -11,8 +12,8 @@ class ConvAutoencoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)  # Kronecker block (KFC)
-        self.code = nn.Linear(4 * 8 * 8, 16)                   # Kronecker block
-        self.out = nn.Linear(16, 64)                           # Kronecker block
+        self.code = nn.Linear(4 * 8 * 8, 16)  # Kronecker block
+        self.out = nn.Linear(16, 64)  # Kronecker block
 
     def forward(self, x: torch.Tensor) -> Bernoulli:
         h = torch.sigmoid(self.conv(x)).flatten(1)
@@ -39,7 +40,9 @@ def closure() -> Loss:
 
 for step in range(30):
     loss = optimizer.step(closure)
-    record = optimizer.last_step_record  # a StepRecord: objective, rho, damping, gamma, alpha, mu, rejected ...
+    record = (
+        optimizer.last_step_record
+    )  # a StepRecord: objective, rho, damping, gamma, alpha, mu, rejected ...
     if step % 10 == 0:
         print(f"step {step:2d}  loss {record.objective:.3f}  damping {record.damping:.3g}")
 print(f"final loss {float(closure().value.detach()):.3f}")

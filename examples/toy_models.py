@@ -3,6 +3,7 @@
 Nothing here knows about natgrad except :func:`elbo_terms`, the VAE's loss written as natgrad
 loss terms (the one function a VAE needs beyond :func:`negative_elbo`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ def blobs(n: int = 512, classes: int = 3, seed: int = 0) -> tuple[Tensor, Tensor
 
 def make_classifier(classes: int = 3) -> nn.Sequential:
     """An MLP with LayerNorm and Dropout: a plain ``nn.Sequential`` that returns logits."""
-    return nn.Sequential(nn.Linear(2, 32), nn.LayerNorm(32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, classes))
+    return nn.Sequential(
+        nn.Linear(2, 32), nn.LayerNorm(32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, classes)
+    )
 
 
 @torch.no_grad()
@@ -51,15 +54,27 @@ class ConvVAE(nn.Module):
 
     def __init__(self, latent: int = 4) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.Softplus(), nn.Flatten(),
-                                     nn.Linear(8 * 4 * 4, 2 * latent))
-        self.decoder = nn.Sequential(nn.Linear(latent, 8 * 4 * 4), nn.Softplus(), nn.Unflatten(1, (8, 4, 4)),
-                                     nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1))
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 8, 3, stride=2, padding=1),
+            nn.Softplus(),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, 2 * latent),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, 8 * 4 * 4),
+            nn.Softplus(),
+            nn.Unflatten(1, (8, 4, 4)),
+            nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1),
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
-        return self.decoder(z), mu, log_var  # pixel logits (N, 1, 8, 8), posterior mean, log variance
+        return (
+            self.decoder(z),
+            mu,
+            log_var,
+        )  # pixel logits (N, 1, 8, 8), posterior mean, log variance
 
 
 def negative_elbo(out: tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
@@ -73,4 +88,6 @@ def negative_elbo(out: tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
 def elbo_terms(out: tuple[Tensor, Tensor, Tensor], batch: tuple[Tensor, ...]):
     """:func:`negative_elbo` as natgrad loss terms, each with its exact output curvature."""
     logits, mu, log_var = out
-    return likelihood_term(Bernoulli(logits), batch[0]), kl_term(DiagonalGaussianPosterior(mu, log_var))
+    return likelihood_term(Bernoulli(logits), batch[0]), kl_term(
+        DiagonalGaussianPosterior(mu, log_var)
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures. Tests run offline; real data comes from ../shared/data when present."""
+
 from __future__ import annotations
 
 from pathlib import Path

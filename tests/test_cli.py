@@ -1,4 +1,5 @@
 """The natgrad command line, in-process (the SIGKILL/resume test runs it as a real subprocess)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,15 @@ import pytest
 from natgrad.cli import COMMANDS, Command, build_parser, main, register
 
 SMOKE = Path(__file__).parent / "experiments" / "configs" / "smoke.toml"
-TINY = ["--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--set", "threads=1", "--no-progress"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--set",
+    "model.sizes=[64, 8]",
+    "--set",
+    "threads=1",
+    "--no-progress",
+]
 
 
 def test_subcommands_are_registered():
@@ -21,12 +30,37 @@ def test_subcommands_are_registered():
 
 def test_train_flags_and_overrides(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", *TINY, "--optimizer", "adam", "--lr", "0.003", "--steps", "6", "--eval-every", "3",
-                 "--batch-size", "20", "--seed", "4", "--out", str(out), "--set", "optimizer.betas=[0.8, 0.9]"])
+    code = main(
+        [
+            "train",
+            *TINY,
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.003",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--batch-size",
+            "20",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--set",
+            "optimizer.betas=[0.8, 0.9]",
+        ]
+    )
     assert code == 0
     assert "completed at step 6" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["optimizer"] == {**config["optimizer"], "name": "adam", "lr": 0.003, "betas": [0.8, 0.9]}
+    assert config["optimizer"] == {
+        **config["optimizer"],
+        "name": "adam",
+        "lr": 0.003,
+        "betas": [0.8, 0.9],
+    }
     assert (config["batch_size"], config["seed"], config["eval"]["every"]) == (20, 4, 3)
     # --resume of a finished run reports it; other flags are refused with --resume
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
@@ -42,8 +76,19 @@ def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
 
 
 def test_compare_prints_the_table_and_writes_the_report(tmp_path, capsys):
-    code = main(["compare", str(SMOKE), "--out", str(tmp_path), "--optimizers", "adam", "--set", "budget.steps=5",
-                 "--no-progress"])
+    code = main(
+        [
+            "compare",
+            str(SMOKE),
+            "--out",
+            str(tmp_path),
+            "--optimizers",
+            "adam",
+            "--set",
+            "budget.steps=5",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| adam | 2 |" in out and "| sgd |" not in out
@@ -52,8 +97,23 @@ def test_compare_prints_the_table_and_writes_the_report(tmp_path, capsys):
 
 
 def test_demo_runs_a_suite(tmp_path, capsys):
-    assert main(["demo", "--config", str(SMOKE), "--out", str(tmp_path), "--optimizers", "sgd",
-                 "--set", "budget.steps=3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--config",
+                str(SMOKE),
+                "--out",
+                str(tmp_path),
+                "--optimizers",
+                "sgd",
+                "--set",
+                "budget.steps=3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "| sgd | 2 |" in capsys.readouterr().out
 
 
@@ -82,7 +142,9 @@ def test_objective_flags_set_the_model_fields():
     from natgrad.cli import config_overrides
     from natgrad.experiments.config import load_run_config
 
-    args = build_parser().parse_args(["train", "--model", "vae", "--objective", "iwae", "--samples", "5"])
+    args = build_parser().parse_args(
+        ["train", "--model", "vae", "--objective", "iwae", "--samples", "5"]
+    )
     model = load_run_config(None, config_overrides(args)).model
     assert (model.objective, model.samples) == ("iwae", 5)
 
@@ -100,7 +162,10 @@ def test_out_is_used_exactly_as_given(tmp_path):
 
 def test_bench_dry_run_lists_the_cells_of_the_elbo_vs_iwae_grid_and_runs_nothing(tmp_path, capsys):
     grid = Path(__file__).parents[1] / "benchmarks" / "configs" / "elbo-vs-iwae.toml"
-    assert main(["bench", str(grid), "--dry-run", "--out", str(tmp_path / "grid"), "--shard", "1/2"]) == 0
+    assert (
+        main(["bench", str(grid), "--dry-run", "--out", str(tmp_path / "grid"), "--shard", "1/2"])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("6 cells in ") and not (tmp_path / "grid").exists()
     assert "mnist-vae/adam-elbo/seed-1  adam, batch 100, elbo k=1 (plain)" in lines[0]

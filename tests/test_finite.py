@@ -1,4 +1,5 @@
 """The cheap finiteness check agrees with torch.isfinite on every kind of non-finite entry."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Independent references are written here with ``torch.distributions`` on the model's encoder and
 decoder, never with natgrad's own loss code.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,17 +27,25 @@ def _vae() -> VAE:
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return torch.bernoulli(torch.rand(N, D, generator=gen), generator=gen), torch.randn(N, K, LATENT, generator=gen)
+    return torch.bernoulli(torch.rand(N, D, generator=gen), generator=gen), torch.randn(
+        N, K, LATENT, generator=gen
+    )
 
 
-def _reference_log_weights(model: VAE, x: torch.Tensor, eps: torch.Tensor, stop_posterior: bool = False):
+def _reference_log_weights(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, stop_posterior: bool = False
+):
     """``(z, log w)`` by ``torch.distributions``; ``stop_posterior`` holds q's parameters constant in ``log q``."""
     posterior = model.encode(x)
     mu, std = posterior.mu.unsqueeze(1), (0.5 * posterior.log_var).exp().unsqueeze(1)
     z = mu + std * eps
     if stop_posterior:
         mu, std = mu.detach(), std.detach()
-    log_px = Bernoulli(logits=model.decoder(z)).log_prob(x.unsqueeze(1).expand(-1, eps.shape[1], -1)).sum(-1)
+    log_px = (
+        Bernoulli(logits=model.decoder(z))
+        .log_prob(x.unsqueeze(1).expand(-1, eps.shape[1], -1))
+        .sum(-1)
+    )
     return z, log_px + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, std).log_prob(z).sum(-1)
 
 
@@ -65,10 +74,18 @@ def test_the_loss_is_minus_the_bound_with_its_gradient(float64):
 
 def test_the_loss_equals_the_evaluation_metric_for_the_same_noise(float64):
     model, (x, _) = _vae(), _data()
-    metric = iwae_log_likelihood(model, x, k=K, chunk_size=1000, generator=torch.Generator().manual_seed(3))
+    metric = iwae_log_likelihood(
+        model, x, k=K, chunk_size=1000, generator=torch.Generator().manual_seed(3)
+    )
     # the metric draws its noise samples-first, (k, n, latent), in one pass at this chunk size
-    eps = torch.randn((K, N, LATENT), generator=torch.Generator().manual_seed(3)).transpose(0, 1).contiguous()
-    assert float(build_iwae_loss(model, x, K, eps=eps).value.detach()) == pytest.approx(-metric, rel=1e-12)
+    eps = (
+        torch.randn((K, N, LATENT), generator=torch.Generator().manual_seed(3))
+        .transpose(0, 1)
+        .contiguous()
+    )
+    assert float(build_iwae_loss(model, x, K, eps=eps).value.detach()) == pytest.approx(
+        -metric, rel=1e-12
+    )
 
 
 def test_one_sample_is_the_elbo_with_the_sampled_kl(float64):
@@ -80,7 +97,9 @@ def test_one_sample_is_the_elbo_with_the_sampled_kl(float64):
     iwae, elbo = build_iwae_loss(model, x, 1, eps=eps.unsqueeze(1)), build_loss(model, x, eps=eps)
     posterior = model.encode(x)
     sigma = (0.5 * posterior.log_var).exp()
-    difference = (0.5 * (2 * posterior.mu * sigma * eps + (sigma**2 - 1) * (eps**2 - 1)).sum(1)).mean()
+    difference = (
+        0.5 * (2 * posterior.mu * sigma * eps + (sigma**2 - 1) * (eps**2 - 1)).sum(1)
+    ).mean()
     torch.testing.assert_close(iwae.value, elbo.value + difference, rtol=1e-12, atol=0)
     expected = [a + b for a, b in zip(_gradients(model, elbo.value), _gradients(model, difference))]
     for ours, theirs in zip(_gradients(model, iwae.value), expected):
@@ -93,29 +112,46 @@ def test_dreg_encoder_gradient_is_tucker_et_al_and_its_decoder_gradient_the_plai
     plain = build_iwae_loss(model, x, K, "plain", eps=eps)
     assert float(dreg.value.detach()) == pytest.approx(float(plain.value.detach()), rel=1e-14)
     ours = dict(zip((n for n, _ in model.named_parameters()), _gradients(model, dreg.value)))
-    plain_grads = dict(zip((n for n, _ in model.named_parameters()), _gradients(model, plain.value)))
+    plain_grads = dict(
+        zip((n for n, _ in model.named_parameters()), _gradients(model, plain.value))
+    )
     # Tucker et al. (2019): grad_phi = -(1/N) sum_{n,i} w~_i^2 (d log w_i / d z_i) (d z_i / d phi), q's
     # parameters held constant inside log w_i; derivative in z by autograd on a detached copy of z.
     z, _ = _reference_log_weights(model, x, eps)
     leaf = z.detach().requires_grad_(True)
     posterior = model.encode(x)
-    mu, std = posterior.mu.detach().unsqueeze(1), (0.5 * posterior.log_var).exp().detach().unsqueeze(1)
-    log_w = (Bernoulli(logits=model.decoder(leaf)).log_prob(x.unsqueeze(1).expand(-1, K, -1)).sum(-1)
-             + Normal(0.0, 1.0).log_prob(leaf).sum(-1) - Normal(mu, std).log_prob(leaf).sum(-1))
+    mu, std = (
+        posterior.mu.detach().unsqueeze(1),
+        (0.5 * posterior.log_var).exp().detach().unsqueeze(1),
+    )
+    log_w = (
+        Bernoulli(logits=model.decoder(leaf)).log_prob(x.unsqueeze(1).expand(-1, K, -1)).sum(-1)
+        + Normal(0.0, 1.0).log_prob(leaf).sum(-1)
+        - Normal(mu, std).log_prob(leaf).sum(-1)
+    )
     (score,) = torch.autograd.grad(log_w.sum(), leaf)
     weights = torch.softmax(log_w.detach(), dim=1)
     encoder = dict(model.encoder.named_parameters())
-    tucker = torch.autograd.grad(z, list(encoder.values()), grad_outputs=-(weights**2).unsqueeze(-1) * score / N)
+    tucker = torch.autograd.grad(
+        z, list(encoder.values()), grad_outputs=-(weights**2).unsqueeze(-1) * score / N
+    )
     for (name, _), expected in zip(encoder.items(), tucker):
         torch.testing.assert_close(ours[f"encoder.{name}"], expected, rtol=1e-10, atol=1e-14)
     for name, _ in model.decoder.named_parameters():
-        torch.testing.assert_close(ours[f"decoder.{name}"], plain_grads[f"decoder.{name}"], rtol=1e-12, atol=1e-15)
-    assert any(not torch.allclose(ours[n], plain_grads[n]) for n in (f"encoder.{m}" for m in encoder))
+        torch.testing.assert_close(
+            ours[f"decoder.{name}"], plain_grads[f"decoder.{name}"], rtol=1e-12, atol=1e-15
+        )
+    assert any(
+        not torch.allclose(ours[n], plain_grads[n]) for n in (f"encoder.{m}" for m in encoder)
+    )
 
 
 def test_a_dreg_loss_re_evaluates_as_the_plain_bound(float64):
     model, (x, eps) = _vae(), _data()
-    dreg, plain = build_iwae_loss(model, x, K, "dreg", eps=eps), build_iwae_loss(model, x, K, eps=eps)
+    dreg, plain = (
+        build_iwae_loss(model, x, K, "dreg", eps=eps),
+        build_iwae_loss(model, x, K, eps=eps),
+    )
     rebuilt = dreg.rebuild()
     for a, b in zip(_gradients(model, rebuilt.value), _gradients(model, plain.value)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -132,8 +168,14 @@ def test_sampled_output_gradients_have_the_weighted_curvature_as_covariance(floa
     second_moment = sum(term.sample_output_gradient(gen)[0] ** 2 for _ in range(4000)) / 4000
     curvature = term.curvature[0]
     assert float((second_moment - curvature).abs().max()) < 0.04 * float(curvature.max())
-    weights = curvature / torch.sigmoid(term.outputs[0].detach()) / (1 - torch.sigmoid(term.outputs[0].detach()))
-    torch.testing.assert_close(weights.sum(1), torch.ones(N, D), rtol=1e-12, atol=0)  # w~ sums to 1 per example
+    weights = (
+        curvature
+        / torch.sigmoid(term.outputs[0].detach())
+        / (1 - torch.sigmoid(term.outputs[0].detach()))
+    )
+    torch.testing.assert_close(
+        weights.sum(1), torch.ones(N, D), rtol=1e-12, atol=0
+    )  # w~ sums to 1 per example
 
 
 @pytest.mark.parametrize(
@@ -141,7 +183,12 @@ def test_sampled_output_gradients_have_the_weighted_curvature_as_covariance(floa
     [
         (DeepAutoencoder((D, 4, 2), init="default"), {}, TypeError, "needs a VAE.*DeepAutoencoder"),
         (None, {"samples": 0}, ValueError, "Invalid samples: 0; allowed: an integer >= 1"),
-        (None, {"estimator": "reinforce"}, ValueError, r"Invalid estimator: 'reinforce'; allowed: plain, dreg"),
+        (
+            None,
+            {"estimator": "reinforce"},
+            ValueError,
+            r"Invalid estimator: 'reinforce'; allowed: plain, dreg",
+        ),
         (None, {"eps": torch.zeros(N, LATENT)}, ValueError, r"eps must have shape \(5, 4, 3\)"),
     ],
 )

@@ -1,4 +1,5 @@
 """Losses: values against the closed forms, re-evaluation as a pure function, term curvature."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ def test_value_at_is_a_pure_function_of_params(float64):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1)
-    torch.testing.assert_close(loss.value_at(shifted), loss.rebuild().value.detach(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        loss.value_at(shifted), loss.rebuild().value.detach(), rtol=1e-14, atol=0
+    )
 
 
 def test_kl_term_hessian_is_autograd_hessian(float64):
@@ -68,11 +71,17 @@ def test_kl_term_hessian_is_autograd_hessian(float64):
     mu, v = torch.randn(1, 3), torch.randn(1, 3)
 
     def kl(flat):
-        return DiagonalGaussianPosterior(flat[:3].unsqueeze(0), flat[3:].unsqueeze(0)).kl_to_standard_normal().sum()
+        return (
+            DiagonalGaussianPosterior(flat[:3].unsqueeze(0), flat[3:].unsqueeze(0))
+            .kl_to_standard_normal()
+            .sum()
+        )
 
     hess = torch.autograd.functional.hessian(kl, torch.cat([mu, v], 1).squeeze(0))
     term = kl_term(DiagonalGaussianPosterior(mu, v))
-    torch.testing.assert_close(hess, torch.diag(torch.cat(term.curvature, 1).squeeze(0)), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        hess, torch.diag(torch.cat(term.curvature, 1).squeeze(0)), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_bernoulli_term_curvature_product_and_square_root(float64):
@@ -81,7 +90,9 @@ def test_bernoulli_term_curvature_product_and_square_root(float64):
     logits, target, vec = torch.randn(2, 4), torch.rand(2, 4), torch.randn(2, 4)
     term = likelihood_term(Bernoulli(logits), target)
     p = torch.sigmoid(logits)
-    torch.testing.assert_close(curvature_product(term.curvature[0], vec), p * (1 - p) * vec, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        curvature_product(term.curvature[0], vec), p * (1 - p) * vec, rtol=1e-14, atol=0
+    )
     torch.testing.assert_close(term.curvature_sqrt()[0] ** 2, p * (1 - p), rtol=1e-14, atol=0)
 
 
@@ -100,7 +111,9 @@ def test_user_defined_terms_via_from_model(float64):
 
     def terms(out, inputs):
         code = out.code
-        penalty = LossTerm("code_l2", (code,), 0.5 * (code**2).sum(1), (torch.ones_like(code.detach()),))
+        penalty = LossTerm(
+            "code_l2", (code,), 0.5 * (code**2).sum(1), (torch.ones_like(code.detach()),)
+        )
         return (likelihood_term(out.likelihood, inputs[0]), penalty)
 
     loss = Loss.from_model(model, (x,), terms)

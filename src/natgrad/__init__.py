@@ -3,6 +3,7 @@
 Layers, lowest first: distributions <- models <- losses/curvature (objectives: iwae) <- optim <- experiments <- report
 <- cli. The public API below is what a user needs for their own training loop.
 """
+
 from natgrad.curvature import (
     BlockDiagonalKFAC,
     CurvatureConfig,
@@ -23,7 +24,7 @@ from natgrad.iwae import build_iwae_loss
 from natgrad.losses import Loss, LossTerm, build_loss, cross_entropy, kl_term, likelihood_term
 from natgrad.models import VAE, DeepAutoencoder
 from natgrad.objectives import Objective, build_objective_loss
-from natgrad.optim import PRONG, TONGA, DiagonalNaturalGradient, HessianFree, KFAC
+from natgrad.optim import KFAC, PRONG, TONGA, DiagonalNaturalGradient, HessianFree
 
 __version__ = "0.1.0"
 __all__ = [

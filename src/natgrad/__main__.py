@@ -1,4 +1,5 @@
 """``python -m natgrad``: the same command line as the ``natgrad`` console script."""
+
 import sys
 
 from natgrad.cli import main

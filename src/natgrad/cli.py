@@ -7,6 +7,7 @@ file could not be read or written (the message names it and the cause), 2 on a u
 configuration error, 3 when a run diverged, 130 when a run was interrupted (SIGINT/SIGTERM) after
 checkpointing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,16 +86,26 @@ def train_flag_choices() -> dict[str, tuple[str, ...]]:
     from natgrad.experiments.optimizers import OPTIMIZERS
     from natgrad.objectives import ObjectiveName
 
-    return {"--dataset": DATASETS, "--model": MODEL_KINDS, "--optimizer": tuple(sorted(OPTIMIZERS)),
-            "--curvature": tuple(kind.value for kind in CurvatureKind),
-            "--objective": tuple(name.value for name in ObjectiveName)}
+    return {
+        "--dataset": DATASETS,
+        "--model": MODEL_KINDS,
+        "--optimizer": tuple(sorted(OPTIMIZERS)),
+        "--curvature": tuple(kind.value for kind in CurvatureKind),
+        "--objective": tuple(name.value for name in ObjectiveName),
+    }
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and the explicit flags of :data:`TRAIN_FLAGS`."""
     parser.add_argument("--config", type=Path, help="TOML file with the run configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optimizer.lr=1e-3 (repeatable)",
+    )
     choices = train_flag_choices()
     for flag, (path, kind) in TRAIN_FLAGS.items():
         allowed = f"; one of: {', '.join(choices[flag])}" if flag in choices else ""
@@ -116,13 +127,26 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from natgrad.distributed.launch import DEFAULT_TIMEOUT
 
     add_config_arguments(parser)
-    parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
-    parser.add_argument("--nproc", type=int, metavar="N",
-                        help="train data-parallel on N local processes (sets processes; a resumed run keeps its own "
-                             "number, started automatically); under torchrun the world size is used")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"seconds a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    parser.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel on N local processes (sets processes; a resumed run keeps its own "
+        "number, started automatically); under torchrun the world size is used",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines"
+    )
     _add_force_argument(parser, "replace a run already in --out (by default it is refused)")
 
 
@@ -148,15 +172,19 @@ def _run_train(args: argparse.Namespace) -> int:
             return launch_local(args.argv, processes, args.timeout)
         world = 1
     elif args.nproc is not None and args.nproc != world:
-        raise UsageError(f"--nproc {args.nproc} differs from WORLD_SIZE={world} set by torchrun; give one of them")
+        raise UsageError(
+            f"--nproc {args.nproc} differs from WORLD_SIZE={world} set by torchrun; give one of them"
+        )
     with process_group(args.timeout):
         result = _train_or_resume(args, world)
     if environment_world_size() not in (None, 1) and int(os.environ.get("RANK", "0")) != 0:
         return _status_code(result.status)  # process 0 reports
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
     reason = f": {result.reason}" if result.reason else ""
-    sys.stdout.write(f"{result.status} at step {result.step}{reason} ({result.train_time:.1f}s training) in "
-                     f"{result.run_dir}\nmetrics at step {result.eval_step}: {metrics}\n")
+    sys.stdout.write(
+        f"{result.status} at step {result.step}{reason} ({result.train_time:.1f}s training) in "
+        f"{result.run_dir}\nmetrics at step {result.eval_step}: {metrics}\n"
+    )
     return _status_code(result.status)
 
 
@@ -169,8 +197,10 @@ def _processes_of(args: argparse.Namespace) -> int:
         return _new_run_config(args).processes
     saved = load_run_dir_config(args.resume).processes
     if args.nproc is not None and args.nproc != saved:
-        raise UsageError(f"--nproc {args.nproc}: the run in {args.resume} was trained with {saved} processes and "
-                         f"resumes only with them (omit --nproc)")
+        raise UsageError(
+            f"--nproc {args.nproc}: the run in {args.resume} was trained with {saved} processes and "
+            f"resumes only with them (omit --nproc)"
+        )
     return saved
 
 
@@ -192,34 +222,60 @@ def _train_or_resume(args: argparse.Namespace, world: int):
 
     if args.resume is not None:
         if args.config is not None or config_overrides(args):
-            raise UsageError("--resume continues a run with its saved config; give no --config, --set or other flags")
+            raise UsageError(
+                "--resume continues a run with its saved config; give no --config, --set or other flags"
+            )
         return resume(args.resume, show_progress=not args.no_progress)
     return train(_new_run_config(args, world), show_progress=not args.no_progress, force=args.force)
 
 
-register(Command("train", "train one model with one optimizer (resumable)", _add_train_arguments, _run_train))
+register(
+    Command(
+        "train", "train one model with one optimizer (resumable)", _add_train_arguments, _run_train
+    )
+)
 
 
 # -- compare and demo -----------------------------------------------------------------------------
 
+
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="comparison TOML (see docs/training.md)")
     parser.add_argument("--out", type=Path, help="output directory (default: the file's out_dir)")
-    parser.add_argument("--optimizers", help="comma-separated subset of the file's optimizer labels")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of the base run config of every comparison (repeatable)")
+    parser.add_argument(
+        "--optimizers", help="comma-separated subset of the file's optimizer labels"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the base run config of every comparison (repeatable)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_force_argument(parser, "rerun runs whose config differs from the one on disk (by default refused)")
+    _add_force_argument(
+        parser, "rerun runs whose config differs from the one on disk (by default refused)"
+    )
 
 
-def _run_comparisons(path: Path, out: Path | None, optimizers: str | None, overrides: Sequence[str],
-                     show_progress: bool, force: bool) -> int:
+def _run_comparisons(
+    path: Path,
+    out: Path | None,
+    optimizers: str | None,
+    overrides: Sequence[str],
+    show_progress: bool,
+    force: bool,
+) -> int:
     from natgrad.experiments.compare import load_comparison_suite, run_suite
     from natgrad.report.comparison import write_suite_report
 
-    suite = load_comparison_suite(path, overrides=overrides,
-                                  optimizers=optimizers.split(",") if optimizers else None,
-                                  out_dir=str(out) if out is not None else None)
+    suite = load_comparison_suite(
+        path,
+        overrides=overrides,
+        optimizers=optimizers.split(",") if optimizers else None,
+        out_dir=str(out) if out is not None else None,
+    )
     outcome = run_suite(suite, show_progress=show_progress, force=force)
     report = write_suite_report(suite, outcome.run_dirs)
     sys.stdout.write(report.markdown + f"\nReport: {report.path}\n")
@@ -227,35 +283,66 @@ def _run_comparisons(path: Path, out: Path | None, optimizers: str | None, overr
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    return _run_comparisons(args.config, args.out, args.optimizers, args.overrides, not args.no_progress, args.force)
+    return _run_comparisons(
+        args.config, args.out, args.optimizers, args.overrides, not args.no_progress, args.force
+    )
 
 
-register(Command("compare", "run several optimizers on one problem (same seeds, budget) and report",
-                 _add_compare_arguments, _run_compare))
+register(
+    Command(
+        "compare",
+        "run several optimizers on one problem (same seeds, budget) and report",
+        _add_compare_arguments,
+        _run_compare,
+    )
+)
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
-    parser.add_argument("--config", type=Path, help="comparison TOML to run instead of the packaged demo")
-    parser.add_argument("--optimizers", help="comma-separated subset of the demo's optimizer labels")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of every run's config, e.g. --set budget.steps=50")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)"
+    )
+    parser.add_argument(
+        "--config", type=Path, help="comparison TOML to run instead of the packaged demo"
+    )
+    parser.add_argument(
+        "--optimizers", help="comma-separated subset of the demo's optimizer labels"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of every run's config, e.g. --set budget.steps=50",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_force_argument(parser, "rerun runs whose config differs from the one on disk (by default refused)")
+    _add_force_argument(
+        parser, "rerun runs whose config differs from the one on disk (by default refused)"
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from natgrad.experiments.compare import DEMO_CONFIG
 
     path = args.config if args.config is not None else DEMO_CONFIG
-    return _run_comparisons(path, args.out, args.optimizers, args.overrides, not args.no_progress, args.force)
+    return _run_comparisons(
+        path, args.out, args.optimizers, args.overrides, not args.no_progress, args.force
+    )
 
 
-register(Command("demo", "the baseline comparison on real MNIST (what `make demo` runs)",
-                 _add_demo_arguments, _run_demo))
+register(
+    Command(
+        "demo",
+        "the baseline comparison on real MNIST (what `make demo` runs)",
+        _add_demo_arguments,
+        _run_demo,
+    )
+)
 
 
 # -- geometry (owned by the geometry study, issue 8) -----------------------------------------------
+
 
 def _add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
     from natgrad.experiments.geometry_study.study import add_arguments
@@ -269,24 +356,41 @@ def _run_geometry(args: argparse.Namespace) -> int:
     return geometry_main(args)
 
 
-register(Command("geometry", "the perturbation-norm study of divergences' local metrics (writes a report)",
-                 _add_geometry_arguments, _run_geometry))
+register(
+    Command(
+        "geometry",
+        "the perturbation-norm study of divergences' local metrics (writes a report)",
+        _add_geometry_arguments,
+        _run_geometry,
+    )
+)
 
 
 # -- data -----------------------------------------------------------------------------------------
 
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="data_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="show which datasets are found where")
-    listing.add_argument("--verify", action="store_true", help="load every dataset found and check its checksums")
+    listing.add_argument(
+        "--verify", action="store_true", help="load every dataset found and check its checksums"
+    )
     prepare = actions.add_parser("prepare", help="verify MNIST, regenerate CURVES/FACES (cached)")
     prepare.add_argument("names", nargs="+", metavar="NAME", help="mnist, curves and/or faces")
-    prepare.add_argument("--seed", type=int, default=0, help="generation seed of the regenerated datasets")
+    prepare.add_argument(
+        "--seed", type=int, default=0, help="generation seed of the regenerated datasets"
+    )
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
-    download = actions.add_parser("download", help="fetch the official MNIST files (needs a network)")
+    download = actions.add_parser(
+        "download", help="fetch the official MNIST files (needs a network)"
+    )
     download.add_argument("name", choices=["mnist"])
     for sub in (listing, prepare, download):
-        sub.add_argument("--data-dir", type=Path, help="searched first (then $NATGRAD_DATA, ../shared/data, ~/.cache/natgrad)")
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            help="searched first (then $NATGRAD_DATA, ../shared/data, ~/.cache/natgrad)",
+        )
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -295,11 +399,15 @@ def _run_data(args: argparse.Namespace) -> int:
     from natgrad import data
 
     if args.data_action == "list":
-        sys.stdout.write(data.format_dataset_table(data.list_datasets(args.data_dir, verify=args.verify)) + "\n")
+        sys.stdout.write(
+            data.format_dataset_table(data.list_datasets(args.data_dir, verify=args.verify)) + "\n"
+        )
     elif args.data_action == "prepare":
         for name in args.names:
             start = time.perf_counter()
-            path = data.prepare_dataset(name, args.data_dir, seed=args.seed, progress=not args.no_progress)
+            path = data.prepare_dataset(
+                name, args.data_dir, seed=args.seed, progress=not args.no_progress
+            )
             sys.stdout.write(f"{name}: ready in {path} ({time.perf_counter() - start:.1f}s)\n")
     else:
         paths = data.download_mnist(data.writable_data_dir(args.data_dir))
@@ -307,10 +415,15 @@ def _run_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register(Command("data", "list, prepare or download the benchmark datasets", _add_data_arguments, _run_data))
+register(
+    Command(
+        "data", "list, prepare or download the benchmark datasets", _add_data_arguments, _run_data
+    )
+)
 
 
 # -- bench and report (owned by the benchmark grid, issue 7) --------------------------------------
+
 
 def _shard(text: str) -> tuple[int, int]:
     from natgrad.experiments.bench import parse_shard
@@ -324,25 +437,57 @@ def _shard(text: str) -> tuple[int, int]:
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="bench TOML (see benchmarks/README.md)")
     parser.add_argument("--out", type=Path, help="output directory (default: the file's out_dir)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of every cell's run config, e.g. --set budget.steps=50 (repeatable)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
-                        help="run only cells I, I+N, I+2N, ... of the grid (0-based); start N of these, one per "
-                             "core (e.g. `taskset -c I`), so that neighbouring cells run side by side")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run the grid as N processes (shards 0/N ... N-1/N), each pinned to its own 1/N of "
-                             "the cores; with run.threads = cores/N this is one cell per core set (default 1)")
-    parser.add_argument("--no-report", action="store_true", help="run the grid only, write no report")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of every cell's run config, e.g. --set budget.steps=50 (repeatable)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="run only cells I, I+N, I+2N, ... of the grid (0-based); start N of these, one per "
+        "core (e.g. `taskset -c I`), so that neighbouring cells run side by side",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the grid as N processes (shards 0/N ... N-1/N), each pinned to its own 1/N of "
+        "the cores; with run.threads = cores/N this is one cell per core set (default 1)",
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="run the grid only, write no report"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate the grid and list its cells (of --shard), one per line; run nothing")
-    _add_force_argument(parser, "rerun cells whose config differs from the one on disk (by default refused)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the grid and list its cells (of --shard), one per line; run nothing",
+    )
+    _add_force_argument(
+        parser, "rerun cells whose config differs from the one on disk (by default refused)"
+    )
 
 
 def _shard_command(args: argparse.Namespace, index: int) -> list[str]:
     """The ``natgrad bench`` command line of shard ``index`` of ``args.jobs`` (no report, no bar)."""
-    command = [sys.executable, "-m", "natgrad", "bench", str(args.config), "--shard", f"{index}/{args.jobs}",
-               "--no-report", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "natgrad",
+        "bench",
+        str(args.config),
+        "--shard",
+        f"{index}/{args.jobs}",
+        "--no-report",
+        "--no-progress",
+    ]
     if args.out is not None:
         command += ["--out", str(args.out)]
     for override in args.overrides:
@@ -357,12 +502,16 @@ def _run_bench_jobs(args: argparse.Namespace) -> int:
     from natgrad.report.bench_report import write_bench_report
 
     if args.shard != (0, 1):
-        raise ConfigError("--jobs and --shard exclude each other: --jobs N starts the N shards itself")
+        raise ConfigError(
+            "--jobs and --shard exclude each other: --jobs N starts the N shards itself"
+        )
     try:
         cores = core_sets(args.jobs, available_cores())
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    bench = load_bench(args.config, args.overrides, args.out)  # refuse a bad grid before starting anything
+    bench = load_bench(
+        args.config, args.overrides, args.out
+    )  # refuse a bad grid before starting anything
     codes = run_shards([_shard_command(args, i) for i in range(args.jobs)], cores)
     failed = [c for c in codes if c not in (EXIT_OK, EXIT_INTERRUPTED)]
     if failed:
@@ -377,9 +526,13 @@ def _run_bench_jobs(args: argparse.Namespace) -> int:
 def _cell_line(cell: Cell) -> str:
     """One cell of a dry run: key, optimizer, batch size, objective and budget."""
     config, objective = cell.config, cell.config.model.training_objective()
-    budget = ", ".join(f"{v} {k}" for k, v in (("steps", config.budget.steps), ("s", config.budget.seconds)) if v)
-    return (f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective.name.value} "
-            f"k={objective.samples} ({objective.estimator.value}), budget {budget}\n")
+    budget = ", ".join(
+        f"{v} {k}" for k, v in (("steps", config.budget.steps), ("s", config.budget.seconds)) if v
+    )
+    return (
+        f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective.name.value} "
+        f"k={objective.samples} ({objective.estimator.value}), budget {budget}\n"
+    )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -395,21 +548,33 @@ def _run_bench(args: argparse.Namespace) -> int:
         sys.stdout.writelines(_cell_line(cell) for cell in cells)
         sys.stdout.write(f"{len(cells)} cells in {bench.out_dir} (dry run: nothing was run)\n")
         return EXIT_OK
-    outcome = run_bench(bench, show_progress=not args.no_progress, shard=args.shard, force=args.force)
-    sys.stdout.write(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n")
+    outcome = run_bench(
+        bench, show_progress=not args.no_progress, shard=args.shard, force=args.force
+    )
+    sys.stdout.write(
+        f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n"
+    )
     if not args.no_report and not outcome.interrupted:
         report = write_bench_report(bench.out_dir, title=bench.title)
         sys.stdout.write(f"Report: {report.path}\n")
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
 
 
-register(Command("bench", "run a benchmark grid (datasets x models x optimizers x seeds; resumable)",
-                 _add_bench_arguments, _run_bench))
+register(
+    Command(
+        "bench",
+        "run a benchmark grid (datasets x models x optimizers x seeds; resumable)",
+        _add_bench_arguments,
+        _run_bench,
+    )
+)
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs_dir", type=Path, help="output directory of `natgrad bench`")
-    parser.add_argument("--out", type=Path, help="where to write report.md/.html and figures (default: RUNS_DIR)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write report.md/.html and figures (default: RUNS_DIR)"
+    )
     parser.add_argument("--title", help="report title")
 
 
@@ -417,15 +582,24 @@ def _run_report(args: argparse.Namespace) -> int:
     from natgrad.report.bench_report import write_bench_report
 
     report = write_bench_report(args.runs_dir, args.out, args.title)
-    sys.stdout.write(report.markdown + f"\nReport: {report.path} (and {report.path.with_suffix('.html').name})\n")
+    sys.stdout.write(
+        report.markdown + f"\nReport: {report.path} (and {report.path.with_suffix('.html').name})\n"
+    )
     return EXIT_OK
 
 
-register(Command("report", "Markdown + HTML report (tables, plots, papers' numbers) of a bench directory",
-                 _add_report_arguments, _run_report))
+register(
+    Command(
+        "report",
+        "Markdown + HTML report (tables, plots, papers' numbers) of a bench directory",
+        _add_report_arguments,
+        _run_report,
+    )
+)
 
 
 # -- entry point ----------------------------------------------------------------------------------
+
 
 class UsageError(Exception):
     """A command-line usage error reported to the user with exit status 2."""
@@ -433,11 +607,15 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per registered :class:`Command`."""
-    parser = argparse.ArgumentParser(prog="natgrad", description="Natural-gradient training of VAEs and deep autoencoders.")
+    parser = argparse.ArgumentParser(
+        prog="natgrad", description="Natural-gradient training of VAEs and deep autoencoders."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
+        command.add_arguments(
+            sub.add_parser(command.name, help=command.help, description=command.help)
+        )
     return parser
 
 
@@ -455,7 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from natgrad.experiments.runner import RunStoppedError
 
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command on other processes
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # to start the same command on other processes
     # with several processes, only process 0 reports progress (the others warn and fail loudly)
     quiet = os.environ.get("RANK", "0") != "0"
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
@@ -473,4 +653,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = describe_os_error(error) if isinstance(error, OSError) else str(error)
         sys.stderr.write(f"natgrad {args.command}: error: {message}\n")
         return EXIT_FAILURE
-

@@ -19,6 +19,7 @@ per-example ``(N, K, K)`` matrix for :class:`Categorical`, whose softmax couples
 covariance (:attr:`OutputDistribution.sample_output_gradient`) for the Monte-Carlo Fisher; nothing
 there branches on the distribution type.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,16 +49,20 @@ def curvature_product(curvature: Tensor, vector: Tensor) -> Tensor:
     return curvature * vector
 
 
-def sample_with_square_root(roots: Sequence[Tensor], outputs: Sequence[Tensor],
-                            generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+def sample_with_square_root(
+    roots: Sequence[Tensor], outputs: Sequence[Tensor], generator: torch.Generator | None = None
+) -> tuple[Tensor, ...]:
     """``s = R eps`` per output, ``eps ~ N(0, I)`` shaped like the output, so ``E[s s^T] = R R^T``.
 
     The one default Monte-Carlo sampler of the output curvature (Martens & Grosse 2015, section 5):
     ``R`` is a square root of ``H``, diagonal (shaped like the output) or per-example ``(N, d, d)``.
     """
-    return tuple(curvature_product(root, torch.randn(z.shape, generator=generator, dtype=root.dtype,
-                                                     device=root.device))
-                 for root, z in zip(roots, outputs))
+    return tuple(
+        curvature_product(
+            root, torch.randn(z.shape, generator=generator, dtype=root.dtype, device=root.device)
+        )
+        for root, z in zip(roots, outputs)
+    )
 
 
 class OutputDistribution(ABC):
@@ -98,7 +103,9 @@ class OutputDistribution(ABC):
         flattened to ``(N k, D)``, so that :meth:`nll` gives one value per sample.
         """
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    def sample_output_gradient(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
         """A random ``s`` per output with ``E[s s^T] = diag(curvature_diagonal())``.
 
         Back-propagating ``s`` through the network gives a gradient sample whose outer product is,
@@ -108,7 +115,9 @@ class OutputDistribution(ABC):
         Categorical return the gradient of the NLL at a sampled target instead, the papers'
         estimator.
         """
-        return sample_with_square_root(tuple(c.sqrt() for c in self.curvature_diagonal()), self.params, generator)
+        return sample_with_square_root(
+            tuple(c.sqrt() for c in self.curvature_diagonal()), self.params, generator
+        )
 
 
 class Bernoulli(OutputDistribution):
@@ -119,7 +128,11 @@ class Bernoulli(OutputDistribution):
         self.params = (logits,)
 
     def nll(self, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(self.logits, target, reduction="none").flatten(1).sum(1)
+        return (
+            F.binary_cross_entropy_with_logits(self.logits, target, reduction="none")
+            .flatten(1)
+            .sum(1)
+        )
 
     def with_params(self, params: tuple[Tensor, ...]) -> "Bernoulli":
         return Bernoulli(*params)
@@ -132,7 +145,9 @@ class Bernoulli(OutputDistribution):
         p = torch.sigmoid(self.logits.detach())
         return (p * (1.0 - p),)
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    def sample_output_gradient(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
         # dL/dz at a sampled target y: p - y, covariance p(1-p).
         p = torch.sigmoid(self.logits.detach())
         return (p - torch.bernoulli(p, generator=generator),)
@@ -182,7 +197,9 @@ class GaussianLearnedVariance(OutputDistribution):
         self.params = (mean, log_var)
 
     def nll(self, target: Tensor) -> Tensor:
-        per_dim = 0.5 * ((target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI)
+        per_dim = 0.5 * (
+            (target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI
+        )
         return per_dim.flatten(1).sum(1)
 
     def with_params(self, params: tuple[Tensor, ...]) -> "GaussianLearnedVariance":
@@ -209,7 +226,9 @@ class Categorical(OutputDistribution):
 
     def __init__(self, logits: Tensor) -> None:
         if logits.dim() != 2:
-            raise ValueError(f"Categorical logits must have shape (N, classes), got {tuple(logits.shape)}")
+            raise ValueError(
+                f"Categorical logits must have shape (N, classes), got {tuple(logits.shape)}"
+            )
         self.logits = logits
         self.params = (logits,)
 
@@ -236,7 +255,9 @@ class Categorical(OutputDistribution):
         p = torch.softmax(self.logits.detach(), dim=1)
         return (torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1),)
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    def sample_output_gradient(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
         # dL/dz at a sampled class y: p - onehot(y), covariance diag(p) - p p^T.
         p = torch.softmax(self.logits.detach(), dim=1)
         y = torch.multinomial(p, 1, generator=generator).squeeze(1)

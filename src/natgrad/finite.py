@@ -6,6 +6,7 @@ step (timings: ``benchmarks/results/docstring-timings.md``). ``(t * 0).sum()`` i
 entry is finite and ``nan`` otherwise (``inf * 0`` and ``nan * 0`` are ``nan`` in IEEE arithmetic),
 in one pass and without the overflow a plain ``t.sum()`` could give.
 """
+
 from __future__ import annotations
 
 import math

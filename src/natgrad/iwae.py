@@ -63,6 +63,7 @@ forward pass without graph for the weights plus the surrogate's forward and back
 a plain step's gradient. At ``k = 1`` DReG is the "sticking the landing" gradient (Roeder, Wu &
 Duvenaud 2017).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,7 +73,11 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution, standard_normal_log_prob
+from natgrad.distributions import (
+    DiagonalGaussianPosterior,
+    OutputDistribution,
+    standard_normal_log_prob,
+)
 from natgrad.losses import Loss, LossTerm
 from natgrad.models import VAE, VAEOutput
 from natgrad.validation import is_integer, parse_choice, require
@@ -95,7 +100,9 @@ def check_samples(samples: int) -> int:
     return samples
 
 
-def log_importance_weights(log_likelihood: Tensor, z: Tensor, posterior: DiagonalGaussianPosterior) -> Tensor:
+def log_importance_weights(
+    log_likelihood: Tensor, z: Tensor, posterior: DiagonalGaussianPosterior
+) -> Tensor:
     """``log w = log p(x|z) + log N(z; 0, I) - log q(z|x)``; ``posterior`` broadcasts against ``z``."""
     return log_likelihood + standard_normal_log_prob(z) - posterior.log_prob(z)
 
@@ -113,12 +120,16 @@ def _per_output(weights: Tensor, output: Tensor) -> Tensor:
     return weights.reshape(*weights.shape, *([1] * (output.dim() - 2)))
 
 
-def _weighted_likelihood_term(likelihood: OutputDistribution, weights: Tensor, values: Tensor) -> LossTerm:
+def _weighted_likelihood_term(
+    likelihood: OutputDistribution, weights: Tensor, values: Tensor
+) -> LossTerm:
     """The likelihood term with ``w~_i`` folded into its curvature and ``sqrt(w~_i)`` into its samples."""
     roots = weights.sqrt()
 
     def sample(generator: torch.Generator | None) -> tuple[Tensor, ...]:
-        return tuple(s * _per_output(roots, s) for s in likelihood.sample_output_gradient(generator))
+        return tuple(
+            s * _per_output(roots, s) for s in likelihood.sample_output_gradient(generator)
+        )
 
     return LossTerm(
         name="likelihood",
@@ -152,7 +163,9 @@ def sample_log_weights(out: VAEOutput, x: Tensor) -> tuple[Tensor, Tensor]:
     return nll, log_importance_weights(-nll, out.z, out.posterior.with_sample_axis())
 
 
-def importance_weighted_terms(out: VAEOutput, batch: tuple[Tensor, ...]) -> tuple[LossTerm, LossTerm]:
+def importance_weighted_terms(
+    out: VAEOutput, batch: tuple[Tensor, ...]
+) -> tuple[LossTerm, LossTerm]:
     """The :data:`~natgrad.losses.TermBuilder` of ``-L_k``: ``batch = (x, eps)`` with ``eps`` ``(N, k, latent)``."""
     return bound_terms(out, *sample_log_weights(out, batch[0]))
 
@@ -164,7 +177,9 @@ def dreg_surrogate(model: VAE, x: Tensor, eps: Tensor, weights: Tensor) -> Tenso
     """
     posterior = model.encode(x).with_sample_axis()
     z = posterior.rsample(eps)
-    z = z.detach() + weights.unsqueeze(-1) * (z - z.detach())  # value z; gradient into the encoder times w~_i
+    z = z.detach() + weights.unsqueeze(-1) * (
+        z - z.detach()
+    )  # value z; gradient into the encoder times w~_i
     nll = per_sample_nll(model.decode(z), x)
     return -(weights * log_importance_weights(-nll, z, posterior.detached())).sum(1)
 
@@ -176,7 +191,9 @@ def _dreg_loss(model: VAE, x: Tensor, eps: Tensor) -> Loss:
         nll, log_weights = sample_log_weights(out, x)
         likelihood, posterior = bound_terms(out, nll, log_weights)
     surrogate = dreg_surrogate(model, x, eps, torch.softmax(log_weights, dim=1))
-    posterior = dataclasses.replace(posterior, values=posterior.values + (surrogate - surrogate.detach()))
+    posterior = dataclasses.replace(
+        posterior, values=posterior.values + (surrogate - surrogate.detach())
+    )
     return Loss(model, (x, eps), importance_weighted_terms, (likelihood, posterior))
 
 
@@ -200,15 +217,19 @@ def build_iwae_loss(
         ValueError: ``samples < 1``, an unknown ``estimator``, or ``eps`` of the wrong shape.
     """
     if not isinstance(model, VAE):
-        raise TypeError(f"the importance-weighted bound needs a VAE (latent samples to weight), got "
-                        f"{type(model).__name__}; train it on its own objective ('elbo': natgrad.losses.build_loss)")
+        raise TypeError(
+            f"the importance-weighted bound needs a VAE (latent samples to weight), got "
+            f"{type(model).__name__}; train it on its own objective ('elbo': natgrad.losses.build_loss)"
+        )
     check_samples(samples)
     estimator = parse_choice(GradientEstimator, "estimator", estimator)
     shape = (x.shape[0], samples, model.latent_dim)
     if eps is None:
         eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
     elif tuple(eps.shape) != shape:
-        raise ValueError(f"eps must have shape {shape} (batch, samples, latent_dim), got {tuple(eps.shape)}")
+        raise ValueError(
+            f"eps must have shape {shape} (batch, samples, latent_dim), got {tuple(eps.shape)}"
+        )
     if estimator is GradientEstimator.DREG:
         return _dreg_loss(model, x, eps)
     return Loss.from_model(model, (x, eps), importance_weighted_terms)

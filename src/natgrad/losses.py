@@ -38,6 +38,7 @@ per-example value and the diagonal or per-example matrix.
 Model-type dispatch (autoencoder vs. VAE) lives only in :func:`build_loss` (and, for the VAE's
 importance-weighted bound, in :mod:`natgrad.iwae`); the curvature code sees terms, never models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,10 @@ def _check_curvature_shape(name: str, output: Tensor, curvature: Tensor) -> None
     allowed = f"{tuple(output.shape)} (its diagonal)"
     if output.dim() == 2:
         allowed += f" or {matrix} (one matrix per example)"
-    raise ValueError(f"LossTerm {name!r}: curvature shape {tuple(curvature.shape)} does not fit output shape "
-                     f"{tuple(output.shape)}; give {allowed}")
+    raise ValueError(
+        f"LossTerm {name!r}: curvature shape {tuple(curvature.shape)} does not fit output shape "
+        f"{tuple(output.shape)}; give {allowed}"
+    )
 
 
 def _matrix_sqrt(matrix: Tensor) -> Tensor:
@@ -141,10 +144,14 @@ class LossTerm:
         The diagonal's elementwise square root, or for a matrix curvature ``Q diag(sqrt d)`` from
         its eigendecomposition, ``(N, d, d)``.
         """
-        return tuple(_matrix_sqrt(c) if is_matrix_curvature(c, z) else c.sqrt()
-                     for c, z in zip(self.curvature, self.outputs))
+        return tuple(
+            _matrix_sqrt(c) if is_matrix_curvature(c, z) else c.sqrt()
+            for c, z in zip(self.curvature, self.outputs)
+        )
 
-    def sample_output_gradient(self, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+    def sample_output_gradient(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
         """A random ``s`` with ``E[s s^T] = H`` per example (Monte-Carlo Fisher, K-FAC §5)."""
         if self.output_gradient_sampler is not None:
             return self.output_gradient_sampler(generator)
@@ -230,7 +237,9 @@ class Loss:
         inputs, targets = tuple(inputs), tuple(targets)
         sizes = {int(t.shape[0]) for t in inputs + targets}
         if len(sizes) > 1:
-            raise ValueError(f"inputs and targets must share the batch size (first dimension), got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"inputs and targets must share the batch size (first dimension), got sizes {sorted(sizes)}"
+            )
         state = torch.get_rng_state()
         out = model(*inputs)
         drew = not torch.equal(state, torch.get_rng_state())
@@ -266,7 +275,9 @@ class Loss:
         """The model's trainable parameters by name (the order every curvature matrix uses)."""
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
-    def evaluate(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> tuple[LossTerm, ...]:
+    def evaluate(
+        self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None
+    ) -> tuple[LossTerm, ...]:
         """The terms at ``params`` (a pure function of them), optionally on another ``batch``.
 
         ``batch`` is aligned with :attr:`batch` (inputs, then targets), e.g. a slice of it; the
@@ -277,7 +288,9 @@ class Loss:
             out = functional_call(self.model, dict(params), batch[: len(self.inputs)])
         return tuple(self.build_terms(out, batch))
 
-    def value_at(self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None) -> Tensor:
+    def value_at(
+        self, params: Mapping[str, Tensor], batch: Sequence[Tensor] | None = None
+    ) -> Tensor:
         """``h(params)`` on the same batch and noise."""
         return sum(t.values for t in self.evaluate(params, batch)).mean()
 
@@ -288,7 +301,9 @@ class Loss:
         """
         batch = tuple(batch)
         with replayed_random_state(self.random_state):
-            return Loss.from_model(self.model, batch[: len(self.inputs)], self.build_terms, batch[len(self.inputs):])
+            return Loss.from_model(
+                self.model, batch[: len(self.inputs)], self.build_terms, batch[len(self.inputs) :]
+            )
 
     def rebuild(self) -> "Loss":
         """The same loss (same inputs and noise) re-evaluated at the model's current parameters."""
@@ -316,12 +331,14 @@ class Loss:
         """
         n = int(self.batch[0].shape[0])
         if not (0 <= index < count <= n):
-            raise ValueError(f"Loss.shard({index}, {count}) needs 0 <= index < count <= batch size ({n})")
+            raise ValueError(
+                f"Loss.shard({index}, {count}) needs 0 <= index < count <= batch size ({n})"
+            )
         return self._rows(slice(index, None, count))
 
     def _rows(self, rows: slice) -> "Loss":
         batch = tuple(t[rows] for t in self.batch)
-        inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs):]
+        inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs) :]
         terms = tuple(_select_term(t, rows) for t in self.terms)
         return dataclasses.replace(self, inputs=inputs, targets=targets, terms=terms)
 
@@ -333,7 +350,9 @@ def _select_term(term: LossTerm, rows: slice) -> LossTerm:
         outputs=tuple(z[rows] for z in term.outputs),
         values=term.values[rows],
         curvature=tuple(c[rows] for c in term.curvature),
-        output_gradient_sampler=None if sampler is None else (lambda g: tuple(s[rows] for s in sampler(g))),
+        output_gradient_sampler=None
+        if sampler is None
+        else (lambda g: tuple(s[rows] for s in sampler(g))),
     )
 
 
@@ -394,7 +413,9 @@ def build_loss(
         if eps is None:
             eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
         elif tuple(eps.shape) != shape:
-            raise ValueError(f"eps must have shape {shape} (batch, latent_dim), got {tuple(eps.shape)}")
+            raise ValueError(
+                f"eps must have shape {shape} (batch, latent_dim), got {tuple(eps.shape)}"
+            )
         inputs: tuple[Tensor, ...] = (x, eps)
     elif eps is not None:
         raise ValueError(f"eps is only used by a VAE, got eps for {type(model).__name__}")

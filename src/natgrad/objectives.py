@@ -7,6 +7,7 @@
   (Burda et al. 2016; :mod:`natgrad.iwae`), its gradient estimated by the ``"plain"`` estimator or
   DReG (``"dreg"``, Tucker et al. 2019).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,14 +46,24 @@ class Objective:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", parse_choice(ObjectiveName, "objective", self.name))
-        object.__setattr__(self, "estimator", parse_choice(GradientEstimator, "estimator", self.estimator))
+        object.__setattr__(
+            self, "estimator", parse_choice(GradientEstimator, "estimator", self.estimator)
+        )
         check_samples(self.samples)
         elbo = self.name is ObjectiveName.ELBO
-        require(not elbo or self.samples == 1, "samples", self.samples,
-                "1 with objective 'elbo' (the ELBO takes one sample; use objective 'iwae')")
-        require(not elbo or self.estimator is GradientEstimator.PLAIN, "estimator", self.estimator.value,
-                "'plain' with objective 'elbo' (DReG re-weights the importance samples of the bound; use "
-                "objective 'iwae')")
+        require(
+            not elbo or self.samples == 1,
+            "samples",
+            self.samples,
+            "1 with objective 'elbo' (the ELBO takes one sample; use objective 'iwae')",
+        )
+        require(
+            not elbo or self.estimator is GradientEstimator.PLAIN,
+            "estimator",
+            self.estimator.value,
+            "'plain' with objective 'elbo' (DReG re-weights the importance samples of the bound; use "
+            "objective 'iwae')",
+        )
 
     def noise_shape(self, batch_size: int, latent_dim: int) -> tuple[int, ...]:
         """Shape of a VAE's reparameterisation noise for one batch: ``(N, d)`` or ``(N, k, d)``."""
@@ -81,4 +92,6 @@ def build_objective_loss(
     """
     if objective.name is ObjectiveName.ELBO:
         return build_loss(model, x, eps=eps, generator=generator)
-    return build_iwae_loss(model, x, objective.samples, objective.estimator, eps=eps, generator=generator)
+    return build_iwae_loss(
+        model, x, objective.samples, objective.estimator, eps=eps, generator=generator
+    )

@@ -7,6 +7,7 @@ are :class:`~enum.Enum` members; :func:`parse_choice` turns a value into one wit
 message. The predicates below are plain ``bool`` tests, shared so that ``True`` is never read as
 ``1`` and ``nan`` never passes a range check.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,9 @@ from typing import Any, TypeVar
 E = TypeVar("E", bound=Enum)
 
 
-def require(ok: bool, field: str, value: Any, allowed: str, error: type[ValueError] = ValueError) -> None:
+def require(
+    ok: bool, field: str, value: Any, allowed: str, error: type[ValueError] = ValueError
+) -> None:
     """Raise ``error("Invalid <field>: <value!r>; allowed: <allowed>")`` unless ``ok``.
 
     Raises:
@@ -26,7 +29,9 @@ def require(ok: bool, field: str, value: Any, allowed: str, error: type[ValueErr
         raise error(_message(field, value, allowed))
 
 
-def parse_choice(enum: type[E], field: str, value: object, error: type[ValueError] = ValueError) -> E:
+def parse_choice(
+    enum: type[E], field: str, value: object, error: type[ValueError] = ValueError
+) -> E:
     """``value`` as a member of ``enum`` (a member or its value).
 
     Raises:

@@ -1,4 +1,5 @@
 """benchmarks/step_cost.py runs end to end on a tiny batch and writes its JSON and Markdown."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,34 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost.py"
 
 
 @pytest.mark.slow
-def test_step_cost_writes_ratios_against_sgd_and_adam_for_every_optimizer(tmp_path, shared_data_dir):
+def test_step_cost_writes_ratios_against_sgd_and_adam_for_every_optimizer(
+    tmp_path, shared_data_dir
+):
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--batches", "16", "--optimizers", "adam", "kfac-fixed-bf16", "hf",
-         "--warmup", "1", "--repeats", "2", "--hf-cg", "2", "--data-dir", str(shared_data_dir), "--out", str(tmp_path)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--batches",
+            "16",
+            "--optimizers",
+            "adam",
+            "kfac-fixed-bf16",
+            "hf",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--hf-cg",
+            "2",
+            "--data-dir",
+            str(shared_data_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     report = json.loads((tmp_path / "step_cost-threads1.json").read_text())
     rows = {row["optimizer"]: row for row in report["rows"]}

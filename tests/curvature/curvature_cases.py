@@ -1,4 +1,5 @@
 """Tiny float64 problems shared by the curvature tests, declared once as data."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -94,7 +95,11 @@ PROBLEMS: dict[str, Problem] = {
 
 def problems(**required: bool) -> list[str]:
     """Names of the problems with every property in ``required``, e.g. ``problems(tridiagonal=True)``."""
-    return [name for name, p in PROBLEMS.items() if all(getattr(p, key) == value for key, value in required.items())]
+    return [
+        name
+        for name, p in PROBLEMS.items()
+        if all(getattr(p, key) == value for key, value in required.items())
+    ]
 
 
 def build(name: str) -> Loss:
@@ -105,9 +110,14 @@ def build(name: str) -> Loss:
 def deep_linear(n: int, bias: bool = True, sigma: float = 1.0) -> Loss:
     """A 4-3-2-4 network of Linear layers without nonlinearities, Gaussian output of std ``sigma``."""
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(4, 3, bias=bias), nn.Linear(3, 2, bias=bias), nn.Linear(2, 4, bias=bias))
-    return Loss.from_model(model, (torch.randn(n, 4),), lambda out, inputs: (likelihood_term(Gaussian(out, sigma),
-                                                                                             inputs[0]),))
+    model = nn.Sequential(
+        nn.Linear(4, 3, bias=bias), nn.Linear(3, 2, bias=bias), nn.Linear(2, 4, bias=bias)
+    )
+    return Loss.from_model(
+        model,
+        (torch.randn(n, 4),),
+        lambda out, inputs: (likelihood_term(Gaussian(out, sigma), inputs[0]),),
+    )
 
 
 def one_example_tanh(terms: Callable = bernoulli_terms) -> Loss:
@@ -132,12 +142,29 @@ class KFACExactCase:
 
 
 KFAC_EXACT_CASES = (
-    KFACExactCase("deep-linear-gaussian", lambda: deep_linear(8),
-                  "no nonlinearity and H = I / sigma^2: g_{k,n} = (later weights)^T e_k / sigma for every n"),
-    KFACExactCase("deep-linear-gaussian-no-bias", lambda: deep_linear(8, bias=False), "as above, without bias columns"),
-    KFACExactCase("deep-linear-gaussian-sigma", lambda: deep_linear(5, sigma=0.5), "as above, H = 4 I"),
-    KFACExactCase("one-example-tanh-bernoulli", one_example_tanh, "N = 1: each expectation is one outer product"),
-    KFACExactCase("one-example-tanh-gaussian", lambda: one_example_tanh(gaussian_terms), "N = 1, Gaussian output"),
+    KFACExactCase(
+        "deep-linear-gaussian",
+        lambda: deep_linear(8),
+        "no nonlinearity and H = I / sigma^2: g_{k,n} = (later weights)^T e_k / sigma for every n",
+    ),
+    KFACExactCase(
+        "deep-linear-gaussian-no-bias",
+        lambda: deep_linear(8, bias=False),
+        "as above, without bias columns",
+    ),
+    KFACExactCase(
+        "deep-linear-gaussian-sigma", lambda: deep_linear(5, sigma=0.5), "as above, H = 4 I"
+    ),
+    KFACExactCase(
+        "one-example-tanh-bernoulli",
+        one_example_tanh,
+        "N = 1: each expectation is one outer product",
+    ),
+    KFACExactCase(
+        "one-example-tanh-gaussian",
+        lambda: one_example_tanh(gaussian_terms),
+        "N = 1, Gaussian output",
+    ),
 )
 
 

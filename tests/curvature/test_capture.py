@@ -1,14 +1,15 @@
 """Capture: layer inputs, the terms whose output gradients are back-propagated, and misuse."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from curvature_cases import bernoulli_terms, build, relative_error
 from torch import nn
 from torch.nn import functional as F
 
-from curvature_cases import bernoulli_terms, build, relative_error
 from natgrad.curvature import CurvatureKind, OutputGradientEstimator, ParameterLayout, capture
 from natgrad.curvature.kfac import input_factor, output_factor
 from natgrad.losses import Loss, kl_term
@@ -44,8 +45,12 @@ def test_full_adds_the_kl_term_to_the_encoder_head(float64):
     loss = build("vae")
     layout = ParameterLayout(loss.model)
     i = head_index(layout)
-    full = output_factor(capture(layout, loss, CurvatureKind.FULL, EXACT).layers[i], loss.batch_size)
-    decoder = output_factor(capture(layout, loss, CurvatureKind.DECODER_ONLY, EXACT).layers[i], loss.batch_size)
+    full = output_factor(
+        capture(layout, loss, CurvatureKind.FULL, EXACT).layers[i], loss.batch_size
+    )
+    decoder = output_factor(
+        capture(layout, loss, CurvatureKind.DECODER_ONLY, EXACT).layers[i], loss.batch_size
+    )
     kl_curvature = torch.cat(loss.terms[1].curvature, dim=1).mean(0)
     torch.testing.assert_close(full - decoder, torch.diag(kl_curvature), rtol=1e-12, atol=1e-14)
 
@@ -56,11 +61,17 @@ def test_sampled_full_statistics_back_propagate_every_term(float64):
     curvature that 'decoder-only' would miss is far larger than that tolerance."""
     vae = build("vae")
     one = Loss.from_model(vae.model, tuple(x[:1] for x in vae.inputs), vae.build_terms)
-    many = Loss.from_model(vae.model, tuple(x[:1].expand(4000, -1) for x in vae.inputs), vae.build_terms)
+    many = Loss.from_model(
+        vae.model, tuple(x[:1].expand(4000, -1) for x in vae.inputs), vae.build_terms
+    )
     layout = ParameterLayout(vae.model)
     i = head_index(layout)
     exact_g = output_factor(capture(layout, one, CurvatureKind.FULL, EXACT).layers[i], 1)
-    g = capture(layout, many, generator=torch.Generator().manual_seed(0)).layers[i].output_grads[0, :, 0]
+    g = (
+        capture(layout, many, generator=torch.Generator().manual_seed(0))
+        .layers[i]
+        .output_grads[0, :, 0]
+    )
     outer = g.unsqueeze(2) * g.unsqueeze(1)  # (S, 4, 4)
     standard_error = outer.std(0) / math.sqrt(g.shape[0])
     assert ((outer.mean(0) - exact_g).abs() <= 5 * standard_error).all()
@@ -84,8 +95,12 @@ def test_layer_called_twice_is_rejected(float64):
 
 def test_decoder_only_needs_a_likelihood_term(float64):
     loss = build("vae")
-    kl_only = Loss.from_model(loss.model, loss.inputs, lambda out, inputs: (kl_term(out.posterior),))
-    with pytest.raises(ValueError, match="'decoder-only' needs a likelihood term; the loss has terms \\['kl'\\]"):
+    kl_only = Loss.from_model(
+        loss.model, loss.inputs, lambda out, inputs: (kl_term(out.posterior),)
+    )
+    with pytest.raises(
+        ValueError, match="'decoder-only' needs a likelihood term; the loss has terms \\['kl'\\]"
+    ):
         capture(ParameterLayout(loss.model), kl_only, CurvatureKind.DECODER_ONLY)
 
 
@@ -93,4 +108,9 @@ def test_layout_splits_kronecker_and_other_parameters():
     layout = ParameterLayout(build("norm_net").model)
     assert [layer.name for layer in layout.layers] == ["fc1", "fc2"]
     assert [layout.names[i] for i in layout.other] == ["norm.weight", "norm.bias"]
-    assert relative_error(torch.tensor(float(layout.dimension)), torch.tensor(4 * 3 + 3 + 3 + 3 + 3 * 4 + 4.0)) == 0
+    assert (
+        relative_error(
+            torch.tensor(float(layout.dimension)), torch.tensor(4 * 3 + 3 + 3 + 3 + 3 * 4 + 4.0)
+        )
+        == 0
+    )

@@ -1,13 +1,14 @@
 """Softmax cross-entropy: its non-diagonal output curvature, checked against dense torch.func matrices."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from curvature_cases import flat, random_vectors, relative_error
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 from torch.nn import functional as F
 
-from curvature_cases import flat, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, DiagonalCurvature, exact
 from natgrad.distributions import Bernoulli, Categorical
 from natgrad.losses import Loss, LossTerm, cross_entropy, likelihood_term
@@ -25,9 +26,13 @@ def torch_func_ggn(loss: Loss) -> torch.Tensor:
     params = {k: v.detach() for k, v in loss.parameters().items()}
     (x,), (y,) = loss.inputs, loss.targets
     jac = jacrev(lambda p: functional_call(loss.model, p, (x,)))(params)
-    j = torch.cat([t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2)  # (N, K, P)
+    j = torch.cat(
+        [t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2
+    )  # (N, K, P)
     logits = loss.model(x).detach()
-    h = torch.stack([hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)])  # (N, K, K)
+    h = torch.stack(
+        [hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)]
+    )  # (N, K, K)
     return torch.einsum("nkp,nkl,nlq->pq", j, h, j) / x.shape[0]
 
 
@@ -81,9 +86,19 @@ def test_hand_written_diagonal_differs_from_the_exact_ggn(float64):
     """The issue's p(1-p) term is a valid shape but a different matrix: the exact form is needed."""
     loss = classifier()
     logits = loss.terms[0].outputs[0]
-    wrong = Loss.from_model(loss.model, loss.inputs, lambda out, batch: (LossTerm(
-        "ce", (out,), F.cross_entropy(out, batch[-1], reduction="none"),
-        Categorical(out).curvature_diagonal()),), loss.targets)
+    wrong = Loss.from_model(
+        loss.model,
+        loss.inputs,
+        lambda out, batch: (
+            LossTerm(
+                "ce",
+                (out,),
+                F.cross_entropy(out, batch[-1], reduction="none"),
+                Categorical(out).curvature_diagonal(),
+            ),
+        ),
+        loss.targets,
+    )
     assert logits.shape == wrong.terms[0].outputs[0].shape
     assert relative_error(exact.dense_ggn(wrong), torch_func_ggn(loss)) > 0.1
 
@@ -101,10 +116,13 @@ def test_image_shaped_output_exact_estimator_matches_flattened(float64):
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 9), nn.Unflatten(1, (1, 3, 3)))
     x = torch.rand(3, 4)
     target = torch.rand(3, 1, 3, 3)
-    image = Loss.from_model(model, (x,), lambda out, b: (likelihood_term(Bernoulli(out), b[-1]),), (target,))
+    image = Loss.from_model(
+        model, (x,), lambda out, b: (likelihood_term(Bernoulli(out), b[-1]),), (target,)
+    )
     dense = exact.dense_ggn(image)
-    flattened = Loss.from_model(model, (x,), lambda out, b: (likelihood_term(Bernoulli(out.flatten(1)), b[-1]),),
-                                (target,))
+    flattened = Loss.from_model(
+        model, (x,), lambda out, b: (likelihood_term(Bernoulli(out.flatten(1)), b[-1]),), (target,)
+    )
     assert relative_error(dense, exact.dense_ggn(flattened)) < 1e-12
     for representation in (BlockDiagonalKFAC, DiagonalCurvature):
         rep = representation(model, CurvatureConfig(estimator="square-root"))

@@ -1,10 +1,11 @@
 """Diagonal representation: equals the diagonal of the dense matrix it estimates, and its own to_dense."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from curvature_cases import build, flat, problems, random_vectors, relative_error
+
 from natgrad.curvature import CurvatureConfig, DiagonalCurvature, exact
 
 
@@ -29,5 +30,8 @@ def test_solve_and_matvec_match_own_dense(float64):
     loss = build("vae")
     rep = refreshed(loss)
     v = random_vectors(loss)
-    assert relative_error(flat(rep.solve(v, 0.2)), torch.linalg.solve(rep.to_dense(0.2), flat(v))) < 1e-12
+    assert (
+        relative_error(flat(rep.solve(v, 0.2)), torch.linalg.solve(rep.to_dense(0.2), flat(v)))
+        < 1e-12
+    )
     assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-14

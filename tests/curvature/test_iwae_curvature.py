@@ -5,14 +5,15 @@ r"""The curvature of the importance-weighted bound (natgrad.iwae): the matrix
 checked against an independent dense torch.func computation, against natgrad's full VAE GGN at
 k = 1, and through every representation that reads the loss terms' curvature.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from curvature_cases import flat, random_vectors, relative_error
 from torch.distributions import Bernoulli, Normal
 from torch.func import functional_call, jacrev
 
-from curvature_cases import flat, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, DiagonalCurvature, exact
 from natgrad.iwae import build_iwae_loss
 from natgrad.losses import build_loss
@@ -36,23 +37,32 @@ def _reference_matrix(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.T
     params = {name: p.detach() for name, p in model.named_parameters()}
 
     def outputs(p):
-        head = functional_call(model.encoder, {k[8:]: v for k, v in p.items() if k.startswith("encoder.")}, (x,))
+        head = functional_call(
+            model.encoder, {k[8:]: v for k, v in p.items() if k.startswith("encoder.")}, (x,)
+        )
         mu, log_var = head.chunk(2, dim=-1)
         z = mu.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * eps
-        logits = functional_call(model.decoder, {k[8:]: v for k, v in p.items() if k.startswith("decoder.")}, (z,))
+        logits = functional_call(
+            model.decoder, {k[8:]: v for k, v in p.items() if k.startswith("decoder.")}, (z,)
+        )
         return logits, mu, log_var, z
 
     logits, mu, log_var, z = outputs(params)
     std = (0.5 * log_var).exp().unsqueeze(1)
-    log_w = (Bernoulli(logits=logits).log_prob(x.unsqueeze(1).expand_as(logits)).sum(-1)
-             + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu.unsqueeze(1), std).log_prob(z).sum(-1))
+    log_w = (
+        Bernoulli(logits=logits).log_prob(x.unsqueeze(1).expand_as(logits)).sum(-1)
+        + Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - Normal(mu.unsqueeze(1), std).log_prob(z).sum(-1)
+    )
     weights = torch.softmax(log_w, dim=1)
     p = torch.sigmoid(logits)
     metrics = (weights.unsqueeze(-1) * p * (1 - p), torch.ones_like(mu), 0.5 * log_var.exp())
     jacobians = jacrev(lambda q: outputs(q)[:3])(params)
     total = 0
     for jacobian, metric in zip(jacobians, metrics):
-        j = torch.cat([block.reshape(metric.numel(), -1) for block in jacobian.values()], dim=1)  # (outputs, P)
+        j = torch.cat(
+            [block.reshape(metric.numel(), -1) for block in jacobian.values()], dim=1
+        )  # (outputs, P)
         total = total + j.T @ (metric.reshape(-1, 1) * j)
     return total / x.shape[0]
 
@@ -74,7 +84,10 @@ def test_at_one_sample_it_is_the_full_vae_ggn(float64):
     model, x, eps = _problem(1)
     iwae, elbo = build_iwae_loss(model, x, 1, eps=eps), build_loss(model, x, eps=eps[:, 0])
     for kind in ("full", "decoder-only"):
-        assert relative_error(exact.dense_ggn(iwae, kind=kind), exact.dense_ggn(elbo, kind=kind)) < 1e-13
+        assert (
+            relative_error(exact.dense_ggn(iwae, kind=kind), exact.dense_ggn(elbo, kind=kind))
+            < 1e-13
+        )
 
 
 @pytest.mark.parametrize("estimator", ["plain", "dreg"])
@@ -94,8 +107,15 @@ def test_the_exact_diagonal_is_the_diagonal_of_the_dense_matrix(float64, kind):
     """Square-root statistics of w~_i H_i (or the loss gradient, 'empirical') make the diagonal exact."""
     model, x, eps = _problem(4)
     loss = build_iwae_loss(model, x, 4, eps=eps)
-    diagonal = _refreshed(DiagonalCurvature(model, CurvatureConfig(kind=kind, estimator="square-root")), loss)
-    assert relative_error(diagonal.to_dense().diagonal(), exact.dense_curvature(loss, kind=kind).diagonal()) < 1e-12
+    diagonal = _refreshed(
+        DiagonalCurvature(model, CurvatureConfig(kind=kind, estimator="square-root")), loss
+    )
+    assert (
+        relative_error(
+            diagonal.to_dense().diagonal(), exact.dense_curvature(loss, kind=kind).diagonal()
+        )
+        < 1e-12
+    )
 
 
 def test_the_empirical_fisher_is_built_from_the_per_example_gradients_of_the_bound(float64):
@@ -103,7 +123,7 @@ def test_the_empirical_fisher_is_built_from_the_per_example_gradients_of_the_bou
     loss = build_iwae_loss(model, x, 4, eps=eps)
     rows = []
     for n in range(N):  # the independent oracle: -L_k of one example by its own forward pass
-        one = build_iwae_loss(model, x[n:n + 1], 4, eps=eps[n:n + 1])
+        one = build_iwae_loss(model, x[n : n + 1], 4, eps=eps[n : n + 1])
         rows.append(flat(torch.autograd.grad(one.value, list(model.parameters()))))
     grads = torch.stack(rows)
     assert relative_error(exact.dense_empirical_fisher(loss), grads.T @ grads / N) < RTOL
@@ -119,7 +139,9 @@ def test_kfac_is_exact_where_its_regime_says_so(float64):
         dense = exact.dense_ggn(loss)
         for layer in kfac.layout.layers:
             idx = kfac.layout.layer_indices(layer)
-            error = relative_error(kfac.to_dense()[idx.unsqueeze(1), idx], dense[idx.unsqueeze(1), idx])
+            error = relative_error(
+                kfac.to_dense()[idx.unsqueeze(1), idx], dense[idx.unsqueeze(1), idx]
+            )
             if k == 1 or layer.name.startswith("encoder"):
                 assert error < 1e-12, layer.name
             else:

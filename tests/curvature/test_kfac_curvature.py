@@ -1,13 +1,23 @@
 """Block-diagonal K-FAC: the exact regimes, its own dense matrix, factored Tikhonov, EMA and state."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from curvature_cases import (
+    KFAC_EXACT_CASES,
+    bernoulli_terms,
+    build,
+    flat,
+    gaussian_terms,
+    problems,
+    random_vectors,
+    relative_error,
+)
 from torch import nn
 
-from curvature_cases import KFAC_EXACT_CASES, bernoulli_terms, build, flat, gaussian_terms, problems, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
 from natgrad.curvature.capture import capture
 from natgrad.curvature.damping import pi_trace_norm
@@ -24,7 +34,11 @@ def refreshed(rep, loss, seed=0):
 
 def one_layer_one_example(terms, bias=True):
     torch.manual_seed(5)
-    return Loss.from_model(nn.Linear(3, 4, bias=bias), (torch.rand(1, 3),), lambda out, inp: terms(out, (inp[0][:, :1].expand(-1, 4),)))
+    return Loss.from_model(
+        nn.Linear(3, 4, bias=bias),
+        (torch.rand(1, 3),),
+        lambda out, inp: terms(out, (inp[0][:, :1].expand(-1, 4),)),
+    )
 
 
 @pytest.mark.parametrize("terms", [bernoulli_terms, gaussian_terms])
@@ -83,7 +97,12 @@ def test_solve_and_matvec_match_own_dense(float64, problem, inverse_method):
     rep = refreshed(BlockDiagonalKFAC(loss.model, inverse_method=inverse_method), loss)
     v = random_vectors(loss)
     tikhonov = 0.3
-    assert relative_error(flat(rep.solve(v, tikhonov)), torch.linalg.solve(rep.to_dense(tikhonov), flat(v))) < 1e-10
+    assert (
+        relative_error(
+            flat(rep.solve(v, tikhonov)), torch.linalg.solve(rep.to_dense(tikhonov), flat(v))
+        )
+        < 1e-10
+    )
     assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-12
 
 
@@ -96,7 +115,9 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
     really ran in bf16)."""
     loss = build(problem)
     reference = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse"), loss)
-    low = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss)
+    low = refreshed(
+        BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="bfloat16"), loss
+    )
     v = random_vectors(loss)
     expected, got = flat(reference.solve(v, 0.3)), flat(low.solve(v, 0.3))
     assert got.dtype == torch.float32
@@ -105,9 +126,14 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
 
 def test_bfloat16_solve_needs_explicit_inverses():
     loss = build("autoencoder")
-    with pytest.raises(ValueError, match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is 'inverse'"):
+    with pytest.raises(
+        ValueError,
+        match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is 'inverse'",
+    ):
         BlockDiagonalKFAC(loss.model, inverse_method="eigen", solve_dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"Invalid solve_dtype: 'float16'; allowed: factors, bfloat16"):
+    with pytest.raises(
+        ValueError, match=r"Invalid solve_dtype: 'float16'; allowed: factors, bfloat16"
+    ):
         BlockDiagonalKFAC(loss.model, inverse_method="inverse", solve_dtype="float16")
 
 
@@ -120,7 +146,9 @@ def test_factored_tikhonov_blocks(float64):
         a, g = frozen.layers[i].input_factor, frozen.layers[i].output_factor
         pi = math.sqrt((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0]))
         gamma = math.sqrt(tikhonov)
-        expected = torch.kron(g + gamma / pi * torch.eye(g.shape[0]), a + pi * gamma * torch.eye(a.shape[0]))
+        expected = torch.kron(
+            g + gamma / pi * torch.eye(g.shape[0]), a + pi * gamma * torch.eye(a.shape[0])
+        )
         idx = rep.layout.layer_indices(layer)
         assert relative_error(rep.to_dense(tikhonov)[idx][:, idx], expected) < 1e-12
 
@@ -143,7 +171,10 @@ def test_ema_is_the_running_mean_for_the_first_updates(float64):
 
 def test_ema_decay_is_capped(float64):
     loss = build("autoencoder")
-    rep, gen = BlockDiagonalKFAC(loss.model, CurvatureConfig(ema_cap=0.5)), torch.Generator().manual_seed(0)
+    rep, gen = (
+        BlockDiagonalKFAC(loss.model, CurvatureConfig(ema_cap=0.5)),
+        torch.Generator().manual_seed(0),
+    )
     first, second = rep.capture(loss, gen), rep.capture(loss, gen)
     rep.update(first)
     rep.steps = 10  # the next decay would be 1 - 1/11 without the cap
@@ -174,15 +205,23 @@ def test_interface_errors(float64):
     with pytest.raises(RuntimeError, match="refresh\\(\\) called before any update"):
         rep.refresh()
     refreshed(rep, loss)
-    with pytest.raises(ValueError, match=r"Invalid tikhonov: -1.0; allowed: a finite number >= 0 \(gamma\^2\)"):
+    with pytest.raises(
+        ValueError, match=r"Invalid tikhonov: -1.0; allowed: a finite number >= 0 \(gamma\^2\)"
+    ):
         rep.solve(random_vectors(loss), -1.0)
     with pytest.raises(ValueError, match="has shape"):
         rep.solve([v.reshape(-1) for v in random_vectors(loss)], 1.0)
-    with pytest.raises(ValueError, match=r"Invalid inverse_method: 'cholesky'; allowed: eigen, inverse"):
+    with pytest.raises(
+        ValueError, match=r"Invalid inverse_method: 'cholesky'; allowed: eigen, inverse"
+    ):
         BlockDiagonalKFAC(loss.model, inverse_method="cholesky")
-    with pytest.raises(ValueError, match=r"Invalid curvature.estimator: 'mc'; allowed: sampled, square-root"):
+    with pytest.raises(
+        ValueError, match=r"Invalid curvature.estimator: 'mc'; allowed: sampled, square-root"
+    ):
         CurvatureConfig(estimator="mc")
-    with pytest.raises(ValueError, match=r"Invalid curvature.ema_cap: 1.0; allowed: a number in \[0, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"Invalid curvature.ema_cap: 1.0; allowed: a number in \[0, 1\)"
+    ):
         CurvatureConfig(ema_cap=1.0)
     with pytest.raises(KeyError, match="missing"):
         rep.load_state_dict({"steps": 1})

@@ -1,10 +1,19 @@
 """Block-tridiagonal K-FAC (Martens & Grosse 2015, §4.3) against its defining properties."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from curvature_cases import (
+    ConvNet,
+    bernoulli_terms,
+    build,
+    flat,
+    problems,
+    random_vectors,
+    relative_error,
+)
 
-from curvature_cases import ConvNet, bernoulli_terms, build, flat, problems, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, TridiagonalKFAC, exact
 from natgrad.curvature.kfac_tridiagonal import simultaneous_diagonalisation
 from natgrad.losses import Loss, build_loss
@@ -43,7 +52,11 @@ def test_inverse_is_block_tridiagonal(float64):
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
     precision = torch.linalg.inv(rep.to_dense(TIKHONOV))
     idx = [rep.layout.layer_indices(layer) for layer in rep.layout.layers]
-    far = [block(precision, idx[i], idx[j]).abs().max() for i in range(len(idx)) for j in range(i + 2, len(idx))]
+    far = [
+        block(precision, idx[i], idx[j]).abs().max()
+        for i in range(len(idx))
+        for j in range(i + 2, len(idx))
+    ]
     assert far and max(far) < 1e-9 * precision.abs().max()
     assert block(precision, idx[0], idx[1]).abs().max() > 1e-6 * precision.abs().max()
 
@@ -53,13 +66,20 @@ def test_efficient_solve_equals_dense_inverse(float64, problem):
     loss = build(problem)
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
     v = random_vectors(loss)
-    assert relative_error(flat(rep.solve(v, TIKHONOV)), torch.linalg.solve(rep.to_dense(TIKHONOV), flat(v))) < 1e-9
+    assert (
+        relative_error(
+            flat(rep.solve(v, TIKHONOV)), torch.linalg.solve(rep.to_dense(TIKHONOV), flat(v))
+        )
+        < 1e-9
+    )
 
 
 def test_matvec_matches_own_dense(float64):
     """Unshifted F_hat inverts A_{i+1}, B_{i+1}: 64 examples for at most 5-dimensional factors."""
     torch.manual_seed(0)
-    loss = build_loss(DeepAutoencoder((4, 3, 2), init="default", activation="tanh"), torch.randn(64, 4))
+    loss = build_loss(
+        DeepAutoencoder((4, 3, 2), init="default", activation="tanh"), torch.randn(64, 4)
+    )
     rep = refreshed(TridiagonalKFAC(loss.model, CurvatureConfig(estimator="square-root")), loss)
     v = random_vectors(loss)
     assert relative_error(flat(rep.matvec(v)), rep.to_dense() @ flat(v)) < 1e-8
@@ -81,7 +101,9 @@ def test_tiny_mlp_inverse_no_worse_than_block_diagonal(float64):
     block-diagonal 0.3294, block-tridiagonal 0.3242 at gamma^2 = 0.1.
     """
     torch.manual_seed(0)
-    loss = build_loss(DeepAutoencoder((6, 5, 4, 3), init="default", activation="tanh"), torch.rand(64, 6))
+    loss = build_loss(
+        DeepAutoencoder((6, 5, 4, 3), init="default", activation="tanh"), torch.rand(64, 6)
+    )
     tikhonov = 0.1
     ggn = exact.dense_ggn(loss)
     truth = torch.linalg.inv(ggn + tikhonov * torch.eye(ggn.shape[0]))
@@ -94,14 +116,20 @@ def test_tiny_mlp_inverse_no_worse_than_block_diagonal(float64):
 
 
 def test_conv_layers_rejected():
-    with pytest.raises(ValueError, match=r"nn.Linear layers only; got non-Linear layers \['conv'\]"):
+    with pytest.raises(
+        ValueError, match=r"nn.Linear layers only; got non-Linear layers \['conv'\]"
+    ):
         TridiagonalKFAC(ConvNet())
 
 
 def test_multi_location_linear_rejected(float64):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 3))
-    loss = Loss.from_model(model, (torch.rand(2, 5, 3),), lambda out, inp: bernoulli_terms(out.flatten(1), (inp[0].flatten(1),)))
+    loss = Loss.from_model(
+        model,
+        (torch.rand(2, 5, 3),),
+        lambda out, inp: bernoulli_terms(out.flatten(1), (inp[0].flatten(1),)),
+    )
     rep = TridiagonalKFAC(model)
     with pytest.raises(ValueError, match="needs \\(N, d\\) inputs at every layer"):
         rep.update(rep.capture(loss))

@@ -1,12 +1,13 @@
 """Kronecker blocks of Conv1d and ConvTranspose2d, the block table, and the models capture refuses."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from curvature_cases import bernoulli_terms, relative_error
 from torch import nn
 from torch.nn import functional as F
 
-from curvature_cases import bernoulli_terms, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, ParameterLayout, exact
 from natgrad.distributions import Bernoulli
 from natgrad.losses import Loss, likelihood_term
@@ -32,10 +33,13 @@ def one_location(layer: nn.Module, input_shape: tuple[int, ...]) -> Loss:
     return Loss.from_model(model, (x,), target_terms, targets=(torch.rand(1, d),))
 
 
-@pytest.mark.parametrize("layer, input_shape", [
-    (nn.Conv1d(2, 3, 3), (2, 3)),
-    (nn.ConvTranspose2d(2, 3, 2, stride=2, bias=False), (2, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "layer, input_shape",
+    [
+        (nn.Conv1d(2, 3, 3), (2, 3)),
+        (nn.ConvTranspose2d(2, 3, 2, stride=2, bias=False), (2, 1, 1)),
+    ],
+)
 def test_one_location_one_example_exact_roots_is_exact_ggn(float64, layer, input_shape):
     loss = one_location(layer.double(), input_shape)
     rep = refreshed_exact(loss)
@@ -79,8 +83,13 @@ def test_transposed_conv_patches_are_the_gradient_of_the_weight(float64):
 
 
 def test_describe_lists_every_parameter_and_why_it_is_diagonal():
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Conv1d(4, 4, 1, padding_mode="reflect"),
-                          nn.LayerNorm(4), nn.ConvTranspose2d(4, 2, 2), nn.Linear(2, 3))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, groups=2),
+        nn.Conv1d(4, 4, 1, padding_mode="reflect"),
+        nn.LayerNorm(4),
+        nn.ConvTranspose2d(4, 2, 2),
+        nn.Linear(2, 3),
+    )
     rows = {name: block for name, _, block in ParameterLayout(model).describe()}
     assert list(rows) == [name for name, _ in model.named_parameters()]
     assert rows["0.weight"] == "diagonal (Conv2d with groups = 2)"

@@ -2,13 +2,14 @@
 
 The oracle is the same network given that noise as an input (the form natgrad's own VAE uses).
 """
+
 from __future__ import annotations
 
 import torch
+from curvature_cases import flat, random_vectors, relative_error
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from curvature_cases import flat, random_vectors, relative_error
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, exact
 from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior
 from natgrad.losses import Loss, kl_term, likelihood_term
@@ -42,7 +43,9 @@ class VAEDrawingNoise(VAEWithNoiseInput):
 
 def elbo_terms(out, batch):
     logits, mu, log_var = out
-    return likelihood_term(Bernoulli(logits), batch[0]), kl_term(DiagonalGaussianPosterior(mu, log_var))
+    return likelihood_term(Bernoulli(logits), batch[0]), kl_term(
+        DiagonalGaussianPosterior(mu, log_var)
+    )
 
 
 def pair(n: int = 4) -> tuple[Loss, Loss]:
@@ -74,9 +77,15 @@ def test_exact_ggn_products_and_gram_use_the_loss_noise(float64):
     assert relative_error(exact.dense_ggn(loss), dense) < 1e-12
     v, u = random_vectors(loss), random_vectors(loss, seed=1)
     assert relative_error(flat(exact.ggn_vector_product(loss, v)), dense @ flat(v)) < 1e-12
-    torch.testing.assert_close(ggn_gram(loss, [v, u]), ggn_gram(reference, [v, u]), rtol=1e-12, atol=0)
-    torch.testing.assert_close(exact.per_example_gradients(loss), exact.per_example_gradients(reference),
-                               rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        ggn_gram(loss, [v, u]), ggn_gram(reference, [v, u]), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        exact.per_example_gradients(loss),
+        exact.per_example_gradients(reference),
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def test_kfac_statistics_use_the_loss_noise(float64):
@@ -113,7 +122,9 @@ def test_dropout_mask_is_replayed(float64):
     torch.manual_seed(32)
     model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 4))
     x = torch.rand(5, 4)
-    loss = Loss.from_model(model, (x,), lambda out, batch: (likelihood_term(Bernoulli(out), batch[0]),))
+    loss = Loss.from_model(
+        model, (x,), lambda out, batch: (likelihood_term(Bernoulli(out), batch[0]),)
+    )
     loss.value.backward()
     functional = grad(loss.value_at)(exact.detached_parameters(loss))
     for name, p in model.named_parameters():

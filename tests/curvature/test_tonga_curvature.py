@@ -4,6 +4,7 @@ Tolerances: every comparison is between two exact float64 computations of the sa
 handful of matrix products or one ``eigh``/``solve`` of matrices of size <= 60 with condition
 number <= ~1e4 at gamma^2 = 0.1), so 1e-10 relative error leaves several orders of margin.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -72,7 +73,9 @@ def test_full_rank_centred_equals_gradient_covariance(float64, kind):
     """Centred variant: C = (1/N) sum_n (g_n - g_bar)(g_n - g_bar)^T, the paper's covariance."""
     model = _tiny(kind)
     loss = _loss(model)
-    rep = TongaCurvature(model, TongaConfig(rank=BATCH, blocks="none", centred=True, examples_per_update=BATCH))
+    rep = TongaCurvature(
+        model, TongaConfig(rank=BATCH, blocks="none", centred=True, examples_per_update=BATCH)
+    )
     rep.update(rep.capture(loss))
     g = per_example_gradients(loss)
     mean = g.mean(dim=0)
@@ -84,7 +87,9 @@ def test_discounted_updates_match_moving_average_and_truncation_keeps_top_eigenp
     """Three updates, C = sum of discounted batch matrices; then the rank-k truncation = top-k of it."""
     model = _tiny("autoencoder")
     gamma = 0.7
-    rep = TongaCurvature(model, TongaConfig(rank=2, discount=gamma, blocks="none", examples_per_update=3))
+    rep = TongaCurvature(
+        model, TongaConfig(rank=2, discount=gamma, blocks="none", examples_per_update=3)
+    )
     expected = None
     for step in range(1, 4):
         loss = _loss(model, seed=step)
@@ -171,7 +176,9 @@ def test_refresh_is_finite_on_nearly_dead_units():
     layer = nn.Linear(30, 1)
     rep = TongaCurvature(layer, TongaConfig(rank=4, blocks="unit", examples_per_update=50))
     gradients = columns.T * 50**0.5  # the first update stores g_n / sqrt(m) as column n
-    rep.update(ExampleGradients((gradients[:, :30].reshape(50, 1, 30), gradients[:, 30].reshape(50, 1))))
+    rep.update(
+        ExampleGradients((gradients[:, :30].reshape(50, 1, 30), gradients[:, 30].reshape(50, 1)))
+    )
     rep.refresh()
     assert all(bool(torch.isfinite(x).all()) for x in rep.factors)
     exact = columns.double() @ columns.double().T

@@ -4,6 +4,7 @@ float64 throughout; tolerances 1e-10 (relative to the magnitudes compared) cover
 an ``eigh`` of <= 6x6 covariances whose smallest regularised eigenvalue is >= epsilon = 1e-3
 (condition number <= ~1e4), far below any modelling error these tests are meant to catch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,7 +65,9 @@ def test_reestimation_preserves_outputs(float64, kind, batch_norm):
     model.eval()
     before_eval = build_loss(model, x, eps=eps).per_example
     reparametrise_all(layers, [r[0] for r in records], EPSILON)
-    after_eval = build_loss(model, x, eps=eps).per_example  # before a training pass moves running stats
+    after_eval = build_loss(
+        model, x, eps=eps
+    ).per_example  # before a training pass moves running stats
     model.train()
     after = build_loss(model, x2, eps=eps2).per_example
     assert not torch.equal(layers[0].centre, torch.zeros_like(layers[0].centre))

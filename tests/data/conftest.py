@@ -1,4 +1,5 @@
 """Fixtures isolating the data search path from the user's real directories."""
+
 from __future__ import annotations
 
 from pathlib import Path

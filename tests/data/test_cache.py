@@ -1,4 +1,5 @@
 """Caches: atomic writes, checksummed manifests, and prepare/load of regenerated datasets."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from natgrad.data import DataError, load_dataset, prepare_dataset
+from natgrad.data import DataError, datasets, load_dataset, prepare_dataset
 from natgrad.data import cache as cache_module
-from natgrad.data import datasets
 from natgrad.data.cache import read_cache, write_cache
 from natgrad.data.curves import CurvesRecipe, generate_curves
 from natgrad.data.faces import FacesRecipe
@@ -18,7 +18,10 @@ TINY_CURVES = CurvesRecipe(n_train=40, n_test=20)
 
 
 def test_round_trip(tmp_path):
-    arrays = {"train": np.arange(12, dtype=np.float32).reshape(3, 4), "test": np.ones((2, 4), np.float32)}
+    arrays = {
+        "train": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "test": np.ones((2, 4), np.float32),
+    }
     write_cache(tmp_path, arrays, {"seed": 7})
     loaded, manifest = read_cache(tmp_path)
     assert manifest["seed"] == 7 and manifest["arrays"]["train"]["shape"] == [3, 4]
@@ -69,10 +72,18 @@ def test_prepare_then_load_curves(isolated, tmp_path):
     path = prepare_dataset("curves", tmp_path / "cli", recipe=TINY_CURVES, progress=False)
     assert path == tmp_path / "cli" / "curves-regen"
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["recipe"]["n_train"] == 40 and manifest["seed"] == 0 and manifest["natgrad_version"]
+    assert (
+        manifest["recipe"]["n_train"] == 40
+        and manifest["seed"] == 0
+        and manifest["natgrad_version"]
+    )
     data = load_dataset("curves", tmp_path / "cli")
     expected_train, expected_test = generate_curves(TINY_CURVES, seed=0)
-    assert data.name == "curves-regen" and data.likelihood == "bernoulli" and data.image_shape == (28, 28)
+    assert (
+        data.name == "curves-regen"
+        and data.likelihood == "bernoulli"
+        and data.image_shape == (28, 28)
+    )
     assert torch.equal(data.train, torch.from_numpy(expected_train))
     assert torch.equal(data.test, torch.from_numpy(expected_test))
     assert data.source == str(path / "manifest.json")
@@ -108,10 +119,17 @@ def test_prepare_faces_from_olivetti(shared_data_dir, isolated, tmp_path, monkey
     path = prepare_dataset("faces", tmp_path, recipe=FacesRecipe(variants=1), progress=False)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["source"] == str(shared_data_dir / "olivettifaces.mat")
-    assert manifest["source_sha256"] == "b1988d02c72fe5b8ee82b5ef3bb7982eafc74f1e1ff0ae0ade35061ad0af534d"
+    assert (
+        manifest["source_sha256"]
+        == "b1988d02c72fe5b8ee82b5ef3bb7982eafc74f1e1ff0ae0ade35061ad0af534d"
+    )
     assert manifest["recipe"]["rotation_deg"] == [-90.0, 90.0]
     data = load_dataset("faces", tmp_path)
-    assert data.name == "faces-regen" and data.likelihood == "gaussian" and data.image_shape == (25, 25)
+    assert (
+        data.name == "faces-regen"
+        and data.likelihood == "gaussian"
+        and data.image_shape == (25, 25)
+    )
     assert data.train.shape == (250, 625) and data.test.shape == (100, 625)
 
 

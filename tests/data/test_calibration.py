@@ -1,4 +1,5 @@
 """The PCA reconstruction error used to calibrate the regenerated datasets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,9 @@ def test_residual_of_k_components_matches_svd():
     _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
     v = vt[:5].T
     residual = (test - mean) - (test - mean) @ v @ v.T
-    assert pca_test_error(train, test, 5, chunk=7) == pytest.approx((residual**2).sum(axis=1).mean(), rel=1e-10)
+    assert pca_test_error(train, test, 5, chunk=7) == pytest.approx(
+        (residual**2).sum(axis=1).mean(), rel=1e-10
+    )
 
 
 def test_bad_component_count():

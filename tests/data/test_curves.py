@@ -1,11 +1,18 @@
 """The CURVES generator: spline maths, pen, determinism, shapes and ranges (small sizes only)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.interpolate import CubicSpline
 
-from natgrad.data.curves import CurvesRecipe, draw_knots, generate_curves, polyline_distance_sq, spline_points
+from natgrad.data.curves import (
+    CurvesRecipe,
+    draw_knots,
+    generate_curves,
+    polyline_distance_sq,
+    spline_points,
+)
 
 SMALL = CurvesRecipe(n_train=60, n_test=30)
 

@@ -1,4 +1,5 @@
 """The FACES generator: exact geometry, normalisation, person order and split (small sizes only)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,7 +77,9 @@ def test_images_are_ordered_by_person_with_martens_split():
     centre = person.mean()  # every person contributes equally to the per-pixel mean
     expected_train = (np.repeat(np.arange(1, 26), 30) - centre) * stats["factor"]
     expected_test = (np.repeat(np.arange(31, 41), 30) - centre) * stats["factor"]
-    np.testing.assert_allclose(train, np.broadcast_to(expected_train[:, None], train.shape), atol=1e-4)
+    np.testing.assert_allclose(
+        train, np.broadcast_to(expected_train[:, None], train.shape), atol=1e-4
+    )
     np.testing.assert_allclose(test, np.broadcast_to(expected_test[:, None], test.shape), atol=1e-4)
 
 

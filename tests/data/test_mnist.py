@@ -1,4 +1,5 @@
 """MNIST from the original IDX files: real data, and each kind of corruption named precisely."""
+
 from __future__ import annotations
 
 import gzip
@@ -72,7 +73,9 @@ def test_flipped_byte_reports_both_checksums(tmp_path, raw_test_images):
         _read(path)
     message = str(info.value)
     assert str(path) in message and "checksum mismatch" in message
-    assert IMAGES["test"].sha256 in message and hashlib.sha256(bytes(corrupt)).hexdigest() in message
+    assert (
+        IMAGES["test"].sha256 in message and hashlib.sha256(bytes(corrupt)).hexdigest() in message
+    )
 
 
 def test_truncated_content_is_wrong_length(tmp_path, raw_test_images):
@@ -97,7 +100,9 @@ def test_wrong_magic(tmp_path, raw_test_images):
     assert str(path) in str(info.value)
 
 
-def test_corrupt_first_hit_is_an_error_not_skipped(tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch):
+def test_corrupt_first_hit_is_an_error_not_skipped(
+    tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch
+):
     monkeypatch.setattr("natgrad.data.paths.shared_data_dir", lambda: shared_data_dir)
     (tmp_path / "cli").mkdir()
     corrupt = bytearray(raw_test_images)
@@ -120,7 +125,9 @@ def test_missing_files_list_every_directory(isolated, tmp_path, monkeypatch):
         assert str(directory) in message
 
 
-def test_uncompressed_copy_in_data_dir_is_found(tmp_path, shared_data_dir, raw_test_images, isolated):
+def test_uncompressed_copy_in_data_dir_is_found(
+    tmp_path, shared_data_dir, raw_test_images, isolated
+):
     (tmp_path / "mnist").mkdir()
     shutil.copy(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz", tmp_path / "mnist")
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw_test_images)
@@ -130,18 +137,24 @@ def test_uncompressed_copy_in_data_dir_is_found(tmp_path, shared_data_dir, raw_t
 
 
 def test_unknown_name():
-    with pytest.raises(DataError, match="unknown dataset 'cifar'; choose one of mnist, curves, faces"):
+    with pytest.raises(
+        DataError, match="unknown dataset 'cifar'; choose one of mnist, curves, faces"
+    ):
         load_dataset("cifar")
 
 
-def test_one_dataset_comes_whole_from_one_directory(tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch):
+def test_one_dataset_comes_whole_from_one_directory(
+    tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch
+):
     """Issue 15, item 8: train images in $NATGRAD_DATA without the test images are an error naming
     the directory and the missing file, never completed from the next directory on the path."""
     monkeypatch.setattr("natgrad.data.paths.shared_data_dir", lambda: shared_data_dir)
     (tmp_path / "env").mkdir()
     shutil.copy(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz", tmp_path / "env")
     monkeypatch.setenv("NATGRAD_DATA", str(tmp_path / "env"))
-    with pytest.raises(DataError, match=f"{tmp_path / 'env'} holds part of MNIST but not t10k-images-idx3-ubyte"):
+    with pytest.raises(
+        DataError, match=f"{tmp_path / 'env'} holds part of MNIST but not t10k-images-idx3-ubyte"
+    ):
         load_dataset("mnist")
 
 

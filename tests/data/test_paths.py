@@ -1,4 +1,5 @@
 """Search-path order: --data-dir, $NATGRAD_DATA, ../shared/data, ~/.cache/natgrad."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,10 @@ from natgrad.data.paths import find_file
 def test_order_is_data_dir_env_shared_cache(isolated, tmp_path, monkeypatch):
     monkeypatch.setenv("NATGRAD_DATA", str(tmp_path / "env"))
     assert data_search_path(tmp_path / "cli") == [
-        tmp_path / "cli", tmp_path / "env", isolated["shared"], isolated["cache"],
+        tmp_path / "cli",
+        tmp_path / "env",
+        isolated["shared"],
+        isolated["cache"],
     ]
 
 

@@ -1,4 +1,5 @@
 """Readers of the original .mat files (tiny synthetic ones) and of the face sources."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,13 @@ import scipy.io
 import torch
 
 from natgrad.data import DataError, load_dataset
-from natgrad.data.sources import read_att_faces, read_curves_mat, read_faces_mat, read_olivetti_mat, read_pgm
+from natgrad.data.sources import (
+    read_att_faces,
+    read_curves_mat,
+    read_faces_mat,
+    read_olivetti_mat,
+    read_pgm,
+)
 
 
 def test_curves_mat(tmp_path):
@@ -28,13 +35,19 @@ def test_original_beats_cache_and_keeps_its_name(tmp_path, isolated):
 
 
 def test_curves_mat_out_of_range_and_missing_variable(tmp_path):
-    scipy.io.savemat(tmp_path / "a.mat", {"bdata": np.full((2, 784), 2.0), "bdatatest": np.zeros((1, 784))})
-    with pytest.raises(DataError, match=r"a.mat: 'bdata' has values in \[2.0, 2.0\], expected \[0, 1\]"):
+    scipy.io.savemat(
+        tmp_path / "a.mat", {"bdata": np.full((2, 784), 2.0), "bdatatest": np.zeros((1, 784))}
+    )
+    with pytest.raises(
+        DataError, match=r"a.mat: 'bdata' has values in \[2.0, 2.0\], expected \[0, 1\]"
+    ):
         read_curves_mat(tmp_path / "a.mat")
     scipy.io.savemat(tmp_path / "b.mat", {"bdata": np.zeros((2, 784))})
     with pytest.raises(DataError, match=r"b.mat: missing variable\(s\) \['bdatatest'\]"):
         read_curves_mat(tmp_path / "b.mat")
-    scipy.io.savemat(tmp_path / "c.mat", {"bdata": np.zeros((2, 700)), "bdatatest": np.zeros((1, 784))})
+    scipy.io.savemat(
+        tmp_path / "c.mat", {"bdata": np.zeros((2, 700)), "bdatatest": np.zeros((1, 784))}
+    )
     with pytest.raises(DataError, match=r"'bdata' has shape \(2, 700\), expected \(N, 784\)"):
         read_curves_mat(tmp_path / "c.mat")
 
@@ -46,8 +59,12 @@ def test_not_a_mat_file(tmp_path):
 
 
 def test_faces_mat_columns_and_martens_split(tmp_path):
-    images = np.arange(80 * 625, dtype=np.float64).reshape(80, 625)  # 40 people x 2 images, by person
-    scipy.io.savemat(tmp_path / "newfaces_rot_single.mat", {"newfaces_single": images.T})  # one per column
+    images = np.arange(80 * 625, dtype=np.float64).reshape(
+        80, 625
+    )  # 40 people x 2 images, by person
+    scipy.io.savemat(
+        tmp_path / "newfaces_rot_single.mat", {"newfaces_single": images.T}
+    )  # one per column
     train, test = read_faces_mat(tmp_path / "newfaces_rot_single.mat")
     np.testing.assert_array_equal(train, images[:50])  # people 1-25
     np.testing.assert_array_equal(test, images[60:])  # people 31-40

@@ -1,4 +1,5 @@
 """`natgrad data list` support: what is found where, and the table."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,13 @@ import numpy as np
 import scipy.io
 import torch
 
-from natgrad.data import Dataset, format_dataset_table, list_datasets, prepare_dataset, summarize_dataset
+from natgrad.data import (
+    Dataset,
+    format_dataset_table,
+    list_datasets,
+    prepare_dataset,
+    summarize_dataset,
+)
 from natgrad.data.calibration import pca_test_error
 from natgrad.data.curves import CurvesRecipe
 from natgrad.data.faces import FacesRecipe
@@ -16,7 +23,11 @@ from natgrad.data.faces import FacesRecipe
 
 def test_nothing_found(isolated):
     statuses = list_datasets()
-    assert [(s.name, s.state) for s in statuses] == [("mnist", "missing"), ("curves", "missing"), ("faces", "missing")]
+    assert [(s.name, s.state) for s in statuses] == [
+        ("mnist", "missing"),
+        ("curves", "missing"),
+        ("faces", "missing"),
+    ]
     assert "natgrad data download mnist" in statuses[0].detail
     assert "natgrad data prepare faces" in statuses[2].detail
     assert statuses[0].searched == [isolated["shared"], isolated["cache"]]
@@ -27,11 +38,16 @@ def test_found_original_regenerated_and_invalid(shared_data_dir, isolated, tmp_p
     scipy.io.savemat(tmp_path / "newfaces_rot_single.mat", {"newfaces_single": np.zeros((625, 40))})
     prepare_dataset("curves", tmp_path, recipe=CurvesRecipe(n_train=5, n_test=3), progress=False)
     statuses = {s.name: s for s in list_datasets(tmp_path)}
-    assert statuses["mnist"].state == "original" and statuses["mnist"].location == shared_data_dir / "mnist"
+    assert (
+        statuses["mnist"].state == "original"
+        and statuses["mnist"].location == shared_data_dir / "mnist"
+    )
     assert statuses["faces"].state == "original"
     assert statuses["faces"].location == tmp_path / "newfaces_rot_single.mat"
     curves = statuses["curves"]
-    assert curves.state == "regenerated" and curves.detail.startswith("curves-regen: 5 train / 3 test, seed 0")
+    assert curves.state == "regenerated" and curves.detail.startswith(
+        "curves-regen: 5 train / 3 test, seed 0"
+    )
     table = format_dataset_table(list(statuses.values()))
     assert table.splitlines()[0].split() == ["dataset", "state", "location", "detail"]
     assert "curves-regen: 5 train / 3 test" in table
@@ -60,13 +76,18 @@ def test_summary_line_with_pca():
 def test_list_says_not_verified_and_verify_finds_a_corrupt_file(isolated, tmp_path):
     """Issue 15, item 7: `data list` does not report corrupt files as fine: it says "not verified",
     and --verify loads the dataset, checking every checksum (MNIST goes through the same load)."""
-    cache = prepare_dataset("curves", tmp_path, recipe=CurvesRecipe(n_train=5, n_test=3), progress=False)
+    cache = prepare_dataset(
+        "curves", tmp_path, recipe=CurvesRecipe(n_train=5, n_test=3), progress=False
+    )
     corrupt = cache / "test.npy"
     data = bytearray(corrupt.read_bytes())
     data[-1] ^= 0x01
     corrupt.write_bytes(bytes(data))
     quick = list_datasets(tmp_path)[1]
     assert quick.state == "regenerated" and quick.detail.endswith(
-        "not verified (`natgrad data list --verify` checks the checksums)")
+        "not verified (`natgrad data list --verify` checks the checksums)"
+    )
     checked = list_datasets(tmp_path, verify=True)[1]
-    assert checked.state == "invalid" and str(corrupt) in checked.detail and "sha256" in checked.detail
+    assert (
+        checked.state == "invalid" and str(corrupt) in checked.detail and "sha256" in checked.detail
+    )

@@ -3,6 +3,7 @@
 Processes are forked from a forkserver that has imported torch and natgrad once, so each costs a
 fork rather than an interpreter start; the port is taken from a socket bound to port 0.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,16 +43,28 @@ def free_port() -> int:
 
 def torchrun_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
     """The variables torchrun sets for process ``rank``."""
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)}
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+    }
 
 
-def _entry(rank: int, world_size: int, port: int, init: bool, fn: Callable, args: tuple, out: str) -> None:
+def _entry(
+    rank: int, world_size: int, port: int, init: bool, fn: Callable, args: tuple, out: str
+) -> None:
     os.environ.update(torchrun_environment(rank, world_size, port))
     torch.set_num_threads(1)
     if init:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=TIMEOUT / 3))
+        dist.init_process_group(
+            "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=TIMEOUT / 3),
+        )
     try:
         value, error = fn(*args), None
         if init:
@@ -64,7 +77,9 @@ def _entry(rank: int, world_size: int, port: int, init: bool, fn: Callable, args
     torch.save({"value": value, "error": error}, out)
 
 
-def run_processes(fn: Callable, args: tuple = (), world_size: int = 2, init: bool = True) -> list[Outcome]:
+def run_processes(
+    fn: Callable, args: tuple = (), world_size: int = 2, init: bool = True
+) -> list[Outcome]:
     """``fn(*args)`` on ``world_size`` processes (a gloo group initialised unless ``init`` is false).
 
     Fails the test when the processes are still running after :data:`TIMEOUT` seconds.
@@ -74,8 +89,12 @@ def run_processes(fn: Callable, args: tuple = (), world_size: int = 2, init: boo
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [str(Path(tmp) / f"rank{rank}.pt") for rank in range(world_size)]
-        processes = [context.Process(target=_entry, args=(rank, world_size, port, init, fn, args, outs[rank]))
-                     for rank in range(world_size)]
+        processes = [
+            context.Process(
+                target=_entry, args=(rank, world_size, port, init, fn, args, outs[rank])
+            )
+            for rank in range(world_size)
+        ]
         for process in processes:
             process.start()
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=TIMEOUT)

@@ -1,4 +1,5 @@
 """The greedy longest-processing-time assignment of refresh jobs, and the statistics shards' generators."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,7 +15,10 @@ def loads(costs, owners, world_size):
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
 def test_every_job_gets_exactly_one_owner_among_the_processes(world_size):
-    costs = [float(d) ** 3 for d in (785, 1000, 1001, 500, 501, 250, 251, 30, 31, 250, 251, 500, 501, 1000, 1001, 784)]
+    costs = [
+        float(d) ** 3
+        for d in (785, 1000, 1001, 500, 501, 250, 251, 30, 31, 250, 251, 500, 501, 1000, 1001, 784)
+    ]
     owners = assign_jobs(costs, world_size)
     assert len(owners) == len(costs) and set(owners) <= set(range(world_size))
     assert set(owners) == set(range(world_size))  # 16 jobs: every process gets work
@@ -30,7 +34,9 @@ def test_longest_jobs_first_each_to_the_least_loaded_process():
 def test_the_assignment_is_within_lpt_bound_of_the_best_one():
     # Graham's bound: LPT's largest load is at most 4/3 - 1/(3W) times the optimum.
     costs = [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0]
-    best = min(max(loads(costs, owners, 3)) for owners in itertools.product(range(3), repeat=len(costs)))
+    best = min(
+        max(loads(costs, owners, 3)) for owners in itertools.product(range(3), repeat=len(costs))
+    )
     assert max(loads(costs, assign_jobs(costs, 3), 3)) <= (4 / 3 - 1 / 9) * best
 
 

@@ -1,4 +1,5 @@
 """The batch sampler: sizes follow the schedule, batches are without replacement, state resumes exactly."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ def test_fixed_batches_are_disjoint_within_an_epoch():
     batches = [sampler.next_indices() for _ in range(4)]
     assert [b.numel() for b in batches] == [30] * 4
     first_epoch = torch.cat(batches[:3])
-    assert first_epoch.unique().numel() == 90 and sampler.epoch == 2  # the 10-example tail is skipped
+    assert (
+        first_epoch.unique().numel() == 90 and sampler.epoch == 2
+    )  # the 10-example tail is skipped
 
 
 def test_exponential_sizes_follow_section_13_and_grow_to_the_training_set():
@@ -23,9 +26,13 @@ def test_exponential_sizes_follow_section_13_and_grow_to_the_training_set():
         batch = sampler.next_indices()
         assert batch.unique().numel() == batch.numel()  # without replacement
         sizes.append(batch.numel())
-    assert sizes[:39] == [exponential_batch_size(k, 1000, initial=10, full_at=40) for k in range(1, 40)]
+    assert sizes[:39] == [
+        exponential_batch_size(k, 1000, initial=10, full_at=40) for k in range(1, 40)
+    ]
     # the whole set from batch full_at on (exponential_batch_size(40, ...) rounds 2^log2(100) * 10 down to 999)
-    assert sizes[0] == 10 and sizes[39:] == [1000] * 6 and sizes == sorted(sizes) and sizes[38] < 1000
+    assert (
+        sizes[0] == 10 and sizes[39:] == [1000] * 6 and sizes == sorted(sizes) and sizes[38] < 1000
+    )
 
 
 def test_state_dict_resumes_the_same_batches():
@@ -39,7 +46,11 @@ def test_state_dict_resumes_the_same_batches():
 
 
 def test_invalid_arguments_name_the_field():
-    with pytest.raises(ValueError, match=r"Invalid batch_size: 0; allowed: an integer in \[1, 10\]"):
+    with pytest.raises(
+        ValueError, match=r"Invalid batch_size: 0; allowed: an integer in \[1, 10\]"
+    ):
         BatchSampler(10, 0, seed=0)
-    with pytest.raises(ValueError, match="Invalid batch_schedule: 'linear'; allowed: fixed, exponential"):
+    with pytest.raises(
+        ValueError, match="Invalid batch_schedule: 'linear'; allowed: fixed, exponential"
+    ):
         BatchSampler(10, 5, seed=0, schedule="linear")

@@ -1,5 +1,6 @@
 """The benchmark grid: the bench file's cross product and its errors, cell records, resumability, and the
 smoke config end to end through the CLI (what CI runs)."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,15 @@ def test_grid_is_the_cross_product_with_scoped_overrides(tmp_path):
     assert len(bench.cells) == 12
     assert bench.problems == ["synthetic-autoencoder", "synthetic-vae"]
     variants = sorted({(c.problem, c.variant) for c in bench.cells})
-    assert ("synthetic-vae", "sgd-lr0.1") in variants and ("synthetic-autoencoder", "adam") in variants
-    sgd = next(c for c in bench.cells if c.variant == "sgd-lr0.1" and c.problem == "synthetic-vae" and c.seed == 1)
+    assert ("synthetic-vae", "sgd-lr0.1") in variants and (
+        "synthetic-autoencoder",
+        "adam",
+    ) in variants
+    sgd = next(
+        c
+        for c in bench.cells
+        if c.variant == "sgd-lr0.1" and c.problem == "synthetic-vae" and c.seed == 1
+    )
     assert sgd.config.optimizer.lr == 0.1 and sgd.grid == {"lr": 0.1}
     assert sgd.config.batch_size == 200  # the label's batch size wins over [model.vae.run]
     adam_vae = next(c for c in bench.cells if c.variant == "adam" and c.problem == "synthetic-vae")
@@ -71,8 +79,14 @@ def test_grid_is_the_cross_product_with_scoped_overrides(tmp_path):
     assert (sgd.config.batch_schedule, sgd.config.batch_full_at) == ("fixed", 500)
     assert {c.target for c in bench.cells if c.problem == "synthetic-autoencoder"} == {40.0}
     assert {c.target for c in bench.cells if c.problem == "synthetic-vae"} == {None}
-    assert Path(sgd.config.out_dir) == tmp_path / "out" / "runs" / "synthetic-vae" / "sgd-lr0.1" / "seed-1"
-    assert bench.cell_path(sgd) == tmp_path / "out" / "cells" / "synthetic-vae" / "sgd-lr0.1" / "seed-1.json"
+    assert (
+        Path(sgd.config.out_dir)
+        == tmp_path / "out" / "runs" / "synthetic-vae" / "sgd-lr0.1" / "seed-1"
+    )
+    assert (
+        bench.cell_path(sgd)
+        == tmp_path / "out" / "cells" / "synthetic-vae" / "sgd-lr0.1" / "seed-1.json"
+    )
 
 
 def test_overrides_reach_every_cell(tmp_path):
@@ -80,15 +94,21 @@ def test_overrides_reach_every_cell(tmp_path):
     assert {c.config.budget.steps for c in bench.cells} == {3}
 
 
-@pytest.mark.parametrize("change, message", [
-    (("seeds = [0, 1]", "seeds = []"), "seeds"),
-    (('models = ["autoencoder", "vae"]', 'models = ["gan"]'), "models contains 'gan'; allowed: autoencoder, vae"),
-    (("lr = [0.01, 0.1]", "lr = []"), "optimizer.sgd.lr is an empty list"),
-    (("[target]", "[dataset.mnist.run]\nbatch_size = 1\n[target]"), "[dataset.mnist]"),
-    (("synthetic-autoencoder = 40.0", "mnist-vae = 1.0"), "target.mnist-vae names no problem"),
-    (('title = "tiny"', 'title = "tiny"\nbudget = 3'), "unknown key(s) budget"),
-    (("lr = 0.01", "lr = -1.0"), "Invalid optimizer.lr: -1.0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("seeds = [0, 1]", "seeds = []"), "seeds"),
+        (
+            ('models = ["autoencoder", "vae"]', 'models = ["gan"]'),
+            "models contains 'gan'; allowed: autoencoder, vae",
+        ),
+        (("lr = [0.01, 0.1]", "lr = []"), "optimizer.sgd.lr is an empty list"),
+        (("[target]", "[dataset.mnist.run]\nbatch_size = 1\n[target]"), "[dataset.mnist]"),
+        (("synthetic-autoencoder = 40.0", "mnist-vae = 1.0"), "target.mnist-vae names no problem"),
+        (('title = "tiny"', 'title = "tiny"\nbudget = 3'), "unknown key(s) budget"),
+        (("lr = 0.01", "lr = -1.0"), "Invalid optimizer.lr: -1.0"),
+    ],
+)
 def test_invalid_bench_files_name_the_field(tmp_path, change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_bench(write(tmp_path, TINY.replace(*change)))
@@ -106,8 +126,11 @@ def test_machine_info_records_cpu_cores_torch_device():
 
 def autoencoder_grid_of_one_seed() -> str:
     """:data:`TINY` without the VAE and the second seed."""
-    return (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
-            .replace("seeds = [0, 1]", "seeds = [0]").replace("[model.vae.run]\nbatch_size = 50\n", ""))
+    return (
+        TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("[model.vae.run]\nbatch_size = 50\n", "")
+    )
 
 
 def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
@@ -122,10 +145,14 @@ def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
     train = [e["metrics"]["train.reconstruction_error"] for e in record["curve"]]
     assert record["final"]["train"] == train[-1] and record["best"]["train"] == min(train)
     assert record["trace"]["step"] == list(range(1, 11)) and len(record["trace"]["loss"]) == 10
-    reached = next((e for e in record["curve"] if e["metrics"]["train.reconstruction_error"] <= 40.0), None)
+    reached = next(
+        (e for e in record["curve"] if e["metrics"]["train.reconstruction_error"] <= 40.0), None
+    )
     assert record["steps_to_target"] == (reached["step"] if reached else None)
     assert record["machine"]["threads"] == 1 and record["config"]["optimizer"]["lr"] == 0.01
-    assert not (Path(cell.config.out_dir) / CHECKPOINT_NAME).exists()  # a finished cell keeps only its log
+    assert not (
+        Path(cell.config.out_dir) / CHECKPOINT_NAME
+    ).exists()  # a finished cell keeps only its log
 
     stamps = {c.key: bench.cell_path(c).stat().st_mtime_ns for c in bench.cells}
     logs = {c.key: (Path(c.config.out_dir) / "log.jsonl").read_bytes() for c in bench.cells}
@@ -147,13 +174,23 @@ def test_a_cell_made_with_another_config_is_refused_naming_the_fields_unless_for
     reuse the old cells; --force reruns them."""
     from natgrad.experiments.runner import RunExistsError
 
-    path = write(tmp_path, autoencoder_grid_of_one_seed().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["adam"]'))
+    path = write(
+        tmp_path,
+        autoencoder_grid_of_one_seed().replace(
+            'optimizers = ["sgd", "adam"]', 'optimizers = ["adam"]'
+        ),
+    )
     run_bench(load_bench(path, out_dir=tmp_path / "out"), show_progress=False)
     changed = load_bench(path, ["optimizer.lr=0.5"], out_dir=tmp_path / "out")
-    with pytest.raises(RunExistsError, match=r"different config \(optimizer\.lr: 0\.01 -> 0\.5\); pass --force"):
+    with pytest.raises(
+        RunExistsError, match=r"different config \(optimizer\.lr: 0\.01 -> 0\.5\); pass --force"
+    ):
         run_bench(changed, show_progress=False)
     assert run_bench(changed, show_progress=False, force=True).ran == [changed.cells[0].key]
-    assert json.loads(changed.cell_path(changed.cells[0]).read_text())["config"]["optimizer"]["lr"] == 0.5
+    assert (
+        json.loads(changed.cell_path(changed.cells[0]).read_text())["config"]["optimizer"]["lr"]
+        == 0.5
+    )
 
 
 def test_smoke_config_end_to_end(tmp_path, capsys):
@@ -173,13 +210,19 @@ def test_smoke_config_end_to_end(tmp_path, capsys):
     for problem in bench.problems:
         assert f"## {problem}" in markdown and (out / "figures" / f"{problem}-curves.png").is_file()
         assert (out / "figures" / f"{problem}-traces.pdf").is_file()
-    assert "vs Adam (time, to the common target)" in markdown and "<table>" in (out / "report.html").read_text()
+    assert (
+        "vs Adam (time, to the common target)" in markdown
+        and "<table>" in (out / "report.html").read_text()
+    )
     assert "Report:" in capsys.readouterr().out
 
 
 def test_shards_split_the_grid_into_interleaved_disjoint_parts(tmp_path):
-    text = (TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
-            .replace("seeds = [0, 1]", "seeds = [0]").replace("[model.vae.run]\nbatch_size = 50\n", ""))
+    text = (
+        TINY.replace('models = ["autoencoder", "vae"]', 'models = ["autoencoder"]')
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("[model.vae.run]\nbatch_size = 50\n", "")
+    )
     bench = load_bench(write(tmp_path, text), out_dir=tmp_path / "out")
     keys = [c.key for c in bench.cells]
     first = run_bench(bench, show_progress=False, shard=parse_shard("0/2"))
@@ -195,10 +238,16 @@ def test_bad_shards_are_refused(text):
 
 
 def test_a_label_may_change_the_model(tmp_path):
-    text = TINY.replace('lr = 0.01\nbatch_schedule', 'lr = 0.01\nmodel = {activation = "tanh"}\nbatch_schedule')
+    text = TINY.replace(
+        "lr = 0.01\nbatch_schedule", 'lr = 0.01\nmodel = {activation = "tanh"}\nbatch_schedule'
+    )
     bench = load_bench(write(tmp_path, text))
     activations = {(c.variant, c.problem): c.config.model.activation for c in bench.cells}
-    assert activations[("adam", "synthetic-vae")] == activations[("adam", "synthetic-autoencoder")] == "tanh"
+    assert (
+        activations[("adam", "synthetic-vae")]
+        == activations[("adam", "synthetic-autoencoder")]
+        == "tanh"
+    )
     assert activations[("sgd-lr0.01", "synthetic-vae")] is None
     assert all(c.config.model.sizes == [64, 8, 2] for c in bench.cells)  # merged over [run.model]
 

@@ -1,54 +1,120 @@
 """Config validation names the field and the allowed values; TOML and overrides compose."""
+
 from __future__ import annotations
 
 import pytest
 
-from natgrad.experiments.config import ConfigError, RunConfig, apply_overrides, load_run_config, parse_value
+from natgrad.experiments.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_run_config,
+    parse_value,
+)
 
 INVALID = [
-    ({"data": {"dataset": "cifar"}}, r"Invalid data\.dataset: 'cifar'; allowed: mnist, curves, faces, synthetic"),
+    (
+        {"data": {"dataset": "cifar"}},
+        r"Invalid data\.dataset: 'cifar'; allowed: mnist, curves, faces, synthetic",
+    ),
     ({"data": {"train_size": 0}}, r"Invalid data\.train_size: 0; allowed: an integer >= 1"),
     ({"model": {"kind": "gan"}}, r"Invalid model\.kind: 'gan'; allowed: autoencoder, vae"),
-    ({"model": {"problem": "mnist", "sizes": [784, 30]}}, r"Invalid model\.sizes: .* omitted when model\.problem is set"),
-    ({"model": {"sizes": [784]}}, r"Invalid model\.sizes: \[784\]; allowed: a list of >= 2 positive integers"),
+    (
+        {"model": {"problem": "mnist", "sizes": [784, 30]}},
+        r"Invalid model\.sizes: .* omitted when model\.problem is set",
+    ),
+    (
+        {"model": {"sizes": [784]}},
+        r"Invalid model\.sizes: \[784\]; allowed: a list of >= 2 positive integers",
+    ),
     ({"model": {"init": "xavier"}}, r"Invalid model\.init: 'xavier'; allowed: sparse, default"),
-    ({"optimizer": {"name": "rmsprop"}}, r"Invalid optimizer\.name: 'rmsprop'; allowed: .*adam.*sgd"),
+    (
+        {"optimizer": {"name": "rmsprop"}},
+        r"Invalid optimizer\.name: 'rmsprop'; allowed: .*adam.*sgd",
+    ),
     ({"optimizer": {"lr": -1.0}}, r"Invalid optimizer\.lr: -1\.0"),
-    ({"optimizer": {"momentum": 1.0}}, r"Invalid optimizer\.momentum: 1\.0; allowed: a number in \[0, 1\)"),
+    (
+        {"optimizer": {"momentum": 1.0}},
+        r"Invalid optimizer\.momentum: 1\.0; allowed: a number in \[0, 1\)",
+    ),
     ({"optimizer": {"l2": -1e-5}}, r"Invalid optimizer\.l2: -1e-05; allowed: a finite number >= 0"),
-    ({"budget": {"steps": None, "seconds": None}}, r"Invalid budget: \(None, None\); allowed: at least one"),
+    (
+        {"budget": {"steps": None, "seconds": None}},
+        r"Invalid budget: \(None, None\); allowed: at least one",
+    ),
     ({"eval": {"iwae_samples": -1}}, r"Invalid eval\.iwae_samples: -1"),
     ({"batch_size": 0}, r"Invalid batch_size: 0; allowed: an integer >= 1"),
     ({"seed": -3}, r"Invalid seed: -3; allowed: an integer >= 0"),
-    ({"batch_schedule": "linear"}, r"Invalid batch_schedule: 'linear'; allowed: fixed, exponential"),
+    (
+        {"batch_schedule": "linear"},
+        r"Invalid batch_schedule: 'linear'; allowed: fixed, exponential",
+    ),
     ({"batch_full_at": 1}, r"Invalid batch_full_at: 1; allowed: an integer >= 2"),
     ({"optimiser": {}}, r"unknown key\(s\) optimiser; allowed: .*optimizer"),
-    ({"optimizer": {"learning_rate": 1.0}}, r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr"),
+    (
+        {"optimizer": {"learning_rate": 1.0}},
+        r"unknown key\(s\) optimizer\.learning_rate; allowed: .*lr",
+    ),
     # issue 15, item 10: booleans are not numbers, non-finite values are refused
     ({"optimizer": {"lr": True}}, r"Invalid optimizer\.lr: True; allowed: a finite number > 0"),
     ({"optimizer": {"momentum": False}}, r"Invalid optimizer\.momentum: False"),
     ({"optimizer": {"betas": [0.9, True]}}, r"Invalid optimizer\.betas: \[0\.9, True\]"),
-    ({"optimizer": {"eps": float("inf")}}, r"Invalid optimizer\.eps: inf; allowed: a finite number > 0"),
+    (
+        {"optimizer": {"eps": float("inf")}},
+        r"Invalid optimizer\.eps: inf; allowed: a finite number > 0",
+    ),
     ({"optimizer": {"lr": float("nan")}}, r"Invalid optimizer\.lr: nan"),
     ({"budget": {"seconds": True}}, r"Invalid budget\.seconds: True; allowed: a finite number > 0"),
     ({"budget": {"seconds": float("inf")}}, r"Invalid budget\.seconds: inf"),
     ({"model": {"sizes": [64, True, 4]}}, r"Invalid model\.sizes: \[64, True, 4\]"),
     ({"optimizer": {"name": {"a": 1}}}, r"Invalid optimizer\.name: \{'a': 1\}"),
     # item 11: a wrong type is refused naming the field, not a TypeError later
-    ({"data": {"data_dir": 5}}, r"Invalid data\.data_dir: 5; allowed: a directory path as a string"),
+    (
+        {"data": {"data_dir": 5}},
+        r"Invalid data\.data_dir: 5; allowed: a directory path as a string",
+    ),
     ({"max_rejected_steps": 0}, r"Invalid max_rejected_steps: 0; allowed: an integer >= 1"),
-    ({"fault": {"nan_batch_at": [0]}}, r"Invalid fault\.nan_batch_at: \[0\]; allowed: a list of step numbers"),
+    (
+        {"fault": {"nan_batch_at": [0]}},
+        r"Invalid fault\.nan_batch_at: \[0\]; allowed: a list of step numbers",
+    ),
     # issue 18: the objective, dynamic binarisation and the extra bounds of the evaluation
-    ({"model": {"kind": "vae", "objective": "bound"}}, r"Invalid model\.objective: 'bound'; allowed: elbo, iwae"),
-    ({"model": {"kind": "vae", "objective": "iwae", "samples": 0}}, r"Invalid model\.samples: 0; allowed: an integer >= 1"),
-    ({"model": {"kind": "vae", "samples": 5}}, r"Invalid model\.samples: 5; allowed: 1 with objective 'elbo'"),
-    ({"model": {"kind": "vae", "estimator": "dreg"}}, r"Invalid model\.estimator: 'dreg'; allowed: 'plain' with objective 'elbo'"),
-    ({"model": {"objective": "iwae", "samples": 5}}, r"Invalid model\.objective: 'iwae'; allowed: omitted for "
-                                                     r"model\.kind = 'autoencoder'"),
-    ({"model": {"kind": "vae", "objective": "iwae", "samples": 5}, "optimizer": {"name": "kfac-tridiag"}},
-     r"Invalid optimizer\.name: 'kfac-tridiag'; allowed: not 'kfac-tridiag' with model\.samples = 5"),
-    ({"data": {"binarize": "static"}}, r"Invalid data\.binarize: 'static'; allowed: dynamic \(or omitted\)"),
-    ({"data": {"dataset": "faces", "binarize": "dynamic"}}, r"Invalid data\.binarize: .* omitted for dataset 'faces'"),
+    (
+        {"model": {"kind": "vae", "objective": "bound"}},
+        r"Invalid model\.objective: 'bound'; allowed: elbo, iwae",
+    ),
+    (
+        {"model": {"kind": "vae", "objective": "iwae", "samples": 0}},
+        r"Invalid model\.samples: 0; allowed: an integer >= 1",
+    ),
+    (
+        {"model": {"kind": "vae", "samples": 5}},
+        r"Invalid model\.samples: 5; allowed: 1 with objective 'elbo'",
+    ),
+    (
+        {"model": {"kind": "vae", "estimator": "dreg"}},
+        r"Invalid model\.estimator: 'dreg'; allowed: 'plain' with objective 'elbo'",
+    ),
+    (
+        {"model": {"objective": "iwae", "samples": 5}},
+        r"Invalid model\.objective: 'iwae'; allowed: omitted for "
+        r"model\.kind = 'autoencoder'",
+    ),
+    (
+        {
+            "model": {"kind": "vae", "objective": "iwae", "samples": 5},
+            "optimizer": {"name": "kfac-tridiag"},
+        },
+        r"Invalid optimizer\.name: 'kfac-tridiag'; allowed: not 'kfac-tridiag' with model\.samples = 5",
+    ),
+    (
+        {"data": {"binarize": "static"}},
+        r"Invalid data\.binarize: 'static'; allowed: dynamic \(or omitted\)",
+    ),
+    (
+        {"data": {"dataset": "faces", "binarize": "dynamic"}},
+        r"Invalid data\.binarize: .* omitted for dataset 'faces'",
+    ),
     ({"eval": {"bound_samples": [5, 0]}}, r"Invalid eval\.bound_samples: \[5, 0\]"),
 ]
 
@@ -67,9 +133,19 @@ def test_defaults_follow_the_papers():
 
 def test_toml_then_overrides(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('batch_size = 100\n[optimizer]\nname = "sgd"\nlr = 0.1\n[model]\nsizes = [64, 8]\n')
-    config = load_run_config(path, ["optimizer.name=adam", "optimizer.lr=1e-3", "model.kind=vae",
-                                    "budget.seconds=2.5", "optimizer.options.foo=true"])
+    path.write_text(
+        'batch_size = 100\n[optimizer]\nname = "sgd"\nlr = 0.1\n[model]\nsizes = [64, 8]\n'
+    )
+    config = load_run_config(
+        path,
+        [
+            "optimizer.name=adam",
+            "optimizer.lr=1e-3",
+            "model.kind=vae",
+            "budget.seconds=2.5",
+            "optimizer.options.foo=true",
+        ],
+    )
     assert config.batch_size == 100
     assert (config.optimizer.name, config.optimizer.lr, config.model.kind) == ("adam", 1e-3, "vae")
     assert config.model.sizes == [64, 8] and config.budget.seconds == 2.5
@@ -90,7 +166,6 @@ def test_override_errors_are_explicit(tmp_path):
         load_run_config(bad)
 
 
-
 def test_unreadable_config_files_are_named(tmp_path):
     """Issue 15, item 11: a directory or a non-UTF-8 file given as --config is refused naming it."""
     with pytest.raises(ConfigError, match=f"config file {tmp_path} is a directory"):
@@ -108,7 +183,9 @@ def test_a_non_table_optimizer_option_names_the_field():
     from natgrad.experiments.optimizers import build_optimizer
 
     config = RunConfig.from_dict({"optimizer": {"name": "kfac", "options": {"damping": "high"}}})
-    with pytest.raises(ValueError, match=r"Invalid optimizer\.options\.damping: 'high'; allowed: a table"):
+    with pytest.raises(
+        ValueError, match=r"Invalid optimizer\.options\.damping: 'high'; allowed: a table"
+    ):
         build_optimizer(nn.Sequential(nn.Linear(2, 2)), config.optimizer)
 
 
@@ -127,7 +204,9 @@ def test_batch_schedule_from_set_and_from_the_cli_flag():
     assert RunConfig().batch_schedule == "fixed"
     config = load_run_config(None, ["batch_schedule=exponential", "batch_full_at=50"])
     assert (config.batch_schedule, config.batch_full_at) == ("exponential", 50)
-    args = build_parser().parse_args(["train", "--batch-schedule", "exponential", "--batch-size", "1000"])
+    args = build_parser().parse_args(
+        ["train", "--batch-schedule", "exponential", "--batch-size", "1000"]
+    )
     config = load_run_config(None, config_overrides(args))
     assert (config.batch_schedule, config.batch_size) == ("exponential", 1000)
 
@@ -143,14 +222,19 @@ def test_model_likelihood_is_validated_and_reaches_the_model():
     with pytest.raises(ConfigError, match="model.likelihood"):
         ModelConfig(likelihood="poisson")
     data = load_run_data(DataConfig(dataset="synthetic"))
-    model = build_model(ModelConfig(sizes=[data.train.shape[1], 8, 3], likelihood="gaussian-learned"), data,
-                        torch.Generator().manual_seed(0))
+    model = build_model(
+        ModelConfig(sizes=[data.train.shape[1], 8, 3], likelihood="gaussian-learned"),
+        data,
+        torch.Generator().manual_seed(0),
+    )
     assert isinstance(model(data.train[:2]).likelihood, GaussianLearnedVariance)
 
 
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), True, "often"])
 def test_eval_every_seconds_is_a_positive_finite_number(value):
-    with pytest.raises(ConfigError, match=r"Invalid eval\.every_seconds: .*; allowed: a finite number > 0"):
+    with pytest.raises(
+        ConfigError, match=r"Invalid eval\.every_seconds: .*; allowed: a finite number > 0"
+    ):
         RunConfig.from_dict({"eval": {"every_seconds": value}})
 
 
@@ -161,18 +245,34 @@ def test_units_default_to_the_papers_for_the_autoencoder_and_tanh_for_the_vae(tm
     data = load_run_data(RunConfig.from_dict({"data": {"dataset": "synthetic"}}).data)
     activations = {}
     for kind in ("autoencoder", "vae"):
-        model = build_model(RunConfig.from_dict({"model": {"kind": kind, "sizes": [64, 8, 2]}}).model, data, None)
+        model = build_model(
+            RunConfig.from_dict({"model": {"kind": kind, "sizes": [64, 8, 2]}}).model, data, None
+        )
         activations[kind] = {type(m).__name__ for m in model.modules()} & {"Sigmoid", "Tanh"}
     assert activations == {"autoencoder": {"Sigmoid"}, "vae": {"Tanh"}}
-    chosen = RunConfig.from_dict({"model": {"kind": "vae", "sizes": [64, 8, 2], "activation": "sigmoid"}}).model
+    chosen = RunConfig.from_dict(
+        {"model": {"kind": "vae", "sizes": [64, 8, 2], "activation": "sigmoid"}}
+    ).model
     assert {type(m).__name__ for m in build_model(chosen, data, None).modules()} & {"Tanh"} == set()
 
 
 def test_the_objective_fields_reach_the_training_objective():
-    config = load_run_config(None, ["model.kind=vae", "model.objective=iwae", "model.samples=50",
-                                    "model.estimator=dreg", "data.binarize=dynamic"])
+    config = load_run_config(
+        None,
+        [
+            "model.kind=vae",
+            "model.objective=iwae",
+            "model.samples=50",
+            "model.estimator=dreg",
+            "data.binarize=dynamic",
+        ],
+    )
     objective = config.model.training_objective()
-    assert (objective.name.value, objective.samples, objective.estimator.value) == ("iwae", 50, "dreg")
+    assert (objective.name.value, objective.samples, objective.estimator.value) == (
+        "iwae",
+        50,
+        "dreg",
+    )
     assert config.data.binarize == "dynamic"
     default = RunConfig().model.training_objective()
     assert (default.name.value, default.samples, default.estimator.value) == ("elbo", 1, "plain")

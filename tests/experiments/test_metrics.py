@@ -1,4 +1,5 @@
 """Metrics against closed forms: a linear-Gaussian VAE has an analytic log p(x)."""
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,9 @@ def test_iwae_equals_log_likelihood_with_exact_posterior(float64):
     # With q = p(z|x) every importance weight equals p(x): L_k = log p(x) for any k, up to rounding.
     vae, x, log_px = linear_gaussian_vae(exact_posterior=True)
     for k in (1, 7):
-        value = iwae_log_likelihood(vae, x, k=k, chunk_size=16, generator=torch.Generator().manual_seed(1))
+        value = iwae_log_likelihood(
+            vae, x, k=k, chunk_size=16, generator=torch.Generator().manual_seed(1)
+        )
         assert value == pytest.approx(float(log_px.mean()), abs=1e-10)
     # and the negative ELBO is -log p(x) in expectation (KL(q || p(z|x)) = 0); estimator B (closed-form
     # KL) is only unbiased, so average 50 noise draws per example: the mean's std is ~0.01 nats here.
@@ -80,7 +83,9 @@ def test_iwae_bound_tightens_with_k(float64):
     # standard error of their difference is ~0.03 nats.
     many = x.repeat(40, 1)
     l1_many = iwae_log_likelihood(vae, many, k=1, chunk_size=2000, generator=g)
-    assert l1_many == pytest.approx(-negative_elbo(vae, many, chunk_size=2000, generator=g), abs=0.12)
+    assert l1_many == pytest.approx(
+        -negative_elbo(vae, many, chunk_size=2000, generator=g), abs=0.12
+    )
 
 
 def test_iwae_rejects_bad_k():
@@ -112,9 +117,13 @@ def test_evaluate_keys_and_vae_reconstruction_at_posterior_mean(float64):
     vae, x, _ = linear_gaussian_vae(exact_posterior=True)
     metrics = evaluate(vae, x[:100], x[100:], chunk_size=50, iwae_samples=3, iwae_examples=10)
     per_split = ("reconstruction_error", "neg_elbo", "kl", "active_units")
-    assert set(metrics) == {f"{s}.{m}" for s in ("train", "test") for m in per_split} | {"test.iwae_ll"}
+    assert set(metrics) == {f"{s}.{m}" for s in ("train", "test") for m in per_split} | {
+        "test.iwae_ll"
+    }
     recon = vae.decoder(vae.encode(x[100:]).mu).detach()
-    assert metrics["test.reconstruction_error"] == pytest.approx(float(((x[100:] - recon) ** 2).sum(1).mean()))
+    assert metrics["test.reconstruction_error"] == pytest.approx(
+        float(((x[100:] - recon) ** 2).sum(1).mean())
+    )
     assert math.isfinite(metrics["test.iwae_ll"])
 
 

@@ -1,4 +1,5 @@
 """Progress output: a bar on a terminal, plain log lines otherwise."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """The runner: determinism, exact resume after SIGKILL and SIGTERM (real subprocesses), the log contract."""
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,26 @@ every = 250
 """
 
 
-def tiny_config(tmp_path: Path, name: str, kind: str = "autoencoder", optimizer: str = "sgd", steps: int = 60,
-                lr: float = 0.01, **changes) -> RunConfig:
-    values = {"batch_size": 50, "checkpoint_every": 20, "threads": 1, "out_dir": str(tmp_path / name),
-              "data": {"dataset": "synthetic"}, "model": {"kind": kind, "sizes": [64, 16, 4]},
-              "optimizer": {"name": optimizer, "lr": lr}, "budget": {"steps": steps}, "eval": {"every": 20}}
+def tiny_config(
+    tmp_path: Path,
+    name: str,
+    kind: str = "autoencoder",
+    optimizer: str = "sgd",
+    steps: int = 60,
+    lr: float = 0.01,
+    **changes,
+) -> RunConfig:
+    values = {
+        "batch_size": 50,
+        "checkpoint_every": 20,
+        "threads": 1,
+        "out_dir": str(tmp_path / name),
+        "data": {"dataset": "synthetic"},
+        "model": {"kind": kind, "sizes": [64, 16, 4]},
+        "optimizer": {"name": optimizer, "lr": lr},
+        "budget": {"steps": steps},
+        "eval": {"every": 20},
+    }
     values.update(changes)
     return RunConfig.from_dict(values)
 
@@ -67,8 +83,10 @@ def test_same_seed_same_config_gives_identical_runs(tmp_path, kind):
     assert first.status == second.status == "completed" and first.step == 60
     assert_same_run(first.run_dir, second.run_dir)
     other = train(tiny_config(tmp_path, "c", kind, seed=1), show_progress=False)
-    assert not torch.equal(final_parameters(other.run_dir)["decoder.0.weight"],
-                           final_parameters(first.run_dir)["decoder.0.weight"])
+    assert not torch.equal(
+        final_parameters(other.run_dir)["decoder.0.weight"],
+        final_parameters(first.run_dir)["decoder.0.weight"],
+    )
 
 
 def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypatch):
@@ -78,13 +96,20 @@ def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypat
         def step(self, closure):
             first = closure()
             again = closure()
-            assert float(first.value.detach()) == float(again.value.detach())  # the step's noise and batch are fixed
+            assert float(first.value.detach()) == float(
+                again.value.detach()
+            )  # the step's noise and batch are fixed
             self.last_step_record = {"rho": 0.5, "damping": 150.0, "rejected": False}
             return super().step(closure)
 
-    monkeypatch.setitem(registry.OPTIMIZERS, "recording",
-                        lambda model, config: Recording(model.parameters(), lr=config.lr or 0.01))
-    result = train(tiny_config(tmp_path, "rec", "vae", optimizer="recording", steps=30), show_progress=False)
+    monkeypatch.setitem(
+        registry.OPTIMIZERS,
+        "recording",
+        lambda model, config: Recording(model.parameters(), lr=config.lr or 0.01),
+    )
+    result = train(
+        tiny_config(tmp_path, "rec", "vae", optimizer="recording", steps=30), show_progress=False
+    )
     records = read_log(result.run_dir)
     steps = [r for r in records if r["kind"] == "step"]
     evals = [r for r in records if r["kind"] == "eval"]
@@ -97,12 +122,16 @@ def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypat
     per_split = ("reconstruction_error", "neg_elbo", "kl", "active_units")
     assert set(evals[-1]["metrics"]) == {f"{s}.{m}" for s in ("train", "test") for m in per_split}
     assert json.loads((result.run_dir / "result.json").read_text())["status"] == "completed"
-    assert json.loads((result.run_dir / "config.json").read_text())["optimizer"]["name"] == "recording"
+    assert (
+        json.loads((result.run_dir / "config.json").read_text())["optimizer"]["name"] == "recording"
+    )
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
     train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
-    with pytest.raises(RunExistsError, match=r"already holds a run \(config.json.*resume it with --resume"):
+    with pytest.raises(
+        RunExistsError, match=r"already holds a run \(config.json.*resume it with --resume"
+    ):
         train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
 
 
@@ -116,10 +145,15 @@ def test_a_directory_with_part_of_a_run_is_refused_naming_the_differences_unless
     with pytest.raises(RunExistsError, match=r"already holds a run \(log.jsonl, result.json\)"):
         train(tiny_config(tmp_path, "stray", steps=5), show_progress=False)
     train(tiny_config(tmp_path, "a", steps=5), show_progress=False)
-    with pytest.raises(RunExistsError, match=r"different config \(optimizer.lr: 0.01 -> 0.5; seed: 0 -> 3\)"):
+    with pytest.raises(
+        RunExistsError, match=r"different config \(optimizer.lr: 0.01 -> 0.5; seed: 0 -> 3\)"
+    ):
         train(tiny_config(tmp_path, "a", steps=5, seed=3, lr=0.5), show_progress=False)
     forced = train(tiny_config(tmp_path, "a", steps=5, seed=3), show_progress=False, force=True)
-    assert forced.status == "completed" and json.loads((forced.run_dir / "config.json").read_text())["seed"] == 3
+    assert (
+        forced.status == "completed"
+        and json.loads((forced.run_dir / "config.json").read_text())["seed"] == 3
+    )
 
 
 def test_resume_of_completed_run_does_nothing(tmp_path):
@@ -150,14 +184,27 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _start(tmp_path: Path, name: str, kind: str, optimizer: str, steps: int,
-           pause_at: int) -> tuple[subprocess.Popen, Path]:
+def _start(
+    tmp_path: Path, name: str, kind: str, optimizer: str, steps: int, pause_at: int
+) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / f"{name}.toml"
     config.write_text(TINY.format(kind=kind, optimizer=optimizer, steps=steps))
     out = tmp_path / name
-    command = [sys.executable, "-c", PAUSING_TRAIN, str(pause_at), "train", "--config", str(config), "--out", str(out),
-               "--no-progress"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out
+    command = [
+        sys.executable,
+        "-c",
+        PAUSING_TRAIN,
+        str(pause_at),
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ), out
 
 
 def _kill_when_paused(process: subprocess.Popen, sig: int) -> None:
@@ -182,25 +229,50 @@ def test_killed_runs_resume_bitwise_identically(tmp_path):
     machine (it used to be sent 50 ms after the checkpoint appeared, which a loaded machine could
     miss in either direction)."""
     steps, pause_at = 800, 103
-    cases = {"autoencoder": ("adam", signal.SIGTERM, 130), "vae": ("kfac", signal.SIGKILL, -signal.SIGKILL)}
-    started = {kind: _start(tmp_path, kind, kind, optimizer, steps, pause_at)
-               for kind, (optimizer, _, _) in cases.items()}
+    cases = {
+        "autoencoder": ("adam", signal.SIGTERM, 130),
+        "vae": ("kfac", signal.SIGKILL, -signal.SIGKILL),
+    }
+    started = {
+        kind: _start(tmp_path, kind, kind, optimizer, steps, pause_at)
+        for kind, (optimizer, _, _) in cases.items()
+    }
     for kind, (_, sig, code) in cases.items():
         process, run_dir = started[kind]
         _kill_when_paused(process, sig)
         assert process.returncode == code, process.stderr.read()
         assert read_log(run_dir)[-1]["step"] < steps
     assert not (tmp_path / "vae" / "result.json").exists()
-    assert json.loads((tmp_path / "autoencoder" / "result.json").read_text())["status"] == "interrupted"
-    resumed = {kind: subprocess.Popen([sys.executable, "-m", "natgrad", "train", "--resume", str(tmp_path / kind),
-                                       "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for kind in cases}
+    assert (
+        json.loads((tmp_path / "autoencoder" / "result.json").read_text())["status"]
+        == "interrupted"
+    )
+    resumed = {
+        kind: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "natgrad",
+                "train",
+                "--resume",
+                str(tmp_path / kind),
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind in cases
+    }
     for kind, process in resumed.items():
         stdout, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr
         assert f"completed at step {steps}" in stdout
         # The uninterrupted reference: same config file, in this process (same thread count, threads = 1).
-        values = {**load_toml(tmp_path / f"{kind}.toml"), "out_dir": str(tmp_path / f"{kind}-reference")}
+        values = {
+            **load_toml(tmp_path / f"{kind}.toml"),
+            "out_dir": str(tmp_path / f"{kind}-reference"),
+        }
         train(RunConfig.from_dict(values), show_progress=False)
         assert_same_run(tmp_path / f"{kind}-reference", tmp_path / kind)
 
@@ -232,15 +304,27 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
                 os.kill(os.getpid(), signal.SIGINT)
             return super().step(closure)
 
-    monkeypatch.setitem(registry.OPTIMIZERS, "interrupting",
-                        lambda model, config: Interrupting(model.parameters(), lr=config.lr, momentum=0.9))
+    monkeypatch.setitem(
+        registry.OPTIMIZERS,
+        "interrupting",
+        lambda model, config: Interrupting(model.parameters(), lr=config.lr, momentum=0.9),
+    )
     schedule = {"batch_schedule": "exponential", "batch_full_at": 20, "checkpoint_every": 5}
-    reference = train(tiny_config(tmp_path, "reference", optimizer="interrupting", steps=30, **schedule),
-                      show_progress=False)
-    assert sizes[0] == 50 and sizes[19:] == [2000] * 11 and sizes == sorted(sizes) and 50 < sizes[10] < 2000
+    reference = train(
+        tiny_config(tmp_path, "reference", optimizer="interrupting", steps=30, **schedule),
+        show_progress=False,
+    )
+    assert (
+        sizes[0] == 50
+        and sizes[19:] == [2000] * 11
+        and sizes == sorted(sizes)
+        and 50 < sizes[10] < 2000
+    )
     interrupt_at.append(len(sizes) + 13)
-    stopped = train(tiny_config(tmp_path, "resumed", optimizer="interrupting", steps=30, **schedule),
-                    show_progress=False)
+    stopped = train(
+        tiny_config(tmp_path, "resumed", optimizer="interrupting", steps=30, **schedule),
+        show_progress=False,
+    )
     assert (stopped.status, stopped.step) == ("interrupted", 13)
     resumed = resume(stopped.run_dir, show_progress=False)
     assert (resumed.status, resumed.step, reference.step) == ("completed", 30, 30)
@@ -256,10 +340,17 @@ def test_evaluation_every_seconds_of_training(tmp_path, monkeypatch):
     evals = [r for r in read_log(result.run_dir) if r["kind"] == "eval"]
     steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
     assert all(r["time"] == r["step"] for r in steps)  # each step takes one tick of the fake clock
-    assert [e["step"] for e in evals] == [0, 3, 5, 8, 9]  # crossings of 2.5, 5, 7.5; then the final one
+    assert [e["step"] for e in evals] == [
+        0,
+        3,
+        5,
+        8,
+        9,
+    ]  # crossings of 2.5, 5, 7.5; then the final one
 
 
 # -- what happens when things go wrong (issue 15) ----------------------------------------------------
+
 
 def interrupted_run(tmp_path: Path, name: str, at: int, monkeypatch, **changes) -> Path:
     """A run stopped by SIGINT after step ``at`` (checkpointed there, result.json 'interrupted')."""
@@ -281,13 +372,21 @@ def interrupted_run(tmp_path: Path, name: str, at: int, monkeypatch, **changes) 
     return result.run_dir
 
 
-@pytest.mark.parametrize(("optimizer", "kind"), [("sgd", "autoencoder"), ("adam", "autoencoder"),
-                                                 ("kfac", "autoencoder"), ("kfac", "vae")])
-def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(tmp_path, monkeypatch, optimizer, kind):
+@pytest.mark.parametrize(
+    ("optimizer", "kind"),
+    [("sgd", "autoencoder"), ("adam", "autoencoder"), ("kfac", "autoencoder"), ("kfac", "vae")],
+)
+def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(
+    tmp_path, monkeypatch, optimizer, kind
+):
     """SGD's momentum, Adam's moments and K-FAC's factors all resume exactly; the interrupted run
     reports the step its metrics were evaluated at (step 0 here), not only the step it stopped at."""
-    reference = train(tiny_config(tmp_path, "reference", kind, optimizer, steps=30), show_progress=False)
-    stopped = interrupted_run(tmp_path, "resumed", 13, monkeypatch, kind=kind, optimizer=optimizer, steps=30)
+    reference = train(
+        tiny_config(tmp_path, "reference", kind, optimizer, steps=30), show_progress=False
+    )
+    stopped = interrupted_run(
+        tmp_path, "resumed", 13, monkeypatch, kind=kind, optimizer=optimizer, steps=30
+    )
     assert json.loads((stopped / "result.json").read_text())["eval_step"] == 0
     resumed = resume(stopped, show_progress=False)
     assert (resumed.status, resumed.step, resumed.eval_step) == ("completed", 30, 30)
@@ -301,7 +400,9 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_pat
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
     (run_dir / "config.json").write_text((reference.run_dir / "config.json").read_text())
-    (run_dir / "log.jsonl").write_text("".join((reference.run_dir / "log.jsonl").read_text().splitlines(True)[:4]))
+    (run_dir / "log.jsonl").write_text(
+        "".join((reference.run_dir / "log.jsonl").read_text().splitlines(True)[:4])
+    )
     resumed = resume(run_dir, show_progress=False)
     assert (resumed.status, resumed.step) == ("completed", 30)
     assert_same_run(reference.run_dir, run_dir)
@@ -347,7 +448,11 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch, 
     (run_dir / "checkpoint.prev.pt").unlink()
     path = run_dir / "checkpoint.pt"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "random": bytes(range(256)) * 40, "empty": b""}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "random": bytes(range(256)) * 40, "empty": b""}[
+            damage
+        ]
+    )
     with pytest.raises(CheckpointError, match=f"checkpoint {path} is damaged"):
         resume(run_dir, show_progress=False)
     assert (run_dir / "result.json").exists()  # nothing deleted
@@ -356,7 +461,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch, 
 def _flip_a_weight(path: Path, weight: torch.Tensor) -> None:
     data = bytearray(path.read_bytes())
     at = bytes(data).index(weight.numpy().tobytes()[:64])
-    data[at:at + 8] = bytes(b ^ 0x5A for b in data[at:at + 8])
+    data[at : at + 8] = bytes(b ^ 0x5A for b in data[at : at + 8])
     path.write_bytes(bytes(data))
 
 
@@ -365,7 +470,9 @@ def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp
     checkpoint present the run falls back to it and still ends bitwise like an uninterrupted run."""
     from natgrad.experiments.checkpoint import CheckpointError
 
-    reference = train(tiny_config(tmp_path, "reference", steps=30, checkpoint_every=5), show_progress=False)
+    reference = train(
+        tiny_config(tmp_path, "reference", steps=30, checkpoint_every=5), show_progress=False
+    )
     run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch)
     path = run_dir / "checkpoint.pt"
     _flip_a_weight(path, load_checkpoint(run_dir)["model"]["encoder.0.weight"])
@@ -378,11 +485,19 @@ def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp
     assert_same_run(reference.run_dir, run_dir)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("seed", 1), ("data.train_size", 500), ("optimizer.name", "adam"), ("model.kind", "vae"),
-    ("optimizer.options", {"damping": {"initial": 1}})])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 1),
+        ("data.train_size", 500),
+        ("optimizer.name", "adam"),
+        ("model.kind", "vae"),
+        ("optimizer.options", {"damping": {"initial": 1}}),
+    ],
+)
 def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_anything_changes(
-        tmp_path, monkeypatch, field, value):
+    tmp_path, monkeypatch, field, value
+):
     """Item 5: an edited config.json is refused naming the field; result.json and the log are untouched."""
     from natgrad.experiments.config import ConfigError
 
@@ -391,8 +506,13 @@ def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_any
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     (run_dir / "config.json").write_text(json.dumps(config))
-    before = {name: (run_dir / name).read_bytes() for name in ("result.json", "log.jsonl", "checkpoint.pt")}
-    with pytest.raises(ConfigError, match=f"config.json differs from the config of the run's checkpoint: {field}"):
+    before = {
+        name: (run_dir / name).read_bytes()
+        for name in ("result.json", "log.jsonl", "checkpoint.pt")
+    }
+    with pytest.raises(
+        ConfigError, match=f"config.json differs from the config of the run's checkpoint: {field}"
+    ):
         resume(run_dir, show_progress=False)
     assert before == {name: (run_dir / name).read_bytes() for name in before}
 
@@ -422,8 +542,10 @@ def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_pat
 def test_a_nan_batch_rejected_by_kfac_does_not_stop_the_run(tmp_path):
     """Items 14 and 15: fault.nan_batch_at puts a NaN in step 3's batch; K-FAC rejects that step
     (as designed), the parameters stay finite and the run completes."""
-    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, fault={"nan_batch_at": [3]}),
-                   show_progress=False)
+    result = train(
+        tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, fault={"nan_batch_at": [3]}),
+        show_progress=False,
+    )
     assert (result.status, result.step) == ("completed", 10)
     steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
     assert [r["step"] for r in steps if r["record"]["rejected"]] == [3]
@@ -432,8 +554,17 @@ def test_a_nan_batch_rejected_by_kfac_does_not_stop_the_run(tmp_path):
 
 def test_consecutive_rejected_steps_stop_the_run_as_diverged(tmp_path):
     """Item 14: max_rejected_steps rejected steps in a row make the run diverge, saying why."""
-    result = train(tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, max_rejected_steps=3,
-                               fault={"nan_batch_at": [2, 4, 5, 6, 7]}), show_progress=False)
+    result = train(
+        tiny_config(
+            tmp_path,
+            "kfac",
+            optimizer="kfac",
+            steps=10,
+            max_rejected_steps=3,
+            fault={"nan_batch_at": [2, 4, 5, 6, 7]},
+        ),
+        show_progress=False,
+    )
     assert (result.status, result.step) == ("diverged", 6)
     saved = json.loads((result.run_dir / "result.json").read_text())
     assert saved["status"] == "diverged" and "rejected 3 steps in a row" in saved["reason"]
@@ -441,8 +572,14 @@ def test_consecutive_rejected_steps_stop_the_run_as_diverged(tmp_path):
 
 def test_non_finite_parameters_stop_the_run_as_diverged(tmp_path):
     """Items 13 and 15: SGD takes the NaN batch's step, its parameters become NaN: diverged."""
-    result = train(tiny_config(tmp_path, "sgd", steps=10, fault={"nan_batch_at": [4]}), show_progress=False)
-    assert (result.status, result.step, result.reason) == ("diverged", 4, "non-finite parameters after step 4")
+    result = train(
+        tiny_config(tmp_path, "sgd", steps=10, fault={"nan_batch_at": [4]}), show_progress=False
+    )
+    assert (result.status, result.step, result.reason) == (
+        "diverged",
+        4,
+        "non-finite parameters after step 4",
+    )
 
 
 def test_a_diverged_run_exits_non_zero_and_says_why(tmp_path, capsys):
@@ -450,14 +587,36 @@ def test_a_diverged_run_exits_non_zero_and_says_why(tmp_path, capsys):
     from natgrad.cli import EXIT_DIVERGED, main
 
     out = tmp_path / "sgd"
-    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--set", "threads=1",
-                 "--optimizer", "sgd", "--lr", "1e6", "--steps", "30", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--set",
+            "model.sizes=[64, 8]",
+            "--set",
+            "threads=1",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--steps",
+            "30",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == EXIT_DIVERGED
     assert "diverged at step" in capsys.readouterr().out
-    assert json.loads((out / "result.json").read_text())["reason"].startswith("non-finite parameters")
+    assert json.loads((out / "result.json").read_text())["reason"].startswith(
+        "non-finite parameters"
+    )
 
 
-def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(
+    tmp_path, monkeypatch, capsys
+):
     """Item 17: ENOSPC while writing the second checkpoint: a message naming the file and the cause,
     exit status 1, no traceback; once space is back the run resumes to the uninterrupted result."""
     import errno
@@ -472,16 +631,30 @@ def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(tm
 
     def full_disk(path, data, previous=None):
         calls.append(Path(path))
-        if [c.name for c in calls].count("checkpoint.pt") == 2 and Path(path).name == "checkpoint.pt":
+        if [c.name for c in calls].count("checkpoint.pt") == 2 and Path(
+            path
+        ).name == "checkpoint.pt":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         write(path, data, previous)
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
     out = tmp_path / "run"
-    command = ["train", "--config", str(config), "--set", "checkpoint_every=10", "--out", str(out), "--no-progress"]
+    command = [
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        "checkpoint_every=10",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(command) == EXIT_FAILURE
     error = capsys.readouterr().err
-    assert f"cannot write {out / 'checkpoint.pt'}: No space left on device; the run stopped at step 20" in error
+    assert (
+        f"cannot write {out / 'checkpoint.pt'}: No space left on device; the run stopped at step 20"
+        in error
+    )
     assert f"--resume {out}" in error and "Traceback" not in error
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
@@ -496,7 +669,19 @@ def test_an_unusable_out_directory_is_named_with_the_cause(tmp_path, capsys):
 
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "run"
-    code = main(["train", "--dataset", "synthetic", "--set", "model.sizes=[64, 8]", "--steps", "2", "--no-progress",
-                 "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--set",
+            "model.sizes=[64, 8]",
+            "--steps",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code != 0
     assert f"{out}: Not a directory" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Divergence values against independent computations (scipy quadrature, torch.distributions, sums)."""
+
 from __future__ import annotations
 
 import math
@@ -8,12 +9,22 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior, Gaussian, GaussianLearnedVariance
+from natgrad.distributions import (
+    Bernoulli,
+    DiagonalGaussianPosterior,
+    Gaussian,
+    GaussianLearnedVariance,
+)
 from natgrad.geometry import NoLocalMetricError, get_divergence
 from natgrad.geometry.coordinates import BernoulliCoordinates, GaussianCoordinates
 
 # (m1, s1, m2, s2): equal variances, different variances both ways, a large separation.
-GAUSSIAN_CASES = [(0.3, 0.8, -0.4, 1.1), (1.0, 1.5, 0.2, 0.9), (0.0, 1.0, 2.5, 1.0), (-0.7, 0.6, 0.1, 0.6)]
+GAUSSIAN_CASES = [
+    (0.3, 0.8, -0.4, 1.1),
+    (1.0, 1.5, 0.2, 0.9),
+    (0.0, 1.0, 2.5, 1.0),
+    (-0.7, 0.6, 0.1, 0.6),
+]
 
 # Integrands of the f-divergences, written from their definitions, for scipy.integrate.quad.
 F_INTEGRANDS = {
@@ -33,7 +44,9 @@ def _alpha_integrand(alpha):
 
 
 def _gauss(m, s):
-    return GaussianCoordinates(torch.tensor([m]), torch.tensor([2 * math.log(s)]), learned_variance=True)
+    return GaussianCoordinates(
+        torch.tensor([m]), torch.tensor([2 * math.log(s)]), learned_variance=True
+    )
 
 
 def _quad(fn, lo=-40.0, hi=40.0):
@@ -67,7 +80,9 @@ def test_gaussian_chi2_is_infinite_when_integral_diverges(float64):
 def test_gaussian_w2_matches_quantile_integral(float64, case):
     m1, s1, m2, s2 = case
     # W2^2 = int_0^1 (F1^{-1}(u) - F2^{-1}(u))^2 du in one dimension.
-    expected = _quad(lambda u: (stats.norm(m1, s1).ppf(u) - stats.norm(m2, s2).ppf(u)) ** 2, 0.0, 1.0)
+    expected = _quad(
+        lambda u: (stats.norm(m1, s1).ppf(u) - stats.norm(m2, s2).ppf(u)) ** 2, 0.0, 1.0
+    )
     value = get_divergence("w2").elementwise(_gauss(m1, s1), _gauss(m2, s2)).item()
     assert value == pytest.approx(expected, rel=1e-8)
 
@@ -82,7 +97,11 @@ def test_gaussian_mmd_matches_quadrature_of_the_kernel(float64, case):
         w = stats.norm(ma - mb, math.hypot(sa, sb))
         return _quad(lambda t: w.pdf(t) * math.exp(-t * t / (2 * h * h)), -30.0, 30.0)
 
-    expected = expected_kernel(m1, s1, m1, s1) + expected_kernel(m2, s2, m2, s2) - 2 * expected_kernel(m1, s1, m2, s2)
+    expected = (
+        expected_kernel(m1, s1, m1, s1)
+        + expected_kernel(m2, s2, m2, s2)
+        - 2 * expected_kernel(m1, s1, m2, s2)
+    )
     value = get_divergence("mmd", bandwidth=h).elementwise(_gauss(m1, s1), _gauss(m2, s2)).item()
     assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
@@ -96,7 +115,7 @@ def _bernoulli_reference(name: str, p: float, q: float) -> float:
         return float(_alpha_integrand(-0.4)(P, Q).sum())
     if name == "w2":  # optimal coupling on {0, 1} moves |p - q| mass over distance 1
         return abs(p - q)
-    kernel = np.exp(-np.subtract.outer([0.0, 1.0], [0.0, 1.0]) ** 2 / (2 * 1.3**2))
+    kernel = np.exp(-(np.subtract.outer([0.0, 1.0], [0.0, 1.0]) ** 2) / (2 * 1.3**2))
     return float(P @ kernel @ P + Q @ kernel @ Q - 2 * P @ kernel @ Q)
 
 
@@ -107,7 +126,9 @@ def test_bernoulli_divergences_match_definitions(float64, name):
     a, b = torch.tensor([-2.0, 0.3, 1.7]), torch.tensor([0.5, 0.1, -3.0])
     values = divergence.elementwise(BernoulliCoordinates(a), BernoulliCoordinates(b))
     for i in range(3):
-        expected = _bernoulli_reference(name, torch.sigmoid(a[i]).item(), torch.sigmoid(b[i]).item())
+        expected = _bernoulli_reference(
+            name, torch.sigmoid(a[i]).item(), torch.sigmoid(b[i]).item()
+        )
         assert values[i].item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
@@ -116,11 +137,15 @@ def test_kl_agrees_with_torch_distributions_and_sums_over_coordinates(float64):
     expected = torch.distributions.kl_divergence(
         torch.distributions.Bernoulli(logits=a), torch.distributions.Bernoulli(logits=b)
     ).sum(1)
-    torch.testing.assert_close(get_divergence("kl").between(Bernoulli(a), Bernoulli(b)), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        get_divergence("kl").between(Bernoulli(a), Bernoulli(b)), expected, rtol=1e-12, atol=0
+    )
     m, v, m2, v2 = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
     normal = lambda mean, lv: torch.distributions.Normal(mean, torch.exp(0.5 * lv))
     expected = torch.distributions.kl_divergence(normal(m, v), normal(m2, v2)).sum(1)
-    got = get_divergence("kl").between(GaussianLearnedVariance(m, v), DiagonalGaussianPosterior(m2, v2))
+    got = get_divergence("kl").between(
+        GaussianLearnedVariance(m, v), DiagonalGaussianPosterior(m2, v2)
+    )
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
 
 
@@ -128,10 +153,16 @@ def test_alpha_limits_and_hellinger_relation(float64):
     p, q = _gauss(0.2, 0.9), _gauss(-0.3, 1.2)
     kl, rkl = get_divergence("kl").elementwise(p, q), get_divergence("reverse_kl").elementwise(p, q)
     # Amari: alpha -> -1 is KL(P||Q), alpha -> +1 is KL(Q||P), alpha = 0 is 4 H^2.
-    torch.testing.assert_close(get_divergence("alpha", alpha=-1 + 1e-7).elementwise(p, q), kl, rtol=1e-6, atol=0)
-    torch.testing.assert_close(get_divergence("alpha", alpha=1 - 1e-7).elementwise(p, q), rkl, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        get_divergence("alpha", alpha=-1 + 1e-7).elementwise(p, q), kl, rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        get_divergence("alpha", alpha=1 - 1e-7).elementwise(p, q), rkl, rtol=1e-6, atol=0
+    )
     hellinger = get_divergence("hellinger").elementwise(p, q)
-    torch.testing.assert_close(get_divergence("alpha", alpha=0.0).elementwise(p, q), 4 * hellinger, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        get_divergence("alpha", alpha=0.0).elementwise(p, q), 4 * hellinger, rtol=1e-12, atol=0
+    )
 
 
 def test_identical_distributions_have_zero_divergence(float64):
@@ -150,7 +181,10 @@ def test_invalid_arguments_name_the_problem(float64):
     with pytest.raises(ValueError, match="one family"):
         get_divergence("kl").between(Bernoulli(torch.zeros(2, 3)), Gaussian(torch.zeros(2, 3)))
     with pytest.raises(ValueError, match="fixed or both with learned"):
-        get_divergence("kl").between(Gaussian(torch.zeros(2, 3)), GaussianLearnedVariance(torch.zeros(2, 3), torch.zeros(2, 3)))
+        get_divergence("kl").between(
+            Gaussian(torch.zeros(2, 3)),
+            GaussianLearnedVariance(torch.zeros(2, 3), torch.zeros(2, 3)),
+        )
     with pytest.raises(TypeError, match="distribution must be one of"):
         get_divergence("kl").between(torch.zeros(2), torch.zeros(2))
     with pytest.raises(NoLocalMetricError, match="no Hessian at delta = 0"):

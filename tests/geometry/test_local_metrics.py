@@ -1,4 +1,5 @@
 """Closed-form local metrics == torch.func Hessians of the divergences at delta = 0."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,11 @@ def _families(generator: torch.Generator):
     return [
         ("bernoulli", lambda t: Bernoulli(t.view(1, k)), logits.flatten()),
         ("gaussian", lambda t: Gaussian(t.view(1, k), sigma=0.7), mean.flatten()),
-        ("gaussian_learned", lambda t: GaussianLearnedVariance(t[:k].view(1, k), t[k:].view(1, k)), torch.cat([mean, log_var], 1).flatten()),
+        (
+            "gaussian_learned",
+            lambda t: GaussianLearnedVariance(t[:k].view(1, k), t[k:].view(1, k)),
+            torch.cat([mean, log_var], 1).flatten(),
+        ),
     ]
 
 
@@ -42,10 +47,14 @@ def test_closed_form_metric_equals_torch_func_hessian(float64, name):
             continue  # no metric; tested below
         expected = _hessian_at_zero(divergence, build, eta)
         metric = torch.cat([m.flatten() for m in divergence.output_metric(build(eta))])
-        torch.testing.assert_close(torch.diag(metric), expected, rtol=RTOL, atol=1e-14, msg=f"{name} / {family}")
+        torch.testing.assert_close(
+            torch.diag(metric), expected, rtol=RTOL, atol=1e-14, msg=f"{name} / {family}"
+        )
 
 
-@pytest.mark.parametrize("name", [n for n, cls in DIVERGENCES.items() if issubclass(cls, FDivergence)])
+@pytest.mark.parametrize(
+    "name", [n for n, cls in DIVERGENCES.items() if issubclass(cls, FDivergence)]
+)
 def test_f_divergence_metric_is_f_second_derivative_times_fisher(float64, name):
     divergence = get_divergence(name, **SETTINGS.get(name, {}))
     c = divergence.f_second_derivative_at_one
@@ -62,13 +71,17 @@ def test_fisher_is_expected_score_outer_product_for_bernoulli(float64):
     a = torch.tensor([[-1.2, 0.4, 2.2]])
     p = torch.sigmoid(a)
     expected = p * (1 - p) ** 2 + (1 - p) * p**2
-    torch.testing.assert_close(get_divergence("kl").output_metric(Bernoulli(a))[0], expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        get_divergence("kl").output_metric(Bernoulli(a))[0], expected, rtol=1e-14, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["w2", "mmd"])
 def test_w2_and_mmd_metrics_are_not_multiples_of_the_fisher(float64, name):
     dist = GaussianLearnedVariance(torch.tensor([[0.1, -0.3]]), torch.tensor([[-1.0, 1.0]]))
-    ratio = torch.cat(get_divergence(name).output_metric(dist), 1) / torch.cat(dist.curvature_diagonal(), 1)
+    ratio = torch.cat(get_divergence(name).output_metric(dist), 1) / torch.cat(
+        dist.curvature_diagonal(), 1
+    )
     assert ratio.max() / ratio.min() > 1.5
 
 
@@ -83,5 +96,8 @@ def test_divergences_without_local_metric_raise_and_are_linear_in_delta(float64,
         divergence.output_metric(dist)
     # Why: halving delta halves the divergence (first order), so D / |delta|^2 blows up.
     shifted = lambda t: family(*(p + t for p in dist.params))
-    small, smaller = divergence.between(dist, shifted(1e-4)).item(), divergence.between(dist, shifted(5e-5)).item()
+    small, smaller = (
+        divergence.between(dist, shifted(1e-4)).item(),
+        divergence.between(dist, shifted(5e-5)).item(),
+    )
     assert small / smaller == pytest.approx(2.0, rel=1e-3)

@@ -1,11 +1,18 @@
 """Pulled-back metrics J^T M J: products == dense == the Hessian of the parameter-space divergence."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.func import hessian
 
-from natgrad.geometry import NoLocalMetricError, PulledBackMetric, get_divergence, mean_divergence, model_outputs
+from natgrad.geometry import (
+    NoLocalMetricError,
+    PulledBackMetric,
+    get_divergence,
+    mean_divergence,
+    model_outputs,
+)
 from natgrad.geometry.pullback import flat_parameters
 from natgrad.models import VAE, DeepAutoencoder
 
@@ -27,7 +34,9 @@ def test_pulled_back_metric_is_the_parameter_hessian_of_the_divergence(float64, 
     outputs, theta = _tiny(kind)
     divergence = get_divergence(name)
     metric = PulledBackMetric(outputs, theta, divergence)
-    expected = hessian(lambda d: mean_divergence(outputs, theta, d, divergence))(torch.zeros_like(theta))
+    expected = hessian(lambda d: mean_divergence(outputs, theta, d, divergence))(
+        torch.zeros_like(theta)
+    )
     # The Hessian has no d^2 z / d theta^2 term because dD/dz = 0 at delta = 0: equal to rounding.
     torch.testing.assert_close(metric.to_dense(), expected, rtol=1e-8, atol=1e-12)
 
@@ -69,4 +78,6 @@ def test_kl_pullback_equals_the_curvature_core_fisher(float64):
     x = torch.rand(5, 6)
     model = DeepAutoencoder((6, 4, 2), init="default")
     metric = PulledBackMetric(model_outputs(model, x), flat_parameters(model), get_divergence("kl"))
-    torch.testing.assert_close(metric.to_dense(), dense_fisher(build_loss(model, x)), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        metric.to_dense(), dense_fisher(build_loss(model, x)), rtol=1e-10, atol=1e-14
+    )

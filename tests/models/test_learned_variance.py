@@ -1,4 +1,5 @@
 """The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss, curvature."""
+
 import torch
 
 from natgrad.curvature import BlockDiagonalKFAC, CurvatureConfig, OutputGradientEstimator
@@ -34,7 +35,9 @@ def test_ggn_uses_the_fisher_of_mean_and_log_variance(float64):
     torch.testing.assert_close(dense, expected, rtol=1e-10, atol=1e-12)
     v = [torch.randn_like(p) for p in model.parameters()]
     product = torch.cat([t.flatten() for t in ggn_vector_product(loss, v)])
-    torch.testing.assert_close(product, dense @ torch.cat([t.flatten() for t in v]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        product, dense @ torch.cat([t.flatten() for t in v]), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_kfac_captures_both_output_heads(float64):

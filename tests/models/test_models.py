@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior, Gaussian, GaussianLearnedVariance
+from natgrad.distributions import (
+    Bernoulli,
+    DiagonalGaussianPosterior,
+    Gaussian,
+    GaussianLearnedVariance,
+)
 from natgrad.models import ARCHITECTURES, VAE, DeepAutoencoder
 from natgrad.models.init import sparse_init_
 
@@ -14,7 +19,12 @@ def test_paper_architectures_mirror_and_count(problem):
     dec = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
     assert [l.in_features for l in enc] + [enc[-1].out_features] == list(sizes)
     assert [l.in_features for l in dec] + [dec[-1].out_features] == list(sizes[::-1])
-    expected = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * sum(sizes[1:]) - sizes[-1] + sizes[0]
+    expected = (
+        2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        + 2 * sum(sizes[1:])
+        - sizes[-1]
+        + sizes[0]
+    )
     assert sum(p.numel() for p in model.parameters()) == expected
     # linear code layer: the encoder ends with a Linear, no nonlinearity after it
     assert isinstance(model.encoder[-1], torch.nn.Linear)
@@ -49,11 +59,25 @@ def test_learned_variance_curvature_is_the_expected_hessian(float64):
     m, v = torch.randn(1, 2), torch.randn(1, 2)
     d = GaussianLearnedVariance(m, v)
     torch.manual_seed(0)
-    ys = torch.stack([m + torch.exp(0.5 * v) * torch.randn(m.shape) for _ in range(20000)])  # y ~ N(m, e^v)
-    h = torch.func.hessian(lambda mm, vv: GaussianLearnedVariance(mm, vv).nll(ys.squeeze(1)).mean(), argnums=(0, 1))(m, v)
-    torch.testing.assert_close(torch.diagonal(h[0][0].reshape(2, 2)), d.curvature_diagonal()[0].flatten(), rtol=0, atol=1e-12)
+    ys = torch.stack(
+        [m + torch.exp(0.5 * v) * torch.randn(m.shape) for _ in range(20000)]
+    )  # y ~ N(m, e^v)
+    h = torch.func.hessian(
+        lambda mm, vv: GaussianLearnedVariance(mm, vv).nll(ys.squeeze(1)).mean(), argnums=(0, 1)
+    )(m, v)
+    torch.testing.assert_close(
+        torch.diagonal(h[0][0].reshape(2, 2)),
+        d.curvature_diagonal()[0].flatten(),
+        rtol=0,
+        atol=1e-12,
+    )
     # E[d2/dv2] = 1/2 up to Monte Carlo error (std of (y-m)^2 e^-v / 2 is 1/sqrt(2) per sample)
-    torch.testing.assert_close(torch.diagonal(h[1][1].reshape(2, 2)), d.curvature_diagonal()[1].flatten(), rtol=0, atol=5 * 0.71 / 20000**0.5)
+    torch.testing.assert_close(
+        torch.diagonal(h[1][1].reshape(2, 2)),
+        d.curvature_diagonal()[1].flatten(),
+        rtol=0,
+        atol=5 * 0.71 / 20000**0.5,
+    )
 
 
 def test_kl_closed_form_and_hessian(float64):
@@ -62,7 +86,9 @@ def test_kl_closed_form_and_hessian(float64):
     p = torch.distributions.Normal(mu, (0.5 * v).exp())
     ref = torch.distributions.kl_divergence(p, torch.distributions.Normal(0.0, 1.0)).sum(-1)
     torch.testing.assert_close(q.kl_to_standard_normal(), ref)
-    h = torch.func.hessian(lambda a, b: DiagonalGaussianPosterior(a, b).kl_to_standard_normal().sum(), argnums=(0, 1))(mu, v)
+    h = torch.func.hessian(
+        lambda a, b: DiagonalGaussianPosterior(a, b).kl_to_standard_normal().sum(), argnums=(0, 1)
+    )(mu, v)
     torch.testing.assert_close(h[0][0].reshape(6, 6), torch.eye(6))
     torch.testing.assert_close(h[1][1].reshape(6, 6), torch.diag(0.5 * v.exp().flatten()))
     assert h[0][1].abs().max() == 0
@@ -77,7 +103,9 @@ def test_vae_forward_shapes_and_fixed_noise_is_deterministic():
     torch.testing.assert_close(a.likelihood.mean, b.likelihood.mean)
 
 
-@pytest.mark.parametrize("bad", [dict(likelihood="poisson"), dict(activation="swish"), dict(init="xavier")])
+@pytest.mark.parametrize(
+    "bad", [dict(likelihood="poisson"), dict(activation="swish"), dict(init="xavier")]
+)
 def test_bad_model_settings_name_the_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):

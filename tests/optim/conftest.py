@@ -1,4 +1,5 @@
 """Fixtures of the optimizer tests: one thread (the tests are tiny; threads only contend)."""
+
 from __future__ import annotations
 
 import pytest

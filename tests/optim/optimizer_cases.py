@@ -4,6 +4,7 @@ The conformance suite (test_conformance.py) runs the same tests on each case, sk
 case says it does not support. Settings shrink the periods T1/T2/T3 so a few steps exercise every
 branch of the step (LM update, gamma search, inverse refresh, PRONG's re-estimation).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -81,11 +82,19 @@ def _adam(model: nn.Module, **settings: Any) -> torch.optim.Optimizer:
 
 
 CASES = (
-    OptimizerCase("kfac", KFAC, dict(_SHARED), _NATURAL_INVALID + (({"structure": "dense"}, "structure"),)),
-    OptimizerCase("kfac-tridiag", KFAC, dict(_SHARED, structure="tridiagonal"),
-                  _NATURAL_INVALID + (({"inverse_method": "inverse"}, "inverse_method"),)),
+    OptimizerCase(
+        "kfac", KFAC, dict(_SHARED), _NATURAL_INVALID + (({"structure": "dense"}, "structure"),)
+    ),
+    OptimizerCase(
+        "kfac-tridiag",
+        KFAC,
+        dict(_SHARED, structure="tridiagonal"),
+        _NATURAL_INVALID + (({"inverse_method": "inverse"}, "inverse_method"),),
+    ),
     OptimizerCase("diag", DiagonalNaturalGradient, dict(_SHARED), _NATURAL_INVALID),
-    OptimizerCase("tonga", TONGA, dict(_SHARED, tonga={"rank": 4, "examples_per_update": 8}), _TONGA_INVALID),
+    OptimizerCase(
+        "tonga", TONGA, dict(_SHARED, tonga={"rank": 4, "examples_per_update": 8}), _TONGA_INVALID
+    ),
     OptimizerCase(
         "hf",
         HessianFree,
@@ -101,12 +110,27 @@ CASES = (
     ),
     OptimizerCase("prong", PRONG, dict(_PRONG), _PRONG_INVALID, has_damping=False),
     OptimizerCase("prong+", PRONG, dict(_PRONG, batch_norm=True), (), has_damping=False),
-    OptimizerCase("sgd", _sgd, {"lr": 0.05, "momentum": 0.9},
-                  (({"lr": -1.0}, "Invalid learning rate"), ({"momentum": -0.5}, "Invalid momentum value")),
-                  guards_nonfinite=False, has_damping=False, single_group=False),
-    OptimizerCase("adam", _adam, {"lr": 0.01},
-                  (({"lr": -1.0}, "Invalid learning rate"), ({"betas": (1.0, 0.9)}, "Invalid beta parameter")),
-                  guards_nonfinite=False, has_damping=False, single_group=False),
+    OptimizerCase(
+        "sgd",
+        _sgd,
+        {"lr": 0.05, "momentum": 0.9},
+        (({"lr": -1.0}, "Invalid learning rate"), ({"momentum": -0.5}, "Invalid momentum value")),
+        guards_nonfinite=False,
+        has_damping=False,
+        single_group=False,
+    ),
+    OptimizerCase(
+        "adam",
+        _adam,
+        {"lr": 0.01},
+        (
+            ({"lr": -1.0}, "Invalid learning rate"),
+            ({"betas": (1.0, 0.9)}, "Invalid beta parameter"),
+        ),
+        guards_nonfinite=False,
+        has_damping=False,
+        single_group=False,
+    ),
 )
 
 

@@ -1,4 +1,5 @@
 """Conjugate gradient with Martens' stopping rule (Martens 2010, sections 4.4-4.6)."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,9 @@ from natgrad.optim.cg import StopReason, conjugate_gradient, storage_schedule
 def _spd(n, condition, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    return q @ torch.diag(torch.logspace(0, math.log10(condition), n)) @ q.T, torch.randn(n, generator=g)
+    return q @ torch.diag(torch.logspace(0, math.log10(condition), n)) @ q.T, torch.randn(
+        n, generator=g
+    )
 
 
 @pytest.mark.parametrize("use_preconditioner", [False, True])

@@ -2,6 +2,7 @@
 
 Each test runs on every case that supports what it checks (``OptimizerCase`` says what that is).
 """
+
 from __future__ import annotations
 
 import copy
@@ -9,11 +10,10 @@ import math
 
 import pytest
 import torch
+from optimizer_cases import CASES
 
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
-
-from optimizer_cases import CASES
 
 IDS = [case.name for case in CASES]
 GUARDED = [case for case in CASES if case.guards_nonfinite]
@@ -26,7 +26,10 @@ def _problem(seed: int = 0, kind: str = "autoencoder"):
     torch.manual_seed(seed)
     model = VAE([16, 6, 3]) if kind == "vae" else DeepAutoencoder([16, 6, 3], init="default")
     prototypes = torch.rand(4, 16, generator=g)
-    batches = [torch.bernoulli(prototypes[torch.randint(0, 4, (32,), generator=g)], generator=g) for _ in range(12)]
+    batches = [
+        torch.bernoulli(prototypes[torch.randint(0, 4, (32,), generator=g)], generator=g)
+        for _ in range(12)
+    ]
     noise = [torch.randn(32, 3, generator=g) if kind == "vae" else None for _ in batches]
     return model, batches, noise
 
@@ -73,11 +76,16 @@ def test_state_dict_round_trip_gives_identical_trajectory(case, kind):
     for x, eps in zip(batches[:5], noise[:5]):
         optimizer.step(_closure(optimizer, model, x, eps))
     # deep copies, as torch.save would write them: torch.optim's state_dict holds the live buffers
-    saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    saved_model, saved_optimizer = (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(optimizer.state_dict()),
+    )
     for x, eps in zip(batches[5:], noise[5:]):
         optimizer.step(_closure(optimizer, model, x, eps))
 
-    resumed, _, _ = _problem(seed=1, kind=kind)  # different initial weights, overwritten by the checkpoint
+    resumed, _, _ = _problem(
+        seed=1, kind=kind
+    )  # different initial weights, overwritten by the checkpoint
     resumed_optimizer = case.build(resumed)
     resumed.load_state_dict(saved_model)
     resumed_optimizer.load_state_dict(saved_optimizer)
@@ -85,7 +93,9 @@ def test_state_dict_round_trip_gives_identical_trajectory(case, kind):
         resumed_optimizer.step(_closure(resumed_optimizer, resumed, x, eps))
     for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
-    assert getattr(resumed_optimizer, "last_step_record", None) == getattr(optimizer, "last_step_record", None)
+    assert getattr(resumed_optimizer, "last_step_record", None) == getattr(
+        optimizer, "last_step_record", None
+    )
 
 
 @pytest.mark.parametrize("case", GUARDED, ids=[case.name for case in GUARDED])
@@ -99,7 +109,9 @@ def test_guard_rejects_injected_nan_and_run_continues(case):
     optimizer.step(_closure(optimizer, model, batches[3], poison=True))
     record = optimizer.last_step_record
     assert record.rejected is True and record.rejected_steps == 1
-    assert optimizer.state_dict()["state"][type(optimizer).STATE_KEY]["rejected_steps"] == 1  # in the state too
+    assert (
+        optimizer.state_dict()["state"][type(optimizer).STATE_KEY]["rejected_steps"] == 1
+    )  # in the state too
     if case.has_damping:
         assert record.damping > damping
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -142,7 +154,11 @@ def test_a_second_param_group_is_refused_not_ignored(case):
 @pytest.mark.parametrize(
     "case, overrides, message",
     [(case, overrides, message) for case in CASES for overrides, message in case.invalid],
-    ids=[f"{case.name}-{next(iter(o))}-{i}" for case in CASES for i, (o, _) in enumerate(case.invalid)],
+    ids=[
+        f"{case.name}-{next(iter(o))}-{i}"
+        for case in CASES
+        for i, (o, _) in enumerate(case.invalid)
+    ],
 )
 def test_invalid_settings_are_rejected_with_their_name(case, overrides, message):
     model, _, _ = _problem()

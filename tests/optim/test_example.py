@@ -1,4 +1,5 @@
 """The README / docs example (K-FAC on a user's own module with Linear and Conv2d) runs as shown."""
+
 from __future__ import annotations
 
 import runpy

@@ -1,17 +1,18 @@
 """Hessian-free (Martens 2010): its CG solves the damped Gauss-Newton system; pieces alone."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from test_kfac import Regression, _data, regression_terms
 
 from natgrad.curvature.exact import dense_ggn, per_example_gradients
 from natgrad.losses import Loss
 from natgrad.optim import HessianFree
 from natgrad.optim.cg import CGResult
 from natgrad.optim.hessian_free import armijo_rate, backtrack, chunk_inputs
-from test_kfac import Regression, _data, regression_terms
 
 
 def _closure(optimizer, model, x, y):
@@ -28,11 +29,14 @@ def _closure(optimizer, model, x, y):
 def test_cg_solves_the_damped_gauss_newton_system(float64, tolerance):
     x, y = _data()
     model = Regression()
-    optimizer = HessianFree(model, damping=0.5, weight_decay=1e-3, curvature_fraction=1.0, cg_tolerance=tolerance)
+    optimizer = HessianFree(
+        model, damping=0.5, weight_decay=1e-3, curvature_fraction=1.0, cg_tolerance=tolerance
+    )
     closure = _closure(optimizer, model, x, y)
     loss = closure()
     gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()]) + 1e-3 * torch.cat(
-        [p.detach().reshape(-1) for p in model.parameters()])
+        [p.detach().reshape(-1) for p in model.parameters()]
+    )
     system = dense_ggn(loss) + (0.5 + 1e-3) * torch.eye(gradient.numel())
     exact = torch.linalg.solve(system, -gradient)
     optimizer.step(closure)
@@ -51,7 +55,9 @@ def test_quadratic_problem_reaches_its_minimiser(float64):
     # Linear regression: GGN = Hessian, so HF with tiny damping takes the Newton step (rho ~ 1).
     x, y = _data()
     model = Regression()
-    optimizer = HessianFree(model, damping=1e-10, weight_decay=0.0, curvature_fraction=1.0, cg_tolerance=1e-14)
+    optimizer = HessianFree(
+        model, damping=1e-10, weight_decay=0.0, curvature_fraction=1.0, cg_tolerance=1e-14
+    )
     optimizer.step(_closure(optimizer, model, x, y))
     x_bar = torch.cat([x, torch.ones(len(x), 1)], 1)
     solution = torch.linalg.solve(x_bar.T @ x_bar, x_bar.T @ y).T
@@ -66,11 +72,18 @@ def test_preconditioner_is_the_empirical_fisher_diagonal_power(float64):
     optimizer = HessianFree(model, curvature_fraction=1.0)
     loss = Loss.from_model(model, (x, y), regression_terms)
     expected = (per_example_gradients(loss).pow(2).mean(0) + 2.0).pow(0.75)
-    torch.testing.assert_close(optimizer._preconditioner(loss, 2.0), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        optimizer._preconditioner(loss, 2.0), expected, rtol=1e-12, atol=1e-14
+    )
 
 
 def test_backtracking_keeps_the_last_iterate_before_f_rises():
-    iterates = [(5, torch.tensor(5.0)), (7, torch.tensor(7.0)), (9, torch.tensor(9.0)), (12, torch.tensor(12.0))]
+    iterates = [
+        (5, torch.tensor(5.0)),
+        (7, torch.tensor(7.0)),
+        (9, torch.tensor(9.0)),
+        (12, torch.tensor(12.0)),
+    ]
     result = CGResult(solution=torch.tensor(12.0), iterates=iterates, iterations=12)
     # From the end backwards, stop at the first rise (7), even though an earlier iterate (5) is lower.
     values = {5.0: 0.5, 7.0: 3.0, 9.0: 2.0, 12.0: 4.0}

@@ -1,14 +1,14 @@
 """Every natgrad optimizer takes finite, descending steps on the importance-weighted bound of a tiny VAE."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from optimizer_cases import CASES
 
 from natgrad.iwae import build_iwae_loss
 from natgrad.models import VAE
 from natgrad.optim import KFAC, PRONG
-
-from optimizer_cases import CASES
 
 SAMPLES = 5
 # the curvature optimizers (PRONG has its own test below); tridiagonal K-FAC is refused below

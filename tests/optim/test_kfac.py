@@ -1,6 +1,7 @@
 """K-FAC against closed forms: on one Linear layer with a Gaussian output and exact statistics,
 K-FAC's curvature is the exact GGN, so its step is the exact natural-gradient step (here also the
 Newton step, which lands on the least-squares solution)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Each optimizer lowers the loss of a small real autoencoder on a real MNIST subset."""
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,9 @@ OPTIMIZERS = {
     # paper defaults except the initial damping, scaled to this STEPS = 12 budget (lambda_0 = 150 is
     # tuned for the paper's 784-1000-500-250-30 net and thousands of steps).
     "kfac": lambda m: KFAC(m, damping={"initial": 1.0}),
-    "kfac-bf16": lambda m: KFAC(m, damping={"initial": 1.0}, solve_dtype="bfloat16",
-                                step={"model_dtype": "bfloat16"}),
+    "kfac-bf16": lambda m: KFAC(
+        m, damping={"initial": 1.0}, solve_dtype="bfloat16", step={"model_dtype": "bfloat16"}
+    ),
     "kfac-tridiag": lambda m: KFAC(m, damping={"initial": 1.0}, structure="tridiagonal"),
     "diag": lambda m: DiagonalNaturalGradient(m, damping={"initial": 1.0}),
     "hf": lambda m: HessianFree(m, damping=1.0, max_cg_iterations=20),

@@ -1,4 +1,5 @@
 """The pure functions of the shared step (Martens & Grosse 2015, sections 6-7), each alone."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ def test_parallel_previous_update_uses_the_pseudo_inverse(float64):
     step = quadratic_model_coefficients(basis.T @ curvature @ basis, basis.T @ grad)
     optimal_scale = -(grad @ u) / (u @ curvature @ u)
     assert step.alpha + 2 * step.mu == pytest.approx(float(optimal_scale), rel=1e-12)
-    assert step.predicted_change == pytest.approx(float(-0.5 * (grad @ u) ** 2 / (u @ curvature @ u)), rel=1e-12)
+    assert step.predicted_change == pytest.approx(
+        float(-0.5 * (grad @ u) ** 2 / (u @ curvature @ u)), rel=1e-12
+    )
 
 
 def test_quadratic_model_rejects_bad_shapes():
@@ -68,7 +71,12 @@ def test_quadratic_model_rejects_bad_shapes():
 
 @pytest.mark.parametrize(
     "actual, predicted, expected",
-    [(-3.0, -4.0, 0.75), (0.1, -1.0, -math.inf), (math.nan, -1.0, -math.inf), (-1.0, 0.0, math.nan)],
+    [
+        (-3.0, -4.0, 0.75),
+        (0.1, -1.0, -math.inf),
+        (math.nan, -1.0, -math.inf),
+        (-1.0, 0.0, math.nan),
+    ],
 )
 def test_reduction_ratio(actual, predicted, expected):
     rho = reduction_ratio(actual, predicted)
@@ -76,7 +84,8 @@ def test_reduction_ratio(actual, predicted, expected):
 
 
 @pytest.mark.parametrize(
-    "rho, expected", [(0.9, 100 * 0.5), (0.5, 100.0), (0.1, 100 * 2.0), (-math.inf, 200.0), (math.nan, 200.0)]
+    "rho, expected",
+    [(0.9, 100 * 0.5), (0.5, 100.0), (0.1, 100 * 2.0), (-math.inf, 200.0), (math.nan, 200.0)],
 )
 def test_levenberg_marquardt_update(rho, expected):
     assert levenberg_marquardt_update(100.0, rho, decrease=0.5, increase=2.0) == expected
@@ -113,7 +122,9 @@ class _Diagonal:
 def test_precondition_and_combine():
     direction = precondition(_Diagonal([torch.tensor([1.0, 3.0])]), [torch.tensor([2.0, 8.0])], 1.0)
     torch.testing.assert_close(direction[0], torch.tensor([-1.0, -2.0]))
-    update = combine_update(direction, [torch.tensor([1.0, 1.0])], QuadraticModelStep(2.0, 0.5, -1.0))
+    update = combine_update(
+        direction, [torch.tensor([1.0, 1.0])], QuadraticModelStep(2.0, 0.5, -1.0)
+    )
     torch.testing.assert_close(update[0], torch.tensor([-1.5, -3.5]))
 
 

@@ -3,6 +3,7 @@
 The contract every optimizer shares (descent, exact resume, the guard, validation) is in
 test_conformance.py, which runs PRONG and PRONG+ from optimizer_cases.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,20 +42,28 @@ def test_reestimates_every_T_steps_on_the_most_recent_samples(float64):
         seen.append(record.reestimated)
         if record.reestimated:  # 40 rows: this batch of 16 and the 24 before it
             assert record.samples == 40 and not torch.equal(centre, optimizer.layers[0].centre)
-            recent = torch.cat([_batch("autoencoder", s)[0] for s in range(step - 2, step + 1)])[-40:]
-            assert torch.allclose(optimizer.layers[0].centre, recent.mean(dim=0), rtol=0, atol=1e-12)
+            recent = torch.cat([_batch("autoencoder", s)[0] for s in range(step - 2, step + 1)])[
+                -40:
+            ]
+            assert torch.allclose(
+                optimizer.layers[0].centre, recent.mean(dim=0), rtol=0, atol=1e-12
+            )
     assert seen == [False, False, True, False, False, True, False]
 
 
 def test_step_is_sgd_with_momentum_in_the_whitened_parameters(float64):
     """Between re-estimations, PRONG is torch.optim.SGD on the whitened module (same rule, same numbers)."""
     model = _model("autoencoder")
-    optimizer = PRONG(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, reestimate_every=1)
+    optimizer = PRONG(
+        model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, reestimate_every=1
+    )
     x, _ = _batch("autoencoder", 1)
     optimizer.step(loss_closure(optimizer, model, x, None))
     optimizer.param_groups[0]["reestimate_every"] = 100  # no further re-estimation
     reference = copy.deepcopy(model)
-    sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    sgd = torch.optim.SGD(
+        reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3
+    )
     for p, q in zip(model.parameters(), reference.parameters()):
         sgd.state[q]["momentum_buffer"] = optimizer.state[p]["momentum_buffer"].clone()
     for seed in (2, 3):
@@ -87,7 +96,9 @@ def test_momentum_is_mapped_with_the_parameters(float64):
 
 def test_registry_whitens_the_model():
     model = DeepAutoencoder((4, 3, 2), init="default")
-    optimizer = build_optimizer(model, OptimizerConfig(name="prong", options={"batch_norm": True, "samples": 50}))
+    optimizer = build_optimizer(
+        model, OptimizerConfig(name="prong", options={"batch_norm": True, "samples": 50})
+    )
     assert isinstance(optimizer, PRONG) and optimizer.param_groups[0]["samples"] == 50
     assert all(isinstance(m, WhitenedLinear) for m in (model.encoder[0], model.decoder[-1]))
     with pytest.raises(ValueError, match="not used by 'prong'"):

@@ -1,4 +1,5 @@
 """The exact-GGN Gram matrix of the quadratic model against the dense GGN oracle."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,11 @@ from natgrad.optim.quadratic_model import ggn_gram
 def test_gram_equals_dense_ggn_quadratic_form(float64, kind, model_name):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = DeepAutoencoder([6, 4, 2], init="default") if model_name == "autoencoder" else VAE([6, 4, 2])
+    model = (
+        DeepAutoencoder([6, 4, 2], init="default")
+        if model_name == "autoencoder"
+        else VAE([6, 4, 2])
+    )
     x = torch.bernoulli(torch.rand(10, 6, generator=g), generator=g)
     loss = build_loss(model, x, generator=g)
     directions = [[torch.randn(p.shape, generator=g) for p in model.parameters()] for _ in range(2)]
@@ -40,8 +45,11 @@ def test_gram_on_a_prefix_uses_only_those_examples(float64):
 def test_empirical_kind_is_rejected():
     model = DeepAutoencoder([4, 2], init="default")
     with pytest.raises(ValueError, match="empirical"):
-        ggn_gram(build_loss(model, torch.ones(2, 4)), [[torch.zeros_like(p) for p in model.parameters()]],
-                 CurvatureKind.EMPIRICAL)
+        ggn_gram(
+            build_loss(model, torch.ones(2, 4)),
+            [[torch.zeros_like(p) for p in model.parameters()]],
+            CurvatureKind.EMPIRICAL,
+        )
 
 
 @pytest.mark.parametrize("model_name", ["autoencoder", "vae"])
@@ -53,7 +61,11 @@ def test_bfloat16_gram_is_the_float64_gram_to_bfloat16_precision(float64, model_
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = DeepAutoencoder([20, 12, 4], init="default") if model_name == "autoencoder" else VAE([20, 12, 4])
+    model = (
+        DeepAutoencoder([20, 12, 4], init="default")
+        if model_name == "autoencoder"
+        else VAE([20, 12, 4])
+    )
     x = torch.bernoulli(torch.rand(64, 20, generator=g), generator=g)
     loss = build_loss(model, x, generator=g)
     directions = [[torch.randn(p.shape, generator=g) for p in model.parameters()] for _ in range(2)]

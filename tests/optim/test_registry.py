@@ -1,4 +1,5 @@
 """The runner's registry builds the natural-gradient optimizers with the typed config fields."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,13 @@ from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree
 
 
 @pytest.mark.parametrize(
-    "name, cls", [("kfac", KFAC), ("kfac-tridiag", KFAC), ("diag", DiagonalNaturalGradient), ("hf", HessianFree)]
+    "name, cls",
+    [
+        ("kfac", KFAC),
+        ("kfac-tridiag", KFAC),
+        ("diag", DiagonalNaturalGradient),
+        ("hf", HessianFree),
+    ],
 )
 def test_registry_builds_each_optimizer_with_l2_and_curvature(name, cls):
     config = OptimizerConfig(name=name, l2=3e-5, curvature="decoder-only", options={})
@@ -28,11 +35,24 @@ def test_registry_builds_each_optimizer_with_l2_and_curvature(name, cls):
 
 def test_registry_passes_options_and_rejects_unknown_ones():
     model = VAE([8, 4, 2])
-    optimizer = build_optimizer(model, OptimizerConfig(name="kfac", options={"damping": {"initial": 7.0}}))
+    optimizer = build_optimizer(
+        model, OptimizerConfig(name="kfac", options={"damping": {"initial": 7.0}})
+    )
     assert optimizer.state["natural_gradient"]["damping"] == 7.0
-    low = build_optimizer(model, OptimizerConfig(name="kfac", options={
-        "inverse_method": "inverse", "solve_dtype": "bfloat16", "step": {"model_dtype": "bfloat16"}}))
-    assert low.curvature.solve_dtype.value == "bfloat16" and low.step_config.model_dtype == "bfloat16"
+    low = build_optimizer(
+        model,
+        OptimizerConfig(
+            name="kfac",
+            options={
+                "inverse_method": "inverse",
+                "solve_dtype": "bfloat16",
+                "step": {"model_dtype": "bfloat16"},
+            },
+        ),
+    )
+    assert (
+        low.curvature.solve_dtype.value == "bfloat16" and low.step_config.model_dtype == "bfloat16"
+    )
     with pytest.raises(ValueError, match="bogus"):
         build_optimizer(model, OptimizerConfig(name="kfac", options={"bogus": 1}))
     with pytest.raises(ValueError, match="optimizer.curvature"):
@@ -47,10 +67,14 @@ def test_defaults_and_the_paper_preset():
     from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
 
     assert (DampingConfig().initial, DampingConfig().adapt_gamma) == (1.0, False)
-    paper_damping = DampingConfig(initial=150.0, adapt_gamma=True)  # the paper's (natgrad's former) defaults
+    paper_damping = DampingConfig(
+        initial=150.0, adapt_gamma=True
+    )  # the paper's (natgrad's former) defaults
     assert DampingConfig.paper() == paper_damping
     assert coerce(DampingConfig, None, "damping", "paper") == paper_damping
-    assert coerce(DampingConfig, {"initial": 10.0}, "damping", "paper") == DampingConfig(initial=10.0, adapt_gamma=True)
+    assert coerce(DampingConfig, {"initial": 10.0}, "damping", "paper") == DampingConfig(
+        initial=10.0, adapt_gamma=True
+    )
     assert coerce(ScheduleConfig, None, "schedule", "paper") == ScheduleConfig()
     assert coerce(StepConfig, None, "step", "paper") == StepConfig()
     with pytest.raises(ValueError, match=r"Invalid preset: 'martens'; allowed: natgrad, paper"):
@@ -59,5 +83,8 @@ def test_defaults_and_the_paper_preset():
     paper = build_optimizer(model, OptimizerConfig(name="kfac", options={"preset": "paper"}))
     assert (paper.damping_config, paper.step_config) == (paper_damping, StepConfig())
     assert paper.state["natural_gradient"]["gamma"] == (150.0 + 1e-5) ** 0.5
-    tuned = build_optimizer(model, OptimizerConfig(name="kfac", options={"preset": "paper", "damping": {"initial": 3.0}}))
+    tuned = build_optimizer(
+        model,
+        OptimizerConfig(name="kfac", options={"preset": "paper", "damping": {"initial": 3.0}}),
+    )
     assert (tuned.damping_config.initial, tuned.damping_config.adapt_gamma) == (3.0, True)

@@ -1,4 +1,5 @@
 """The cost-saving paths of the shared step compute exactly what the direct ones do."""
+
 from __future__ import annotations
 
 import torch
@@ -47,5 +48,9 @@ def test_gamma_candidates_sharing_one_gram_match_separate_models(float64):
     for candidate, step in zip(candidates, shared):
         (alone,) = optimizer._coefficients(loss, gradient, [candidate], state)
         assert step.mu != 0.0
-        for a, b in [(step.alpha, alone.alpha), (step.mu, alone.mu), (step.predicted_change, alone.predicted_change)]:
+        for a, b in [
+            (step.alpha, alone.alpha),
+            (step.mu, alone.mu),
+            (step.predicted_change, alone.predicted_change),
+        ]:
             assert abs(a - b) <= 1e-10 * max(1.0, abs(b))

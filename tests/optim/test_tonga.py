@@ -1,6 +1,6 @@
 """TONGA on the shared step: its direction at full rank, the registry (the shared contract: test_conformance.py)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
@@ -26,13 +26,21 @@ def test_fixed_step_is_the_papers_update_at_full_rank(float64):
     model = DeepAutoencoder((8, 3, 2), init="default")
     x, _ = _data()
     lr, lam, eta = 0.5, 0.2, 1e-3
-    optimizer = TONGA(model, tonga={"rank": 4, "blocks": "none", "examples_per_update": 4},
-                      damping={"initial": lam, "weight_decay": eta},
-                      schedule={"statistics_fraction": 0.25},
-                      step={"quadratic_model": False, "learning_rate": lr, "momentum": 0.0})
+    optimizer = TONGA(
+        model,
+        tonga={"rank": 4, "blocks": "none", "examples_per_update": 4},
+        damping={"initial": lam, "weight_decay": eta},
+        schedule={"statistics_fraction": 0.25},
+        step={"quadratic_model": False, "learning_rate": lr, "momentum": 0.0},
+    )
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     loss = build_loss(model, x)
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss.value, list(model.parameters()))]) + eta * theta0
+    grad = (
+        torch.cat(
+            [g.reshape(-1) for g in torch.autograd.grad(loss.value, list(model.parameters()))]
+        )
+        + eta * theta0
+    )
     g = per_example_gradients(build_loss(model, x[:4]))
     fisher = g.T @ g / 4
     expected = theta0 - lr * torch.linalg.solve(fisher + (lam + eta) * torch.eye(len(theta0)), grad)
@@ -43,7 +51,9 @@ def test_fixed_step_is_the_papers_update_at_full_rank(float64):
 
 def test_registry_builds_tonga_with_l2_and_rejects_unknown_options():
     model = DeepAutoencoder((4, 2), init="default")
-    optimizer = build_optimizer(model, OptimizerConfig(name="tonga", l2=1e-4, options={"tonga": {"rank": 2}}))
+    optimizer = build_optimizer(
+        model, OptimizerConfig(name="tonga", l2=1e-4, options={"tonga": {"rank": 2}})
+    )
     assert isinstance(optimizer, TONGA)
     assert optimizer.damping_config.weight_decay == 1e-4 and optimizer.curvature.config.rank == 2
     with pytest.raises(ValueError, match="not used by 'tonga'"):

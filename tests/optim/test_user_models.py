@@ -1,4 +1,5 @@
 """A user's own model and training loop: the API forms issue 14 found inconsistent or silent."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ from torch import nn
 from natgrad.curvature.choices import CurvatureKind
 from natgrad.curvature.exact import dense_ggn
 from natgrad.losses import cross_entropy
-from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree, TONGA
+from natgrad.optim import KFAC, TONGA, DiagonalNaturalGradient, HessianFree
 
 
 def sequential_classifier() -> nn.Sequential:
@@ -27,7 +28,9 @@ def test_statistics_subset_slices_the_targets_with_the_inputs(float64):
     assert subset.inputs[0].shape[0] == subset.targets[0].shape[0] == subset.batch_size == 4
     reference = cross_entropy(model, x[:4], y[:4])
     torch.testing.assert_close(subset.value, reference.value, rtol=1e-14, atol=0)
-    assert torch.allclose(dense_ggn(subset, kind=CurvatureKind.FULL), dense_ggn(reference), rtol=1e-12, atol=0)
+    assert torch.allclose(
+        dense_ggn(subset, kind=CurvatureKind.FULL), dense_ggn(reference), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.parametrize("optimizer", [KFAC, HessianFree])
@@ -36,6 +39,7 @@ def test_unchanged_sequential_classifier_trains(optimizer):
     opt = optimizer(model, damping=1.0)
     first = None
     for _ in range(5):
+
         def closure():
             opt.zero_grad()
             loss = cross_entropy(model, x, y)
@@ -92,7 +96,10 @@ def test_optimizer_describes_every_parameter_block():
     opt = KFAC(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)))
     table = opt.describe().splitlines()
     assert len(table) == 1 + 6
-    assert "Kronecker (Linear '0')" in table[1] and "diagonal (LayerNorm: no Kronecker form)" in table[3]
+    assert (
+        "Kronecker (Linear '0')" in table[1]
+        and "diagonal (LayerNorm: no Kronecker form)" in table[3]
+    )
 
 
 def _backward(loss):

@@ -6,6 +6,7 @@ with natgrad's defaults (tanh units, lambda_0 = 1 with gamma tied) the same numb
 with active units and a lower negative ELBO. Burda et al.'s active units (Cov_x(E_q[z_j|x]) > 0.01)
 measure the collapse directly.
 """
+
 from __future__ import annotations
 
 import torch

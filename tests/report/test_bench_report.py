@@ -1,6 +1,7 @@
 """The bench report built from a fixture of cell records with known curves: variant selection, medians,
 speed-ups (including the lower bound when a baseline never reaches the target), the papers' numbers,
 figures and the HTML page."""
+
 from __future__ import annotations
 
 import json
@@ -12,39 +13,86 @@ from natgrad.report.bench_report import load_cells, select_variant, write_bench_
 from natgrad.report.html import markdown_to_html
 from natgrad.report.papers import REPORTED, papers_table
 
-MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 1, "torch": "2.13.0", "python": "3.11", "platform": "x",
-           "device": "cpu"}
+MACHINE = {
+    "cpu": "Test CPU",
+    "cores": 2,
+    "threads": 1,
+    "torch": "2.13.0",
+    "python": "3.11",
+    "platform": "x",
+    "device": "cpu",
+}
 
 
-def cell(problem: str, label: str, variant: str, seed: int, errors: list[float | None], times: list[float],
-         name: str | None = None, target: float | None = None, trace: dict | None = None,
-         grid: dict | None = None) -> dict:
+def cell(
+    problem: str,
+    label: str,
+    variant: str,
+    seed: int,
+    errors: list[float | None],
+    times: list[float],
+    name: str | None = None,
+    target: float | None = None,
+    trace: dict | None = None,
+    grid: dict | None = None,
+) -> dict:
     """A cell record as :func:`natgrad.experiments.bench.cell_record` writes it (evaluations every 10 steps)."""
     dataset, model = problem.split("-")
     metric = "reconstruction_error" if model == "autoencoder" else "neg_elbo"
     steps = [10 * i for i in range(len(errors))]
-    curve = [{"step": s, "time": t, "wall": t, "metrics": {f"train.{metric}": e if e is not None else float("nan"),
-                                                          f"test.{metric}": (e if e is not None else float("nan")) + 1}}
-             for s, t, e in zip(steps, times, errors)]
+    curve = [
+        {
+            "step": s,
+            "time": t,
+            "wall": t,
+            "metrics": {
+                f"train.{metric}": e if e is not None else float("nan"),
+                f"test.{metric}": (e if e is not None else float("nan")) + 1,
+            },
+        }
+        for s, t, e in zip(steps, times, errors)
+    ]
     finite = [e for e in errors if e is not None]
     return {
-        "problem": problem, "dataset": dataset, "model": model, "label": label, "variant": variant, "seed": seed,
-        "grid": grid or {}, "status": "diverged" if errors[-1] is None else "completed",
-        "config": {"data": {"dataset": dataset, "train_size": 1000, "test_size": 500},
-                   "model": {"kind": model, "sizes": None, "problem": None},
-                   "optimizer": {"name": name or label, "l2": 1e-5}, "eval": {"every": 10}, "batch_size": 100,
-                   "out_dir": f"runs/{problem}/{variant}/seed-{seed}"},
-        "machine": MACHINE, "budget": {"steps": steps[-1], "seconds": 60.0}, "steps": steps[-1],
-        "train_time": times[-1], "metric": metric, "curve": curve,
+        "problem": problem,
+        "dataset": dataset,
+        "model": model,
+        "label": label,
+        "variant": variant,
+        "seed": seed,
+        "grid": grid or {},
+        "status": "diverged" if errors[-1] is None else "completed",
+        "config": {
+            "data": {"dataset": dataset, "train_size": 1000, "test_size": 500},
+            "model": {"kind": model, "sizes": None, "problem": None},
+            "optimizer": {"name": name or label, "l2": 1e-5},
+            "eval": {"every": 10},
+            "batch_size": 100,
+            "out_dir": f"runs/{problem}/{variant}/seed-{seed}",
+        },
+        "machine": MACHINE,
+        "budget": {"steps": steps[-1], "seconds": 60.0},
+        "steps": steps[-1],
+        "train_time": times[-1],
+        "metric": metric,
+        "curve": curve,
         "trace": trace or {"step": steps[1:], "time": times[1:], "loss": finite[1:]},
         "final": {"train": errors[-1], "test": None if errors[-1] is None else errors[-1] + 1},
-        "best": {"train": min(finite), "test": min(finite) + 1}, "target": target,
-        "time_to_target": None, "steps_to_target": None,
+        "best": {"train": min(finite), "test": min(finite) + 1},
+        "target": target,
+        "time_to_target": None,
+        "steps_to_target": None,
     }
 
 
-KFAC_TRACE = {"step": [10, 20], "time": [1.0, 3.0], "loss": [5.0, 1.0], "damping": [150.0, 120.0],
-              "alpha": [1.0, 0.8], "mu": [0.0, 0.5]}
+KFAC_TRACE = {
+    "step": [10, 20],
+    "time": [1.0, 3.0],
+    "loss": [5.0, 1.0],
+    "damping": [150.0, 120.0],
+    "alpha": [1.0, 0.8],
+    "mu": [0.0, 0.5],
+}
 
 
 def fixture_cells() -> list[dict]:
@@ -56,8 +104,28 @@ def fixture_cells() -> list[dict]:
         cell(ae, "sgd", "sgd-lr0.1", 1, [100, 50, 30], [0, 1, 2], target=10.0, grid={"lr": 0.1}),
         cell(ae, "adam", "adam", 0, [100, 9, 5], [0, 2, 4], target=10.0),
         cell(ae, "adam", "adam", 1, [100, 15, 8], [0, 2, 4], target=10.0),
-        cell(ae, "kfac-b100", "kfac-b100", 0, [100, 5, 1], [0, 1, 3], name="kfac", target=10.0, trace=KFAC_TRACE),
-        cell(ae, "kfac-b100", "kfac-b100", 1, [100, 5, 2], [0, 0.5, 1], name="kfac", target=10.0, trace=KFAC_TRACE),
+        cell(
+            ae,
+            "kfac-b100",
+            "kfac-b100",
+            0,
+            [100, 5, 1],
+            [0, 1, 3],
+            name="kfac",
+            target=10.0,
+            trace=KFAC_TRACE,
+        ),
+        cell(
+            ae,
+            "kfac-b100",
+            "kfac-b100",
+            1,
+            [100, 5, 2],
+            [0, 0.5, 1],
+            name="kfac",
+            target=10.0,
+            trace=KFAC_TRACE,
+        ),
         cell(vae, "adam", "adam", 0, [200, 120, 90], [0, 1, 2]),
         cell(vae, "kfac", "kfac", 0, [200, 110, 100], [0, 2, 4], trace=KFAC_TRACE),
         cell(vae, "diag", "diag", 0, [200, 150, 140], [0, 1, 2], trace=KFAC_TRACE),
@@ -68,7 +136,9 @@ def fixture_cells() -> list[dict]:
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     for record in fixture_cells():
-        path = root / "cells" / record["problem"] / record["variant"] / f"seed-{record['seed']}.json"
+        path = (
+            root / "cells" / record["problem"] / record["variant"] / f"seed-{record['seed']}.json"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     return root
@@ -109,7 +179,11 @@ def test_tables_give_medians_ranges_and_speedups(markdown):
     # columns: vs Adam (target, time, steps), vs SGD-momentum (target, time, steps); the configured
     # target 10 is every pair's: K-FAC 0.75 s (median of 1 s, 0.5 s), Adam 3 s
     assert kfac[1:4] == ["10", "4×", "1.5×"]
-    assert kfac[4:] == ["10", "> 2.7×", "> 2×"]  # SGD never reaches 10: budget 2 s / 0.75 s, 20 / 10 steps
+    assert kfac[4:] == [
+        "10",
+        "> 2.7×",
+        "> 2×",
+    ]  # SGD never reaches 10: budget 2 s / 0.75 s, 20 / 10 steps
     grid = _row(markdown, "mnist-autoencoder", "sgd", "| label | variant |")
     assert grid[1] == "sgd-lr0.01" and grid[-1] == "yes"
     assert "| sgd | sgd-lr0.1 | lr = 0.1 | 30 | 1/2 |" in markdown
@@ -119,8 +193,12 @@ def test_tables_give_medians_ranges_and_speedups(markdown):
 
 def test_without_a_configured_target_each_pair_races_to_the_error_both_reach(markdown):
     vae = markdown.split("## mnist-vae\n", 1)[1]
-    assert "Target train error 140;" in vae  # the table's target: max(90, 100, 140), set by the weakest method
-    assert _row(markdown, "mnist-vae", "kfac", "| optimizer | seeds | final train |")[6] == "2"  # reaches 140 at 2 s
+    assert (
+        "Target train error 140;" in vae
+    )  # the table's target: max(90, 100, 140), set by the weakest method
+    assert (
+        _row(markdown, "mnist-vae", "kfac", "| optimizer | seeds | final train |")[6] == "2"
+    )  # reaches 140 at 2 s
     speed = "| optimizer | vs Adam: common target |"
     # K-FAC vs Adam: max(100, 90) = 100; Adam first <= 100 at 2 s (step 20), K-FAC at 4 s (step 20)
     assert _row(markdown, "mnist-vae", "kfac", speed)[1:] == ["100", "0.5×", "1×"]
@@ -141,12 +219,23 @@ def test_papers_numbers_sit_next_to_autoencoder_tables_only(markdown):
 
 def test_figures_and_html_are_written(runs_dir, markdown):
     out = runs_dir / "report"
-    for name in ("mnist-autoencoder-curves", "mnist-autoencoder-traces", "mnist-vae-curves", "mnist-vae-traces"):
+    for name in (
+        "mnist-autoencoder-curves",
+        "mnist-autoencoder-traces",
+        "mnist-vae-curves",
+        "mnist-vae-traces",
+    ):
         for suffix in (".png", ".pdf"):
             assert (out / "figures" / f"{name}{suffix}").stat().st_size > 1000
-    assert "figures/mnist-autoencoder-traces.png" in markdown and (out / "report.md").read_text() == markdown
+    assert (
+        "figures/mnist-autoencoder-traces.png" in markdown
+        and (out / "report.md").read_text() == markdown
+    )
     page = (out / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and '<img alt="mnist-autoencoder: error vs. time and steps"' in page
+    assert (
+        page.startswith("<!DOCTYPE html>")
+        and '<img alt="mnist-autoencoder: error vs. time and steps"' in page
+    )
     assert page.count("<table>") == sum(line.startswith("|---") for line in markdown.splitlines())
 
 
@@ -156,9 +245,14 @@ def test_missing_cells_name_the_directory(tmp_path):
 
 
 def test_markdown_subset_to_html():
-    page = markdown_to_html("# T <1>\n\ntext **b** `c` [l](x.pdf)\n\n| a | b |\n|---|---:|\n| 1 | 2 |\n\n- i\n- j\n",
-                            "t")
+    page = markdown_to_html(
+        "# T <1>\n\ntext **b** `c` [l](x.pdf)\n\n| a | b |\n|---|---:|\n| 1 | 2 |\n\n- i\n- j\n",
+        "t",
+    )
     assert "<h1>T &lt;1&gt;</h1>" in page
-    assert "<p>text <strong>b</strong> <code>c</code> <a href=\"x.pdf\">l</a></p>" in page
-    assert "<tr><th>a</th><th class=r>b</th></tr>" in page and "<tr><td>1</td><td class=r>2</td></tr>" in page
+    assert '<p>text <strong>b</strong> <code>c</code> <a href="x.pdf">l</a></p>' in page
+    assert (
+        "<tr><th>a</th><th class=r>b</th></tr>" in page
+        and "<tr><td>1</td><td class=r>2</td></tr>" in page
+    )
     assert "<ul>\n<li>i</li>\n<li>j</li>\n</ul>" in page

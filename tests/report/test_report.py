@@ -1,4 +1,5 @@
 """Summaries, tables and figures of a comparison, from hand-made learning curves and a real suite."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,14 @@ import numpy as np
 import pytest
 
 from natgrad.experiments.compare import load_comparison_suite, run_suite
-from natgrad.report import Spread, comparison_table, default_target, plot_comparison, summarise, write_suite_report
+from natgrad.report import (
+    Spread,
+    comparison_table,
+    default_target,
+    plot_comparison,
+    summarise,
+    write_suite_report,
+)
 from natgrad.report.comparison import conclusion
 from natgrad.report.curves import RunCurves, load_curves
 from natgrad.report.summary import first_reach
@@ -16,9 +24,14 @@ from natgrad.report.summary import first_reach
 SMOKE = Path(__file__).parents[1] / "experiments" / "configs" / "smoke.toml"
 
 
-def curves(train: list[float], test: list[float], times: list[float], steps: list[int] | None = None) -> RunCurves:
+def curves(
+    train: list[float], test: list[float], times: list[float], steps: list[int] | None = None
+) -> RunCurves:
     steps = steps if steps is not None else [10 * i for i in range(len(train))]
-    metrics = {"train.reconstruction_error": np.array(train), "test.reconstruction_error": np.array(test)}
+    metrics = {
+        "train.reconstruction_error": np.array(train),
+        "test.reconstruction_error": np.array(test),
+    }
     return RunCurves(Path("."), {}, np.array(steps), np.array(times), metrics, steps[-1], times[-1])
 
 
@@ -34,9 +47,11 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_it():
 
 
 def test_summary_statistics_over_seeds():
-    seeds = [curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
-             curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0]),
-             curves([10.0, 9.0, 9.5], [11.0, 9.5, 9.9], [0.0, 3.0, 6.0])]
+    seeds = [
+        curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
+        curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0]),
+        curves([10.0, 9.0, 9.5], [11.0, 9.5, 9.9], [0.0, 3.0, 6.0]),
+    ]
     row = summarise("sgd", seeds, "reconstruction_error", target=6.0)
     assert row.final_train == Spread(5.0, 4.0, 9.5, 3)
     assert row.best_train == Spread(5.0, 4.0, 9.0, 3)
@@ -56,19 +71,29 @@ def test_diverged_seeds_are_marked_in_the_table():
     """Issue 15, item 13: a comparison's table says how many seeds of an optimizer diverged."""
     from dataclasses import replace
 
-    seeds = [curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0]),
-             replace(curves([10.0, math.nan], [11.0, math.nan], [0.0, 1.0]), status="diverged")]
+    seeds = [
+        curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0]),
+        replace(curves([10.0, math.nan], [11.0, math.nan], [0.0, 1.0]), status="diverged"),
+    ]
     table = comparison_table([summarise("adam", seeds, "reconstruction_error", target=6.0)])
     assert "| adam | 2 (1 diverged) | 6 |" in table
 
 
 def test_plot_writes_png_and_pdf(tmp_path):
-    runs = {"sgd": [curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
-                    curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0])],
-            "adam": [curves([10.0, 5.0, 2.0], [11.0, 6.0, 3.0], [0.0, 1.2, 2.5])]}
-    paths = plot_comparison(runs, "reconstruction_error", "reconstruction error", "test", tmp_path / "fig", target=5.0)
+    runs = {
+        "sgd": [
+            curves([10.0, 6.0, 4.0], [11.0, 7.0, 6.0], [0.0, 1.0, 2.0]),
+            curves([10.0, 8.0, 5.0], [11.0, 9.0, 4.0], [0.0, 2.0, 4.0]),
+        ],
+        "adam": [curves([10.0, 5.0, 2.0], [11.0, 6.0, 3.0], [0.0, 1.2, 2.5])],
+    }
+    paths = plot_comparison(
+        runs, "reconstruction_error", "reconstruction error", "test", tmp_path / "fig", target=5.0
+    )
     assert [p.suffix for p in paths] == [".png", ".pdf"]
-    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
+    assert (
+        paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
+    )
 
 
 def test_suite_report_from_real_runs(tmp_path):
@@ -79,10 +104,14 @@ def test_suite_report_from_real_runs(tmp_path):
     text = report.markdown
     assert "## synthetic-autoencoder" in text and "## synthetic-vae" in text
     assert "Target train error 18 (given)" in text
-    assert "final test -L_k (IWAE bound, nats per image)" in text  # the VAE table has the IWAE column
+    assert (
+        "final test -L_k (IWAE bound, nats per image)" in text
+    )  # the VAE table has the IWAE column
     assert text.count("| sgd | 2 |") == 2 and text.count("| adam | 2 |") == 2
     for name in ("synthetic-autoencoder", "synthetic-vae"):
-        assert (tmp_path / name / "curves.png").is_file() and (tmp_path / name / "curves.pdf").is_file()
+        assert (tmp_path / name / "curves.png").is_file() and (
+            tmp_path / name / "curves.pdf"
+        ).is_file()
         assert f"]({name}/curves.png)" in text
 
 
@@ -95,11 +124,26 @@ def test_missing_log_is_reported(tmp_path):
         load_curves(tmp_path)
 
 
-@pytest.mark.parametrize(("values", "ticks", "limits"), [
-    ([52.0, 58.0], [50.0, 60.0], (50.0, 60.0)),  # narrow: integer mantissas, limits widened to them
-    ([0.8, 30.0], [1.0, 2.0, 5.0, 10.0, 20.0], None),  # wide: 1-2-5 per decade, autoscaled limits
-    ([206.0, 544.0], [200.0, 300.0, 400.0, 500.0, 600.0], (200.0, 600.0)),  # one 1-2-5 tick: mantissas
-])
+@pytest.mark.parametrize(
+    ("values", "ticks", "limits"),
+    [
+        (
+            [52.0, 58.0],
+            [50.0, 60.0],
+            (50.0, 60.0),
+        ),  # narrow: integer mantissas, limits widened to them
+        (
+            [0.8, 30.0],
+            [1.0, 2.0, 5.0, 10.0, 20.0],
+            None,
+        ),  # wide: 1-2-5 per decade, autoscaled limits
+        (
+            [206.0, 544.0],
+            [200.0, 300.0, 400.0, 500.0, 600.0],
+            (200.0, 600.0),
+        ),  # one 1-2-5 tick: mantissas
+    ],
+)
 def test_error_axis_is_always_log_and_labelled(values, ticks, limits):
     import matplotlib.pyplot as plt
 
@@ -111,7 +155,9 @@ def test_error_axis_is_always_log_and_labelled(values, ticks, limits):
     fig.canvas.draw()
     lo, hi = ax.get_ylim()
     shown = [label for label in ax.get_yticklabels() if lo <= label.get_position()[1] <= hi]
-    assert [label.get_text() for label in shown] == [f"{t:g}" for t in ticks]  # plain numbers, no 10^k
+    assert [label.get_text() for label in shown] == [
+        f"{t:g}" for t in ticks
+    ]  # plain numbers, no 10^k
     if limits is not None:
         assert np.allclose((lo, hi), limits)
     plt.close(fig)
@@ -131,12 +177,16 @@ def test_iwae_bound_is_shown_as_a_positive_loss_beside_the_negative_elbo():
     """One sign convention: every column is a loss in nats; L_k (a log-likelihood) is shown as -L_k."""
     run = curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0])
     run.metrics["test.iwae_ll"] = np.array([-120.0, -95.5])
-    table = comparison_table([summarise("adam", [run], "reconstruction_error", 6.0, ["test.iwae_ll"])])
+    table = comparison_table(
+        [summarise("adam", [run], "reconstruction_error", 6.0, ["test.iwae_ll"])]
+    )
     assert table.splitlines()[-1].endswith("| 95.5 |")
 
 
 def test_reference_sets_the_target_and_the_speed_ups_and_the_conclusion(tmp_path):
-    text = SMOKE.read_text().replace('optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "adam"]\nreference = "sgd"')
+    text = SMOKE.read_text().replace(
+        'optimizers = ["sgd", "adam"]', 'optimizers = ["sgd", "adam"]\nreference = "sgd"'
+    )
     path = tmp_path / "suite.toml"
     path.write_text(text.replace("target = 18.0\n", ""))
     suite = load_comparison_suite(path, out_dir=str(tmp_path / "out"))
@@ -147,16 +197,39 @@ def test_reference_sets_the_target_and_the_speed_ups_and_the_conclusion(tmp_path
         metric = "neg_elbo" if name.endswith("vae") else "reconstruction_error"
         sgd = [load_curves(d) for d in outcome.run_dirs[name]["sgd"]]
         target = float(np.median([c.metrics[f"train.{metric}"][-1] for c in sgd]))
-        assert f"Target train error {target:.4g} (sgd's final train error, median over seeds)" in section
-        assert "speed-up vs sgd" in section and "**Conclusion.** Within the same budget sgd ends" in section
+        assert (
+            f"Target train error {target:.4g} (sgd's final train error, median over seeds)"
+            in section
+        )
+        assert (
+            "speed-up vs sgd" in section
+            and "**Conclusion.** Within the same budget sgd ends" in section
+        )
 
 
 def test_conclusion_states_each_optimizer_against_the_reference():
-    adam = summarise("adam", [curves([10.0, 6.0, 4.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])], "reconstruction_error", 4.0)
-    kfac = summarise("kfac", [curves([10.0, 3.0, 2.0], [1.0, 1.0, 1.0], [0.0, 1.0, 4.0])], "reconstruction_error", 4.0)
-    sgd = summarise("sgd", [curves([10.0, 8.0, 7.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])], "reconstruction_error", 4.0)
+    adam = summarise(
+        "adam",
+        [curves([10.0, 6.0, 4.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])],
+        "reconstruction_error",
+        4.0,
+    )
+    kfac = summarise(
+        "kfac",
+        [curves([10.0, 3.0, 2.0], [1.0, 1.0, 1.0], [0.0, 1.0, 4.0])],
+        "reconstruction_error",
+        4.0,
+    )
+    sgd = summarise(
+        "sgd",
+        [curves([10.0, 8.0, 7.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])],
+        "reconstruction_error",
+        4.0,
+    )
     text = conclusion([sgd, adam, kfac], "adam", 4.0)
-    assert text.startswith("**Conclusion.** Within the same budget adam ends at a train error of 4; ")
+    assert text.startswith(
+        "**Conclusion.** Within the same budget adam ends at a train error of 4; "
+    )
     assert "sgd does not reach it in 4 s (final 7)" in text
     assert "kfac reaches it after 1 s, 4x sooner than adam (4 s), and ends at 2" in text
     assert "| 4x |" in comparison_table([sgd, adam, kfac], "adam")

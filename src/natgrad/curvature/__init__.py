@@ -31,6 +31,7 @@ to it instead of redefining it):
   ``eps_k = min(1 - 1/k, ema_cap)``. (The 19/20 rule that moves ``lambda`` and ``gamma`` is
   :attr:`natgrad.optim.DampingConfig.per_step_decrease`, not a decay.)
 """
+
 from natgrad.curvature.base import CurvatureRepresentation
 from natgrad.curvature.capture import CapturedBatch, capture
 from natgrad.curvature.choices import CurvatureConfig, CurvatureKind, OutputGradientEstimator

@@ -42,6 +42,7 @@ whether it runs on one process or many.
 A family implements the private hooks below; each receives the same arguments in every family
 (the frozen statistics ``frozen``, the value ``tikhonov``, the cached ``shifted`` factors).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -112,10 +113,14 @@ class CurvatureRepresentation(ABC):
         self.layout = ParameterLayout(model)
         self.ema_cap = ema_cap
         self.steps = 0
-        self._averages: Any = None  # the family's statistics container, None before the first update
+        self._averages: Any = (
+            None  # the family's statistics container, None before the first update
+        )
         self._frozen: Any = None  # the averages frozen by the last refresh
         self._factors: Any = None  # _factorise(frozen)
-        self._shifted: dict[float, Any] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
+        self._shifted: dict[
+            float, Any
+        ] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
         self.run_jobs: JobRunner = run_serially
 
     @property
@@ -157,11 +162,15 @@ class CurvatureRepresentation(ABC):
             ValueError: ``decay`` outside ``[0, 1)``, or statistics that do not fit this model.
             NonFiniteStatistics: a statistic is NaN or Inf (nothing was changed).
         """
-        require(decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None")
+        require(
+            decay is None or in_unit_interval(decay), "decay", decay, "a number in [0, 1) or None"
+        )
         self._check_statistics(statistics)
         if not all_finite(statistics.tensors()):  # one pass; name the culprits only on failure
             bad = [name for name, value in statistics.named_tensors() if not all_finite((value,))]
-            raise NonFiniteStatistics(f"non-finite curvature statistics {bad[:3]}; averages left unchanged")
+            raise NonFiniteStatistics(
+                f"non-finite curvature statistics {bad[:3]}; averages left unchanged"
+            )
         self.steps += 1
         if decay is None:
             decay = min(1.0 - 1.0 / self.steps, self.ema_cap)
@@ -225,22 +234,35 @@ class CurvatureRepresentation(ABC):
         if missing:
             raise KeyError(f"curvature state_dict is missing {sorted(missing)}")
         self.steps = int(state["steps"])
-        self._averages = None if state["averages"] is None else self._load_statistics(state["averages"])
+        self._averages = (
+            None if state["averages"] is None else self._load_statistics(state["averages"])
+        )
         self._frozen = None if state["frozen"] is None else self._load_statistics(state["frozen"])
         self._factors = None if self._frozen is None else self._factorise(self._frozen)
         self._shifted = {}
 
     # ---- shared checks ----------------------------------------------------------------------
     def _check_tikhonov(self, tikhonov: float, solving: bool = False) -> float:
-        require(is_number(tikhonov) and tikhonov >= 0, "tikhonov", tikhonov, "a finite number >= 0 (gamma^2)")
-        require(not (solving and self.needs_positive_tikhonov and tikhonov == 0), "tikhonov", tikhonov,
-                f"a number > 0: {type(self).__name__}'s C is singular")
+        require(
+            is_number(tikhonov) and tikhonov >= 0,
+            "tikhonov",
+            tikhonov,
+            "a finite number >= 0 (gamma^2)",
+        )
+        require(
+            not (solving and self.needs_positive_tikhonov and tikhonov == 0),
+            "tikhonov",
+            tikhonov,
+            f"a number > 0: {type(self).__name__}'s C is singular",
+        )
         return float(tikhonov)
 
     def _matrix(self) -> Any:
         """What the products use: the frozen statistics (TONGA: its live factor)."""
         if self._frozen is None:
-            raise RuntimeError(f"{type(self).__name__}: call update() and refresh() before solve/matvec/to_dense")
+            raise RuntimeError(
+                f"{type(self).__name__}: call update() and refresh() before solve/matvec/to_dense"
+            )
         return self._frozen
 
     # ---- per-family hooks (same arguments in every family) ----------------------------------
@@ -254,8 +276,12 @@ class CurvatureRepresentation(ABC):
         Raises:
             ValueError: statistics of another type.
         """
-        require(isinstance(statistics, CurvatureStatistics), "statistics", type(statistics).__name__,
-                f"CurvatureStatistics (from {type(self).__name__}.capture)")
+        require(
+            isinstance(statistics, CurvatureStatistics),
+            "statistics",
+            type(statistics).__name__,
+            f"CurvatureStatistics (from {type(self).__name__}.capture)",
+        )
 
     def _fold(self, averages: Any, statistics: Any, decay: float) -> Any:
         """The new averages (default: a copy of the first batch, then the in-place moving average)."""
@@ -281,7 +307,9 @@ class CurvatureRepresentation(ABC):
         """Whatever :meth:`_solve` needs for this ``tikhonov`` (cached until refresh)."""
 
     @abstractmethod
-    def _solve(self, vectors: list[Tensor], frozen: Any, tikhonov: float, shifted: Any) -> list[Tensor]:
+    def _solve(
+        self, vectors: list[Tensor], frozen: Any, tikhonov: float, shifted: Any
+    ) -> list[Tensor]:
         """Apply ``M(tikhonov)^{-1}``."""
 
     @abstractmethod

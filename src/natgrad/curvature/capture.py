@@ -23,6 +23,7 @@ The extra backward goes from the term outputs to the layer outputs only (``torch
 *Other* parameters get the per-example diagonal ``(1/N) sum_{k,n} (d/dtheta <s_{k,n}, z_n>)^2``,
 computed with ``torch.func.vmap`` over examples (one extra forward/backward on the batch).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,7 +61,9 @@ class CapturedBatch:
     """The records of one batch: one per layer of ``layout.layers``, and the other parameters' diagonals."""
 
     layers: tuple[LayerRecord, ...]
-    other_diagonal: dict[int, Tensor]  # parameter index -> batch estimate of the diagonal, parameter-shaped
+    other_diagonal: dict[
+        int, Tensor
+    ]  # parameter index -> batch estimate of the diagonal, parameter-shaped
     batch_size: int
 
 
@@ -127,7 +130,12 @@ class _ParameterUses(TorchFunctionMode):
 
     def __init__(self, layout: ParameterLayout) -> None:
         super().__init__()
-        indices = [i for layer in layout.layers for i in (layer.weight_index, layer.bias_index) if i is not None]
+        indices = [
+            i
+            for layer in layout.layers
+            for i in (layer.weight_index, layer.bias_index)
+            if i is not None
+        ]
         self.names = {id(layout.params[i]): layout.names[i] for i in indices}
         self.counts: dict[int, int] = {}
 
@@ -145,7 +153,8 @@ class _ParameterUses(TorchFunctionMode):
             raise ValueError(
                 f"parameters {shared} are used more than once in one forward pass (tied or shared weights, or a "
                 "module called twice); their Kronecker blocks would see one use only. Untie them, or share them "
-                "through a module without a Kronecker form (its parameters get a diagonal block)")
+                "through a module without a Kronecker form (its parameters get a diagonal block)"
+            )
 
 
 def _contract(terms: Sequence[LossTerm], vectors: OutputVectors) -> Tensor:
@@ -174,8 +183,9 @@ def _other_diagonal(
     total = {n: torch.zeros_like(fixed[n]) for n in other_names}
     for vectors in passes:
         batch = loss.batch + tuple(v.detach() for vs in vectors for v in vs)
-        grads = per_example_gradients_of(contractions, {n: fixed[n] for n in other_names}, batch,
-                                         loss.random_state is not None)
+        grads = per_example_gradients_of(
+            contractions, {n: fixed[n] for n in other_names}, batch, loss.random_state is not None
+        )
         for n in other_names:
             total[n] += grads[n].pow(2).sum(0)
     return {i: total[layout.names[i]] / loss.batch_size for i in layout.other}
@@ -199,18 +209,26 @@ def capture(
     uses.check()
     missing = [layout.layers[i].name for i in range(len(layout.layers)) if i not in rec.inputs]
     if missing:
-        raise RuntimeError(f"layers {missing} were not called in the forward pass; remove them or freeze their parameters")
+        raise RuntimeError(
+            f"layers {missing} were not called in the forward pass; remove them or freeze their parameters"
+        )
     chosen = select_terms(fresh.terms, kind)
     passes = output_vector_passes(fresh.terms, kind, estimator, generator)
     outs = [rec.outputs[i] for i in range(len(layout.layers))]
     grads_per_pass = []
     for vectors in passes:
-        grads = torch.autograd.grad(_contract(chosen, vectors), outs, retain_graph=True, allow_unused=True)
-        grads_per_pass.append([torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)])
+        grads = torch.autograd.grad(
+            _contract(chosen, vectors), outs, retain_graph=True, allow_unused=True
+        )
+        grads_per_pass.append(
+            [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)]
+        )
     records = tuple(
         LayerRecord(
             inputs=layer.inputs(rec.inputs[i]),
-            output_grads=torch.stack([layer.output_gradients(gs[i].detach()) for gs in grads_per_pass]),
+            output_grads=torch.stack(
+                [layer.output_gradients(gs[i].detach()) for gs in grads_per_pass]
+            ),
         )
         for i, layer in enumerate(layout.layers)
     )

@@ -22,6 +22,7 @@
 * :class:`CurvatureConfig` — the two choices above and the cap of the moving averages, the one
   config every representation and optimizer takes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,7 +72,9 @@ class CurvatureConfig:
         object.__setattr__(self, "kind", parse_choice(CurvatureKind, "curvature.kind", self.kind))
         estimator = parse_choice(OutputGradientEstimator, "curvature.estimator", self.estimator)
         object.__setattr__(self, "estimator", estimator)
-        require(in_unit_interval(self.ema_cap), "curvature.ema_cap", self.ema_cap, "a number in [0, 1)")
+        require(
+            in_unit_interval(self.ema_cap), "curvature.ema_cap", self.ema_cap, "a number in [0, 1)"
+        )
 
 
 def select_terms(terms: Sequence[LossTerm], kind: CurvatureKind) -> tuple[LossTerm, ...]:
@@ -85,5 +88,7 @@ def select_terms(terms: Sequence[LossTerm], kind: CurvatureKind) -> tuple[LossTe
     chosen = tuple(t for t in terms if t.is_likelihood)
     if not chosen:
         names = [t.name for t in terms]
-        raise ValueError(f"curvature kind 'decoder-only' needs a likelihood term; the loss has terms {names}")
+        raise ValueError(
+            f"curvature kind 'decoder-only' needs a likelihood term; the loss has terms {names}"
+        )
     return chosen

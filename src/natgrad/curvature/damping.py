@@ -8,6 +8,7 @@ exact Tikhonov term here on purpose: the cross term ``pi gamma I (x) B + (gamma 
 extra regularisation in the directions the factors favour. Shared by block-diagonal and
 block-tridiagonal K-FAC.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,9 @@ def pi_trace_norm(input_factor: Tensor, output_factor: Tensor) -> float:
     return math.sqrt(a / b)
 
 
-def factored_shifts(input_factor: Tensor, output_factor: Tensor, tikhonov: float) -> tuple[float, float]:
+def factored_shifts(
+    input_factor: Tensor, output_factor: Tensor, tikhonov: float
+) -> tuple[float, float]:
     """The diagonal shifts ``(pi gamma, gamma / pi)`` added to ``A`` and ``B``, ``gamma = sqrt(tikhonov)``."""
     gamma = math.sqrt(tikhonov)
     pi = pi_trace_norm(input_factor, output_factor)

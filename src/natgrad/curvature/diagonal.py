@@ -10,6 +10,7 @@ the loss gradient (empirical Fisher diagonal). For a Kronecker layer the per-exa
 
 The Tikhonov term is exact: ``M(gamma^2) = C + gamma^2 I``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,12 @@ class DiagonalCurvature(CurvatureRepresentation):
         batch = capture(self.layout, loss, self.config.kind, self.config.estimator, generator)
         diagonal: list[Tensor | None] = [None] * len(self.params)
         for layer, record in zip(self.layout.layers, batch.layers):
-            if record.inputs.shape[1] == 1:  # one location: (g a^T)^2 = g^2 (a^2)^T, no (N, d_out, d_in) tensor
-                squares = torch.einsum("knto,nti->oi", record.output_grads.pow(2), record.inputs.pow(2))
+            if (
+                record.inputs.shape[1] == 1
+            ):  # one location: (g a^T)^2 = g^2 (a^2)^T, no (N, d_out, d_in) tensor
+                squares = torch.einsum(
+                    "knto,nti->oi", record.output_grads.pow(2), record.inputs.pow(2)
+                )
             else:
                 squares = per_example_layer_gradients(record).pow(2).sum((0, 1))
             self.layout.scatter_layer_matrix(squares / batch.batch_size, layer, diagonal)
@@ -62,8 +67,13 @@ class DiagonalCurvature(CurvatureRepresentation):
     def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list[Tensor]:
         return [d + tikhonov for d in self._diagonal(frozen)]
 
-    def _solve(self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float,
-               shifted: list[Tensor]) -> list[Tensor]:
+    def _solve(
+        self,
+        vectors: list[Tensor],
+        frozen: CurvatureStatistics,
+        tikhonov: float,
+        shifted: list[Tensor],
+    ) -> list[Tensor]:
         return [v / d for v, d in zip(vectors, shifted)]
 
     def _matvec(self, vectors: list[Tensor], frozen: CurvatureStatistics) -> list[Tensor]:

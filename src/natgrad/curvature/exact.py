@@ -23,6 +23,7 @@ product takes and returns a list of tensors aligned with it, every dense matrix 
 
 These functions are the test oracle and the product Hessian-free optimisation uses.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -51,10 +52,14 @@ def _point(loss: Loss, params: Params | None) -> dict[str, Tensor]:
 def _aligned(params: dict[str, Tensor], vectors: Sequence[Tensor]) -> dict[str, Tensor]:
     vectors = list(vectors)
     if len(vectors) != len(params):
-        raise ValueError(f"vectors must have one tensor per parameter ({len(params)}), got {len(vectors)}")
+        raise ValueError(
+            f"vectors must have one tensor per parameter ({len(params)}), got {len(vectors)}"
+        )
     for (name, p), v in zip(params.items(), vectors):
         if v.shape != p.shape:
-            raise ValueError(f"vector for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
+            raise ValueError(
+                f"vector for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}"
+            )
     return dict(zip(params, vectors))
 
 
@@ -105,12 +110,17 @@ def _term_outputs(loss: Loss, kind: CurvatureKind):
 def _gauss_newton_kind(kind: CurvatureKind | str) -> CurvatureKind:
     kind = parse_choice(CurvatureKind, "kind", kind)
     if kind is CurvatureKind.EMPIRICAL:
-        raise ValueError("ggn needs kind 'full' or 'decoder-only'; use empirical_fisher_* for 'empirical'")
+        raise ValueError(
+            "ggn needs kind 'full' or 'decoder-only'; use empirical_fisher_* for 'empirical'"
+        )
     return kind
 
 
 def ggn_vector_product(
-    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+    loss: Loss,
+    vectors: Sequence[Tensor],
+    params: Params | None = None,
+    kind: CurvatureKind | str = CurvatureKind.FULL,
 ) -> list[Tensor]:
     """``G v = (1/N) sum_t J_t^T H_t J_t v`` (jvp -> output curvature -> vjp), at ``params``."""
     kind = _gauss_newton_kind(kind)
@@ -121,7 +131,9 @@ def ggn_vector_product(
     return [gv[k] for k in params]
 
 
-def fisher_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+def fisher_vector_product(
+    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None
+) -> list[Tensor]:
     """``F v`` for the Fisher of the output distributions (the likelihood terms' ``J^T F_R J``)."""
     return ggn_vector_product(loss, vectors, params, CurvatureKind.DECODER_ONLY)
 
@@ -133,7 +145,9 @@ def _per_example_losses(loss: Loss):
     return losses
 
 
-def empirical_fisher_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+def empirical_fisher_vector_product(
+    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None
+) -> list[Tensor]:
     """``(1/N) J_l^T (J_l v)`` with ``J_l`` the Jacobian of the per-example objective ``l``."""
     params = _point(loss, params)
     tangent = _aligned(params, vectors)
@@ -144,7 +158,9 @@ def empirical_fisher_vector_product(loss: Loss, vectors: Sequence[Tensor], param
     return [fv[k] for k in params]
 
 
-def hessian_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params | None = None) -> list[Tensor]:
+def hessian_vector_product(
+    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None
+) -> list[Tensor]:
     """``nabla^2 h v`` by forward-over-reverse differentiation."""
     params = _point(loss, params)
     tangent = _aligned(params, vectors)
@@ -153,7 +169,10 @@ def hessian_vector_product(loss: Loss, vectors: Sequence[Tensor], params: Params
 
 
 def curvature_vector_product(
-    loss: Loss, vectors: Sequence[Tensor], params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+    loss: Loss,
+    vectors: Sequence[Tensor],
+    params: Params | None = None,
+    kind: CurvatureKind | str = CurvatureKind.FULL,
 ) -> list[Tensor]:
     """The product with the matrix ``kind`` names: GGN (full / decoder-only) or empirical Fisher."""
     kind = parse_choice(CurvatureKind, "kind", kind)
@@ -167,13 +186,18 @@ def _flatten_jacobian(jac: Mapping[str, Tensor], lead: int) -> Tensor:
     return torch.cat([j.reshape(lead, -1) for j in jac.values()], dim=1)
 
 
-def dense_ggn(loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL) -> Tensor:
+def dense_ggn(
+    loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+) -> Tensor:
     """``G = (1/N) sum_t J_t^T H_t J_t`` as a ``(P, P)`` matrix (tiny models only)."""
     kind = _gauss_newton_kind(kind)
     params = _point(loss, params)
     outputs, curvature = _term_outputs(loss, kind)(params)
     jacobians = jacrev(lambda p: _term_outputs(loss, kind)(p)[0])(params)
-    columns = [_flatten_jacobian(jac, z.numel()).T.reshape(-1, *z.shape) for jac, z in zip(jacobians, outputs)]
+    columns = [
+        _flatten_jacobian(jac, z.numel()).T.reshape(-1, *z.shape)
+        for jac, z in zip(jacobians, outputs)
+    ]
     return dense_pullback(columns, curvature)
 
 
@@ -201,7 +225,10 @@ PerExampleValues = Callable[[dict[str, Tensor], tuple[Tensor, ...]], Tensor]
 
 
 def per_example_gradients_of(
-    values: PerExampleValues, params: dict[str, Tensor], batch: tuple[Tensor, ...], random_forward: bool
+    values: PerExampleValues,
+    params: dict[str, Tensor],
+    batch: tuple[Tensor, ...],
+    random_forward: bool,
 ) -> dict[str, Tensor]:
     """``grad_theta values(theta, batch)[n]`` for every example ``n``: ``{name: (N, *shape)}``.
 
@@ -225,7 +252,9 @@ def per_example_gradients(loss: Loss, params: Params | None = None) -> Tensor:
     def losses(p: dict[str, Tensor], batch: tuple[Tensor, ...]) -> Tensor:
         return sum(t.values for t in loss.evaluate(p, batch))
 
-    grads = per_example_gradients_of(losses, _point(loss, params), loss.batch, loss.random_state is not None)
+    grads = per_example_gradients_of(
+        losses, _point(loss, params), loss.batch, loss.random_state is not None
+    )
     return _flatten_jacobian(grads, loss.batch_size)
 
 
@@ -240,11 +269,16 @@ def dense_hessian(loss: Loss, params: Params | None = None) -> Tensor:
     params = _point(loss, params)
     blocks = hessian(loss.value_at)(params)
     sizes = [p.numel() for p in params.values()]
-    rows = [torch.cat([blocks[a][b].reshape(sa, sb) for b, sb in zip(params, sizes)], dim=1) for a, sa in zip(params, sizes)]
+    rows = [
+        torch.cat([blocks[a][b].reshape(sa, sb) for b, sb in zip(params, sizes)], dim=1)
+        for a, sa in zip(params, sizes)
+    ]
     return torch.cat(rows, dim=0)
 
 
-def dense_curvature(loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL) -> Tensor:
+def dense_curvature(
+    loss: Loss, params: Params | None = None, kind: CurvatureKind | str = CurvatureKind.FULL
+) -> Tensor:
     """The dense matrix ``kind`` names: GGN (full / decoder-only) or empirical Fisher."""
     kind = parse_choice(CurvatureKind, "kind", kind)
     if kind is CurvatureKind.EMPIRICAL:

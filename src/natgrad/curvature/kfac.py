@@ -37,6 +37,7 @@ error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa
 quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
 moving averages and the inverses' Cholesky factorisation stay in float32/float64.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -89,7 +90,9 @@ def _spd_inverse(matrix: Tensor, dtype: torch.dtype) -> tuple[Tensor]:
     Done once per refresh or ``gamma`` change, not per step; float32 Cholesky fails on the nearly
     singular MNIST input factor, as float32 eigh does.
     """
-    return (torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype).to(dtype),)
+    return (
+        torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype).to(dtype),
+    )
 
 
 def _eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,41 +117,55 @@ class KroneckerFactored(CurvatureRepresentation):
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> CurvatureStatistics:
         return self._statistics_and_records(loss, generator)[0]
 
-    def _statistics_and_records(self, loss: Loss, generator: torch.Generator | None
-                                ) -> tuple[CurvatureStatistics, CapturedBatch]:
+    def _statistics_and_records(
+        self, loss: Loss, generator: torch.Generator | None
+    ) -> tuple[CurvatureStatistics, CapturedBatch]:
         """``(A_i, B_i)`` per layer and the other parameters' diagonal, with the records they came from."""
         batch = capture(self.layout, loss, self.config.kind, self.config.estimator, generator)
-        layers = tuple(LayerStatistics(input_factor(r, batch.batch_size), output_factor(r, batch.batch_size))
-                       for r in batch.layers)
+        layers = tuple(
+            LayerStatistics(input_factor(r, batch.batch_size), output_factor(r, batch.batch_size))
+            for r in batch.layers
+        )
         return CurvatureStatistics(layers, batch.other_diagonal), batch
 
     def _check_statistics(self, statistics: Any) -> None:
         super()._check_statistics(statistics)
         layers = len(self.layout.layers)
-        require(len(statistics.layers) == layers, "statistics", f"{len(statistics.layers)} layers",
-                f"{layers} layers, one per Kronecker layer of the model")
+        require(
+            len(statistics.layers) == layers,
+            "statistics",
+            f"{len(statistics.layers)} layers",
+            f"{layers} layers, one per Kronecker layer of the model",
+        )
 
     def _factor_names(self) -> list[str]:
         """``"<layer> A"``, ``"<layer> B"`` for every Kronecker layer, in the order of the factors."""
         return [f"{layer.name} {factor}" for layer in self.layout.layers for factor in ("A", "B")]
 
-    def shifted_layer_factors(self, frozen: CurvatureStatistics, i: int, tikhonov: float) -> tuple[Tensor, Tensor]:
+    def shifted_layer_factors(
+        self, frozen: CurvatureStatistics, i: int, tikhonov: float
+    ) -> tuple[Tensor, Tensor]:
         """``(A_i + pi gamma I, B_i + gamma/pi I)`` with ``gamma = sqrt(tikhonov)`` (section 6.3)."""
         layer = frozen.layers[i]
         a, b = layer.input_factor, layer.output_factor
         shift_a, shift_b = factored_shifts(a, b, tikhonov)
         return add_identity(a, shift_a), add_identity(b, shift_b)
 
-    def _other_solve(self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics,
-                     tikhonov: float) -> None:
+    def _other_solve(
+        self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics, tikhonov: float
+    ) -> None:
         for j in self.layout.other:
             out[j] = vectors[j] / (frozen.diagonal[j] + tikhonov)
 
-    def _other_matvec(self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics) -> None:
+    def _other_matvec(
+        self, vectors: list[Tensor], out: list[Tensor], frozen: CurvatureStatistics
+    ) -> None:
         for j in self.layout.other:
             out[j] = vectors[j] * frozen.diagonal[j]
 
-    def _other_dense(self, dense: Tensor, frozen: CurvatureStatistics, tikhonov: float | None) -> None:
+    def _other_dense(
+        self, dense: Tensor, frozen: CurvatureStatistics, tikhonov: float | None
+    ) -> None:
         idx = self.layout.other_indices()
         if idx.numel():
             diag = torch.cat([frozen.diagonal[j].reshape(-1) for j in self.layout.other])
@@ -156,7 +173,9 @@ class KroneckerFactored(CurvatureRepresentation):
 
     def _empty_dense(self, frozen: CurvatureStatistics) -> Tensor:
         ref = next(frozen.tensors())
-        return torch.zeros(self.layout.dimension, self.layout.dimension, dtype=ref.dtype, device=ref.device)
+        return torch.zeros(
+            self.layout.dimension, self.layout.dimension, dtype=ref.dtype, device=ref.device
+        )
 
 
 class BlockDiagonalKFAC(KroneckerFactored):
@@ -185,17 +204,30 @@ class BlockDiagonalKFAC(KroneckerFactored):
         super().__init__(model, config)
         self.inverse_method = parse_choice(InverseMethod, "inverse_method", inverse_method)
         self.solve_dtype = parse_choice(SolveDtype, "solve_dtype", solve_dtype)
-        require(self.solve_dtype is not SolveDtype.BFLOAT16 or self.inverse_method is InverseMethod.INVERSE,
-                "solve_dtype", self.solve_dtype.value, "'factors' unless inverse_method is 'inverse'")
+        require(
+            self.solve_dtype is not SolveDtype.BFLOAT16
+            or self.inverse_method is InverseMethod.INVERSE,
+            "solve_dtype",
+            self.solve_dtype.value,
+            "'factors' unless inverse_method is 'inverse'",
+        )
 
-    def _factorise(self, frozen: CurvatureStatistics) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
+    def _factorise(
+        self, frozen: CurvatureStatistics
+    ) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
         """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only), one job per factor."""
         if self.inverse_method is not InverseMethod.EIGEN:
             return None
         factors = [f for layer in frozen.layers for f in (layer.input_factor, layer.output_factor)]
-        jobs = [BlockJob(f"{name} eigendecomposition", partial(_eigh, f),
-                         (((f.shape[0],), f.dtype), (tuple(f.shape), f.dtype)), float(f.shape[0]) ** 3)
-                for name, f in zip(self._factor_names(), factors)]
+        jobs = [
+            BlockJob(
+                f"{name} eigendecomposition",
+                partial(_eigh, f),
+                (((f.shape[0],), f.dtype), (tuple(f.shape), f.dtype)),
+                float(f.shape[0]) ** 3,
+            )
+            for name, f in zip(self._factor_names(), factors)
+        ]
         results = self.run_jobs(jobs)
         return [(results[2 * i], results[2 * i + 1]) for i in range(len(frozen.layers))]
 
@@ -203,19 +235,28 @@ class BlockDiagonalKFAC(KroneckerFactored):
         """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen"), or the shifted inverses ("inverse": one
         job per factor)."""
         if self.inverse_method is InverseMethod.EIGEN:
-            return [factored_shifts(layer.input_factor, layer.output_factor, tikhonov) for layer in frozen.layers]
+            return [
+                factored_shifts(layer.input_factor, layer.output_factor, tikhonov)
+                for layer in frozen.layers
+            ]
         names, jobs = iter(self._factor_names()), []
         for i, layer in enumerate(frozen.layers):
             for side, f in enumerate((layer.input_factor, layer.output_factor)):
                 dtype = torch.bfloat16 if self.solve_dtype is SolveDtype.BFLOAT16 else f.dtype
-                jobs.append(BlockJob(f"{next(names)} damped inverse", partial(self._shifted_inverse, frozen, i, side,
-                                                                               tikhonov, dtype),
-                                     ((tuple(f.shape), dtype),), float(f.shape[0]) ** 3))
+                jobs.append(
+                    BlockJob(
+                        f"{next(names)} damped inverse",
+                        partial(self._shifted_inverse, frozen, i, side, tikhonov, dtype),
+                        ((tuple(f.shape), dtype),),
+                        float(f.shape[0]) ** 3,
+                    )
+                )
         results = self.run_jobs(jobs)
         return [(results[2 * i][0], results[2 * i + 1][0]) for i in range(len(frozen.layers))]
 
-    def _shifted_inverse(self, frozen: CurvatureStatistics, i: int, side: int, tikhonov: float,
-                         dtype: torch.dtype) -> tuple[Tensor]:
+    def _shifted_inverse(
+        self, frozen: CurvatureStatistics, i: int, side: int, tikhonov: float, dtype: torch.dtype
+    ) -> tuple[Tensor]:
         """``(A_i + pi gamma I)^{-1}`` (``side`` 0) or ``(B_i + gamma/pi I)^{-1}`` (``side`` 1), in ``dtype``."""
         return _spd_inverse(self.shifted_layer_factors(frozen, i, tikhonov)[side], dtype)
 
@@ -228,7 +269,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
         rotated = q_b.T @ v @ q_a
         return q_b @ (rotated / torch.outer(d_b + shift_b, d_a + shift_a)) @ q_a.T
 
-    def _solve(self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float, shifted: list) -> list[Tensor]:
+    def _solve(
+        self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float, shifted: list
+    ) -> list[Tensor]:
         out = list(vectors)
         for i, layer in enumerate(self.layout.layers):
             u = self._solve_layer(self.layout.layer_matrix(vectors, layer), i, shifted)
@@ -239,7 +282,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
     def _matvec(self, vectors: list[Tensor], frozen: CurvatureStatistics) -> list[Tensor]:
         out = list(vectors)
         for layer, stats in zip(self.layout.layers, frozen.layers):
-            product = stats.output_factor @ self.layout.layer_matrix(vectors, layer) @ stats.input_factor
+            product = (
+                stats.output_factor @ self.layout.layer_matrix(vectors, layer) @ stats.input_factor
+            )
             self.layout.scatter_layer_matrix(product, layer, out)
         self._other_matvec(vectors, out, frozen)
         return out

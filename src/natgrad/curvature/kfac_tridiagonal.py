@@ -31,6 +31,7 @@ layer makes ``g_i`` a linear function of ``g_{i+1}`` and both inputs carry the b
 and :meth:`to_dense` (``F_hat = Xi^{-1} blockdiag(Sigma_i) Xi^{-T}`` from dense Kronecker
 products, independent of the efficient algorithm) only invert ``A_{i+1}, B_{i+1}``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -104,9 +105,13 @@ class TridiagonalKFAC(KroneckerFactored):
 
     def __init__(self, model: nn.Module, config: CurvatureConfig | None = None) -> None:
         super().__init__(model, config)
-        convs = [layer.name for layer in self.layout.layers if not isinstance(layer.module, nn.Linear)]
+        convs = [
+            layer.name for layer in self.layout.layers if not isinstance(layer.module, nn.Linear)
+        ]
         if convs:
-            raise ValueError(f"TridiagonalKFAC supports nn.Linear layers only; got non-Linear layers {convs}")
+            raise ValueError(
+                f"TridiagonalKFAC supports nn.Linear layers only; got non-Linear layers {convs}"
+            )
 
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> CurvatureStatistics:
         """The block-diagonal factors plus the cross factors of consecutive layers.
@@ -117,13 +122,18 @@ class TridiagonalKFAC(KroneckerFactored):
         statistics, records = self._statistics_and_records(loss, generator)
         layers = list(statistics.layers)
         for i, (lower, upper) in enumerate(zip(records.layers[:-1], records.layers[1:])):
-            require(lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1, "locations per example",
-                    (lower.inputs.shape[1], upper.inputs.shape[1]),
-                    f"1: TridiagonalKFAC needs (N, d) inputs at every layer (layer {self.layout.layers[i].name!r} "
-                    "or its successor has more; a VAE on the importance-weighted bound decodes k samples per "
-                    "example: use block-diagonal K-FAC)")
-            layers[i] = layers[i].with_cross(input_cross_factor(lower, upper, records.batch_size),
-                                             output_cross_factor(lower, upper, records.batch_size))
+            require(
+                lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1,
+                "locations per example",
+                (lower.inputs.shape[1], upper.inputs.shape[1]),
+                f"1: TridiagonalKFAC needs (N, d) inputs at every layer (layer {self.layout.layers[i].name!r} "
+                "or its successor has more; a VAE on the importance-weighted bound decodes k samples per "
+                "example: use block-diagonal K-FAC)",
+            )
+            layers[i] = layers[i].with_cross(
+                input_cross_factor(lower, upper, records.batch_size),
+                output_cross_factor(lower, upper, records.batch_size),
+            )
         return CurvatureStatistics(tuple(layers), statistics.diagonal)
 
     def _chain(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_ChainBlock]:
@@ -145,19 +155,31 @@ class TridiagonalKFAC(KroneckerFactored):
         """Per layer, ``Psi`` and the simultaneous diagonalisations of ``(A, C)`` and ``(B, D)``: one job per layer."""
         jobs = []
         for i, (layer, stats) in enumerate(zip(self.layout.layers, frozen.layers)):
-            d_in, d_out, dtype = stats.input_factor.shape[0], stats.output_factor.shape[0], stats.input_factor.dtype
+            d_in, d_out, dtype = (
+                stats.input_factor.shape[0],
+                stats.output_factor.shape[0],
+                stats.input_factor.dtype,
+            )
             shapes = [(d_in, d_in), (d_in,), (d_out, d_out), (d_out,)]
             if stats.input_cross is not None:
                 shapes += [tuple(stats.input_cross.shape), tuple(stats.output_cross.shape)]
-            jobs.append(BlockJob(f"{layer.name} chain block", partial(self._solve_factors, frozen, i, tikhonov),
-                                 tuple((shape, dtype) for shape in shapes), 3.0 * (d_in**3 + d_out**3)))
+            jobs.append(
+                BlockJob(
+                    f"{layer.name} chain block",
+                    partial(self._solve_factors, frozen, i, tikhonov),
+                    tuple((shape, dtype) for shape in shapes),
+                    3.0 * (d_in**3 + d_out**3),
+                )
+            )
         blocks = []
         for k_a, s_a, k_b, s_b, *psi in self.run_jobs(jobs):
             psi_a, psi_b = psi if psi else (None, None)
             blocks.append(_SolveBlock(psi_a, psi_b, k_a, k_b, 1.0 - torch.outer(s_b, s_a)))
         return blocks
 
-    def _solve_factors(self, frozen: CurvatureStatistics, i: int, tikhonov: float) -> tuple[Tensor, ...]:
+    def _solve_factors(
+        self, frozen: CurvatureStatistics, i: int, tikhonov: float
+    ) -> tuple[Tensor, ...]:
         """``(K_A, s_A, K_B, s_B)``, then ``(Psi_A, Psi_B)`` unless ``i`` is the last layer."""
         block = self._chain_block(frozen, i, tikhonov)
         k_a, s_a = simultaneous_diagonalisation(block.a, block.c)
@@ -165,13 +187,26 @@ class TridiagonalKFAC(KroneckerFactored):
         psi = () if block.psi_a is None else (block.psi_a, block.psi_b)
         return (k_a, s_a, k_b, s_b, *psi)
 
-    def _solve(self, vectors: list[Tensor], frozen: CurvatureStatistics, tikhonov: float,
-               shifted: list[_SolveBlock]) -> list[Tensor]:
+    def _solve(
+        self,
+        vectors: list[Tensor],
+        frozen: CurvatureStatistics,
+        tikhonov: float,
+        shifted: list[_SolveBlock],
+    ) -> list[Tensor]:
         layers = self.layout.layers
         v = [self.layout.layer_matrix(vectors, layer) for layer in layers]
-        u = [vi if c.psi_b is None else vi - c.psi_b @ v[i + 1] @ c.psi_a.T for i, (vi, c) in enumerate(zip(v, shifted))]
-        w = [c.k_b @ ((c.k_b.T @ ui @ c.k_a) / c.denominator) @ c.k_a.T for ui, c in zip(u, shifted)]
-        z = [w[0]] + [w[i] - shifted[i - 1].psi_b.T @ w[i - 1] @ shifted[i - 1].psi_a for i in range(1, len(w))]
+        u = [
+            vi if c.psi_b is None else vi - c.psi_b @ v[i + 1] @ c.psi_a.T
+            for i, (vi, c) in enumerate(zip(v, shifted))
+        ]
+        w = [
+            c.k_b @ ((c.k_b.T @ ui @ c.k_a) / c.denominator) @ c.k_a.T for ui, c in zip(u, shifted)
+        ]
+        z = [w[0]] + [
+            w[i] - shifted[i - 1].psi_b.T @ w[i - 1] @ shifted[i - 1].psi_a
+            for i in range(1, len(w))
+        ]
         out = list(vectors)
         for layer, zi in zip(layers, z):
             self.layout.scatter_layer_matrix(zi, layer, out)

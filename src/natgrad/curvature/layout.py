@@ -33,6 +33,7 @@ why, and the representations log that table once when built.
 of every example's Jacobian), which per-example curvature statistics and the in-place running
 averages under ``torch.func`` cannot represent: it is refused with an error (:func:`check_modules`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -109,7 +110,11 @@ def _one_hot_rows(module: nn.Module, indices: Tensor) -> Tensor:
 
 def _embedding_reason(module: nn.Module) -> str | None:
     if module.sparse or module.max_norm is not None:
-        return "sparse gradients" if module.sparse else f"max_norm = {module.max_norm} (renormalised in place)"
+        return (
+            "sparse gradients"
+            if module.sparse
+            else f"max_norm = {module.max_norm} (renormalised in place)"
+        )
     return None
 
 
@@ -118,7 +123,10 @@ KRONECKER_FORMS: dict[type, tuple[KroneckerForm, Callable[[nn.Module], str | Non
     nn.Linear: (KroneckerForm(_linear_rows, _linear_rows), lambda m: None),
     nn.Conv1d: (KroneckerForm(_conv1d_patches, _channels_last), _conv_reason),
     nn.Conv2d: (KroneckerForm(_conv2d_patches, _channels_last), _conv_reason),
-    nn.ConvTranspose2d: (KroneckerForm(_channels_last, _transposed_conv_patches, True, False), _transposed_conv_reason),
+    nn.ConvTranspose2d: (
+        KroneckerForm(_channels_last, _transposed_conv_patches, True, False),
+        _transposed_conv_reason,
+    ),
     nn.Embedding: (KroneckerForm(_one_hot_rows, _linear_rows, True, False), _embedding_reason),
 }
 
@@ -145,7 +153,8 @@ def check_modules(model: nn.Module) -> None:
                 f"module {name!r} ({type(module).__name__}) normalises with batch statistics, which couple the "
                 "examples: natgrad's curvature needs each example's output to depend on that example alone. "
                 "Replace it with nn.LayerNorm or nn.GroupNorm (per-example normalisation), or freeze it with "
-                ".eval() so it uses its running statistics")
+                ".eval() so it uses its running statistics"
+            )
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,9 @@ class KroneckerLayer:
     def d_in(self) -> int:
         """Columns of ``W_bar``: inputs per location (``in * kh * kw`` for a conv), plus 1 for a bias."""
         weight = self.module.weight
-        return int(weight.shape[0] if self.form.transposed else weight[0].numel()) + (self.bias_index is not None)
+        return int(weight.shape[0] if self.form.transposed else weight[0].numel()) + (
+            self.bias_index is not None
+        )
 
     def inputs(self, x: Tensor) -> Tensor:
         """``a_bar`` of shape ``(N, T, d_in)`` (ones column appended for a bias in the block)."""
@@ -187,32 +198,49 @@ class ParameterLayout:
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"natgrad optimizers and curvatures take the model (an nn.Module), got "
-                            f"{type(model).__name__}; pass the module itself, e.g. KFAC(model), not model.parameters()")
+            raise TypeError(
+                f"natgrad optimizers and curvatures take the model (an nn.Module), got "
+                f"{type(model).__name__}; pass the module itself, e.g. KFAC(model), not model.parameters()"
+            )
         check_modules(model)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters to build a curvature for")
+            raise ValueError(
+                f"{type(model).__name__} has no trainable parameters to build a curvature for"
+            )
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         index = {id(p): i for i, (_, p) in enumerate(named)}
         self.layers: list[KroneckerLayer] = []
-        self._why_diagonal: dict[int, str] = {}  # parameter index -> why it is not in a Kronecker block
+        self._why_diagonal: dict[
+            int, str
+        ] = {}  # parameter index -> why it is not in a Kronecker block
         for mod_name, module in model.named_modules():
             own = [index[id(p)] for p in module.parameters(recurse=False) if id(p) in index]
             form, why = kronecker_form(module)
             for i in own:
-                self._why_diagonal.setdefault(i, f"{type(module).__name__} with {why}" if why
-                                              else f"{type(module).__name__}: no Kronecker form")
+                self._why_diagonal.setdefault(
+                    i,
+                    f"{type(module).__name__} with {why}"
+                    if why
+                    else f"{type(module).__name__}: no Kronecker form",
+                )
             if form is None or id(module.weight) not in index:
                 continue
             bias = getattr(module, "bias", None)  # an Embedding has none
             if bias is not None and not form.bias_in_block and id(bias) in index:
-                self._why_diagonal[index[id(bias)]] = f"{type(module).__name__} bias, added after the patches overlap"
+                self._why_diagonal[index[id(bias)]] = (
+                    f"{type(module).__name__} bias, added after the patches overlap"
+                )
             weight_index = index[id(module.weight)]
             bias_index = index.get(id(bias)) if bias is not None and form.bias_in_block else None
             self.layers.append(KroneckerLayer(mod_name, module, weight_index, bias_index, form))
-        claimed = {i for layer in self.layers for i in (layer.weight_index, layer.bias_index) if i is not None}
+        claimed = {
+            i
+            for layer in self.layers
+            for i in (layer.weight_index, layer.bias_index)
+            if i is not None
+        }
         self.other: list[int] = [i for i in range(len(named)) if i not in claimed]
         sizes = [p.numel() for p in self.params]
         self.offsets = [0]
@@ -232,10 +260,14 @@ class ParameterLayout:
         """
         vectors = list(vectors)
         if len(vectors) != len(self.params):
-            raise ValueError(f"{field} must have one tensor per parameter ({len(self.params)}), got {len(vectors)}")
+            raise ValueError(
+                f"{field} must have one tensor per parameter ({len(self.params)}), got {len(vectors)}"
+            )
         for name, v, p in zip(self.names, vectors, self.params):
             if v.shape != p.shape:
-                raise ValueError(f"{field}: tensor for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
+                raise ValueError(
+                    f"{field}: tensor for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}"
+                )
         return vectors
 
     def flatten(self, vectors: Sequence[Tensor]) -> Tensor:
@@ -245,8 +277,13 @@ class ParameterLayout:
     def unflatten(self, flat: Tensor) -> list[Tensor]:
         """Split a length-``P`` vector into tensors shaped like the parameters."""
         if flat.shape != (self.dimension,):
-            raise ValueError(f"flat vector must have shape ({self.dimension},), got {tuple(flat.shape)}")
-        return [flat[a:b].view_as(p) for a, b, p in zip(self.offsets[:-1], self.offsets[1:], self.params)]
+            raise ValueError(
+                f"flat vector must have shape ({self.dimension},), got {tuple(flat.shape)}"
+            )
+        return [
+            flat[a:b].view_as(p)
+            for a, b, p in zip(self.offsets[:-1], self.offsets[1:], self.params)
+        ]
 
     def layer_matrix(self, vectors: Sequence[Tensor], layer: KroneckerLayer) -> Tensor:
         """``W_bar = [W, b]`` of ``vectors`` for ``layer``: shape ``(d_out, d_in)``."""
@@ -258,7 +295,9 @@ class ParameterLayout:
             return weight
         return torch.cat([weight, vectors[layer.bias_index].unsqueeze(1)], dim=1)
 
-    def scatter_layer_matrix(self, matrix: Tensor, layer: KroneckerLayer, out: list[Tensor]) -> None:
+    def scatter_layer_matrix(
+        self, matrix: Tensor, layer: KroneckerLayer, out: list[Tensor]
+    ) -> None:
         """Write a ``(d_out, d_in)`` matrix back into the weight and bias slots of ``out``."""
         weight = self.params[layer.weight_index]
         if layer.form.transposed:
@@ -288,10 +327,15 @@ class ParameterLayout:
         blocks = {}
         for layer in self.layers:
             label = f"Kronecker ({type(layer.module).__name__} {layer.name!r})"
-            blocks.update({i: label for i in (layer.weight_index, layer.bias_index) if i is not None})
+            blocks.update(
+                {i: label for i in (layer.weight_index, layer.bias_index) if i is not None}
+            )
         for i in self.other:
             blocks[i] = f"diagonal ({self._why_diagonal[i]})"
-        return [(name, tuple(p.shape), blocks[i]) for i, (name, p) in enumerate(zip(self.names, self.params))]
+        return [
+            (name, tuple(p.shape), blocks[i])
+            for i, (name, p) in enumerate(zip(self.names, self.params))
+        ]
 
     def describe_table(self, block: str | None = None) -> str:
         """:meth:`describe` as an aligned text table; ``block`` replaces every block label (non-Kronecker families)."""

@@ -7,6 +7,7 @@ before :meth:`~natgrad.curvature.base.CurvatureRepresentation.update` folds it i
 representations that use the factors compute them (``kfac.py``, ``kfac_tridiagonal.py``,
 ``diagonal.py``); this module only holds and combines them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -74,8 +75,10 @@ class CurvatureStatistics:
 
     def clone(self) -> CurvatureStatistics:
         """A copy owning its tensors."""
-        layers = tuple(LayerStatistics(*(None if t is None else t.clone() for t in _values(layer)))
-                       for layer in self.layers)
+        layers = tuple(
+            LayerStatistics(*(None if t is None else t.clone() for t in _values(layer)))
+            for layer in self.layers
+        )
         return CurvatureStatistics(layers, {j: d.clone() for j, d in self.diagonal.items()})
 
     def fold_(self, batch: CurvatureStatistics, decay: float) -> None:
@@ -86,7 +89,9 @@ class CurvatureStatistics:
         """
         mine, theirs = dict(self.named_tensors()), dict(batch.named_tensors())
         if mine.keys() != theirs.keys():
-            raise ValueError(f"statistics do not match the averages: {sorted(mine.keys() ^ theirs.keys())[:3]}")
+            raise ValueError(
+                f"statistics do not match the averages: {sorted(mine.keys() ^ theirs.keys())[:3]}"
+            )
         for name, old in mine.items():
             old.mul_(decay).add_(theirs[name], alpha=1.0 - decay)
 
@@ -108,7 +113,9 @@ class CurvatureStatistics:
         return cls(layers, dict(state["diagonal"])).clone()
 
 
-def weighted_mean(statistics: Sequence[CurvatureStatistics], counts: Sequence[int]) -> CurvatureStatistics:
+def weighted_mean(
+    statistics: Sequence[CurvatureStatistics], counts: Sequence[int]
+) -> CurvatureStatistics:
     """``sum_s n_s X_s / sum_s n_s``, the statistics of the union of batches of ``n_s`` examples each.
 
     One batch is returned as it is; otherwise a new container (running mean with :meth:`~CurvatureStatistics.fold_`).
@@ -117,7 +124,9 @@ def weighted_mean(statistics: Sequence[CurvatureStatistics], counts: Sequence[in
         ValueError: no statistics, or containers of different structure.
     """
     if not statistics or len(statistics) != len(counts):
-        raise ValueError(f"weighted_mean needs one count per statistics, got {len(statistics)} and {len(counts)}")
+        raise ValueError(
+            f"weighted_mean needs one count per statistics, got {len(statistics)} and {len(counts)}"
+        )
     if len(statistics) == 1:
         return statistics[0]
     mean, seen = statistics[0].clone(), counts[0]

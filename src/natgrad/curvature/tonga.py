@@ -42,6 +42,7 @@ block keeps its own rank-``k`` factor. Blocks of one layer are batched (``(d_out
 so the per-unit variant costs batched ``eigh`` on ``(d_out, r, r)`` Gram matrices, no Python loop
 over units.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ from natgrad.validation import in_unit_interval, is_integer, parse_choice, requi
 class Blocks(str, Enum):
     """TONGA's block structure (module docstring)."""
 
-    UNIT = "unit"  # one block per unit of every Kronecker layer (the paper's block-diagonal variant)
+    UNIT = (
+        "unit"  # one block per unit of every Kronecker layer (the paper's block-diagonal variant)
+    )
     LAYER = "layer"  # one block per Kronecker layer
     NONE = "none"  # one block over all parameters (plain low-rank TONGA)
 
@@ -96,11 +99,17 @@ class TongaConfig:
         for name in ("rank", "examples_per_update"):
             value = getattr(self, name)
             require(is_integer(value) and value >= 1, f"tonga.{name}", value, "an integer >= 1")
-        require(in_unit_interval(self.discount), "tonga.discount", self.discount, "a number in [0, 1)")
+        require(
+            in_unit_interval(self.discount), "tonga.discount", self.discount, "a number in [0, 1)"
+        )
         require(isinstance(self.centred, bool), "tonga.centred", self.centred, "true or false")
         object.__setattr__(self, "blocks", parse_choice(Blocks, "tonga.blocks", self.blocks))
-        require(not self.centred or self.examples_per_update >= 2, "tonga.examples_per_update",
-                self.examples_per_update, ">= 2 with centred = true (a centred batch of one example is zero)")
+        require(
+            not self.centred or self.examples_per_update >= 2,
+            "tonga.examples_per_update",
+            self.examples_per_update,
+            ">= 2 with centred = true (a centred batch of one example is zero)",
+        )
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,9 @@ class TongaCurvature(CurvatureRepresentation):
 
     def describe(self) -> str:
         """Every parameter and its block: low-rank plus diagonal, grouped by ``config.blocks``."""
-        return self.layout.describe_table(block=f"TONGA low-rank (blocks = {self.config.blocks.value!r})")
+        return self.layout.describe_table(
+            block=f"TONGA low-rank (blocks = {self.config.blocks.value!r})"
+        )
 
     @property
     def factors(self) -> list[Tensor | None]:
@@ -238,21 +249,36 @@ class TongaCurvature(CurvatureRepresentation):
         sub_batch = loss.on_batch(tuple(t[:m] for t in loss.batch))
         flat = per_example_gradients(sub_batch)  # (m, P)
         offsets = self.layout.offsets
-        return ExampleGradients(tuple(flat[:, a:b].reshape(-1, *shape)
-                                      for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)))
+        return ExampleGradients(
+            tuple(
+                flat[:, a:b].reshape(-1, *shape)
+                for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes)
+            )
+        )
 
     def _check_statistics(self, statistics: ExampleGradients) -> None:
         """Raises ValueError: gradients that do not match the parameters, or too few examples."""
-        require(isinstance(statistics, ExampleGradients), "statistics", type(statistics).__name__,
-                "ExampleGradients (from TongaCurvature.capture)")
+        require(
+            isinstance(statistics, ExampleGradients),
+            "statistics",
+            type(statistics).__name__,
+            "ExampleGradients (from TongaCurvature.capture)",
+        )
         shapes = [tuple(g.shape[1:]) for g in statistics.gradients]
         expected = [tuple(s) for s in self.shapes]
-        require(shapes == expected, "gradient shapes", shapes, f"{expected} (parameters {self.layout.names})")
+        require(
+            shapes == expected,
+            "gradient shapes",
+            shapes,
+            f"{expected} (parameters {self.layout.names})",
+        )
         m = int(statistics.gradients[0].shape[0])
         least = 2 if self.config.centred else 1
         require(m >= least, "examples per update", m, f">= {least}")
 
-    def _fold(self, averages: LowRankFactors | None, statistics: ExampleGradients, decay: float) -> LowRankFactors:
+    def _fold(
+        self, averages: LowRankFactors | None, statistics: ExampleGradients, decay: float
+    ) -> LowRankFactors:
         """``C <- w C + (1 - w) S``: the ``m`` new columns are appended (:meth:`refresh` truncates)."""
         if averages is None:
             averages = LowRankFactors([None] * len(self.groups), [None] * len(self.groups))
@@ -263,8 +289,9 @@ class TongaCurvature(CurvatureRepresentation):
             if self.config.centred:
                 new = new - new.mean(dim=0, keepdim=True)
             new = new.permute(1, 2, 0) * math.sqrt((1.0 - decay) / m)  # (B, n_b, m)
-            averages.factors[i], averages.grams[i] = _append_columns(averages.factors[i], averages.grams[i], new,
-                                                                     decay)
+            averages.factors[i], averages.grams[i] = _append_columns(
+                averages.factors[i], averages.grams[i], new, decay
+            )
         return averages
 
     def _freeze(self, averages: LowRankFactors) -> None:
@@ -282,7 +309,9 @@ class TongaCurvature(CurvatureRepresentation):
             # measured on the MNIST autoencoder); the (B, r, r) matrices are small.
             eigenvalues, vectors = torch.linalg.eigh(gram.double())  # ascending
             averages.factors[i] = x @ vectors[..., -k:].flip(-1).to(x.dtype)
-            averages.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0)).to(gram.dtype)
+            averages.grams[i] = torch.diag_embed(eigenvalues[..., -k:].flip(-1).clamp_min(0.0)).to(
+                gram.dtype
+            )
         return None
 
     def _matrix(self) -> LowRankFactors | None:
@@ -291,8 +320,12 @@ class TongaCurvature(CurvatureRepresentation):
 
     def _load_statistics(self, state: Mapping[str, Any]) -> LowRankFactors:
         """Raises ValueError: the state has a different number of block groups than this model."""
-        require(len(state["factors"]) == len(self.groups), "TONGA state block groups", len(state["factors"]),
-                f"{len(self.groups)}, this model's")
+        require(
+            len(state["factors"]) == len(self.groups),
+            "TONGA state block groups",
+            len(state["factors"]),
+            f"{len(self.groups)}, this model's",
+        )
         cloned = LowRankFactors(list(state["factors"]), list(state["grams"])).state()
         return LowRankFactors(cloned["factors"], cloned["grams"])
 
@@ -300,8 +333,9 @@ class TongaCurvature(CurvatureRepresentation):
         """Nothing to cache: the live factor changes at every update."""
         return None
 
-    def _solve(self, vectors: list[Tensor], frozen: LowRankFactors | None, tikhonov: float,
-               shifted: None) -> list[Tensor]:
+    def _solve(
+        self, vectors: list[Tensor], frozen: LowRankFactors | None, tikhonov: float, shifted: None
+    ) -> list[Tensor]:
         r"""``(C + gamma^2 I)^{-1} v`` per block by Woodbury, never forming ``C``.
 
         ``(X X^T + \gamma^2 I)^{-1} v = (v - X (X^T X + \gamma^2 I)^{-1} X^T v) / \gamma^2``.
@@ -313,7 +347,9 @@ class TongaCurvature(CurvatureRepresentation):
                 result = v / tikhonov
             else:
                 eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-                coefficients = torch.linalg.solve(gram + tikhonov * eye, x.transpose(-1, -2) @ v.unsqueeze(-1))
+                coefficients = torch.linalg.solve(
+                    gram + tikhonov * eye, x.transpose(-1, -2) @ v.unsqueeze(-1)
+                )
                 result = (v - (x @ coefficients).squeeze(-1)) / tikhonov
             self._place(out, group, result)
         return out  # type: ignore[return-value]
@@ -323,7 +359,11 @@ class TongaCurvature(CurvatureRepresentation):
         out: list[Tensor | None] = [None] * len(self.shapes)
         for group, x in zip(self.groups, self.factors):
             v = group.gather(vectors)
-            result = torch.zeros_like(v) if x is None else (x @ (x.transpose(-1, -2) @ v.unsqueeze(-1))).squeeze(-1)
+            result = (
+                torch.zeros_like(v)
+                if x is None
+                else (x @ (x.transpose(-1, -2) @ v.unsqueeze(-1))).squeeze(-1)
+            )
             self._place(out, group, result)
         return out  # type: ignore[return-value]
 
@@ -337,7 +377,9 @@ class TongaCurvature(CurvatureRepresentation):
                 continue
             index = group.gather(positions)  # (B, n_b): flat position of each block entry
             blocks = x @ x.transpose(-1, -2)  # (B, n_b, n_b)
-            dense[index.unsqueeze(-1).expand_as(blocks), index.unsqueeze(-2).expand_as(blocks)] = blocks
+            dense[index.unsqueeze(-1).expand_as(blocks), index.unsqueeze(-2).expand_as(blocks)] = (
+                blocks
+            )
         if tikhonov is not None:
             dense += tikhonov * torch.eye(n, dtype=dense.dtype)
         return dense
@@ -350,7 +392,9 @@ class TongaCurvature(CurvatureRepresentation):
             out[i] = part
 
 
-def _append_columns(x: Tensor | None, gram: Tensor | None, new: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+def _append_columns(
+    x: Tensor | None, gram: Tensor | None, new: Tensor, decay: float
+) -> tuple[Tensor, Tensor]:
     """``X <- [sqrt(w) X, new]`` and its Gram by the paper's block formula (p. 5)."""
     new_gram = new.transpose(-1, -2) @ new
     if x is None or decay == 0.0:

@@ -34,6 +34,7 @@ so training- and evaluation-mode outputs are both preserved and ``d`` is left un
 Departures: PCA whitening (the paper's ``U``); the replication used ZCA ``E (D + eps)^{-1/2} E^T``,
 which differs by a rotation of ``V``. Statistics use the biased (``1/N_s``) covariance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -95,11 +96,17 @@ class WhitenedLinear(nn.Module):
     """
 
     def __init__(
-        self, linear: nn.Linear, batch_norm: bool = False, bn_momentum: float = 0.1, bn_eps: float = 1e-5
+        self,
+        linear: nn.Linear,
+        batch_norm: bool = False,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if linear.bias is None:
-            raise ValueError("WhitenedLinear needs an nn.Linear with a bias (d absorbs the centring)")
+            raise ValueError(
+                "WhitenedLinear needs an nn.Linear with a bias (d absorbs the centring)"
+            )
         d_out, d_in = linear.weight.shape
         factory = {"dtype": linear.weight.dtype, "device": linear.weight.device}
         self.weight = nn.Parameter(linear.weight.detach().clone())
@@ -130,7 +137,9 @@ class WhitenedLinear(nn.Module):
 
     def _normalise(self, s: Tensor) -> Tensor:
         if self.training:
-            rows = s.reshape(-1, s.shape[-1])  # (N, d_out), or (N k, d_out) for k samples per example
+            rows = s.reshape(
+                -1, s.shape[-1]
+            )  # (N, d_out), or (N k, d_out) for k samples per example
             mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
             with torch.no_grad():
                 n = rows.shape[0]
@@ -203,11 +212,15 @@ def capture_layer_inputs(layers: Sequence[WhitenedLinear]) -> Iterator[list[list
 
     def hook_for(store: list[Tensor]) -> Callable:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store.append(args[0].detach().reshape(-1, args[0].shape[-1]))  # one row per example (and sample)
+            store.append(
+                args[0].detach().reshape(-1, args[0].shape[-1])
+            )  # one row per example (and sample)
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(hook_for(store)) for layer, store in zip(layers, records)]
+    handles = [
+        layer.register_forward_pre_hook(hook_for(store)) for layer, store in zip(layers, records)
+    ]
     try:
         yield records
     finally:
@@ -220,5 +233,7 @@ def reparametrise_all(
 ) -> list[ChangeOfBasis]:
     """One PRONG re-estimation of every layer from its captured ``inputs`` (Alg. 1, bottom-up)."""
     if len(inputs) != len(layers):
-        raise ValueError(f"got inputs for {len(inputs)} layers, the model has {len(layers)} whitened layers")
+        raise ValueError(
+            f"got inputs for {len(inputs)} layers, the model has {len(layers)} whitened layers"
+        )
     return [layer.reparametrise(x, epsilon) for layer, x in zip(layers, inputs)]

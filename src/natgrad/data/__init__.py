@@ -2,6 +2,7 @@
 
 See docs/data.md for the search path, the checks, and every choice made when regenerating.
 """
+
 from natgrad.data.datasets import (
     DATASET_NAMES,
     Dataset,

@@ -6,6 +6,7 @@ is written to a temporary file in the same directory, fsync'ed, then renamed ove
 (``os.replace`` is atomic on POSIX). The manifest is removed before and written after the arrays, so
 an interrupted write leaves either no manifest or one whose sums do not match: both are rejected.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,9 @@ def atomic_write_bytes(dest: str | Path, data: bytes, previous: Path | None = No
     The one atomic writer of natgrad: data caches and training checkpoints both use it.
     """
     dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # usual permissions, unlike mkstemp
+    tmp = (
+        dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    )  # usual permissions, unlike mkstemp
     try:
         with open(tmp, "xb") as handle:
             handle.write(data)

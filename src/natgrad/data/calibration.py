@@ -5,6 +5,7 @@ summed over pixels of PCA fitted on the training set: CURVES 5.90 (18 components
 (30), FACES 135 (30). With training mean m and the top-k eigenvectors V_k of the training
 covariance, the error of a test image x is ||(I - V_k V_k^T)(x - m)||^2.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,9 @@ import numpy as np
 PAPER_PCA_ERROR = {"mnist": (30, 13.87), "curves": (18, 5.90), "faces": (30, 135.0)}
 
 
-def pca_test_error(train: np.ndarray, test: np.ndarray, components: int, *, chunk: int = 20000) -> float:
+def pca_test_error(
+    train: np.ndarray, test: np.ndarray, components: int, *, chunk: int = 20000
+) -> float:
     """Mean over test rows of the squared error summed over columns, PCA(k) fitted on ``train``.
 
     Accumulates the covariance in float64 chunks so 100k x 625 inputs fit comfortably in memory.

@@ -15,6 +15,7 @@ x and that a cubic spline through them is inked into the image. Everything else 
 The training images are the first ``n_train`` drawn from the seeded generator, the test images the
 next ``n_test``; generation is batched and vectorised over pixels and segments.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -79,9 +80,14 @@ def spline_points(x: np.ndarray, y: np.ndarray, segments: int) -> tuple[np.ndarr
 
 def polyline_distance_sq(xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
     """Squared distance from every pixel centre of a size x size grid to each polyline: (B, size**2)."""
-    row, col = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    row, col = np.meshgrid(
+        np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij"
+    )
     px, py = col.reshape(1, -1, 1), row.reshape(1, -1, 1)  # pixel (x = column, y = row), (1, P, 1)
-    xs, ys = xs.astype(np.float32), ys.astype(np.float32)  # float32 halves the work; error << 1e-3 px
+    xs, ys = (
+        xs.astype(np.float32),
+        ys.astype(np.float32),
+    )  # float32 halves the work; error << 1e-3 px
     ax, ay = xs[:, None, :-1], ys[:, None, :-1]  # segment starts, (B, 1, S)
     dx, dy = np.diff(xs, axis=1)[:, None, :], np.diff(ys, axis=1)[:, None, :]
     length_sq = np.maximum(dx * dx + dy * dy, 1e-12)
@@ -90,13 +96,19 @@ def polyline_distance_sq(xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarra
     return (ex * ex + ey * ey).min(axis=2)
 
 
-def draw_knots(rng: np.random.Generator, count: int, recipe: CurvesRecipe) -> tuple[np.ndarray, np.ndarray]:
+def draw_knots(
+    rng: np.random.Generator, count: int, recipe: CurvesRecipe
+) -> tuple[np.ndarray, np.ndarray]:
     """Three knots per image: sorted x with gaps >= min_gap, y uniform; both within the margins."""
     low, high = recipe.margin, recipe.size - 1 - recipe.margin
     slack = high - low - 2 * recipe.min_gap
     if slack <= 0:
-        raise ValueError(f"margin={recipe.margin} and min_gap={recipe.min_gap} leave no room in size={recipe.size}")
-    uniform = rng.random((count, 6))  # one row per image, so the first n images never depend on count
+        raise ValueError(
+            f"margin={recipe.margin} and min_gap={recipe.min_gap} leave no room in size={recipe.size}"
+        )
+    uniform = rng.random(
+        (count, 6)
+    )  # one row per image, so the first n images never depend on count
     x = low + np.sort(uniform[:, :3] * slack, axis=1) + recipe.min_gap * np.arange(3)
     y = low + uniform[:, 3:] * (high - low)
     return x, y
@@ -107,11 +119,15 @@ def render(x: np.ndarray, y: np.ndarray, recipe: CurvesRecipe) -> np.ndarray:
     xs, ys = spline_points(x, y, recipe.segments)
     dist_sq = polyline_distance_sq(xs, ys, recipe.size)
     reach = (_CUTOFF_SIGMAS * recipe.pen_sigma) ** 2
-    ink = np.where(dist_sq < reach, recipe.peak * np.exp(-dist_sq / (2.0 * recipe.pen_sigma**2)), 0.0)
+    ink = np.where(
+        dist_sq < reach, recipe.peak * np.exp(-dist_sq / (2.0 * recipe.pen_sigma**2)), 0.0
+    )
     return np.clip(ink, 0.0, 1.0).astype(np.float32)
 
 
-def generate_curves(recipe: CurvesRecipe, seed: int, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate_curves(
+    recipe: CurvesRecipe, seed: int, *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic CURVES: (train, test) float32 of shapes (n_train, size**2), (n_test, size**2)."""
     rng = np.random.default_rng(seed)
     total = recipe.n_train + recipe.n_test

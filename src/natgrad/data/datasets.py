@@ -16,6 +16,7 @@ Originals win over regenerated caches wherever they are on the search path; rege
 always named ``curves-regen`` / ``faces-regen``. Loading never generates: a missing cache is an
 error that says to run ``natgrad data prepare <name>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,11 +112,15 @@ def _load_arrays(name: str, search_path: list[Path]) -> tuple[str, np.ndarray, n
         )
     arrays, _ = read_cache(cache)
     if set(arrays) != {"train", "test"}:
-        raise DataError(f"{cache / 'manifest.json'}: arrays {sorted(arrays)}, expected ['test', 'train']")
+        raise DataError(
+            f"{cache / 'manifest.json'}: arrays {sorted(arrays)}, expected ['test', 'train']"
+        )
     return cache_dir_name(name), arrays["train"], arrays["test"], str(cache / "manifest.json")
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, split_train_size: int | None = None) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, split_train_size: int | None = None
+) -> Dataset:
     """Load a benchmark dataset from the search path (see :func:`natgrad.data.paths.data_search_path`).
 
     Args:
@@ -133,7 +138,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, split_train_s
     label, train, test, source = _load_arrays(name, data_search_path(data_dir))
     if split_train_size is not None:
         if not 1 <= split_train_size <= len(train):
-            raise DataError(f"split_train_size={split_train_size} must be in [1, {len(train)}] for {label}")
+            raise DataError(
+                f"split_train_size={split_train_size} must be in [1, {len(train)}] for {label}"
+            )
         train = train[:split_train_size]
     logger.info("loaded %s: train %s, test %s from %s", label, train.shape, test.shape, source)
     return Dataset(
@@ -170,11 +177,18 @@ def _face_sources(search_path: list[Path]) -> tuple[np.ndarray, str]:
 def _identity(name: str, recipe, seed: int) -> dict:
     """The manifest fields that identify a cache (JSON round-tripped, so tuples compare as lists)."""
     generator = _GENERATOR_VERSION[name]
-    fields = {"dataset": cache_dir_name(name), "generator_version": generator, "seed": seed, "recipe": recipe.to_dict()}
+    fields = {
+        "dataset": cache_dir_name(name),
+        "generator_version": generator,
+        "seed": seed,
+        "recipe": recipe.to_dict(),
+    }
     return json.loads(json.dumps(fields))
 
 
-def _generate(name: str, recipe, seed: int, search_path: list[Path], progress: bool) -> tuple[dict, dict]:
+def _generate(
+    name: str, recipe, seed: int, search_path: list[Path], progress: bool
+) -> tuple[dict, dict]:
     """Generated arrays and the manifest fields describing how they were made."""
     info = {**_identity(name, recipe, seed), "natgrad_version": _natgrad_version()}
     if name == "curves":
@@ -228,7 +242,9 @@ def prepare_dataset(
         return paths[0].parent
     recipe = recipe if recipe is not None else _RECIPE_TYPE[name]()
     if not isinstance(recipe, _RECIPE_TYPE[name]):
-        raise DataError(f"recipe for {name} must be a {_RECIPE_TYPE[name].__name__}, got {type(recipe).__name__}")
+        raise DataError(
+            f"recipe for {name} must be a {_RECIPE_TYPE[name].__name__}, got {type(recipe).__name__}"
+        )
     target = writable_data_dir(data_dir) / cache_dir_name(name)
     info = _identity(name, recipe, seed)
     if _is_current(target, info):

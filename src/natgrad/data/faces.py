@@ -20,6 +20,7 @@ natgrad's choices (recorded in the manifest through :class:`FacesRecipe`):
 * normalisation statistics (per-pixel mean, one global scale) come from all 165,600 images, as the
   original file was normalised as a whole; only train and test are stored.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -67,7 +68,9 @@ def sample_offsets(recipe: FacesRecipe) -> np.ndarray:
     return np.stack([rows, cols], axis=1)
 
 
-def transform_one(image: np.ndarray, angles: np.ndarray, scales: np.ndarray, recipe: FacesRecipe) -> np.ndarray:
+def transform_one(
+    image: np.ndarray, angles: np.ndarray, scales: np.ndarray, recipe: FacesRecipe
+) -> np.ndarray:
     """All variants of one 64x64 original: float32 (len(angles), out**2), un-normalised grey levels.
 
     Source coordinate of a sample at offset o (output pixels) for angle a and scale s:
@@ -79,12 +82,16 @@ def transform_one(image: np.ndarray, angles: np.ndarray, scales: np.ndarray, rec
     dr, dc = offsets[None, :, 0] * factor[:, None], offsets[None, :, 1] * factor[:, None]  # (V, P)
     centre = (SOURCE_SIZE - 1) / 2.0
     coords = np.stack([centre + cos * dr - sin * dc, centre + sin * dr + cos * dc])  # (2, V, P)
-    samples = ndimage.map_coordinates(image, coords.reshape(2, -1), order=recipe.spline_order, mode="nearest")
+    samples = ndimage.map_coordinates(
+        image, coords.reshape(2, -1), order=recipe.spline_order, mode="nearest"
+    )
     per_pixel = samples.reshape(len(angles), recipe.out_size**2, recipe.supersample**2)
     return per_pixel.mean(axis=2).astype(np.float32)
 
 
-def draw_parameters(rng: np.random.Generator, count: int, recipe: FacesRecipe) -> tuple[np.ndarray, np.ndarray]:
+def draw_parameters(
+    rng: np.random.Generator, count: int, recipe: FacesRecipe
+) -> tuple[np.ndarray, np.ndarray]:
     """Angles (degrees) and scales for ``count`` variants, uniform on the recipe's ranges."""
     angles = rng.uniform(*recipe.rotation_deg, size=count)
     scales = rng.uniform(*recipe.scale, size=count)
@@ -101,7 +108,11 @@ def normalise(images: np.ndarray) -> tuple[np.ndarray, dict]:
     variance = float(np.mean(images.var(axis=0, dtype=np.float64)))
     factor = 1.0 / np.sqrt(variance)
     images *= np.float32(factor)
-    return images, {"mean_pixel_before": float(mean.mean()), "pixel_variance_before": variance, "factor": factor}
+    return images, {
+        "mean_pixel_before": float(mean.mean()),
+        "pixel_variance_before": variance,
+        "factor": factor,
+    }
 
 
 def generate_faces(
@@ -118,13 +129,17 @@ def generate_faces(
         raise ValueError(f"sources must be (people * 10, 64, 64), got {sources.shape}")
     people = n_sources // IMAGES_PER_PERSON
     if recipe.train_people + recipe.test_people > people:
-        raise ValueError(f"train_people + test_people = {recipe.train_people + recipe.test_people} > {people} people")
+        raise ValueError(
+            f"train_people + test_people = {recipe.train_people + recipe.test_people} > {people} people"
+        )
     rng = np.random.default_rng(seed)
     angles, scales = draw_parameters(rng, n_sources * recipe.variants, recipe)
     images = np.empty((n_sources * recipe.variants, recipe.out_size**2), dtype=np.float32)
     for k in tqdm(range(n_sources), desc="faces", unit="original", disable=not progress):
         rows = slice(k * recipe.variants, (k + 1) * recipe.variants)
-        images[rows] = transform_one(sources[k].astype(np.float64), angles[rows], scales[rows], recipe)
+        images[rows] = transform_one(
+            sources[k].astype(np.float64), angles[rows], scales[rows], recipe
+        )
     images, stats = normalise(images)
     per_person = IMAGES_PER_PERSON * recipe.variants
     train = images[: recipe.train_people * per_person]

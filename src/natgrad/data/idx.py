@@ -4,6 +4,7 @@ An IDX image file is a 4-byte magic number ``0x00000803`` (unsigned bytes, 3 dim
 big-endian uint32 sizes (count, rows, columns) and ``count * rows * cols`` pixel bytes. The sha256
 is checked on the *uncompressed* bytes, so a locally re-gzipped copy verifies like the original.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -49,17 +50,23 @@ def parse_idx_images(content: bytes, path: Path, *, count: int, rows: int, cols:
         DataError: on a bad magic number, unexpected sizes, or a wrong content length.
     """
     if len(content) < _HEADER_BYTES:
-        raise DataError(f"{path}: wrong length, {len(content)} bytes is shorter than the 16-byte IDX header")
+        raise DataError(
+            f"{path}: wrong length, {len(content)} bytes is shorter than the 16-byte IDX header"
+        )
     magic, n, r, c = np.frombuffer(content[:_HEADER_BYTES], dtype=">u4")
     if magic != IMAGE_MAGIC:
         raise DataError(
             f"{path}: bad magic number 0x{int(magic):08x}, expected 0x{IMAGE_MAGIC:08x} (IDX ubyte images)"
         )
     if (n, r, c) != (count, rows, cols):
-        raise DataError(f"{path}: header says {n} images of {r}x{c}, expected {count} of {rows}x{cols}")
+        raise DataError(
+            f"{path}: header says {n} images of {r}x{c}, expected {count} of {rows}x{cols}"
+        )
     expected = _HEADER_BYTES + count * rows * cols
     if len(content) != expected:
-        raise DataError(f"{path}: wrong length, {len(content)} bytes uncompressed, expected {expected} (truncated?)")
+        raise DataError(
+            f"{path}: wrong length, {len(content)} bytes uncompressed, expected {expected} (truncated?)"
+        )
     return np.frombuffer(content, dtype=np.uint8, offset=_HEADER_BYTES).reshape(count, rows * cols)
 
 
@@ -72,7 +79,9 @@ def verify_sha256(content: bytes, path: Path, expected: str) -> None:
         )
 
 
-def read_idx_images(path: Path, *, sha256: str, count: int, rows: int = 28, cols: int = 28) -> np.ndarray:
+def read_idx_images(
+    path: Path, *, sha256: str, count: int, rows: int = 28, cols: int = 28
+) -> np.ndarray:
     """Read and fully verify an IDX image file: structure first, then the sha256 of the content."""
     content = read_idx_bytes(path)
     images = parse_idx_images(content, path, count=count, rows=rows, cols=cols)

@@ -6,6 +6,7 @@ image file must hold both (the dataset is read whole from one directory, never t
 place and test images from another), and a corrupt file is an error (never silently skipped). The
 sha256 sums are those of the uncompressed official files (see ../shared/data/README.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,15 +40,27 @@ class IdxFile:
 
 IMAGES = {
     "train": IdxFile(
-        "train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 60000
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        60000,
     ),
     "test": IdxFile(
-        "t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 10000
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        10000,
     ),
 }
 LABELS = (
-    IdxFile("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60000),
-    IdxFile("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10000),
+    IdxFile(
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        60000,
+    ),
+    IdxFile(
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        10000,
+    ),
 )
 
 
@@ -64,13 +77,18 @@ def locate_images(search_path: list[Path]) -> dict[str, Path]:
             holds any (listing every directory searched).
     """
     for directory in search_path:
-        found = {split: find_file(candidate_names(spec.name), [directory]) for split, spec in IMAGES.items()}
+        found = {
+            split: find_file(candidate_names(spec.name), [directory])
+            for split, spec in IMAGES.items()
+        }
         missing = [IMAGES[split].name for split, path in found.items() if path is None]
         if not missing:
             return found
         if len(missing) < len(found):
-            raise DataError(f"{directory} holds part of MNIST but not {', '.join(missing)}[.gz]; a dataset is read "
-                            "whole from one directory: add the missing file there or remove the others")
+            raise DataError(
+                f"{directory} holds part of MNIST but not {', '.join(missing)}[.gz]; a dataset is read "
+                "whole from one directory: add the missing file there or remove the others"
+            )
     name = IMAGES["train"].name
     searched = "\n  ".join(str(d) for d in search_path)
     raise DataError(

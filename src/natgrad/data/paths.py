@@ -5,6 +5,7 @@ Order (first hit wins): ``--data-dir``, then ``$NATGRAD_DATA``, then ``<repo roo
 written to the first *writable* directory among ``--data-dir``, ``$NATGRAD_DATA`` and
 ``~/.cache/natgrad``; the shared directory is read-only input and is never written to.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,10 @@ def require_data_dir(data_dir: str | Path | None) -> None:
         DataError: naming the directory.
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"data directory {data_dir} (--data-dir or data.data_dir) does not exist or is not a "
-                        "directory; fix the path or omit it to use the search path")
+        raise DataError(
+            f"data directory {data_dir} (--data-dir or data.data_dir) does not exist or is not a "
+            "directory; fix the path or omit it to use the search path"
+        )
 
 
 def find_file(candidates: Iterable[str], search_path: list[Path]) -> Path | None:
@@ -97,4 +100,6 @@ def writable_data_dir(data_dir: str | Path | None = None) -> Path:
         if _is_writable(directory):
             return directory
     tried = ", ".join(str(path) for path in candidates)
-    raise DataError(f"no writable data directory; tried {tried}. Pass --data-dir or set ${ENV_VAR}.")
+    raise DataError(
+        f"no writable data directory; tried {tried}. Pass --data-dir or set ${ENV_VAR}."
+    )

@@ -8,6 +8,7 @@
 * ``olivettifaces.mat`` (S. Roweis): ``faces``, 4096 x 400 uint8, columns in Fortran order.
 * ``att_faces/s<p>/<i>.pgm`` (ORL, 92x112 P5): fallback source, a fixed face crop resized to 64x64.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,9 @@ def load_mat(path: Path, variables: tuple[str, ...]) -> dict[str, np.ndarray]:
     try:
         content = scipy.io.loadmat(str(path), variable_names=list(variables))
     except NotImplementedError as exc:
-        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with save -v7") from exc
+        raise DataError(
+            f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with save -v7"
+        ) from exc
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a readable MATLAB file ({exc})") from exc
     missing = [name for name in variables if name not in content]
@@ -60,7 +63,9 @@ def read_curves_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     test = _check_pixels(content["bdatatest"], path, "bdatatest", 784)
     for name, array in (("bdata", train), ("bdatatest", test)):
         if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise DataError(f"{path}: '{name}' has values in [{array.min()}, {array.max()}], expected [0, 1]")
+            raise DataError(
+                f"{path}: '{name}' has values in [{array.min()}, {array.max()}], expected [0, 1]"
+            )
     return train, test
 
 

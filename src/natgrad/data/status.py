@@ -3,6 +3,7 @@
 By default checks presence and manifests only (cheap) and says "not verified"; with ``verify`` every
 dataset found is loaded, which checks every checksum (as training does).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,7 +12,14 @@ from pathlib import Path
 from natgrad.data import mnist, sources
 from natgrad.data.cache import read_manifest
 from natgrad.data.calibration import PAPER_PCA_ERROR, pca_test_error
-from natgrad.data.datasets import DATASET_NAMES, Dataset, DatasetStatus, cache_dir_name, find_cache, load_dataset
+from natgrad.data.datasets import (
+    DATASET_NAMES,
+    Dataset,
+    DatasetStatus,
+    cache_dir_name,
+    find_cache,
+    load_dataset,
+)
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file, require_data_dir
 
@@ -19,30 +27,45 @@ NOT_VERIFIED = "not verified (`natgrad data list --verify` checks the checksums)
 
 
 def _mnist_status(search_path: list[Path]) -> DatasetStatus:
-    if not any(find_file(mnist.candidate_names(spec.name), search_path) for spec in mnist.IMAGES.values()):
+    if not any(
+        find_file(mnist.candidate_names(spec.name), search_path) for spec in mnist.IMAGES.values()
+    ):
         names = ", ".join(spec.name for spec in mnist.IMAGES.values())
-        return DatasetStatus("mnist", "missing", None, f"missing {names}; run `natgrad data download mnist`",
-                             search_path)
+        return DatasetStatus(
+            "mnist",
+            "missing",
+            None,
+            f"missing {names}; run `natgrad data download mnist`",
+            search_path,
+        )
     try:
         found = mnist.locate_images(search_path)
     except DataError as exc:
         return DatasetStatus("mnist", "invalid", None, str(exc), search_path)
-    return DatasetStatus("mnist", "original", found["train"].parent, "60000 train / 10000 test (IDX)", search_path)
+    return DatasetStatus(
+        "mnist", "original", found["train"].parent, "60000 train / 10000 test (IDX)", search_path
+    )
 
 
 def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
-    original = find_file(sources.CURVES_ORIGINAL if name == "curves" else sources.FACES_ORIGINAL, search_path)
+    original = find_file(
+        sources.CURVES_ORIGINAL if name == "curves" else sources.FACES_ORIGINAL, search_path
+    )
     if original is not None:
         return DatasetStatus(name, "original", original, "published file", search_path)
     cache = find_cache(name, search_path)
     if cache is None:
-        return DatasetStatus(name, "missing", None, f"run `natgrad data prepare {name}`", search_path)
+        return DatasetStatus(
+            name, "missing", None, f"run `natgrad data prepare {name}`", search_path
+        )
     try:
         manifest = read_manifest(cache)
     except DataError as exc:
         return DatasetStatus(name, "invalid", cache, str(exc), search_path)
     arrays = manifest["arrays"]
-    sizes = " / ".join(f"{arrays[key]['shape'][0]} {key}" for key in ("train", "test") if key in arrays)
+    sizes = " / ".join(
+        f"{arrays[key]['shape'][0]} {key}" for key in ("train", "test") if key in arrays
+    )
     detail = f"{cache_dir_name(name)}: {sizes}, seed {manifest.get('seed')}"
     return DatasetStatus(name, "regenerated", cache, detail, search_path)
 
@@ -65,12 +88,18 @@ def list_datasets(data_dir: str | Path | None = None, verify: bool = False) -> l
     """
     require_data_dir(data_dir)
     search_path = data_search_path(data_dir)
-    statuses = [_mnist_status(search_path)] + [_generated_status(name, search_path) for name in DATASET_NAMES[1:]]
+    statuses = [_mnist_status(search_path)] + [
+        _generated_status(name, search_path) for name in DATASET_NAMES[1:]
+    ]
     found = [status.state in ("original", "regenerated") for status in statuses]
     if verify:
-        return [_verified(status, data_dir) if ok else status for status, ok in zip(statuses, found)]
-    return [replace(status, detail=f"{status.detail}, {NOT_VERIFIED}") if ok else status
-            for status, ok in zip(statuses, found)]
+        return [
+            _verified(status, data_dir) if ok else status for status, ok in zip(statuses, found)
+        ]
+    return [
+        replace(status, detail=f"{status.detail}, {NOT_VERIFIED}") if ok else status
+        for status, ok in zip(statuses, found)
+    ]
 
 
 def format_dataset_table(statuses: list[DatasetStatus]) -> str:
@@ -78,7 +107,10 @@ def format_dataset_table(statuses: list[DatasetStatus]) -> str:
     rows = [("dataset", "state", "location", "detail")]
     rows += [(s.name, s.state, str(s.location) if s.location else "-", s.detail) for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+        for row in rows
+    ]
     searched = statuses[0].searched if statuses else []
     lines.append("search path (first hit wins): " + (", ".join(str(p) for p in searched) or "-"))
     return "\n".join(line.rstrip() for line in lines)

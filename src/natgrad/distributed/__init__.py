@@ -5,6 +5,7 @@ Sits between :mod:`natgrad.curvature` and :mod:`natgrad.optim`: the optimizers u
 several processes is initialised); the runner and the CLI use :mod:`natgrad.distributed.launch`.
 See docs/distributed.md for the design.
 """
+
 from natgrad.distributed.communicator import (
     Communicator,
     PeerLostError,

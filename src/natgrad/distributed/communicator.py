@@ -18,6 +18,7 @@ benchmark's communication share. A collective that fails because another process
 (gloo reports a closed connection at once, a hung peer after the process group's timeout) raises
 :class:`PeerLostError` naming the operation, the process and what to do.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,7 +55,9 @@ class Traffic:
     seconds: float = 0.0
 
     def __sub__(self, other: Traffic) -> Traffic:
-        return Traffic(self.calls - other.calls, self.bytes - other.bytes, self.seconds - other.seconds)
+        return Traffic(
+            self.calls - other.calls, self.bytes - other.bytes, self.seconds - other.seconds
+        )
 
 
 class Communicator:
@@ -126,9 +129,13 @@ class ProcessGroupCommunicator(Communicator):
         RuntimeError: no process group is initialised.
     """
 
-    def __init__(self, group: Any = None, bucket_bytes: int = BUCKET_BYTES, timeout: float | None = None) -> None:
+    def __init__(
+        self, group: Any = None, bucket_bytes: int = BUCKET_BYTES, timeout: float | None = None
+    ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("ProcessGroupCommunicator needs torch.distributed.init_process_group() first")
+            raise RuntimeError(
+                "ProcessGroupCommunicator needs torch.distributed.init_process_group() first"
+            )
         super().__init__()
         self.group = group
         self.rank = dist.get_rank(group)
@@ -140,7 +147,9 @@ class ProcessGroupCommunicator(Communicator):
     def weighted_mean_(self, tensors: Sequence[Tensor], count: float) -> float:
         total = float(count)
         for bucket in _buckets(tensors, self.bucket_bytes):
-            buffer = torch.cat([t.reshape(-1) * count for t in bucket] + [bucket[0].new_tensor([count])])
+            buffer = torch.cat(
+                [t.reshape(-1) * count for t in bucket] + [bucket[0].new_tensor([count])]
+            )
             self._all_reduce(buffer, "weighted mean")
             total = float(buffer[-1])
             _unflatten_into(buffer[:-1].div_(total), bucket)
@@ -162,31 +171,43 @@ class ProcessGroupCommunicator(Communicator):
         """Bucketed as bytes, so tensors of any dtypes (bfloat16 inverses too) share one buffer."""
         for bucket in _buckets(tensors, self.bucket_bytes, by_dtype=False):
             buffer = torch.cat([_bytes(t) for t in bucket])
-            self._collective("broadcast", buffer.numel(), lambda: dist.broadcast(buffer, _global(self, source),
-                                                                                 group=self.group))
+            self._collective(
+                "broadcast",
+                buffer.numel(),
+                lambda: dist.broadcast(buffer, _global(self, source), group=self.group),
+            )
             if self.rank != source:
                 offset = 0
                 for t in bucket:
                     size = t.numel() * t.element_size()
-                    t.copy_(buffer[offset:offset + size].view(t.dtype).reshape(t.shape))
+                    t.copy_(buffer[offset : offset + size].view(t.dtype).reshape(t.shape))
                     offset += size
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
         gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
         nbytes = tensor.numel() * tensor.element_size()
-        self._collective("all-gather", nbytes, lambda: dist.all_gather(gathered, tensor.contiguous(), group=self.group))
+        self._collective(
+            "all-gather",
+            nbytes,
+            lambda: dist.all_gather(gathered, tensor.contiguous(), group=self.group),
+        )
         return gathered
 
     def broadcast_object(self, value: Any, source: int = 0) -> Any:
         holder = [value if self.rank == source else None]
-        self._collective("object broadcast", 0, lambda: dist.broadcast_object_list(holder, _global(self, source),
-                                                                                   group=self.group))
+        self._collective(
+            "object broadcast",
+            0,
+            lambda: dist.broadcast_object_list(holder, _global(self, source), group=self.group),
+        )
         return holder[0]
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _all_reduce(self, buffer: Tensor, what: str) -> None:
         nbytes = buffer.numel() * buffer.element_size()
-        self._collective(f"all-reduce ({what})", nbytes, lambda: dist.all_reduce(buffer, group=self.group))
+        self._collective(
+            f"all-reduce ({what})", nbytes, lambda: dist.all_reduce(buffer, group=self.group)
+        )
 
     def _collective(self, name: str, nbytes: int, call: Callable[[], Any]) -> None:
         start = time.perf_counter()
@@ -199,9 +220,14 @@ class ProcessGroupCommunicator(Communicator):
                 f"process {self.rank} of {self.world_size}: the {name} of {nbytes} bytes failed ({detail}); "
                 f"another process of the job has died or stopped answering{waited}. Look at the other processes' "
                 "output for the first error; a natgrad run resumes from its last checkpoint with "
-                "`natgrad train --resume DIR`") from error
-        self.traffic = replace(self.traffic, calls=self.traffic.calls + 1, bytes=self.traffic.bytes + nbytes,
-                               seconds=self.traffic.seconds + time.perf_counter() - start)
+                "`natgrad train --resume DIR`"
+            ) from error
+        self.traffic = replace(
+            self.traffic,
+            calls=self.traffic.calls + 1,
+            bytes=self.traffic.bytes + nbytes,
+            seconds=self.traffic.seconds + time.perf_counter() - start,
+        )
 
 
 #: The communicator of the default process group, shared so that its traffic counts every collective.
@@ -226,7 +252,9 @@ def current_communicator(timeout: float | None = None) -> Communicator:
     return communicator
 
 
-def average_gradients(communicator: Communicator, params: Sequence[Tensor], loss: Tensor, count: int) -> float:
+def average_gradients(
+    communicator: Communicator, params: Sequence[Tensor], loss: Tensor, count: int
+) -> float:
     """The global batch's mean loss, with every ``p.grad`` replaced in place by the global batch's mean gradient.
 
     For a closure of a ``torch.optim`` optimizer (the natural-gradient optimizers do this
@@ -250,8 +278,10 @@ def refuse_data_parallel(optimizer: str, reason: str) -> None:
         ValueError: a process group with several processes is initialised (the message gives ``reason``).
     """
     if current_communicator().distributed:
-        raise ValueError(f"{optimizer} does not support data-parallel training (torch.distributed with "
-                         f"{dist.get_world_size()} processes): {reason}. Train it on one process")
+        raise ValueError(
+            f"{optimizer} does not support data-parallel training (torch.distributed with "
+            f"{dist.get_world_size()} processes): {reason}. Train it on one process"
+        )
 
 
 def _global(communicator: ProcessGroupCommunicator, rank: int) -> int:
@@ -283,5 +313,5 @@ def _buckets(tensors: Sequence[Tensor], limit: int, by_dtype: bool = True) -> li
 def _unflatten_into(buffer: Tensor, tensors: Sequence[Tensor]) -> None:
     offset = 0
     for t in tensors:
-        t.copy_(buffer[offset:offset + t.numel()].reshape(t.shape))
+        t.copy_(buffer[offset : offset + t.numel()].reshape(t.shape))
         offset += t.numel()

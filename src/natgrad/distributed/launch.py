@@ -11,6 +11,7 @@ at their next collective (gloo sees the closed connection at once; a hung proces
 after the process group's timeout), and any still running after the timeout are killed. Its exit
 status is the failing process's (1 when it was killed by a signal), after a message naming it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,10 +43,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_environment(rank: int, world_size: int, port: int, address: str = "127.0.0.1") -> dict[str, str]:
+def torchrun_environment(
+    rank: int, world_size: int, port: int, address: str = "127.0.0.1"
+) -> dict[str, str]:
     """The environment ``torchrun`` gives process ``rank`` of ``world_size`` on one machine."""
-    return {"MASTER_ADDR": address, "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)}
+    return {
+        "MASTER_ADDR": address,
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+    }
 
 
 def environment_world_size() -> int | None:
@@ -58,7 +67,9 @@ def environment_world_size() -> int | None:
     if value is None:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"Invalid environment variable WORLD_SIZE: {value!r}; allowed: an integer >= 1")
+        raise ValueError(
+            f"Invalid environment variable WORLD_SIZE: {value!r}; allowed: an integer >= 1"
+        )
     return int(value)
 
 
@@ -80,7 +91,9 @@ def process_group(timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
         yield
         finished = True
     finally:
-        if finished:  # every process done before any closes its connections (gloo aborts a peer otherwise)
+        if (
+            finished
+        ):  # every process done before any closes its connections (gloo aborts a peer otherwise)
             dist.barrier()
         dist.destroy_process_group()
 
@@ -98,9 +111,13 @@ def launch_local(arguments: Sequence[str], processes: int, timeout: float = DEFA
     port = free_port()
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    children = [subprocess.Popen([sys.executable, "-m", "natgrad", *arguments],
-                                 env={**os.environ, "PYTHONPATH": path, **torchrun_environment(rank, processes, port)})
-                for rank in range(processes)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "natgrad", *arguments],
+            env={**os.environ, "PYTHONPATH": path, **torchrun_environment(rank, processes, port)},
+        )
+        for rank in range(processes)
+    ]
     with _forward_signals(children):
         return _supervise(children, timeout)
 
@@ -141,16 +158,22 @@ def _supervise(children: list[subprocess.Popen], timeout: float) -> int:
     rank, code = failed
     if len(set(codes)) == 1 and code > 0:
         return code
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    how = (
+        f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    )
     others = ", ".join(f"process {r}: {_describe(c)}" for r, c in enumerate(codes) if r != rank)
-    sys.stderr.write(f"natgrad: process {rank} of {len(children)} {how}; the others stopped ({others}). "
-                     "Resume the run from its last checkpoint with `natgrad train --resume DIR`.\n")
+    sys.stderr.write(
+        f"natgrad: process {rank} of {len(children)} {how}; the others stopped ({others}). "
+        "Resume the run from its last checkpoint with `natgrad train --resume DIR`.\n"
+    )
     return code if code > 0 else 1
 
 
 def _first_failure(children: list[subprocess.Popen]) -> tuple[int, int] | None:
     """``(rank, status)`` of a failed child, one killed by a signal first (the others' errors follow from it)."""
-    failures = [(rank, child.poll()) for rank, child in enumerate(children) if child.poll() not in (None, 0)]
+    failures = [
+        (rank, child.poll()) for rank, child in enumerate(children) if child.poll() not in (None, 0)
+    ]
     killed = [failure for failure in failures if failure[1] < 0]
     return (killed or failures or [None])[0]
 

@@ -16,6 +16,7 @@ A job that fails (a Cholesky factor that is not positive definite, an eigendecom
 not converge) is reported to every process before any broadcast, and every process raises
 ``torch.linalg.LinAlgError``, so the optimizer rejects the step everywhere alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,7 +35,9 @@ def assign_jobs(costs: Sequence[float], world_size: int) -> list[int]:
         ValueError: ``world_size < 1`` or a negative cost.
     """
     if world_size < 1 or any(c < 0 for c in costs):
-        raise ValueError(f"assign_jobs needs world_size >= 1 and costs >= 0, got {world_size} and {list(costs)}")
+        raise ValueError(
+            f"assign_jobs needs world_size >= 1 and costs >= 0, got {world_size} and {list(costs)}"
+        )
     loads = [0.0] * world_size
     owners = [0] * len(costs)
     for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
@@ -68,16 +71,18 @@ class DistributedJobs:
         failed = comm.sum_scalars([0.0 if error is None else 1.0])[0]
         if failed:
             local = f"; here: {error}" if error is not None else ""
-            raise torch.linalg.LinAlgError(f"a refresh job failed on {int(failed)} of {comm.world_size} "
-                                           f"processes{local}")
+            raise torch.linalg.LinAlgError(
+                f"a refresh job failed on {int(failed)} of {comm.world_size} processes{local}"
+            )
         for source in range(comm.world_size):
             owned = [t for result, owner in zip(results, owners) if owner == source for t in result]
             if owned:
                 comm.broadcast_(owned, source)
         return results
 
-    def _compute_own(self, jobs: Sequence[BlockJob], owners: list[int]
-                     ) -> tuple[list[tuple[Tensor, ...]], Exception | None]:
+    def _compute_own(
+        self, jobs: Sequence[BlockJob], owners: list[int]
+    ) -> tuple[list[tuple[Tensor, ...]], Exception | None]:
         """This process's jobs computed (others' outputs allocated for the broadcasts), and its first error."""
         rank, results, error = self.communicator.rank, [], None
         for job, owner in zip(jobs, owners):

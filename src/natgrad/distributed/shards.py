@@ -16,6 +16,7 @@ process with ``statistics_shards = 2`` draws, which is how a distributed run is 
 tested) on one process. Shard 0 uses ``seed`` itself, so a one-process run with one shard is the
 run natgrad made before shards existed.
 """
+
 from __future__ import annotations
 
 import hashlib

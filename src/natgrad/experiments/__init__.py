@@ -1,4 +1,5 @@
 """Experiments: typed run configs, the training runner (logs, checkpoints, resume), metrics, comparisons."""
+
 from natgrad.experiments.config import (
     BudgetConfig,
     ConfigError,

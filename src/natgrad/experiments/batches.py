@@ -9,6 +9,7 @@ skipped, so every batch has exactly ``m_k`` distinct examples). The size ``m_k``
 :meth:`state_dict` holds the generator state, the current permutation, the cursor and the number
 of batches drawn, so a resumed run sees exactly the same batches.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,10 +37,20 @@ class BatchSampler:
         ValueError: ``batch_size`` is not in [1, num_examples], or ``schedule`` is unknown.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int, schedule: str = "fixed",
-                 full_at: int = 500) -> None:
-        require(1 <= batch_size <= num_examples, "batch_size", batch_size,
-                f"an integer in [1, {num_examples}] (the number of training examples)")
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        seed: int,
+        schedule: str = "fixed",
+        full_at: int = 500,
+    ) -> None:
+        require(
+            1 <= batch_size <= num_examples,
+            "batch_size",
+            batch_size,
+            f"an integer in [1, {num_examples}] (the number of training examples)",
+        )
         require(schedule in SCHEDULES, "batch_schedule", schedule, ", ".join(SCHEDULES))
         self.num_examples = num_examples
         self.batch_size = batch_size
@@ -55,7 +66,9 @@ class BatchSampler:
         """``m_k``, the size of batch ``k`` (counting from 1) under the schedule."""
         if self.schedule == "fixed":
             return self.batch_size
-        return exponential_batch_size(k, self.num_examples, initial=self.batch_size, full_at=self.full_at)
+        return exponential_batch_size(
+            k, self.num_examples, initial=self.batch_size, full_at=self.full_at
+        )
 
     def next_indices(self) -> Tensor:
         """The indices of the next batch, shape (m_k,), distinct examples."""
@@ -64,7 +77,7 @@ class BatchSampler:
             self.permutation = torch.randperm(self.num_examples, generator=self.generator)
             self.cursor = 0
             self.epoch += 1
-        batch = self.permutation[self.cursor:self.cursor + size]
+        batch = self.permutation[self.cursor : self.cursor + size]
         self.cursor += size
         self.batches += 1
         return batch

@@ -40,6 +40,7 @@ so a grid is resumable as a whole; the checkpoint of a finished cell is deleted 
 A cell on disk whose config differs from the bench file's is refused, naming the fields (``force``
 reruns it).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from natgrad.experiments.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, atomic_write_text
+from natgrad.experiments.checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    atomic_write_text,
+)
 from natgrad.experiments.compare import run_config
 from natgrad.experiments.config import (
     MODEL_KINDS,
@@ -79,10 +84,32 @@ logger = logging.getLogger(__name__)
 CELLS_DIR = "cells"
 RUNS_DIR = "runs"
 #: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient methods).
-TRACE_FIELDS = ("loss", "lr", "damping", "gamma", "alpha", "mu", "rho", "rejected", "cg_iterations", "line_search_rate")
+TRACE_FIELDS = (
+    "loss",
+    "lr",
+    "damping",
+    "gamma",
+    "alpha",
+    "mu",
+    "rho",
+    "rejected",
+    "cg_iterations",
+    "line_search_rate",
+)
 
-_BENCH_KEYS = {"title", "out_dir", "seeds", "datasets", "models", "optimizers", "run", "dataset", "model",
-               "target", "optimizer"}
+_BENCH_KEYS = {
+    "title",
+    "out_dir",
+    "seeds",
+    "datasets",
+    "models",
+    "optimizers",
+    "run",
+    "dataset",
+    "model",
+    "target",
+    "optimizer",
+}
 _SCOPE_KEYS = {"run", "optimizer"}
 
 
@@ -137,7 +164,9 @@ class BenchOutcome:
     interrupted: bool = False
 
 
-def _string_list(values: Mapping[str, Any], key: str, default: Sequence[str], where: str) -> list[str]:
+def _string_list(
+    values: Mapping[str, Any], key: str, default: Sequence[str], where: str
+) -> list[str]:
     items = values.get(key, list(default))
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         raise ConfigError(f"{key} = {items!r} in {where} must be a non-empty list of strings")
@@ -149,13 +178,17 @@ def format_grid_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _variants(label: str, entry: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def _variants(
+    label: str, entry: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(variant name, grid point, optimizer values) of one label; a list-valued ``lr`` is a grid."""
     lr = entry.get("lr")
     if not isinstance(lr, list):
         return [(label, {}, dict(entry))]
     if not lr:
-        raise ConfigError(f"optimizer.{label}.lr is an empty list; give one learning rate or a non-empty grid")
+        raise ConfigError(
+            f"optimizer.{label}.lr is an empty list; give one learning rate or a non-empty grid"
+        )
     return [(f"{label}-lr{format_grid_value(v)}", {"lr": v}, {**entry, "lr": v}) for v in lr]
 
 
@@ -165,11 +198,20 @@ def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
     return scope
 
 
-def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: list[str], seeds: list[int],
-                   out_dir: Path, overrides: Sequence[str]) -> list[Cell]:
+def _problem_cells(
+    values: Mapping[str, Any],
+    dataset: str,
+    model: str,
+    labels: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    overrides: Sequence[str],
+) -> list[Cell]:
     problem = f"{dataset}-{model}"
     data_scope, model_scope = _scope(values, "dataset", dataset), _scope(values, "model", model)
-    base = merge_tables(values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}})
+    base = merge_tables(
+        values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}}
+    )
     base = merge_tables(merge_tables(base, data_scope.get("run", {})), model_scope.get("run", {}))
     target = values.get("target", {}).get(problem)
     if target is not None and not isinstance(target, (int, float)):
@@ -177,19 +219,40 @@ def _problem_cells(values: Mapping[str, Any], dataset: str, model: str, labels: 
     cells = []
     for label in labels:
         entry = merge_tables({"name": label}, values.get("optimizer", {}).get(label, {}))
-        entry = merge_tables(merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
-                       model_scope.get("optimizer", {}).get(label, {}))
+        entry = merge_tables(
+            merge_tables(entry, data_scope.get("optimizer", {}).get(label, {})),
+            model_scope.get("optimizer", {}).get(label, {}),
+        )
         entry, run_keys = split_label_entry(entry)
         for variant, grid, optimizer in _variants(label, entry):
             for seed in seeds:
-                run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,
-                                    "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}")})
+                run = merge_tables(
+                    base,
+                    {
+                        **run_keys,
+                        "optimizer": optimizer,
+                        "seed": seed,
+                        "out_dir": str(out_dir / RUNS_DIR / problem / variant / f"seed-{seed}"),
+                    },
+                )
                 config = RunConfig.from_dict(apply_overrides(run, overrides))
-                cells.append(Cell(problem, label, variant, seed, config, None if target is None else float(target), grid))
+                cells.append(
+                    Cell(
+                        problem,
+                        label,
+                        variant,
+                        seed,
+                        config,
+                        None if target is None else float(target),
+                        grid,
+                    )
+                )
     return cells
 
 
-def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None) -> Bench:
+def load_bench(
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None
+) -> Bench:
     """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run config.
 
     Raises:
@@ -200,7 +263,11 @@ def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | P
     where = str(path)
     check_keys(values, _BENCH_KEYS, where)
     seeds = values.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")
     datasets = _string_list(values, "datasets", ["mnist"], where)
     models = _string_list(values, "models", ["autoencoder"], where)
@@ -217,13 +284,20 @@ def load_bench(path: str | Path, overrides: Sequence[str] = (), out_dir: str | P
     problems = [f"{d}-{m}" for d in datasets for m in models]
     stray_targets = sorted(set(values.get("target", {})) - set(problems))
     if stray_targets:
-        raise ConfigError(f"target.{stray_targets[0]} names no problem of this grid; problems: {', '.join(problems)}")
-    cells = [c for d in datasets for m in models
-             for c in _problem_cells(values, d, m, labels, seeds, out, overrides)]
+        raise ConfigError(
+            f"target.{stray_targets[0]} names no problem of this grid; problems: {', '.join(problems)}"
+        )
+    cells = [
+        c
+        for d in datasets
+        for m in models
+        for c in _problem_cells(values, d, m, labels, seeds, out, overrides)
+    ]
     return Bench(str(values.get("title", Path(path).stem)), out, seeds, labels, problems, cells)
 
 
 # -- machine and cell records ---------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
@@ -249,8 +323,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     }
 
 
-def first_reach(steps: Sequence[int], times: Sequence[float], errors: Sequence[float],
-                target: float) -> tuple[float | None, int | None]:
+def first_reach(
+    steps: Sequence[int], times: Sequence[float], errors: Sequence[float], target: float
+) -> tuple[float | None, int | None]:
     """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if never."""
     for step, time, error in zip(steps, times, errors):
         if error <= target:
@@ -262,7 +337,9 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+def cell_record(
+    cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] = (0, 1)
+) -> dict[str, Any]:
     """The JSON of a finished cell, from its run directory's log.
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
@@ -278,21 +355,43 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
     evals = [r for r in records if r["kind"] == "eval"]
     steps = [r for r in records if r["kind"] == "step"]
     metric = HEADLINE_METRICS[cell.config.model.kind]
-    curve = [{"step": r["step"], "time": r["time"], "wall": r["wall"], "metrics": r["metrics"]} for r in evals]
-    trace: dict[str, list] = {"step": [r["step"] for r in steps], "time": [r["time"] for r in steps]}
+    curve = [
+        {"step": r["step"], "time": r["time"], "wall": r["wall"], "metrics": r["metrics"]}
+        for r in evals
+    ]
+    trace: dict[str, list] = {
+        "step": [r["step"] for r in steps],
+        "time": [r["time"] for r in steps],
+    }
     for name in TRACE_FIELDS:
-        column = [r.get(name) if name in ("loss", "lr") else (r.get("record") or {}).get(name) for r in steps]
+        column = [
+            r.get(name) if name in ("loss", "lr") else (r.get("record") or {}).get(name)
+            for r in steps
+        ]
         if any(v is not None for v in column):
             trace[name] = column
     record: dict[str, Any] = {
-        "problem": cell.problem, "dataset": cell.config.data.dataset, "model": cell.config.model.kind,
-        "label": cell.label, "variant": cell.variant, "seed": cell.seed, "grid": cell.grid, "status": status,
-        "config": cell.config.to_dict(), "machine": machine_info(cell.config.threads), "shard": list(shard),
+        "problem": cell.problem,
+        "dataset": cell.config.data.dataset,
+        "model": cell.config.model.kind,
+        "label": cell.label,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "grid": cell.grid,
+        "status": status,
+        "config": cell.config.to_dict(),
+        "machine": machine_info(cell.config.threads),
+        "shard": list(shard),
         "budget": {"steps": cell.config.budget.steps, "seconds": cell.config.budget.seconds},
-        "steps": steps[-1]["step"] if steps else 0, "train_time": steps[-1]["time"] if steps else 0.0,
+        "steps": steps[-1]["step"] if steps else 0,
+        "train_time": steps[-1]["time"] if steps else 0.0,
         "seconds_per_step": steps[-1]["time"] / steps[-1]["step"] if steps else None,
-        "metric": metric, "curve": curve, "trace": trace, "target": cell.target,
-        "time_to_target": None, "steps_to_target": None,
+        "metric": metric,
+        "curve": curve,
+        "trace": trace,
+        "target": cell.target,
+        "time_to_target": None,
+        "steps_to_target": None,
     }
     for split in ("train", "test"):
         values = [e["metrics"].get(f"{split}.{metric}", float("nan")) for e in evals]
@@ -302,11 +401,13 @@ def cell_record(cell: Cell, status: str, run_dir: Path, shard: tuple[int, int] =
     if cell.target is not None:
         errors = [e["metrics"].get(f"train.{metric}", float("inf")) for e in evals]
         record["time_to_target"], record["steps_to_target"] = first_reach(
-            [e["step"] for e in evals], [e["time"] for e in evals], errors, cell.target)
+            [e["step"] for e in evals], [e["time"] for e in evals], errors, cell.target
+        )
     return record
 
 
 # -- running the grid -----------------------------------------------------------------------------
+
 
 def run_cell(bench: Bench, cell: Cell, force: bool = False, shard: tuple[int, int] = (0, 1)) -> str:
     """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's status."""
@@ -316,7 +417,9 @@ def run_cell(bench: Bench, cell: Cell, force: bool = False, shard: tuple[int, in
     run_dir = Path(cell.config.out_dir)
     path = bench.cell_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cell_record(cell, status, run_dir, shard), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        path, json.dumps(cell_record(cell, status, run_dir, shard), indent=1, sort_keys=True) + "\n"
+    )
     for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
         (run_dir / name).unlink(missing_ok=True)
     return status
@@ -351,16 +454,21 @@ def _cell_is_done(bench: Bench, cell: Cell, force: bool) -> bool:
     try:
         saved = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is not a valid cell record ({error}); delete it to rerun the cell") from None
+        raise ConfigError(
+            f"{path} is not a valid cell record ({error}); delete it to rerun the cell"
+        ) from None
     differences = config_differences(saved.to_dict(), cell.config.to_dict())
     if differences and not force:
-        raise RunExistsError(f"{path} was made with a different config ({'; '.join(differences)}); "
-                             "pass --force to rerun the cell, or choose another output directory")
+        raise RunExistsError(
+            f"{path} was made with a different config ({'; '.join(differences)}); "
+            "pass --force to rerun the cell, or choose another output directory"
+        )
     return not differences
 
 
-def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1),
-              force: bool = False) -> BenchOutcome:
+def run_bench(
+    bench: Bench, show_progress: bool = True, shard: tuple[int, int] = (0, 1), force: bool = False
+) -> BenchOutcome:
     """Run every unfinished cell of ``bench`` in order (a progress bar over cells on stderr).
 
     A cell whose JSON exists with the same config is skipped (another config is refused, or rerun
@@ -371,8 +479,14 @@ def run_bench(bench: Bench, show_progress: bool = True, shard: tuple[int, int] =
     """
     outcome = BenchOutcome()
     index, count = shard
-    bar = tqdm(bench.cells[index::count], desc=bench.title, unit="cell", file=sys.stderr, disable=not show_progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        bench.cells[index::count],
+        desc=bench.title,
+        unit="cell",
+        file=sys.stderr,
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
     for cell in bar:
         bar.set_postfix_str(cell.key, refresh=True)
         if _cell_is_done(bench, cell, force):

@@ -9,6 +9,7 @@ generator, saved in every checkpoint, so a run is reproducible and resumes bitwi
 Evaluation uses the train and test sets binarised *once* with :data:`EVALUATION_SEED`, the same for
 every run and seed, so every cell of a grid is scored on the same binary images.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -11,6 +11,7 @@ file (truncated, overwritten, bits flipped) is refused with :class:`CheckpointEr
 never loaded as wrong weights. Each save first renames the current checkpoint to
 ``checkpoint.prev.pt``, so :func:`load_checkpoint` can fall back to the previous good one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,10 +50,15 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` with its checksum to ``run_dir/checkpoint.pt`` atomically, keeping the previous
     checkpoint as ``checkpoint.prev.pt``; return the path."""
     content = _serialise(state)
-    envelope = {"format": FORMAT, "sha256": hashlib.sha256(content).hexdigest(),
-                "content": torch.frombuffer(bytearray(content), dtype=torch.uint8)}
+    envelope = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "content": torch.frombuffer(bytearray(content), dtype=torch.uint8),
+    }
     path = Path(run_dir) / CHECKPOINT_NAME
-    atomic_write_bytes(path, _serialise(envelope), previous=Path(run_dir) / PREVIOUS_CHECKPOINT_NAME)
+    atomic_write_bytes(
+        path, _serialise(envelope), previous=Path(run_dir) / PREVIOUS_CHECKPOINT_NAME
+    )
     return path
 
 
@@ -64,20 +70,32 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
     """
     try:
         envelope = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on damaged files
-        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
-    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or "content" not in envelope:
+    except (
+        Exception
+    ) as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on damaged files
+        raise CheckpointError(
+            f"checkpoint {path} is damaged and cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from None
+    if (
+        not isinstance(envelope, dict)
+        or envelope.get("format") != FORMAT
+        or "content" not in envelope
+    ):
         raise CheckpointError(f"checkpoint {path} is not a natgrad checkpoint of format {FORMAT}")
     content = envelope["content"].numpy().tobytes()
     if hashlib.sha256(content).hexdigest() != envelope.get("sha256"):
-        raise CheckpointError(f"checkpoint {path} is damaged: the checksum of its content does not match")
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: the checksum of its content does not match"
+        )
     return torch.load(io.BytesIO(content), map_location="cpu", weights_only=False)
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint (current or previous), good or damaged."""
-    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME))
+    return any(
+        (Path(run_dir) / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)
+    )
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
@@ -91,7 +109,9 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     paths = [Path(run_dir) / name for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)]
     present = [path for path in paths if path.is_file()]
     if not present:
-        raise FileNotFoundError(f"no checkpoint at {paths[0]}; was the run started with this directory as out_dir?")
+        raise FileNotFoundError(
+            f"no checkpoint at {paths[0]}; was the run started with this directory as out_dir?"
+        )
     errors = []
     for path in present:
         try:
@@ -100,6 +120,11 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             errors.append(str(error))
             continue
         if errors:
-            logger.warning("%s; resuming from the previous checkpoint %s (step %s)", errors[0], path, state["step"])
+            logger.warning(
+                "%s; resuming from the previous checkpoint %s (step %s)",
+                errors[0],
+                path,
+                state["step"],
+            )
         return state
     raise CheckpointError("; ".join(errors) + f"; delete {run_dir} and start the run again")

@@ -34,6 +34,7 @@ Every run goes to ``out_dir/<comparison>/<label>/seed-<seed>``. Running a suite 
 runs that finished and resumes interrupted ones, so a suite is resumable as a whole. A run on disk
 whose config differs from the suite's is refused, naming the fields (``force`` reruns it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,14 +54,29 @@ from natgrad.experiments.config import (
     merge_tables,
     split_label_entry,
 )
-from natgrad.experiments.runner import CONFIG_NAME, RunExistsError, load_run_dir_config, resume, train
+from natgrad.experiments.runner import (
+    CONFIG_NAME,
+    RunExistsError,
+    load_run_dir_config,
+    resume,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
 #: The packaged comparison that ``natgrad demo`` (and ``make demo``) runs.
 DEMO_CONFIG = Path(str(resources.files("natgrad.experiments").joinpath("configs/demo.toml")))
 
-_SUITE_KEYS = {"title", "out_dir", "seeds", "optimizers", "run", "optimizer", "comparison", "reference"}
+_SUITE_KEYS = {
+    "title",
+    "out_dir",
+    "seeds",
+    "optimizers",
+    "run",
+    "optimizer",
+    "comparison",
+    "reference",
+}
 _COMPARISON_KEYS = {"name", "target", "run", "optimizer", "reference"}
 
 
@@ -109,40 +125,67 @@ def _resolve_labels(values: Mapping[str, Any], only: Sequence[str] | None) -> li
     declared = dict(values.get("optimizer", {}))
     labels = list(values.get("optimizers", declared.keys()))
     if not labels:
-        raise ConfigError("optimizers is empty; list the optimizer labels to compare, e.g. optimizers = [\"sgd\", \"adam\"]")
+        raise ConfigError(
+            'optimizers is empty; list the optimizer labels to compare, e.g. optimizers = ["sgd", "adam"]'
+        )
     if only is not None:
         missing = [label for label in only if label not in labels and label not in declared]
         if missing:
-            raise ConfigError(f"--optimizers {', '.join(missing)} not in this suite; allowed: {', '.join(labels)}")
+            raise ConfigError(
+                f"--optimizers {', '.join(missing)} not in this suite; allowed: {', '.join(labels)}"
+            )
         labels = list(only)
     return labels
 
 
-def _comparison(values: Mapping[str, Any], suite: Mapping[str, Any], labels: list[str], seeds: list[int],
-                out_dir: Path, overrides: Sequence[str]) -> Comparison:
+def _comparison(
+    values: Mapping[str, Any],
+    suite: Mapping[str, Any],
+    labels: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    overrides: Sequence[str],
+) -> Comparison:
     check_keys(values, _COMPARISON_KEYS, f"comparison {values.get('name', '?')!r}")
     name = str(values.get("name", "comparison"))
     base = merge_tables(suite.get("run", {}), values.get("run", {}))
     runs: dict[str, list[RunConfig]] = {}
     for label in labels:
         optimizer = merge_tables({"name": label}, suite.get("optimizer", {}).get(label, {}))
-        optimizer, run_keys = split_label_entry(merge_tables(optimizer, values.get("optimizer", {}).get(label, {})))
+        optimizer, run_keys = split_label_entry(
+            merge_tables(optimizer, values.get("optimizer", {}).get(label, {}))
+        )
         runs[label] = []
         for seed in seeds:
-            run = merge_tables(base, {**run_keys, "optimizer": optimizer, "seed": seed,
-                                "out_dir": str(out_dir / name / label / f"seed-{seed}")})
+            run = merge_tables(
+                base,
+                {
+                    **run_keys,
+                    "optimizer": optimizer,
+                    "seed": seed,
+                    "out_dir": str(out_dir / name / label / f"seed-{seed}"),
+                },
+            )
             runs[label].append(RunConfig.from_dict(apply_overrides(run, overrides)))
     target = values.get("target")
     if target is not None and not isinstance(target, (int, float)):
-        raise ConfigError(f"comparison {name!r}: target = {target!r} must be a number (a train error)")
+        raise ConfigError(
+            f"comparison {name!r}: target = {target!r} must be a number (a train error)"
+        )
     reference = values.get("reference", suite.get("reference"))
     declared = set(labels) | set(suite.get("optimizer", {}))
     if reference is not None and reference not in declared:
-        raise ConfigError(f"comparison {name!r}: reference = {reference!r} is not an optimizer label; "
-                          f"allowed: {', '.join(sorted(declared))}")
+        raise ConfigError(
+            f"comparison {name!r}: reference = {reference!r} is not an optimizer label; "
+            f"allowed: {', '.join(sorted(declared))}"
+        )
     # A reference left out of this run (--optimizers) gives no target: the report says so.
-    return Comparison(name, runs, None if target is None else float(target),
-                      reference if reference in labels else None)
+    return Comparison(
+        name,
+        runs,
+        None if target is None else float(target),
+        reference if reference in labels else None,
+    )
 
 
 def load_comparison_suite(
@@ -188,8 +231,10 @@ def run_config(config: RunConfig, show_progress: bool = True, force: bool = Fals
     if not differences:
         return resume(run_dir, show_progress).status
     if not force:
-        raise RunExistsError(f"{run_dir} holds a run with a different config ({'; '.join(differences)}); "
-                             "pass --force to rerun it, or choose another output directory")
+        raise RunExistsError(
+            f"{run_dir} holds a run with a different config ({'; '.join(differences)}); "
+            "pass --force to rerun it, or choose another output directory"
+        )
     return train(config, show_progress, force=True).status
 
 
@@ -201,7 +246,9 @@ def iter_runs(suite: ComparisonSuite) -> Iterable[tuple[Comparison, str, RunConf
                 yield comparison, label, config
 
 
-def run_suite(suite: ComparisonSuite, show_progress: bool = True, force: bool = False) -> SuiteOutcome:
+def run_suite(
+    suite: ComparisonSuite, show_progress: bool = True, force: bool = False
+) -> SuiteOutcome:
     """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is interrupted.
     ``force`` reruns runs whose config on disk differs (see :func:`run_config`)."""
     outcome = SuiteOutcome()
@@ -209,7 +256,9 @@ def run_suite(suite: ComparisonSuite, show_progress: bool = True, force: bool = 
     for index, (comparison, label, config) in enumerate(iter_runs(suite), start=1):
         logger.info("[%d/%d] %s: %s seed %d", index, total, comparison.name, label, config.seed)
         status = run_config(config, show_progress, force)
-        outcome.run_dirs.setdefault(comparison.name, {}).setdefault(label, []).append(Path(config.out_dir))
+        outcome.run_dirs.setdefault(comparison.name, {}).setdefault(label, []).append(
+            Path(config.out_dir)
+        )
         if status == "interrupted":
             outcome.interrupted = True
             break

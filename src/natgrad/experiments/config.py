@@ -26,6 +26,7 @@ Overrides use dotted paths, ``optimizer.lr=1e-3``; the value is parsed as a TOML
 (``1e-3``, ``true``, ``[784, 30]``, ``"adam"``) and falls back to a bare string (``adam``);
 ``null`` unsets an optional value.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,7 +66,12 @@ def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None
 
 
 def _check_optional_positive_int(name: str, value: int | None) -> None:
-    _require(value is None or (is_integer(value) and value >= 1), name, value, "an integer >= 1 (or omitted)")
+    _require(
+        value is None or (is_integer(value) and value >= 1),
+        name,
+        value,
+        "an integer >= 1 (or omitted)",
+    )
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -104,15 +110,27 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
-        _require(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""), "data.data_dir",
-                 self.data_dir, "a directory path as a string (or omitted)")
+        _require(
+            self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
+            "data.data_dir",
+            self.data_dir,
+            "a directory path as a string (or omitted)",
+        )
         _check_optional_positive_int("data.train_size", self.train_size)
         _check_optional_positive_int("data.test_size", self.test_size)
         _require(self.subset in SUBSETS, "data.subset", self.subset, ", ".join(SUBSETS))
-        _require(self.binarize is None or self.binarize in BINARIZATIONS, "data.binarize", self.binarize,
-                 ", ".join(BINARIZATIONS) + " (or omitted)")
-        _require(self.binarize is None or LIKELIHOODS.get(self.dataset, "bernoulli") == "bernoulli", "data.binarize",
-                 self.binarize, f"omitted for dataset {self.dataset!r} (its pixels are Gaussian, not intensities in [0, 1])")
+        _require(
+            self.binarize is None or self.binarize in BINARIZATIONS,
+            "data.binarize",
+            self.binarize,
+            ", ".join(BINARIZATIONS) + " (or omitted)",
+        )
+        _require(
+            self.binarize is None or LIKELIHOODS.get(self.dataset, "bernoulli") == "bernoulli",
+            "data.binarize",
+            self.binarize,
+            f"omitted for dataset {self.dataset!r} (its pixels are Gaussian, not intensities in [0, 1])",
+        )
 
 
 @dataclass
@@ -151,34 +169,61 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.kind in MODEL_KINDS, "model.kind", self.kind, ", ".join(MODEL_KINDS))
-        _require(self.problem is None or self.problem in ARCHITECTURES, "model.problem", self.problem,
-                 ", ".join(sorted(ARCHITECTURES)) + " (or omitted)")
-        _require(self.problem is None or self.sizes is None, "model.sizes", self.sizes,
-                 "omitted when model.problem is set (give one or the other)")
+        _require(
+            self.problem is None or self.problem in ARCHITECTURES,
+            "model.problem",
+            self.problem,
+            ", ".join(sorted(ARCHITECTURES)) + " (or omitted)",
+        )
+        _require(
+            self.problem is None or self.sizes is None,
+            "model.sizes",
+            self.sizes,
+            "omitted when model.problem is set (give one or the other)",
+        )
         if self.sizes is not None:
             self.sizes = list(self.sizes)
             ok = len(self.sizes) >= 2 and all(is_integer(s) and s >= 1 for s in self.sizes)
             _require(ok, "model.sizes", self.sizes, "a list of >= 2 positive integers")
-        _require(self.activation is None or self.activation in ACTIVATIONS, "model.activation", self.activation,
-                 ", ".join(sorted(ACTIVATIONS)) + " (or omitted)")
-        _require(self.init is None or self.init in INITIALISATIONS, "model.init", self.init,
-                 ", ".join(INITIALISATIONS) + " (or omitted)")
-        _require(self.likelihood is None or self.likelihood in LIKELIHOOD_NAMES, "model.likelihood",
-                 self.likelihood, ", ".join(LIKELIHOOD_NAMES) + " (or omitted)")
+        _require(
+            self.activation is None or self.activation in ACTIVATIONS,
+            "model.activation",
+            self.activation,
+            ", ".join(sorted(ACTIVATIONS)) + " (or omitted)",
+        )
+        _require(
+            self.init is None or self.init in INITIALISATIONS,
+            "model.init",
+            self.init,
+            ", ".join(INITIALISATIONS) + " (or omitted)",
+        )
+        _require(
+            self.likelihood is None or self.likelihood in LIKELIHOOD_NAMES,
+            "model.likelihood",
+            self.likelihood,
+            ", ".join(LIKELIHOOD_NAMES) + " (or omitted)",
+        )
         try:
             self.training_objective()
         except ValueError as error:  # "Invalid <field>: ...", the field without its table
             raise ConfigError(str(error).replace("Invalid ", "Invalid model.", 1)) from None
         chosen = {"objective": self.objective, "samples": self.samples, "estimator": self.estimator}
         for name, value in chosen.items():
-            _require(self.kind == "vae" or value is None, f"model.{name}", value,
-                     "omitted for model.kind = 'autoencoder' (it trains on its NLL; the importance-weighted "
-                     "bound needs a VAE's latent samples)")
+            _require(
+                self.kind == "vae" or value is None,
+                f"model.{name}",
+                value,
+                "omitted for model.kind = 'autoencoder' (it trains on its NLL; the importance-weighted "
+                "bound needs a VAE's latent samples)",
+            )
 
     def training_objective(self) -> Objective:
         """The :class:`~natgrad.objectives.Objective` of these fields (defaults filled in)."""
-        return Objective(self.objective or "elbo", 1 if self.samples is None else self.samples,
-                         self.estimator or "plain")
+        return Objective(
+            self.objective or "elbo",
+            1 if self.samples is None else self.samples,
+            self.estimator or "plain",
+        )
 
 
 @dataclass
@@ -213,29 +258,60 @@ class OptimizerConfig:
     curvature: str | None = None
 
     def __post_init__(self) -> None:
-        from natgrad.experiments.optimizers import CURVATURE_OPTIMIZERS, OPTIMIZERS  # registry imports this module
         from natgrad.curvature.choices import CurvatureKind
+        from natgrad.experiments.optimizers import (
+            CURVATURE_OPTIMIZERS,
+            OPTIMIZERS,
+        )  # registry imports this module
 
         kinds = [k.value for k in CurvatureKind]
-        _require(self.curvature is None or self.curvature in kinds, "optimizer.curvature", self.curvature,
-                 ", ".join(kinds) + " (or omitted)")
-        _require(self.curvature is None or self.name in CURVATURE_OPTIMIZERS, "optimizer.curvature", self.curvature,
-                 f"omitted for optimizer {self.name!r} (used by {', '.join(CURVATURE_OPTIMIZERS)})")
+        _require(
+            self.curvature is None or self.curvature in kinds,
+            "optimizer.curvature",
+            self.curvature,
+            ", ".join(kinds) + " (or omitted)",
+        )
+        _require(
+            self.curvature is None or self.name in CURVATURE_OPTIMIZERS,
+            "optimizer.curvature",
+            self.curvature,
+            f"omitted for optimizer {self.name!r} (used by {', '.join(CURVATURE_OPTIMIZERS)})",
+        )
 
-        _require(isinstance(self.name, str) and self.name in OPTIMIZERS, "optimizer.name", self.name,
-                 ", ".join(sorted(OPTIMIZERS)))
+        _require(
+            isinstance(self.name, str) and self.name in OPTIMIZERS,
+            "optimizer.name",
+            self.name,
+            ", ".join(sorted(OPTIMIZERS)),
+        )
         lr_ok = self.lr is None or (is_number(self.lr) and self.lr > 0)
         _require(lr_ok, "optimizer.lr", self.lr, "a finite number > 0 (or omitted)")
-        _require(is_number(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum",
-                 self.momentum, "a number in [0, 1)")
-        _require(isinstance(self.nesterov, bool), "optimizer.nesterov", self.nesterov, "true or false")
-        betas_ok = isinstance(self.betas, (list, tuple)) and len(self.betas) == 2 and all(
-            is_number(b) and 0 <= b < 1 for b in self.betas)
+        _require(
+            is_number(self.momentum) and 0 <= self.momentum < 1,
+            "optimizer.momentum",
+            self.momentum,
+            "a number in [0, 1)",
+        )
+        _require(
+            isinstance(self.nesterov, bool), "optimizer.nesterov", self.nesterov, "true or false"
+        )
+        betas_ok = (
+            isinstance(self.betas, (list, tuple))
+            and len(self.betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in self.betas)
+        )
         _require(betas_ok, "optimizer.betas", self.betas, "two numbers in [0, 1)")
         self.betas = list(self.betas)
-        _require(is_number(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0")
+        _require(
+            is_number(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0"
+        )
         _check_nonneg_float("optimizer.l2", self.l2)
-        _require(isinstance(self.options, dict), "optimizer.options", self.options, "a table of keyword arguments")
+        _require(
+            isinstance(self.options, dict),
+            "optimizer.options",
+            self.options,
+            "a table of keyword arguments",
+        )
 
 
 @dataclass
@@ -253,8 +329,12 @@ class BudgetConfig:
         _check_optional_positive_int("budget.steps", self.steps)
         ok = self.seconds is None or (is_number(self.seconds) and self.seconds > 0)
         _require(ok, "budget.seconds", self.seconds, "a finite number > 0 (or omitted)")
-        _require(self.steps is not None or self.seconds is not None, "budget", (self.steps, self.seconds),
-                 "at least one of budget.steps and budget.seconds")
+        _require(
+            self.steps is not None or self.seconds is not None,
+            "budget",
+            (self.steps, self.seconds),
+            "at least one of budget.steps and budget.seconds",
+        )
 
 
 @dataclass
@@ -286,18 +366,34 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int("eval.every", self.every)
-        ok = self.every_seconds is None or (isinstance(self.every_seconds, (int, float))
-                                            and not isinstance(self.every_seconds, bool)
-                                            and math.isfinite(self.every_seconds) and self.every_seconds > 0)
+        ok = self.every_seconds is None or (
+            isinstance(self.every_seconds, (int, float))
+            and not isinstance(self.every_seconds, bool)
+            and math.isfinite(self.every_seconds)
+            and self.every_seconds > 0
+        )
         _require(ok, "eval.every_seconds", self.every_seconds, "a finite number > 0 (or omitted)")
         _check_positive_int("eval.chunk_size", self.chunk_size)
-        _require(is_integer(self.iwae_samples) and self.iwae_samples >= 0, "eval.iwae_samples", self.iwae_samples,
-                 "an integer >= 0 (0 disables the IWAE bound)")
+        _require(
+            is_integer(self.iwae_samples) and self.iwae_samples >= 0,
+            "eval.iwae_samples",
+            self.iwae_samples,
+            "an integer >= 0 (0 disables the IWAE bound)",
+        )
         _check_optional_positive_int("eval.iwae_examples", self.iwae_examples)
-        _require(isinstance(self.iwae_every_eval, bool), "eval.iwae_every_eval", self.iwae_every_eval, "true or false")
-        ok = self.bound_samples is None or (isinstance(self.bound_samples, (list, tuple))
-                                            and all(is_integer(k) and k >= 1 for k in self.bound_samples))
-        _require(ok, "eval.bound_samples", self.bound_samples, "a list of integers >= 1 (or omitted)")
+        _require(
+            isinstance(self.iwae_every_eval, bool),
+            "eval.iwae_every_eval",
+            self.iwae_every_eval,
+            "true or false",
+        )
+        ok = self.bound_samples is None or (
+            isinstance(self.bound_samples, (list, tuple))
+            and all(is_integer(k) and k >= 1 for k in self.bound_samples)
+        )
+        _require(
+            ok, "eval.bound_samples", self.bound_samples, "a list of integers >= 1 (or omitted)"
+        )
         if self.bound_samples is not None:
             self.bound_samples = list(self.bound_samples)
 
@@ -321,14 +417,24 @@ class FaultConfig:
     kill_after_step: int | None = None
 
     def __post_init__(self) -> None:
-        ok = isinstance(self.nan_batch_at, (list, tuple)) and all(is_integer(k) and k >= 1 for k in self.nan_batch_at)
+        ok = isinstance(self.nan_batch_at, (list, tuple)) and all(
+            is_integer(k) and k >= 1 for k in self.nan_batch_at
+        )
         _require(ok, "fault.nan_batch_at", self.nan_batch_at, "a list of step numbers >= 1")
         self.nan_batch_at = list(self.nan_batch_at)
-        _require(self.kill_process is None or (is_integer(self.kill_process) and self.kill_process >= 0),
-                 "fault.kill_process", self.kill_process, "a process rank >= 0 (or omitted)")
+        _require(
+            self.kill_process is None or (is_integer(self.kill_process) and self.kill_process >= 0),
+            "fault.kill_process",
+            self.kill_process,
+            "a process rank >= 0 (or omitted)",
+        )
         _check_optional_positive_int("fault.kill_after_step", self.kill_after_step)
-        _require((self.kill_process is None) == (self.kill_after_step is None), "fault.kill_after_step",
-                 self.kill_after_step, "set together with fault.kill_process (or both omitted)")
+        _require(
+            (self.kill_process is None) == (self.kill_after_step is None),
+            "fault.kill_after_step",
+            self.kill_after_step,
+            "set together with fault.kill_process (or both omitted)",
+        )
 
 
 @dataclass
@@ -370,36 +476,70 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
-        _require(self.batch_schedule in BATCH_SCHEDULES, "batch_schedule", self.batch_schedule,
-                 ", ".join(BATCH_SCHEDULES))
-        _require(is_integer(self.batch_full_at) and self.batch_full_at >= 2, "batch_full_at", self.batch_full_at,
-                 "an integer >= 2 (the batch reaching |train|)")
+        _require(
+            self.batch_schedule in BATCH_SCHEDULES,
+            "batch_schedule",
+            self.batch_schedule,
+            ", ".join(BATCH_SCHEDULES),
+        )
+        _require(
+            is_integer(self.batch_full_at) and self.batch_full_at >= 2,
+            "batch_full_at",
+            self.batch_full_at,
+            "an integer >= 2 (the batch reaching |train|)",
+        )
         _check_optional_positive_int("threads", self.threads)
-        _require(is_integer(self.seed) and self.seed >= 0, "seed",
-                 self.seed, "an integer >= 0")
+        _require(is_integer(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         _check_positive_int("checkpoint_every", self.checkpoint_every)
         _check_positive_int("max_rejected_steps", self.max_rejected_steps)
-        _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir", self.out_dir, "a non-empty path")
+        _require(
+            isinstance(self.out_dir, str) and self.out_dir != "",
+            "out_dir",
+            self.out_dir,
+            "a non-empty path",
+        )
         self._check_processes()
         samples = self.model.training_objective().samples
-        _require(self.optimizer.name != "kfac-tridiag" or samples == 1, "optimizer.name", self.optimizer.name,
-                 f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one input per "
-                 "example, while the decoder sees k samples per example (use 'kfac')")
+        _require(
+            self.optimizer.name != "kfac-tridiag" or samples == 1,
+            "optimizer.name",
+            self.optimizer.name,
+            f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one input per "
+            "example, while the decoder sees k samples per example (use 'kfac')",
+        )
 
     def _check_processes(self) -> None:
-        from natgrad.experiments.optimizers import DATA_PARALLEL_REFUSALS  # the registry imports this module
+        from natgrad.experiments.optimizers import (
+            DATA_PARALLEL_REFUSALS,
+        )  # the registry imports this module
 
         _check_positive_int("processes", self.processes)
-        _require(self.batch_size >= self.processes, "batch_size", self.batch_size,
-                 f"an integer >= processes ({self.processes}): every process needs an example of each batch")
+        _require(
+            self.batch_size >= self.processes,
+            "batch_size",
+            self.batch_size,
+            f"an integer >= processes ({self.processes}): every process needs an example of each batch",
+        )
         refusal = DATA_PARALLEL_REFUSALS.get(self.optimizer.name)
-        _require(self.processes == 1 or refusal is None, "processes", self.processes,
-                 f"1 for optimizer {self.optimizer.name!r}: {refusal}")
-        _require(self.fault.kill_process is None or self.fault.kill_process < self.processes, "fault.kill_process",
-                 self.fault.kill_process, f"a rank below processes ({self.processes})")
-        _require(self.fault.kill_after_step is None or self.fault.kill_after_step % self.checkpoint_every == 0,
-                 "fault.kill_after_step", self.fault.kill_after_step,
-                 f"a multiple of checkpoint_every ({self.checkpoint_every}), a step with a checkpoint")
+        _require(
+            self.processes == 1 or refusal is None,
+            "processes",
+            self.processes,
+            f"1 for optimizer {self.optimizer.name!r}: {refusal}",
+        )
+        _require(
+            self.fault.kill_process is None or self.fault.kill_process < self.processes,
+            "fault.kill_process",
+            self.fault.kill_process,
+            f"a rank below processes ({self.processes})",
+        )
+        _require(
+            self.fault.kill_after_step is None
+            or self.fault.kill_after_step % self.checkpoint_every == 0,
+            "fault.kill_after_step",
+            self.fault.kill_after_step,
+            f"a multiple of checkpoint_every ({self.checkpoint_every}), a step with a checkpoint",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML-serialisable; None values are kept for JSON)."""
@@ -426,7 +566,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for key, value in values.items():
         section = _SECTIONS.get(key) if cls is RunConfig else None
@@ -456,7 +598,9 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[st
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep or not path.strip():
-            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optimizer.lr=1e-3)")
+            raise ConfigError(
+                f"override {item!r} must look like section.key=value (e.g. optimizer.lr=1e-3)"
+            )
         keys = path.strip().split(".")
         node = values
         for key in keys[:-1]:
@@ -480,11 +624,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file") from None
+        raise ConfigError(
+            f"config file {path} is a directory; give the path of a TOML file"
+        ) from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -525,10 +673,14 @@ def check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None
     """Raise :class:`ConfigError` naming any key of ``values`` outside ``allowed``."""
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
     """The fields whose values differ between two nested config dicts, as ``"field: saved -> current"``
     (dotted paths, sorted). The top-level ``out_dir`` is ignored: a run directory may be moved."""
     differences = []

@@ -4,6 +4,7 @@ The ``"synthetic"`` dataset exists for tests and smoke runs that must not depend
 8x8 images ``x ~ Bernoulli(sigmoid(W h))`` from a 4-dimensional latent ``h ~ N(0, I)``, with ``W``
 fixed by a constant seed, 2,000 training and 500 test images. It is not a benchmark.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,9 +47,16 @@ def synthetic_data() -> RunData:
     n = sum(SYNTHETIC_SIZES)
     probs = torch.sigmoid(torch.randn(n, SYNTHETIC_LATENT, generator=generator) @ weights)
     x = torch.bernoulli(probs, generator=generator)
-    train, test = x[: SYNTHETIC_SIZES[0]], x[SYNTHETIC_SIZES[0]:]
-    return RunData("synthetic", "synthetic", train, test, SYNTHETIC_SHAPE, "bernoulli",
-                   f"generated (seed {SYNTHETIC_SEED})")
+    train, test = x[: SYNTHETIC_SIZES[0]], x[SYNTHETIC_SIZES[0] :]
+    return RunData(
+        "synthetic",
+        "synthetic",
+        train,
+        test,
+        SYNTHETIC_SHAPE,
+        "bernoulli",
+        f"generated (seed {SYNTHETIC_SEED})",
+    )
 
 
 @lru_cache(maxsize=2)
@@ -57,8 +65,15 @@ def _benchmark(name: str, data_dir: str | None) -> RunData:
     from natgrad.data import load_dataset
 
     ds = load_dataset(name, data_dir)
-    return RunData(name, ds.name, torch.as_tensor(ds.train), torch.as_tensor(ds.test), tuple(ds.image_shape),
-                   ds.likelihood, str(ds.source))
+    return RunData(
+        name,
+        ds.name,
+        torch.as_tensor(ds.train),
+        torch.as_tensor(ds.test),
+        tuple(ds.image_shape),
+        ds.likelihood,
+        str(ds.source),
+    )
 
 
 def _subset(examples: Tensor, size: int | None, how: str) -> Tensor:
@@ -79,12 +94,30 @@ def load_run_data(config: DataConfig) -> RunData:
         natgrad.data.DataError: the dataset files are missing or corrupt.
         ValueError: a requested subset is larger than the dataset.
     """
-    data = synthetic_data() if config.dataset == "synthetic" else _benchmark(config.dataset, config.data_dir)
+    data = (
+        synthetic_data()
+        if config.dataset == "synthetic"
+        else _benchmark(config.dataset, config.data_dir)
+    )
     train, test = data.train, data.test
-    for field_name, size, full in (("data.train_size", config.train_size, train), ("data.test_size", config.test_size, test)):
+    for field_name, size, full in (
+        ("data.train_size", config.train_size, train),
+        ("data.test_size", config.test_size, test),
+    ):
         if size is not None and size > full.shape[0]:
-            raise ValueError(f"{field_name} = {size} exceeds the {full.shape[0]} examples of {data.name!r}")
-    train, test = _subset(train, config.train_size, config.subset), _subset(test, config.test_size, config.subset)
-    return RunData(data.problem, data.name, train.float().reshape(train.shape[0], -1).contiguous(),
-                   test.float().reshape(test.shape[0], -1).contiguous(), data.image_shape, data.likelihood,
-                   data.source)
+            raise ValueError(
+                f"{field_name} = {size} exceeds the {full.shape[0]} examples of {data.name!r}"
+            )
+    train, test = (
+        _subset(train, config.train_size, config.subset),
+        _subset(test, config.test_size, config.subset),
+    )
+    return RunData(
+        data.problem,
+        data.name,
+        train.float().reshape(train.shape[0], -1).contiguous(),
+        test.float().reshape(test.shape[0], -1).contiguous(),
+        data.image_shape,
+        data.likelihood,
+        data.source,
+    )

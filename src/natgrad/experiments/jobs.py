@@ -8,6 +8,7 @@ process pinned to the ``I``-th of ``N`` equal, disjoint core sets, so neighbouri
 grid (e.g. the two seeds of a setting) run side by side under the same load. Each cell records
 its shard and cores (:func:`natgrad.experiments.bench.cell_record`).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def core_sets(jobs: int, cores: Sequence[int]) -> list[list[int]]:
     if not 1 <= jobs <= len(cores):
         raise ValueError(f"--jobs {jobs} needs 1 <= jobs <= the {len(cores)} available cores")
     size = len(cores) // jobs
-    return [list(cores[i * size:(i + 1) * size]) for i in range(jobs)]
+    return [list(cores[i * size : (i + 1) * size]) for i in range(jobs)]
 
 
 def run_shards(commands: Sequence[Sequence[str]], cores: Sequence[Sequence[int]]) -> list[int]:
@@ -41,8 +42,10 @@ def run_shards(commands: Sequence[Sequence[str]], cores: Sequence[Sequence[int]]
     SIGINT and SIGTERM are passed on to every child, so each stops after its cell's checkpoint
     and the grid resumes on the next call.
     """
-    children = [subprocess.Popen(list(command), preexec_fn=_pin(list(core_set)))
-                for command, core_set in zip(commands, cores)]
+    children = [
+        subprocess.Popen(list(command), preexec_fn=_pin(list(core_set)))
+        for command, core_set in zip(commands, cores)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -62,4 +65,5 @@ def _pin(core_set: list[int]):
     def pin() -> None:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, core_set)
+
     return pin

@@ -25,6 +25,7 @@ r"""Evaluation metrics of the autoencoder and VAE papers, computed in chunks ove
   theorem on the bound's monotonicity); the paper evaluates with k = 5000 (yburda/iwae,
   ``experiments.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 from natgrad.iwae import log_importance_weights
 from natgrad.models import VAE
 
-
 #: The metric (without its ``train.``/``test.`` split) each model kind is judged by.
 HEADLINE_METRICS = {"autoencoder": "reconstruction_error", "vae": "neg_elbo"}
 
@@ -45,7 +45,7 @@ def _chunks(x: Tensor, chunk_size: int) -> Iterator[Tensor]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for start in range(0, x.shape[0], chunk_size):
-        yield x[start:start + chunk_size]
+        yield x[start : start + chunk_size]
 
 
 def _reconstruction(model: nn.Module, x: Tensor) -> Tensor:
@@ -74,8 +74,9 @@ def negative_log_likelihood(model: nn.Module, x: Tensor, chunk_size: int = 1000)
 
 
 @torch.no_grad()
-def elbo_terms(model: VAE, x: Tensor, chunk_size: int = 1000,
-               generator: torch.Generator | None = None) -> dict[str, float]:
+def elbo_terms(
+    model: VAE, x: Tensor, chunk_size: int = 1000, generator: torch.Generator | None = None
+) -> dict[str, float]:
     r"""Negative ELBO, its KL term and the active latent units of ``model`` on ``x``.
 
     * ``neg_elbo``: nats per example, one reparameterised sample per example.
@@ -93,7 +94,9 @@ def elbo_terms(model: VAE, x: Tensor, chunk_size: int = 1000,
         total += float((nll + chunk_kl).sum(dtype=torch.float64))
         kl += float(chunk_kl.sum(dtype=torch.float64))
         means.append(posterior.mu.double())
-    active = int((torch.cat(means).var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum()) if x.shape[0] > 1 else 0
+    active = (
+        int((torch.cat(means).var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum()) if x.shape[0] > 1 else 0
+    )
     return {"neg_elbo": total / x.shape[0], "kl": kl / x.shape[0], "active_units": float(active)}
 
 
@@ -101,12 +104,16 @@ def elbo_terms(model: VAE, x: Tensor, chunk_size: int = 1000,
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def negative_elbo(model: VAE, x: Tensor, chunk_size: int = 1000, generator: torch.Generator | None = None) -> float:
+def negative_elbo(
+    model: VAE, x: Tensor, chunk_size: int = 1000, generator: torch.Generator | None = None
+) -> float:
     """Negative ELBO in nats per example, one reparameterised sample per example."""
     return elbo_terms(model, x, chunk_size, generator)["neg_elbo"]
 
 
-def _iwae_chunk(model: VAE, x: Tensor, k: int, samples_per_pass: int, generator: torch.Generator | None) -> Tensor:
+def _iwae_chunk(
+    model: VAE, x: Tensor, k: int, samples_per_pass: int, generator: torch.Generator | None
+) -> Tensor:
     """:math:`\\mathcal L_k` of each example of ``x``, shape (n,)."""
     posterior = model.encode(x)  # mu, log_var: (n, d_z)
     log_weights = []
@@ -170,14 +177,23 @@ def evaluate(
     for split, x in (("train", train), ("test", test)):
         metrics[f"{split}.reconstruction_error"] = reconstruction_error(model, x, chunk_size)
         if isinstance(model, VAE):
-            metrics.update({f"{split}.{name}": value for name, value in elbo_terms(model, x, chunk_size, generator).items()})
+            metrics.update(
+                {
+                    f"{split}.{name}": value
+                    for name, value in elbo_terms(model, x, chunk_size, generator).items()
+                }
+            )
         else:
             metrics[f"{split}.nll"] = negative_log_likelihood(model, x, chunk_size)
     if isinstance(model, VAE):
         subset = test if iwae_examples is None else test[:iwae_examples]
         if iwae_samples > 0:
-            metrics["test.iwae_ll"] = iwae_log_likelihood(model, subset, iwae_samples, chunk_size, generator)
+            metrics["test.iwae_ll"] = iwae_log_likelihood(
+                model, subset, iwae_samples, chunk_size, generator
+            )
         for k in bound_samples:
-            metrics[f"test.iwae_bound_k{k}"] = iwae_log_likelihood(model, subset, k, chunk_size, generator)
+            metrics[f"test.iwae_bound_k{k}"] = iwae_log_likelihood(
+                model, subset, k, chunk_size, generator
+            )
     model.train(was_training)
     return metrics

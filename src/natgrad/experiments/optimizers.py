@@ -16,6 +16,7 @@ The L2 penalty ``(l2 / 2) |theta|^2`` of the objective is the factory's job: SGD
 To add an optimizer, write ``def make_x(model, config) -> Optimizer`` and add it to
 :data:`OPTIMIZERS`; method-specific hyper-parameters arrive in ``config.options``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,22 +50,30 @@ def make_sgd(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimiz
     _reject_options(config)
     lr = config.lr if config.lr is not None else DEFAULT_LR["sgd"]
     nesterov = config.nesterov and config.momentum > 0
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, nesterov=nesterov,
-                           weight_decay=config.l2)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=nesterov,
+        weight_decay=config.l2,
+    )
 
 
 def make_adam(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015) with the L2 penalty coupled into the gradient."""
     _reject_options(config)
     lr = config.lr if config.lr is not None else DEFAULT_LR["adam"]
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(config.betas), eps=config.eps,
-                            weight_decay=config.l2)
+    return torch.optim.Adam(
+        model.parameters(), lr=lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.l2
+    )
 
 
 def _check_option_keys(config: "OptimizerConfig", allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(config.options) - set(allowed))
     if unknown:
-        raise ValueError(f"optimizer.options {unknown} are not used by {config.name!r}; allowed: {', '.join(allowed)}")
+        raise ValueError(
+            f"optimizer.options {unknown} are not used by {config.name!r}; allowed: {', '.join(allowed)}"
+        )
 
 
 def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
@@ -87,7 +96,14 @@ def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
     _check_option_keys(config, ("reestimate_every", "samples", "epsilon", "batch_norm"))
     lr = config.lr if config.lr is not None else DEFAULT_LR["prong"]
     nesterov = config.nesterov and config.momentum > 0
-    return PRONG(model, lr=lr, momentum=config.momentum, nesterov=nesterov, weight_decay=config.l2, **config.options)
+    return PRONG(
+        model,
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=nesterov,
+        weight_decay=config.l2,
+        **config.options,
+    )
 
 
 _NATURAL_OPTIONS = ("damping", "schedule", "step", "seed")
@@ -100,23 +116,35 @@ def _option_table(config: "OptimizerConfig", key: str) -> dict:
         ValueError: the value is not a table (the message names the field and shows the fix).
     """
     value = config.options.get(key) or {}
-    require(isinstance(value, dict), f"optimizer.options.{key}", value,
-            f"a table of its fields, e.g. --set optimizer.options.{key}.<field>=<value>")
+    require(
+        isinstance(value, dict),
+        f"optimizer.options.{key}",
+        value,
+        f"a table of its fields, e.g. --set optimizer.options.{key}.<field>=<value>",
+    )
     return dict(value)
 
 
-def _natural_options(config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True) -> dict:
+def _natural_options(
+    config: "OptimizerConfig", extra: tuple[str, ...] = (), with_curvature: bool = True
+) -> dict:
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
     ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
     ``with_curvature``, ``optimizer.curvature`` as the curvature kind under the ``curvature`` table
     (estimator, ema_cap); TONGA has its own matrix."""
-    _check_option_keys(config, _NATURAL_OPTIONS + extra + (("curvature",) if with_curvature else ()))
+    _check_option_keys(
+        config, _NATURAL_OPTIONS + extra + (("curvature",) if with_curvature else ())
+    )
     options = dict(config.options)
-    fixed = {"momentum": config.momentum} | ({} if config.lr is None else {"learning_rate": config.lr})
+    fixed = {"momentum": config.momentum} | (
+        {} if config.lr is None else {"learning_rate": config.lr}
+    )
     options["step"] = fixed | _option_table(config, "step")
     options["damping"] = {"weight_decay": config.l2} | _option_table(config, "damping")
     if with_curvature:
-        options["curvature"] = {"kind": config.curvature or "full"} | _option_table(config, "curvature")
+        options["curvature"] = {"kind": config.curvature or "full"} | _option_table(
+            config, "curvature"
+        )
     return options
 
 
@@ -149,8 +177,12 @@ def make_hf(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimize
     from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
 
     if config.lr is not None:
-        raise ValueError("optimizer.lr is not used by 'hf' (its step comes from CG and a line search); omit it")
-    options = {"weight_decay": config.l2, "curvature": config.curvature or "full"} | dict(config.options)
+        raise ValueError(
+            "optimizer.lr is not used by 'hf' (its step comes from CG and a line search); omit it"
+        )
+    options = {"weight_decay": config.l2, "curvature": config.curvature or "full"} | dict(
+        config.options
+    )
     allowed = tuple(f.name for f in dataclasses.fields(HessianFreeConfig))
     _check_option_keys(config, allowed)
     return HessianFree(model, **options)

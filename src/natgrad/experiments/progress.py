@@ -1,4 +1,5 @@
 """Progress of a run: a tqdm bar on a terminal, plain log lines (one per evaluation) otherwise."""
+
 from __future__ import annotations
 
 import logging
@@ -23,10 +24,14 @@ def _short(metrics: dict[str, float], key: str | None) -> str:
 class BarProgress:
     """tqdm bar: steps, loss, the headline metric and steps/s (tqdm's rate)."""
 
-    def __init__(self, total: int | None, initial: int, label: str, metric_key: str | None, stream: TextIO) -> None:
+    def __init__(
+        self, total: int | None, initial: int, label: str, metric_key: str | None, stream: TextIO
+    ) -> None:
         self.metric_key = metric_key
         self.metric = ""
-        self.bar = tqdm(total=total, initial=initial, desc=label, unit="step", file=stream, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, initial=initial, desc=label, unit="step", file=stream, dynamic_ncols=True
+        )
 
     def step(self, step: int, loss: float) -> None:
         self.bar.update(step - self.bar.n)
@@ -54,15 +59,27 @@ class LineProgress:
     def evaluated(self, step: int, metrics: dict[str, float], steps_per_second: float) -> None:
         of = f"/{self.total}" if self.total is not None else ""
         loss = f" loss={self.loss:.4g}" if step > 0 else ""
-        logger.info("%s step %d%s%s %s %.1f steps/s", self.label, step, of, loss, _short(metrics, self.metric_key),
-                    steps_per_second)
+        logger.info(
+            "%s step %d%s%s %s %.1f steps/s",
+            self.label,
+            step,
+            of,
+            loss,
+            _short(metrics, self.metric_key),
+            steps_per_second,
+        )
 
     def close(self) -> None:
         return None
 
 
-def make_progress(total: int | None, initial: int, label: str, metric_key: str | None,
-                  stream: TextIO | None = None) -> Progress:
+def make_progress(
+    total: int | None,
+    initial: int,
+    label: str,
+    metric_key: str | None,
+    stream: TextIO | None = None,
+) -> Progress:
     """A bar when ``stream`` (default stderr) is a terminal, plain lines otherwise."""
     stream = sys.stderr if stream is None else stream
     if stream.isatty():

@@ -4,6 +4,7 @@ A checkpoint stores the log's byte length at the time it was written; resuming t
 that length, so lines written after the checkpoint by a killed process are dropped and rewritten by
 the resumed run (the log of a resumed run equals that of an uninterrupted one, timings aside).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ class RunLog:
             size = self.path.stat().st_size if self.path.is_file() else None
             if truncate_to > (size or 0):
                 found = "is missing" if size is None else f"holds {size} bytes"
-                raise RunLogError(f"{self.path} {found}, but the checkpoint recorded {truncate_to} bytes of log; "
-                                  "restore the log or start the run again")
+                raise RunLogError(
+                    f"{self.path} {found}, but the checkpoint recorded {truncate_to} bytes of log; "
+                    "restore the log or start the run again"
+                )
             with self.path.open("a+b") as handle:
                 handle.truncate(truncate_to)
         self._handle = self.path.open("a", encoding="utf-8")

@@ -38,6 +38,7 @@ others fail at their next collective (:class:`~natgrad.distributed.communicator.
 the run resumes from its last checkpoint with the same number of processes, bitwise as if it had
 never stopped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,10 +57,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from natgrad.experiments.batches import BatchSampler
-from natgrad.experiments.binarize import DynamicBinarizer, binarize_once
 from natgrad.data.cache import remove_stale_temporaries
 from natgrad.distributed.communicator import Communicator, average_gradients, current_communicator
+from natgrad.experiments.batches import BatchSampler
+from natgrad.experiments.binarize import DynamicBinarizer, binarize_once
 from natgrad.experiments.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
@@ -128,12 +129,16 @@ def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) 
     else:
         problem = config.problem or data.problem
         if problem not in ARCHITECTURES:
-            raise ConfigError(f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no paper "
-                              f"architecture; set model.sizes or model.problem ({', '.join(sorted(ARCHITECTURES))})")
+            raise ConfigError(
+                f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no paper "
+                f"architecture; set model.sizes or model.problem ({', '.join(sorted(ARCHITECTURES))})"
+            )
         sizes = list(ARCHITECTURES[problem])
     if sizes[0] != data.train.shape[1]:
-        raise ConfigError(f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset {data.name!r}; "
-                          "fix model.sizes or model.problem")
+        raise ConfigError(
+            f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset {data.name!r}; "
+            "fix model.sizes or model.problem"
+        )
     autoencoder = config.kind == "autoencoder"
     init = config.init or ("sparse" if autoencoder else "default")
     activation = config.activation or ("sigmoid" if autoencoder else "tanh")
@@ -178,8 +183,13 @@ class Trainer:
     ``communicator``: the processes of a data-parallel run (None: this process alone).
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, show_progress: bool = True,
-                 communicator: Communicator | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        show_progress: bool = True,
+        communicator: Communicator | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.comm = communicator or Communicator()
@@ -187,18 +197,28 @@ class Trainer:
         self.show_progress = show_progress and self.is_main
         torch.manual_seed(derive_seed(config.seed, "global"))
         self.data = load_run_data(config.data)
-        self.model = build_model(config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init")))
+        self.model = build_model(
+            config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init"))
+        )
         self.optimizer = build_optimizer(self.model, config.optimizer)
         # natgrad's optimizers average across processes themselves; torch.optim's need it in the closure
         self.average_in_closure = not hasattr(self.optimizer, "communicator")
-        self.sampler = BatchSampler(self.data.train.shape[0], config.batch_size, derive_seed(config.seed, "data-order"),
-                                    config.batch_schedule, config.batch_full_at)
+        self.sampler = BatchSampler(
+            self.data.train.shape[0],
+            config.batch_size,
+            derive_seed(config.seed, "data-order"),
+            config.batch_schedule,
+            config.batch_full_at,
+        )
         self.noise = torch.Generator().manual_seed(derive_seed(config.seed, "noise"))
         self.objective = config.model.training_objective()
         dynamic = config.data.binarize == "dynamic"
         self.binarizer = DynamicBinarizer(derive_seed(config.seed, "binarize")) if dynamic else None
-        self.evaluation_sets = ((binarize_once(self.data.train), binarize_once(self.data.test)) if dynamic
-                                else (self.data.train, self.data.test))
+        self.evaluation_sets = (
+            (binarize_once(self.data.train), binarize_once(self.data.test))
+            if dynamic
+            else (self.data.train, self.data.test)
+        )
         self.step = 0
         self.train_time = 0.0
         self.wall_offset = 0.0
@@ -275,7 +295,9 @@ class Trainer:
             loss = build_objective_loss(self.model, x, self.objective, eps=eps)
             loss.value.backward()
             if self.average_in_closure:
-                value = average_gradients(self.comm, list(self.model.parameters()), loss.value, loss.batch_size)
+                value = average_gradients(
+                    self.comm, list(self.model.parameters()), loss.value, loss.batch_size
+                )
             else:
                 value = None
             if not first:
@@ -296,7 +318,9 @@ class Trainer:
             "step": self.step,
             "loss": value,
             # natural-gradient steps choose their own size (the record's alpha): no group lr then
-            "lr": record.get("learning_rate", group.get("lr")) if record is not None else group.get("lr"),
+            "lr": record.get("learning_rate", group.get("lr"))
+            if record is not None
+            else group.get("lr"),
             "record": dict(record) if record is not None else None,
         }
         if self.comm.distributed:
@@ -310,8 +334,16 @@ class Trainer:
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "eval", self.step))
         bounds = final or ev.iwae_every_eval
         train, test = self.evaluation_sets
-        self.metrics = evaluate(self.model, train, test, ev.chunk_size, ev.iwae_samples if bounds else 0,
-                                ev.iwae_examples, generator, (ev.bound_samples or []) if bounds else ())
+        self.metrics = evaluate(
+            self.model,
+            train,
+            test,
+            ev.chunk_size,
+            ev.iwae_samples if bounds else 0,
+            ev.iwae_examples,
+            generator,
+            (ev.bound_samples or []) if bounds else (),
+        )
         self.last_eval_step = self.step
         self.last_eval_time = self.train_time
         return self.metrics
@@ -321,8 +353,9 @@ class Trainer:
         ev = self.config.eval
         if self.step % ev.every == 0:
             return True
-        return ev.every_seconds is not None and (self.train_time // ev.every_seconds
-                                                 > self.last_eval_time // ev.every_seconds)
+        return ev.every_seconds is not None and (
+            self.train_time // ev.every_seconds > self.last_eval_time // ev.every_seconds
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     def budget_left(self) -> bool:
@@ -338,7 +371,9 @@ class Trainer:
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
         if self.rejected_in_a_row >= self.config.max_rejected_steps:
             return f"the optimizer rejected {self.rejected_in_a_row} steps in a row (max_rejected_steps)"
-        finite = math.isfinite(record["loss"]) or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        finite = math.isfinite(record["loss"]) or all(
+            bool(torch.isfinite(p).all()) for p in self.model.parameters()
+        )
         if not finite:
             return f"non-finite parameters after step {self.step}"
         return None
@@ -365,15 +400,21 @@ class Trainer:
             raise RunStoppedError(
                 f"cannot write {where}: {error.strerror or error}; the run stopped at step {self.step}. "
                 f"Fix the cause (e.g. free disk space), then resume from its last checkpoint with "
-                f"`natgrad train --resume {self.run_dir}`") from error
+                f"`natgrad train --resume {self.run_dir}`"
+            ) from error
         finally:
             torch.set_num_threads(threads)
 
     def _run(self, log: RunLog) -> RunResult:
         self._wall_start = time.perf_counter()
         metric_key = f"train.{HEADLINE_METRICS[self.config.model.kind]}"
-        progress = make_progress(self.config.budget.steps, self.step, f"{self.config.optimizer.name}",
-                                 metric_key) if self.show_progress else None
+        progress = (
+            make_progress(
+                self.config.budget.steps, self.step, f"{self.config.optimizer.name}", metric_key
+            )
+            if self.show_progress
+            else None
+        )
         status, reason = "completed", None
         with _stop_on_signals() as received:
             if self.last_eval_step < 0:
@@ -409,8 +450,15 @@ class Trainer:
             progress.close()
         if reason is not None and self.is_main:
             logger.warning("%s: diverged (%s)", self.run_dir, reason)
-        result = RunResult(self.run_dir, status, self.step, self.train_time, dict(self.metrics), self.last_eval_step,
-                           reason)
+        result = RunResult(
+            self.run_dir,
+            status,
+            self.step,
+            self.train_time,
+            dict(self.metrics),
+            self.last_eval_step,
+            reason,
+        )
         if self.is_main:
             _write_result(result)
         return self.comm.broadcast_object(result)
@@ -426,7 +474,11 @@ class Trainer:
             save_checkpoint(self.run_dir, state)
         fault = self.config.fault
         if not last and fault.kill_after_step == self.step and fault.kill_process == self.comm.rank:
-            logger.warning("fault: process %d kills itself after the checkpoint of step %d", self.comm.rank, self.step)
+            logger.warning(
+                "fault: process %d kills itself after the checkpoint of step %d",
+                self.comm.rank,
+                self.step,
+            )
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _log_eval(self, log: RunLog, progress, final: bool) -> None:
@@ -435,7 +487,15 @@ class Trainer:
             return
         start = time.perf_counter()
         metrics = self.evaluate(final)
-        log.write({"kind": "eval", "step": self.step, "time": self.train_time, "wall": self.wall(), "metrics": metrics})
+        log.write(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "time": self.train_time,
+                "wall": self.wall(),
+                "metrics": metrics,
+            }
+        )
         if progress is not None:
             elapsed = self.train_time
             progress.evaluated(self.step, metrics, self.step / elapsed if elapsed > 0 else 0.0)
@@ -443,9 +503,17 @@ class Trainer:
 
 
 def _write_result(result: RunResult) -> None:
-    payload = {"status": result.status, "step": result.step, "train_time": result.train_time,
-               "metrics": result.metrics, "eval_step": result.eval_step, "reason": result.reason}
-    atomic_write_text(result.run_dir / RESULT_NAME, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    payload = {
+        "status": result.status,
+        "step": result.step,
+        "train_time": result.train_time,
+        "metrics": result.metrics,
+        "eval_step": result.eval_step,
+        "reason": result.reason,
+    }
+    atomic_write_text(
+        result.run_dir / RESULT_NAME, json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -457,7 +525,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); restore it or delete the run directory") from None
+        raise ConfigError(
+            f"{path} is not valid JSON ({error}); restore it or delete the run directory"
+        ) from None
 
 
 def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
@@ -466,12 +536,17 @@ def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
     message = f"{run_dir} already holds a run ({present})"
     if (run_dir / CONFIG_NAME).is_file():
         try:
-            differences = config_differences(load_run_dir_config(run_dir).to_dict(), config.to_dict())
+            differences = config_differences(
+                load_run_dir_config(run_dir).to_dict(), config.to_dict()
+            )
         except ConfigError as error:
             differences = [str(error)]
         if differences:
             message += f" with a different config ({'; '.join(differences)})"
-    return message + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to replace it"
+    return (
+        message
+        + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to replace it"
+    )
 
 
 def check_processes(config: RunConfig, communicator: Communicator) -> None:
@@ -485,7 +560,8 @@ def check_processes(config: RunConfig, communicator: Communicator) -> None:
             f"Invalid processes: {config.processes}; allowed: {communicator.world_size}, the number of processes "
             f"running the job. A run keeps its number of processes (the batch shards and the statistics' generators "
             f"depend on it): start it with `natgrad train --nproc {config.processes}` or `torchrun --nproc-per-node "
-            f"{config.processes} -m natgrad train ...`")
+            f"{config.processes} -m natgrad train ...`"
+        )
 
 
 def train(config: RunConfig, show_progress: bool = True, force: bool = False) -> RunResult:
@@ -519,7 +595,9 @@ def train(config: RunConfig, show_progress: bool = True, force: bool = False) ->
     logs: list[RunLog] = []
 
     def start_files() -> None:
-        atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
         (run_dir / LOG_NAME).write_text("")
         logs.append(RunLog(run_dir / LOG_NAME))
 
@@ -560,10 +638,19 @@ def _finished_result(run_dir: Path) -> RunResult | None:
         saved = _read_json(path)
         if saved["status"] not in ("completed", "diverged"):
             return None
-        return RunResult(run_dir, saved["status"], saved["step"], saved["train_time"], saved["metrics"],
-                         saved.get("eval_step", saved["step"]), saved.get("reason"))
+        return RunResult(
+            run_dir,
+            saved["status"],
+            saved["step"],
+            saved["train_time"],
+            saved["metrics"],
+            saved.get("eval_step", saved["step"]),
+            saved.get("reason"),
+        )
     except (ConfigError, KeyError, TypeError) as error:
-        logger.warning("%s is damaged (%s); ignoring it and resuming from the checkpoint", path, error)
+        logger.warning(
+            "%s is damaged (%s); ignoring it and resuming from the checkpoint", path, error
+        )
         return None
 
 
@@ -576,13 +663,17 @@ def _read_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
         CheckpointError: the checkpoint is damaged.
     """
     if not has_checkpoint(run_dir):
-        logger.info("%s has no checkpoint (stopped before the first one): starting from step 0", run_dir)
+        logger.info(
+            "%s has no checkpoint (stopped before the first one): starting from step 0", run_dir
+        )
         return None
     state = load_checkpoint(run_dir)
     differences = config_differences(state["config"], config.to_dict())
     if differences:
-        raise ConfigError(f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
-                          f"{'; '.join(differences)}; restore those values or start a new run")
+        raise ConfigError(
+            f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
+            f"{'; '.join(differences)}; restore those values or start a new run"
+        )
     return state
 
 

@@ -1,4 +1,5 @@
 """Divergences between output distributions, their local metrics, and the perturbation-norm study."""
+
 from natgrad.geometry.divergences import (
     DIVERGENCES,
     KL,

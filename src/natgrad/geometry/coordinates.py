@@ -8,6 +8,7 @@ network, as in :class:`~natgrad.distributions.GaussianLearnedVariance` and the V
 :mod:`natgrad.geometry.divergences` are written elementwise on these coordinates; this module is
 the single place that maps a distribution object to them.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from natgrad.distributions import Bernoulli, DiagonalGaussianPosterior, Gaussian, GaussianLearnedVariance
+from natgrad.distributions import (
+    Bernoulli,
+    DiagonalGaussianPosterior,
+    Gaussian,
+    GaussianLearnedVariance,
+)
 
 SUPPORTED = ("Bernoulli", "Gaussian", "GaussianLearnedVariance", "DiagonalGaussianPosterior")
 
@@ -30,7 +36,9 @@ class BernoulliCoordinates:
     @property
     def log_probs(self) -> tuple[Tensor, Tensor]:
         """``(log P(y=1), log P(y=0))`` computed stably from the logits."""
-        return torch.nn.functional.logsigmoid(self.logits), torch.nn.functional.logsigmoid(-self.logits)
+        return torch.nn.functional.logsigmoid(self.logits), torch.nn.functional.logsigmoid(
+            -self.logits
+        )
 
 
 @dataclass(frozen=True)
@@ -78,13 +86,17 @@ def same_family(p: Coordinates, q: Coordinates) -> None:
         ValueError: if the families, the variance treatment or the shapes differ.
     """
     if type(p) is not type(q):
-        raise ValueError(f"divergence needs two distributions of one family, got {type(p).__name__} and {type(q).__name__}")
+        raise ValueError(
+            f"divergence needs two distributions of one family, got {type(p).__name__} and {type(q).__name__}"
+        )
     if isinstance(p, GaussianCoordinates) and p.learned_variance != q.learned_variance:
         raise ValueError("divergence needs both Gaussians with fixed or both with learned variance")
     p_shape = p.logits.shape if isinstance(p, BernoulliCoordinates) else p.mean.shape
     q_shape = q.logits.shape if isinstance(q, BernoulliCoordinates) else q.mean.shape
     if p_shape != q_shape:
-        raise ValueError(f"divergence needs equal shapes, got {tuple(p_shape)} and {tuple(q_shape)}")
+        raise ValueError(
+            f"divergence needs equal shapes, got {tuple(p_shape)} and {tuple(q_shape)}"
+        )
 
 
 def fisher_diagonal(p: Coordinates) -> tuple[Tensor, ...]:

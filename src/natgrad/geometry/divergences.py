@@ -23,6 +23,7 @@ Closed forms are used everywhere except the Gaussian Jensen-Shannon divergence, 
 Gauss-Hermite quadrature (``quadrature_nodes`` nodes under each of P and Q; stated on the class).
 The Gaussian TV distance is closed form through the crossing points of the two densities.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,9 @@ class Divergence(ABC):
     def _gaussian_metric(self, p: GaussianCoordinates) -> tuple[Tensor, ...]: ...
 
     def _categorical_metric(self, p: Categorical) -> tuple[Tensor, ...]:
-        raise NoLocalMetricError(f"{type(self).__name__} has no local metric for Categorical outputs in natgrad")
+        raise NoLocalMetricError(
+            f"{type(self).__name__} has no local metric for Categorical outputs in natgrad"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -125,7 +128,12 @@ class FDivergence(Divergence):
 
 def _gaussian_kl(p: GaussianCoordinates, q: GaussianCoordinates) -> Tensor:
     """``KL(N(m1, s1^2) || N(m2, s2^2)) = 1/2 [v2 - v1 + (s1^2 + (m1 - m2)^2) / s2^2 - 1]``."""
-    return 0.5 * (q.log_var - p.log_var + (torch.exp(p.log_var) + (p.mean - q.mean) ** 2) * torch.exp(-q.log_var) - 1.0)
+    return 0.5 * (
+        q.log_var
+        - p.log_var
+        + (torch.exp(p.log_var) + (p.mean - q.mean) ** 2) * torch.exp(-q.log_var)
+        - 1.0
+    )
 
 
 def _bernoulli_kl(p: BernoulliCoordinates, q: BernoulliCoordinates) -> Tensor:
@@ -248,7 +256,10 @@ class JensenShannon(FDivergence):
 
     def _bernoulli(self, p, q):
         (lp1, lp0), (lq1, lq0) = p.log_probs, q.log_probs
-        lm1, lm0 = torch.logaddexp(lp1, lq1) - math.log(2.0), torch.logaddexp(lp0, lq0) - math.log(2.0)
+        lm1, lm0 = (
+            torch.logaddexp(lp1, lq1) - math.log(2.0),
+            torch.logaddexp(lp0, lq0) - math.log(2.0),
+        )
         kl_pm = torch.exp(lp1) * (lp1 - lm1) + torch.exp(lp0) * (lp0 - lm0)
         kl_qm = torch.exp(lq1) * (lq1 - lm1) + torch.exp(lq0) * (lq0 - lm0)
         return 0.5 * (kl_pm + kl_qm)
@@ -277,7 +288,9 @@ class Alpha(FDivergence):
 
     def __init__(self, alpha: float = 0.5) -> None:
         if not -1.0 < alpha < 1.0:
-            raise ValueError(f"Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), got {alpha}")
+            raise ValueError(
+                f"Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), got {alpha}"
+            )
         self.alpha = float(alpha)
 
     def __repr__(self) -> str:
@@ -332,7 +345,11 @@ class TotalVariation(Divergence):
         root = -0.5 * (b + sign * torch.sqrt((b**2 - 4 * a * c).clamp_min(0.0)))
         identical = root == 0
         safe_root = torch.where(identical, torch.ones_like(root), root)
-        x1 = torch.where(a == 0, torch.full_like(a, math.inf), safe_root / torch.where(a == 0, torch.ones_like(a), a))
+        x1 = torch.where(
+            a == 0,
+            torch.full_like(a, math.inf),
+            safe_root / torch.where(a == 0, torch.ones_like(a), a),
+        )
         x2 = c / safe_root
         lo, hi = torch.minimum(x1, x2), torch.maximum(x1, x2)
         normal = torch.distributions.Normal
@@ -403,14 +420,18 @@ class MMD(Divergence):
         return -math.expm1(-0.5 / self.bandwidth**2)
 
     def _bernoulli(self, p, q):
-        return 2.0 * self._one_minus_kappa * (torch.sigmoid(p.logits) - torch.sigmoid(q.logits)) ** 2
+        return (
+            2.0 * self._one_minus_kappa * (torch.sigmoid(p.logits) - torch.sigmoid(q.logits)) ** 2
+        )
 
     def _gaussian(self, p, q):
         h2 = self.bandwidth**2
         var1, var2 = torch.exp(p.log_var), torch.exp(q.log_var)
         tau = h2 + var1 + var2
         cross = torch.exp(-((p.mean - q.mean) ** 2) / (2.0 * tau)) / torch.sqrt(tau)
-        return self.bandwidth * (torch.rsqrt(h2 + 2 * var1) + torch.rsqrt(h2 + 2 * var2) - 2.0 * cross)
+        return self.bandwidth * (
+            torch.rsqrt(h2 + 2 * var1) + torch.rsqrt(h2 + 2 * var2) - 2.0 * cross
+        )
 
     def _bernoulli_metric(self, p):
         prob = torch.sigmoid(p.logits)
@@ -428,7 +449,18 @@ class MMD(Divergence):
 #: Every divergence by name, with its default settings.
 DIVERGENCES: dict[str, type[Divergence]] = {
     cls.name: cls
-    for cls in (KL, ReverseKL, Jeffreys, SquaredHellinger, JensenShannon, Alpha, ChiSquared, TotalVariation, Wasserstein2, MMD)
+    for cls in (
+        KL,
+        ReverseKL,
+        Jeffreys,
+        SquaredHellinger,
+        JensenShannon,
+        Alpha,
+        ChiSquared,
+        TotalVariation,
+        Wasserstein2,
+        MMD,
+    )
 }
 
 

@@ -18,6 +18,7 @@ jvp -> output metric -> vjp machinery as the GGN-vector product): ``J v`` by for
 by one reverse pass built once at construction. The dense matrix (tiny models, tests) is built from
 the full Jacobian with ``jacrev``, an independent code path.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -27,8 +28,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
 from natgrad.curvature.exact import OutputJacobian, dense_pullback
-from natgrad.geometry.divergences import Divergence
 from natgrad.distributions import curvature_product
+from natgrad.geometry.divergences import Divergence
 from natgrad.models import VAEOutput
 
 #: ``theta (flat) -> the output distributions on a fixed batch``.
@@ -67,7 +68,9 @@ def model_outputs(model: nn.Module, x: Tensor, eps: Tensor | None = None) -> Out
         out = functional_call(model, unflatten(model, theta), (x,), kwargs)
         if isinstance(out, VAEOutput):
             if eps is None:
-                raise ValueError("model_outputs: a VAE needs a fixed eps (the noise of its latent sample)")
+                raise ValueError(
+                    "model_outputs: a VAE needs a fixed eps (the noise of its latent sample)"
+                )
             return [out.likelihood, out.posterior]
         return [out.likelihood]
 
@@ -79,7 +82,9 @@ def output_tensors(distributions: Sequence[object]) -> tuple[Tensor, ...]:
     return tuple(t for d in distributions for t in d.params)
 
 
-def mean_divergence(outputs: OutputsFn, theta: Tensor, delta: Tensor, divergence: Divergence) -> Tensor:
+def mean_divergence(
+    outputs: OutputsFn, theta: Tensor, delta: Tensor, divergence: Divergence
+) -> Tensor:
     """``(1/N) sum_n sum_heads D(p_n(theta) || p_n(theta + delta))``, a 0-d tensor."""
     reference, perturbed = outputs(theta), outputs(theta + delta)
     total = sum(divergence.between(p, q) for p, q in zip(reference, perturbed))
@@ -113,9 +118,14 @@ class PulledBackMetric:
     def quadratic_form(self, v: Tensor) -> Tensor:
         """``v^T G_M v = (1/N) sum_n (J_n v)^T M_n (J_n v)`` from one forward-mode pass."""
         jv = self._jacobian.jvp(v)
-        return sum((j * curvature_product(m, j)).sum() for m, j in zip(self.metric, jv)) / self.batch_size
+        return (
+            sum((j * curvature_product(m, j)).sum() for m, j in zip(self.metric, jv))
+            / self.batch_size
+        )
 
     def to_dense(self) -> Tensor:
         """The ``(P, P)`` matrix from the full Jacobian (``jacrev``); for tiny models only."""
         jacobians = jacrev(self._fn)(self.theta)  # each (*output shape, P)
-        return dense_pullback([jac.movedim(-1, 0) for jac in jacobians], self.metric) / self.batch_size
+        return (
+            dense_pullback([jac.movedim(-1, 0) for jac in jacobians], self.metric) / self.batch_size
+        )

@@ -1,4 +1,5 @@
 """Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse (2015)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -86,7 +87,9 @@ class DeepAutoencoder(nn.Module):
         self.sizes = tuple(int(s) for s in sizes)
         self.likelihood_name = check_likelihood(likelihood)
         self.encoder = mlp(self.sizes, activation, final_activation=False)
-        self.decoder = mlp(decoder_sizes(self.sizes, likelihood), activation, final_activation=False)
+        self.decoder = mlp(
+            decoder_sizes(self.sizes, likelihood), activation, final_activation=False
+        )
         initialise_(self, init, generator)
 
     @classmethod
@@ -97,4 +100,6 @@ class DeepAutoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
         code = self.encoder(x.flatten(1))
-        return AutoencoderOutput(likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code)
+        return AutoencoderOutput(
+            likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code
+        )

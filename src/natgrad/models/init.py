@@ -1,11 +1,14 @@
 """Weight initialisations of the Hessian-free and K-FAC papers."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def sparse_init_(linear: nn.Linear, nonzero: int = 15, generator: torch.Generator | None = None) -> None:
+def sparse_init_(
+    linear: nn.Linear, nonzero: int = 15, generator: torch.Generator | None = None
+) -> None:
     """Sparse initialisation (Martens 2010, section 5).
 
     Each unit gets ``nonzero`` incoming weights drawn from N(0, 1), all others zero; the bias is

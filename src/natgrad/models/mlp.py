@@ -1,4 +1,5 @@
 """Fully connected stacks shared by the autoencoder and the VAE."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

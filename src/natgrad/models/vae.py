@@ -1,4 +1,5 @@
 """Variational autoencoder (Kingma & Welling 2014) on the deep-autoencoder shapes, or any MLP."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.distributions import DiagonalGaussianPosterior, OutputDistribution
-from natgrad.models.autoencoder import check_likelihood, decoder_sizes, likelihood_from_outputs, problem_arguments
+from natgrad.models.autoencoder import (
+    check_likelihood,
+    decoder_sizes,
+    likelihood_from_outputs,
+    problem_arguments,
+)
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
 
@@ -51,9 +57,13 @@ class VAE(nn.Module):
         self.latent_dim = self.sizes[-1]
         self.likelihood_name = check_likelihood(likelihood)
         hidden = self.sizes[:-1]
-        trunk = mlp(hidden, activation, final_activation=True) if len(hidden) > 1 else nn.Sequential()
+        trunk = (
+            mlp(hidden, activation, final_activation=True) if len(hidden) > 1 else nn.Sequential()
+        )
         self.encoder = nn.Sequential(*trunk, nn.Linear(hidden[-1], 2 * self.latent_dim))
-        self.decoder = mlp(decoder_sizes(self.sizes, likelihood), activation, final_activation=False)
+        self.decoder = mlp(
+            decoder_sizes(self.sizes, likelihood), activation, final_activation=False
+        )
         initialise_(self, init, generator)
 
     @classmethod

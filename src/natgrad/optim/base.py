@@ -40,6 +40,7 @@ so ``gamma`` stays at its start value too); ``gamma`` tied to ``sqrt(lambda + et
 The quadratic model always uses the *full* GGN of the objective, whatever curvature the
 representation estimates, so curvature choices are compared under the same step rule.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,8 @@ from natgrad.optim.natural import (
     QuadraticModelStep,
     combine_update,
     damped_gram,
-    gamma_candidates,
     dot,
+    gamma_candidates,
     levenberg_marquardt_update,
     precondition,
     quadratic_model_coefficients,
@@ -79,7 +80,6 @@ from natgrad.optim.record import StepRecord
 from natgrad.validation import is_integer, require
 
 _log = logging.getLogger(__name__)
-
 
 
 def check_loss(loss: Any, optimizer: str) -> Loss:
@@ -96,8 +96,10 @@ def check_loss(loss: Any, optimizer: str) -> Loss:
             f"(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got {type(loss).__name__}"
         )
     if all(p.grad is None or not bool(p.grad.any()) for p in loss.parameters().values()):
-        raise ValueError(f"{optimizer}.step(closure): no parameter has a gradient; the closure must call "
-                         "loss.backward() before returning the Loss")
+        raise ValueError(
+            f"{optimizer}.step(closure): no parameter has a gradient; the closure must call "
+            "loss.backward() before returning the Loss"
+        )
     return loss
 
 
@@ -135,7 +137,10 @@ def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> f
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
     """``\\nabla h = \\nabla loss + eta theta`` from ``.grad`` (zeros where a parameter got none)."""
-    return [(torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach() for p in params]
+    return [
+        (torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach()
+        for p in params
+    ]
 
 
 class SingleParameterGroup(torch.optim.Optimizer):
@@ -161,8 +166,10 @@ class SingleParameterGroup(torch.optim.Optimizer):
             ValueError: a group exists already.
         """
         if self.param_groups:
-            raise ValueError(f"{type(self).__name__} supports one parameter group (its curvature couples all "
-                             "parameters); construct it on the whole model instead of calling add_param_group")
+            raise ValueError(
+                f"{type(self).__name__} supports one parameter group (its curvature couples all "
+                "parameters); construct it on the whole model instead of calling add_param_group"
+            )
         super().add_param_group(param_group)
 
     def _reject(self, record: StepRecord, reason: str, raise_damping: bool = True) -> StepRecord:
@@ -218,7 +225,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         self.schedule = schedule or ScheduleConfig()
         self.step_config = step or StepConfig()
         require(is_integer(seed) and seed >= 0, "seed", seed, "an integer >= 0")
-        super().__init__(curvature.params, {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum})
+        super().__init__(
+            curvature.params,
+            {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum},
+        )
         self.communicator = communicator or current_communicator()
         comm = self.communicator
         shards = process_shards(comm.rank, comm.world_size, self.schedule.statistics_shards)
@@ -266,23 +276,43 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             except (NonFiniteStatistics, torch.linalg.LinAlgError) as error:
                 record = self._reject(record, f"curvature failed: {error}")
             else:
-                record = replace(record, gamma=gamma, alpha=model_step.alpha, mu=model_step.mu,
-                                 predicted_change=model_step.predicted_change)
+                record = replace(
+                    record,
+                    gamma=gamma,
+                    alpha=model_step.alpha,
+                    mu=model_step.mu,
+                    predicted_change=model_step.predicted_change,
+                )
                 record = self._apply_or_reject(loss, update, model_step, gamma, record)
-        self.last_step_record = replace(record, damping=state["damping"], rejected_steps=state["rejected_steps"])
+        self.last_step_record = replace(
+            record, damping=state["damping"], rejected_steps=state["rejected_steps"]
+        )
         return loss
 
-    def _apply_or_reject(self, loss: Loss, update: list[Tensor], model_step: QuadraticModelStep, gamma: float,
-                         record: StepRecord) -> StepRecord:
+    def _apply_or_reject(
+        self,
+        loss: Loss,
+        update: list[Tensor],
+        model_step: QuadraticModelStep,
+        gamma: float,
+        record: StepRecord,
+    ) -> StepRecord:
         """Steps 5-6 of the module docstring; the record with ``rho``, or rejected."""
-        state, params, k, h0 = self.state[self.STATE_KEY], self._params(), record.step, record.objective
+        state, params, k, h0 = (
+            self.state[self.STATE_KEY],
+            self._params(),
+            record.step,
+            record.objective,
+        )
         h1 = self._new_objective(loss, params, update, k)
         checked = [h0, model_step.alpha, model_step.mu] + [v for v in (h1,) if v is not None]
         if self.step_config.quadratic_model:
             checked.append(model_step.predicted_change)
         rose = self.step_config.reject_increase and h1 is not None and h1 > h0
         if reject_nonfinite(update, *checked) or rose:
-            return self._reject(record, "the objective rose" if rose else "non-finite update or model")
+            return self._reject(
+                record, "the objective rose" if rose else "non-finite update or model"
+            )
         rho = None
         if h1 is not None and self._adapts_damping(k):
             rho = self._adapt_damping(state, h1 - h0, model_step.predicted_change)
@@ -303,9 +333,14 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         """This process's statistics (``tau_1`` of each of its shards, each with its own generator) and
         the number of examples they come from."""
         fraction, shards = self.schedule.statistics_fraction, self.schedule.statistics_shards
-        subsets = [(loss if shards == 1 else loss.shard(s, shards)).prefix(fraction) for s in range(shards)]
+        subsets = [
+            (loss if shards == 1 else loss.shard(s, shards)).prefix(fraction) for s in range(shards)
+        ]
         with torch.enable_grad():
-            captured = [self.curvature.capture(subset, generator) for subset, generator in zip(subsets, self.generators)]
+            captured = [
+                self.curvature.capture(subset, generator)
+                for subset, generator in zip(subsets, self.generators)
+            ]
         counts = [subset.batch_size for subset in subsets]
         return weighted_mean(captured, counts) if shards > 1 else captured[0], sum(counts)
 
@@ -323,8 +358,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             return statistics
         bad, total = comm.sum_scalars([0.0 if all_finite(statistics.tensors()) else 1.0, count])
         if bad:
-            raise NonFiniteStatistics(f"non-finite curvature statistics on {int(bad)} of {comm.world_size} "
-                                      "processes; averages left unchanged")
+            raise NonFiniteStatistics(
+                f"non-finite curvature statistics on {int(bad)} of {comm.world_size} "
+                "processes; averages left unchanged"
+            )
         scale = comm.world_size * count / total
         if scale != 1.0:
             statistics.scale_(scale)
@@ -338,19 +375,24 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
         config = self.damping_config
         if config.adapt_gamma and self.step_config.quadratic_model and k % config.gamma_every == 0:
-            gammas = gamma_candidates(state["gamma"], config.gamma_factor, config.gamma_floor(), config.gamma_max)
+            gammas = gamma_candidates(
+                state["gamma"], config.gamma_factor, config.gamma_floor(), config.gamma_max
+            )
         else:
             gammas = (state["gamma"],)
         directions = [precondition(self.curvature, gradient, gamma**2) for gamma in gammas]
         best = None
-        for direction, model_step, gamma in zip(directions, self._coefficients(loss, gradient, directions, state), gammas):
+        for direction, model_step, gamma in zip(
+            directions, self._coefficients(loss, gradient, directions, state), gammas
+        ):
             if best is None or model_step.predicted_change < best[1].predicted_change:
                 best = (direction, model_step, gamma)
         direction, model_step, gamma = best
         return combine_update(direction, state["previous_update"], model_step), model_step, gamma
 
-    def _coefficients(self, loss: Loss, gradient: list[Tensor], candidates: list[list[Tensor]],
-                      state: dict) -> list[QuadraticModelStep]:
+    def _coefficients(
+        self, loss: Loss, gradient: list[Tensor], candidates: list[list[Tensor]], state: dict
+    ) -> list[QuadraticModelStep]:
         """The quadratic model of each candidate direction (with ``delta_0``), one per candidate.
 
         All candidates (three on a ``gamma`` search step) and ``delta_0`` share one Gram matrix, so
@@ -361,20 +403,36 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         previous = state["previous_update"]
         if not config.quadratic_model:
             group = self.param_groups[0]
-            return [QuadraticModelStep(alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan)
-                    for _ in candidates]
+            return [
+                QuadraticModelStep(
+                    alpha=group["lr"], mu=group["momentum"], predicted_change=math.nan
+                )
+                for _ in candidates
+            ]
         use_previous = config.momentum_from_model and any(bool(p.any()) for p in previous)
         directions = list(candidates) + ([previous] if use_previous else [])
         model_loss = loss.prefix(config.model_fraction)
-        curvature_gram = ggn_gram(model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype)
-        self.communicator.weighted_mean_([curvature_gram], model_loss.batch_size)  # the global batch's
-        euclidean = torch.tensor([[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64)
-        gradient_products = torch.tensor([float(dot(gradient, u)) for u in directions], dtype=torch.float64)
-        gram = damped_gram(curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay)
+        curvature_gram = ggn_gram(
+            model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype
+        )
+        self.communicator.weighted_mean_(
+            [curvature_gram], model_loss.batch_size
+        )  # the global batch's
+        euclidean = torch.tensor(
+            [[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64
+        )
+        gradient_products = torch.tensor(
+            [float(dot(gradient, u)) for u in directions], dtype=torch.float64
+        )
+        gram = damped_gram(
+            curvature_gram, euclidean, state["damping"] + self.damping_config.weight_decay
+        )
         steps = []
         for i in range(len(candidates)):
             index = torch.tensor([i, len(directions) - 1] if use_previous else [i])
-            steps.append(quadratic_model_coefficients(gram[index][:, index], gradient_products[index]))
+            steps.append(
+                quadratic_model_coefficients(gram[index][:, index], gradient_products[index])
+            )
         return steps
 
     def _check_learning_rate(self) -> None:
@@ -395,12 +453,15 @@ class NaturalGradientOptimizer(SingleParameterGroup):
                     f"{type(self).__name__}: param_groups[0][{key!r}] changed from {self.defaults[key]} to {group[key]} "
                     "(a scheduler?), but the quadratic model chooses the step size and momentum, so it would be "
                     "ignored; for a fixed or scheduled step size use step={'quadratic_model': False, "
-                    "'learning_rate': ...} and schedule param_groups[0]['lr']")
+                    "'learning_rate': ...} and schedule param_groups[0]['lr']"
+                )
 
     def _adapts_damping(self, k: int) -> bool:
         return self.step_config.quadratic_model and k % self.damping_config.adapt_every == 0
 
-    def _new_objective(self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int) -> float | None:
+    def _new_objective(
+        self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int
+    ) -> float | None:
         """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs it."""
         if not (self._adapts_damping(k) or self.step_config.reject_increase):
             return None
@@ -411,7 +472,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     def _adapt_damping(self, state: dict, actual: float, predicted: float) -> float:
         config = self.damping_config
         rho = reduction_ratio(actual, predicted)
-        new = levenberg_marquardt_update(state["damping"], rho, config.lm_decrease, 1.0 / config.lm_decrease)
+        new = levenberg_marquardt_update(
+            state["damping"], rho, config.lm_decrease, 1.0 / config.lm_decrease
+        )
         state["damping"] = min(max(new, config.minimum), config.maximum)
         return rho
 
@@ -456,17 +519,27 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             raise KeyError(f"{type(self).__name__} state_dict is missing {sorted(missing)}")
         comm, shards = self.communicator, self.schedule.statistics_shards
         states = state_dict.pop("generators")
-        require(len(states) == comm.world_size * shards, "state_dict generators", f"{len(states)} shards",
-                f"{comm.world_size * shards} = {comm.world_size} processes x {shards} statistics shards; resume "
-                "with the processes and schedule.statistics_shards of the saved run")
+        require(
+            len(states) == comm.world_size * shards,
+            "state_dict generators",
+            f"{len(states)} shards",
+            f"{comm.world_size * shards} = {comm.world_size} processes x {shards} statistics shards; resume "
+            "with the processes and schedule.statistics_shards of the saved run",
+        )
         self.curvature.load_state_dict(state_dict.pop("curvature"))
-        for generator, j in zip(self.generators, process_shards(comm.rank, comm.world_size, shards)):
+        for generator, j in zip(
+            self.generators, process_shards(comm.rank, comm.world_size, shards)
+        ):
             generator.set_state(states[j])
         super().load_state_dict(state_dict)
 
     def _gathered_generator_states(self) -> list[Tensor]:
         """The state of every statistics shard's generator, all processes, in global shard order."""
         comm = self.communicator
-        gathered = comm.all_gather(torch.stack([g.get_state() for g in self.generators]))  # W x (S, n)
-        return [gathered[j % comm.world_size][j // comm.world_size].clone()
-                for j in range(comm.world_size * len(self.generators))]
+        gathered = comm.all_gather(
+            torch.stack([g.get_state() for g in self.generators])
+        )  # W x (S, n)
+        return [
+            gathered[j % comm.world_size][j // comm.world_size].clone()
+            for j in range(comm.world_size * len(self.generators))
+        ]

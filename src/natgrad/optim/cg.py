@@ -11,6 +11,7 @@ iteration ``i`` with ``k = max(min_gap, ceil(gap_ratio * i))``, stop when
 stored at ``i = ceil(5 * 1.3^j)`` plus the last one, for backtracking (section 4.6). Why CG stopped
 is always returned (:class:`StopReason`), never swallowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ class StopReason(str, Enum):
     RELATIVE_PROGRESS = "relative-progress"  # Martens' rule (module docstring)
     MAX_ITERATIONS = "max-iterations"
     RESIDUAL_VANISHED = "residual-vanished"  # the iterate solves the system exactly
-    NON_POSITIVE_CURVATURE = "non-positive-curvature"  # B is not positive definite along a direction
+    NON_POSITIVE_CURVATURE = (
+        "non-positive-curvature"  # B is not positive definite along a direction
+    )
     NON_FINITE = "non-finite"  # a product with B was NaN or Inf
 
 
@@ -61,7 +64,9 @@ def storage_schedule(max_iterations: int, first: float = 5.0, factor: float = 1.
     return steps
 
 
-def _made_progress(values: list[float], i: int, gap_ratio: float, min_gap: int, tolerance: float) -> bool:
+def _made_progress(
+    values: list[float], i: int, gap_ratio: float, min_gap: int, tolerance: float
+) -> bool:
     """Martens' relative-progress test; ``values[j] = phi(x_j)``, ``values[0]`` the warm start."""
     k = max(min_gap, math.ceil(gap_ratio * i))
     if i <= k or not values[i - k] < 0:
@@ -98,7 +103,9 @@ def conjugate_gradient(
             f"{max_iterations}, {tolerance}, {min_gap}"
         )
     if b.shape != x0.shape or (preconditioner is not None and preconditioner.shape != b.shape):
-        raise ValueError(f"conjugate_gradient: b {tuple(b.shape)} and x0 {tuple(x0.shape)} (and preconditioner) must match")
+        raise ValueError(
+            f"conjugate_gradient: b {tuple(b.shape)} and x0 {tuple(x0.shape)} (and preconditioner) must match"
+        )
     if preconditioner is not None and not bool((preconditioner > 0).all()):
         raise ValueError("conjugate_gradient: preconditioner entries must be > 0")
     keep = storage_schedule(max_iterations)

@@ -5,6 +5,7 @@ and Martens 2010 (Hessian-free, Martens' code ``nnet_train_2.m``); see ``../shar
 Every value is checked at construction; a wrong one raises ``ValueError`` naming the field, the
 value and what is allowed. Dicts (from TOML ``optimizer.options``) convert with :func:`coerce`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,12 +17,24 @@ from typing import Any, TypeVar
 
 import torch
 
-from natgrad.validation import in_unit_interval, is_integer, is_number, is_real, parse_choice, require
+from natgrad.validation import (
+    in_unit_interval,
+    is_integer,
+    is_number,
+    is_real,
+    parse_choice,
+    require,
+)
 
 T = TypeVar("T")
 
 #: The ``allowed`` texts of the checks below.
-POSITIVE, NON_NEGATIVE, PERIOD, BOOLEAN = "a finite number > 0", "a finite number >= 0", "an integer >= 1", "true or false"
+POSITIVE, NON_NEGATIVE, PERIOD, BOOLEAN = (
+    "a finite number > 0",
+    "a finite number >= 0",
+    "an integer >= 1",
+    "true or false",
+)
 
 
 def _positive(value: Any) -> bool:
@@ -80,20 +93,48 @@ class DampingConfig:
 
     def __post_init__(self) -> None:
         require(_positive(self.initial), "damping.initial", self.initial, POSITIVE)
-        require(_non_negative(self.weight_decay), "damping.weight_decay", self.weight_decay, NON_NEGATIVE)
+        require(
+            _non_negative(self.weight_decay),
+            "damping.weight_decay",
+            self.weight_decay,
+            NON_NEGATIVE,
+        )
         require(_period(self.adapt_every), "damping.adapt_every", self.adapt_every, PERIOD)
-        require(in_unit_interval(self.per_step_decrease, closed_low=False), "damping.per_step_decrease",
-                self.per_step_decrease, "a number in (0, 1)")
+        require(
+            in_unit_interval(self.per_step_decrease, closed_low=False),
+            "damping.per_step_decrease",
+            self.per_step_decrease,
+            "a number in (0, 1)",
+        )
         require(_non_negative(self.minimum), "damping.minimum", self.minimum, NON_NEGATIVE)
-        require(is_real(self.maximum) and self.maximum >= self.minimum, "damping.maximum", self.maximum,
-                f"a number >= damping.minimum ({self.minimum})")
+        require(
+            is_real(self.maximum) and self.maximum >= self.minimum,
+            "damping.maximum",
+            self.maximum,
+            f"a number >= damping.minimum ({self.minimum})",
+        )
         require(_period(self.gamma_every), "damping.gamma_every", self.gamma_every, PERIOD)
-        require(self.gamma_initial is None or _positive(self.gamma_initial), "damping.gamma_initial",
-                self.gamma_initial, POSITIVE)
-        require(self.gamma_min is None or _non_negative(self.gamma_min), "damping.gamma_min", self.gamma_min,
-                NON_NEGATIVE)
-        require(is_real(self.gamma_max) and self.gamma_max > 0, "damping.gamma_max", self.gamma_max, "a number > 0")
-        require(isinstance(self.adapt_gamma, bool), "damping.adapt_gamma", self.adapt_gamma, BOOLEAN)
+        require(
+            self.gamma_initial is None or _positive(self.gamma_initial),
+            "damping.gamma_initial",
+            self.gamma_initial,
+            POSITIVE,
+        )
+        require(
+            self.gamma_min is None or _non_negative(self.gamma_min),
+            "damping.gamma_min",
+            self.gamma_min,
+            NON_NEGATIVE,
+        )
+        require(
+            is_real(self.gamma_max) and self.gamma_max > 0,
+            "damping.gamma_max",
+            self.gamma_max,
+            "a number > 0",
+        )
+        require(
+            isinstance(self.adapt_gamma, bool), "damping.adapt_gamma", self.adapt_gamma, BOOLEAN
+        )
 
     @classmethod
     def paper(cls, **overrides: Any) -> "DampingConfig":
@@ -112,7 +153,11 @@ class DampingConfig:
 
     def gamma_start(self) -> float:
         """``gamma_0``: :attr:`gamma_initial`, or ``sqrt(lambda_0 + eta)`` (section 6.6)."""
-        return self.gamma_initial if self.gamma_initial is not None else math.sqrt(self.initial + self.weight_decay)
+        return (
+            self.gamma_initial
+            if self.gamma_initial is not None
+            else math.sqrt(self.initial + self.weight_decay)
+        )
 
     def gamma_floor(self) -> float:
         """The lower clip of ``gamma``: :attr:`gamma_min`, or ``sqrt(eta)`` (Martens' code)."""
@@ -146,13 +191,31 @@ class ScheduleConfig:
     statistics_shards: int = 1
 
     def __post_init__(self) -> None:
-        require(_period(self.statistics_every), "schedule.statistics_every", self.statistics_every, PERIOD)
-        require(in_unit_interval(self.statistics_fraction, closed_low=False, closed_high=True),
-                "schedule.statistics_fraction", self.statistics_fraction, "a number in (0, 1]")
+        require(
+            _period(self.statistics_every),
+            "schedule.statistics_every",
+            self.statistics_every,
+            PERIOD,
+        )
+        require(
+            in_unit_interval(self.statistics_fraction, closed_low=False, closed_high=True),
+            "schedule.statistics_fraction",
+            self.statistics_fraction,
+            "a number in (0, 1]",
+        )
         require(_period(self.inverse_every), "schedule.inverse_every", self.inverse_every, PERIOD)
-        require(is_integer(self.warmup_refreshes) and self.warmup_refreshes >= 0, "schedule.warmup_refreshes",
-                self.warmup_refreshes, "an integer >= 0")
-        require(_period(self.statistics_shards), "schedule.statistics_shards", self.statistics_shards, PERIOD)
+        require(
+            is_integer(self.warmup_refreshes) and self.warmup_refreshes >= 0,
+            "schedule.warmup_refreshes",
+            self.warmup_refreshes,
+            "an integer >= 0",
+        )
+        require(
+            _period(self.statistics_shards),
+            "schedule.statistics_shards",
+            self.statistics_shards,
+            PERIOD,
+        )
 
 
 class ModelDtype(str, Enum):
@@ -202,15 +265,37 @@ class StepConfig:
     model_dtype: ModelDtype | str = ModelDtype.PARAMETERS
 
     def __post_init__(self) -> None:
-        require(isinstance(self.reject_increase, bool), "step.reject_increase", self.reject_increase, BOOLEAN)
-        require(isinstance(self.quadratic_model, bool), "step.quadratic_model", self.quadratic_model, BOOLEAN)
-        require(isinstance(self.momentum_from_model, bool), "step.momentum_from_model", self.momentum_from_model,
-                BOOLEAN)
+        require(
+            isinstance(self.reject_increase, bool),
+            "step.reject_increase",
+            self.reject_increase,
+            BOOLEAN,
+        )
+        require(
+            isinstance(self.quadratic_model, bool),
+            "step.quadratic_model",
+            self.quadratic_model,
+            BOOLEAN,
+        )
+        require(
+            isinstance(self.momentum_from_model, bool),
+            "step.momentum_from_model",
+            self.momentum_from_model,
+            BOOLEAN,
+        )
         require(_positive(self.learning_rate), "step.learning_rate", self.learning_rate, POSITIVE)
-        require(in_unit_interval(self.momentum), "step.momentum", self.momentum, "a number in [0, 1)")
-        require(in_unit_interval(self.model_fraction, closed_low=False, closed_high=True), "step.model_fraction",
-                self.model_fraction, "a number in (0, 1]")
-        object.__setattr__(self, "model_dtype", parse_choice(ModelDtype, "step.model_dtype", self.model_dtype))
+        require(
+            in_unit_interval(self.momentum), "step.momentum", self.momentum, "a number in [0, 1)"
+        )
+        require(
+            in_unit_interval(self.model_fraction, closed_low=False, closed_high=True),
+            "step.model_fraction",
+            self.model_fraction,
+            "a number in (0, 1]",
+        )
+        object.__setattr__(
+            self, "model_dtype", parse_choice(ModelDtype, "step.model_dtype", self.model_dtype)
+        )
 
 
 #: Named starting points of the config groups: a preset gives the groups it names their values
@@ -231,7 +316,9 @@ def check_preset(preset: str) -> str:
     return preset
 
 
-def coerce(cls: type[T], value: T | Mapping[str, Any] | None, field: str, preset: str = "natgrad") -> T:
+def coerce(
+    cls: type[T], value: T | Mapping[str, Any] | None, field: str, preset: str = "natgrad"
+) -> T:
     """``value`` as a ``cls`` instance, starting from ``preset``'s values of ``cls`` (:data:`PRESETS`).
 
     None gives the preset's values; a mapping sets its fields over them; a ``cls`` instance is
@@ -246,7 +333,9 @@ def coerce(cls: type[T], value: T | Mapping[str, Any] | None, field: str, preset
         return base
     if isinstance(value, cls):
         return value
-    require(isinstance(value, Mapping), field, value, f"a {cls.__name__} or a mapping of its fields")
+    require(
+        isinstance(value, Mapping), field, value, f"a {cls.__name__} or a mapping of its fields"
+    )
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - names)
     require(not unknown, field, unknown, f"keys among {sorted(names)}")

@@ -6,6 +6,7 @@ target sampled from the model (Martens & Grosse 2015, section 5, applied to the 
 momentum, damping adaptation and amortisation are those of K-FAC (:mod:`natgrad.optim.base`), so the
 two differ only in the curvature.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

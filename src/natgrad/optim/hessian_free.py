@@ -35,6 +35,7 @@ gradient, CG solution or objective rejects the step (parameters unchanged, ``lam
 warm start reset, event counted and reported). ``lambda`` starts at 45 for the per-example-mean
 ``G`` (Martens' code; the paper's value refers to an unnormalised ``G``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,6 +66,7 @@ from natgrad.optim.config import NON_NEGATIVE, PERIOD, POSITIVE, DampingConfig
 from natgrad.optim.natural import levenberg_marquardt_update, reduction_ratio, reject_nonfinite
 from natgrad.optim.record import StepRecord
 from natgrad.validation import in_unit_interval, is_integer, is_number, parse_choice, require
+
 
 @dataclass(frozen=True)
 class HessianFreeConfig:
@@ -101,27 +103,69 @@ class HessianFreeConfig:
 
     def __post_init__(self) -> None:
         require(is_number(self.damping) and self.damping > 0, "hf.damping", self.damping, POSITIVE)
-        require(is_number(self.weight_decay) and self.weight_decay >= 0, "hf.weight_decay", self.weight_decay,
-                NON_NEGATIVE)
-        require(in_unit_interval(self.damping_decrease, closed_low=False, closed_high=True), "hf.damping_decrease",
-                self.damping_decrease, "a number in (0, 1]")
-        require(is_number(self.damping_increase) and self.damping_increase >= 1, "hf.damping_increase",
-                self.damping_increase, "a number >= 1")
-        object.__setattr__(self, "curvature", parse_choice(CurvatureKind, "hf.curvature", self.curvature))
-        require(in_unit_interval(self.curvature_fraction, closed_low=False, closed_high=True),
-                "hf.curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
-        require(is_integer(self.max_cg_iterations) and self.max_cg_iterations >= 1, "hf.max_cg_iterations",
-                self.max_cg_iterations, PERIOD)
-        require(is_number(self.cg_tolerance) and self.cg_tolerance > 0, "hf.cg_tolerance", self.cg_tolerance, POSITIVE)
+        require(
+            is_number(self.weight_decay) and self.weight_decay >= 0,
+            "hf.weight_decay",
+            self.weight_decay,
+            NON_NEGATIVE,
+        )
+        require(
+            in_unit_interval(self.damping_decrease, closed_low=False, closed_high=True),
+            "hf.damping_decrease",
+            self.damping_decrease,
+            "a number in (0, 1]",
+        )
+        require(
+            is_number(self.damping_increase) and self.damping_increase >= 1,
+            "hf.damping_increase",
+            self.damping_increase,
+            "a number >= 1",
+        )
+        object.__setattr__(
+            self, "curvature", parse_choice(CurvatureKind, "hf.curvature", self.curvature)
+        )
+        require(
+            in_unit_interval(self.curvature_fraction, closed_low=False, closed_high=True),
+            "hf.curvature_fraction",
+            self.curvature_fraction,
+            "a number in (0, 1]",
+        )
+        require(
+            is_integer(self.max_cg_iterations) and self.max_cg_iterations >= 1,
+            "hf.max_cg_iterations",
+            self.max_cg_iterations,
+            PERIOD,
+        )
+        require(
+            is_number(self.cg_tolerance) and self.cg_tolerance > 0,
+            "hf.cg_tolerance",
+            self.cg_tolerance,
+            POSITIVE,
+        )
         for name in ("warm_start_decay", "preconditioner_exponent"):
             value = getattr(self, name)
-            require(in_unit_interval(value, closed_high=True), f"hf.{name}", value, "a number in [0, 1]")
+            require(
+                in_unit_interval(value, closed_high=True), f"hf.{name}", value, "a number in [0, 1]"
+            )
         require(isinstance(self.backtrack, bool), "hf.backtrack", self.backtrack, "true or false")
-        require(in_unit_interval(self.line_search_shrink, closed_low=False), "hf.line_search_shrink",
-                self.line_search_shrink, "a number in (0, 1)")
-        require(in_unit_interval(self.line_search_c), "hf.line_search_c", self.line_search_c, "a number in [0, 1)")
-        require(is_integer(self.line_search_max_shrinks) and self.line_search_max_shrinks >= 0,
-                "hf.line_search_max_shrinks", self.line_search_max_shrinks, "an integer >= 0")
+        require(
+            in_unit_interval(self.line_search_shrink, closed_low=False),
+            "hf.line_search_shrink",
+            self.line_search_shrink,
+            "a number in (0, 1)",
+        )
+        require(
+            in_unit_interval(self.line_search_c),
+            "hf.line_search_c",
+            self.line_search_c,
+            "a number in [0, 1)",
+        )
+        require(
+            is_integer(self.line_search_max_shrinks) and self.line_search_max_shrinks >= 0,
+            "hf.line_search_max_shrinks",
+            self.line_search_max_shrinks,
+            "an integer >= 0",
+        )
 
     @property
     def chunks(self) -> int:
@@ -149,7 +193,12 @@ def hessian_free_fields(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(damping, Mapping):
         return dict(hyperparameters)
     unknown = sorted(set(damping) - set(_DAMPING_KEYS))
-    require(not unknown, "hf.damping", unknown, f"keys among {sorted(_DAMPING_KEYS)} (Hessian-free adapts lambda by its own rule)")
+    require(
+        not unknown,
+        "hf.damping",
+        unknown,
+        f"keys among {sorted(_DAMPING_KEYS)} (Hessian-free adapts lambda by its own rule)",
+    )
     return {**hyperparameters, **{_DAMPING_KEYS[key]: value for key, value in damping.items()}}
 
 
@@ -160,7 +209,7 @@ def chunk_inputs(inputs: tuple[Tensor, ...], chunks: int, index: int) -> tuple[T
     start = (index % chunks) * size
     if start >= n:
         start = 0
-    return tuple(t[start:start + size] for t in inputs)
+    return tuple(t[start : start + size] for t in inputs)
 
 
 def backtrack(result: CGResult, evaluate: Callable[[Tensor], float]) -> tuple[int, Tensor, float]:
@@ -179,7 +228,13 @@ def backtrack(result: CGResult, evaluate: Callable[[Tensor], float]) -> tuple[in
 
 
 def armijo_rate(
-    evaluate: Callable[[float], float], f0: float, slope: float, first: float, shrink: float, c: float, max_shrinks: int
+    evaluate: Callable[[float], float],
+    f0: float,
+    slope: float,
+    first: float,
+    shrink: float,
+    c: float,
+    max_shrinks: int,
 ) -> tuple[float, float]:
     """Largest ``r = shrink^j`` (``j <= max_shrinks``) with ``f(r) <= f0 + c r slope``; ``(0, f0)`` if none.
 
@@ -237,11 +292,19 @@ class HessianFree(SingleParameterGroup):
         communicator: Communicator | None = None,
     ) -> None:
         fields = dict(
-            damping=damping, weight_decay=weight_decay, damping_decrease=damping_decrease,
-            damping_increase=damping_increase, curvature=curvature, curvature_fraction=curvature_fraction,
-            max_cg_iterations=max_cg_iterations, cg_tolerance=cg_tolerance, warm_start_decay=warm_start_decay,
-            preconditioner_exponent=preconditioner_exponent, backtrack=backtrack,
-            line_search_shrink=line_search_shrink, line_search_c=line_search_c,
+            damping=damping,
+            weight_decay=weight_decay,
+            damping_decrease=damping_decrease,
+            damping_increase=damping_increase,
+            curvature=curvature,
+            curvature_fraction=curvature_fraction,
+            max_cg_iterations=max_cg_iterations,
+            cg_tolerance=cg_tolerance,
+            warm_start_decay=warm_start_decay,
+            preconditioner_exponent=preconditioner_exponent,
+            backtrack=backtrack,
+            line_search_shrink=line_search_shrink,
+            line_search_c=line_search_c,
             line_search_max_shrinks=line_search_max_shrinks,
         )
         self.config = HessianFreeConfig(**hessian_free_fields(fields))
@@ -266,7 +329,9 @@ class HessianFree(SingleParameterGroup):
             loss = check_loss(closure(), "HessianFree")
         state, params = self.state[self.STATE_KEY], self.layout.params
         state["step"] += 1
-        h0 = objective(average_gradients(self.communicator, params, loss), params, self.config.weight_decay)
+        h0 = objective(
+            average_gradients(self.communicator, params, loss), params, self.config.weight_decay
+        )
         gradient = self.layout.flatten(regularised_gradient(params, self.config.weight_decay))
         record = StepRecord(step=state["step"], objective=h0, cg_iterations=0)
         self.last_step_record = self._step(loss, gradient, record)
@@ -298,8 +363,11 @@ class HessianFree(SingleParameterGroup):
             preconditioner = self._preconditioner(chunk, shift)
             return conjugate_gradient(
                 lambda v: self._curvature_product(chunk, v) + shift * v,
-                -gradient, config.warm_start_decay * state["cg_start"], preconditioner,
-                config.max_cg_iterations, config.cg_tolerance,
+                -gradient,
+                config.warm_start_decay * state["cg_start"],
+                preconditioner,
+                config.max_cg_iterations,
+                config.cg_tolerance,
             )
 
     def _backtrack_and_search(
@@ -309,7 +377,10 @@ class HessianFree(SingleParameterGroup):
         config, state, h0 = self.config, self.state[self.STATE_KEY], record.objective
 
         def h_at(direction: Tensor) -> float:
-            moved = {n: p.detach() + d for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))}
+            moved = {
+                n: p.detach() + d
+                for (n, p), d in zip(loss.parameters().items(), self.layout.unflatten(direction))
+            }
             value = global_value(self.communicator, loss.value_at(moved), loss.batch_size)
             return objective(value, list(moved.values()), config.weight_decay)
 
@@ -318,18 +389,35 @@ class HessianFree(SingleParameterGroup):
         else:
             iteration, direction, h1 = result.iterations, result.solution, h_at(result.solution)
         damping = state["damping"]
-        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)  # q without lambda
+        predicted = result.objectives[iteration] - 0.5 * damping * float(
+            direction @ direction
+        )  # q without lambda
         rho = reduction_ratio(h1 - h0, predicted)
-        state["damping"] = levenberg_marquardt_update(damping, rho, config.damping_decrease, config.damping_increase)
-        rate, _ = armijo_rate(lambda r: h_at(r * direction), h0, float(gradient @ direction), h1,
-                              config.line_search_shrink, config.line_search_c, config.line_search_max_shrinks)
-        record = replace(record, rho=rho, line_search_rate=rate, backtracked_iteration=iteration,
-                         damping=state["damping"])
+        state["damping"] = levenberg_marquardt_update(
+            damping, rho, config.damping_decrease, config.damping_increase
+        )
+        rate, _ = armijo_rate(
+            lambda r: h_at(r * direction),
+            h0,
+            float(gradient @ direction),
+            h1,
+            config.line_search_shrink,
+            config.line_search_c,
+            config.line_search_max_shrinks,
+        )
+        record = replace(
+            record,
+            rho=rho,
+            line_search_rate=rate,
+            backtracked_iteration=iteration,
+            damping=state["damping"],
+        )
         return direction, rate, record
 
     def _curvature_product(self, chunk: Loss, flat: Tensor) -> Tensor:
-        product = self.layout.flatten(curvature_vector_product(chunk, self.layout.unflatten(flat),
-                                                               kind=self.config.curvature))
+        product = self.layout.flatten(
+            curvature_vector_product(chunk, self.layout.unflatten(flat), kind=self.config.curvature)
+        )
         self.communicator.weighted_mean_([product], chunk.batch_size)
         return product
 
@@ -340,7 +428,9 @@ class HessianFree(SingleParameterGroup):
         diagonal = DiagonalCurvature(chunk.model, CurvatureConfig(kind=CurvatureKind.EMPIRICAL))
         diagonal.update(diagonal.capture(chunk), decay=0.0)
         diagonal.refresh()
-        squares = self.layout.flatten(diagonal.matvec([torch.ones_like(p) for p in self.layout.params]))
+        squares = self.layout.flatten(
+            diagonal.matvec([torch.ones_like(p) for p in self.layout.params])
+        )
         self.communicator.weighted_mean_([squares], chunk.batch_size)
         return (squares + shift).pow(self.config.preconditioner_exponent)
 

@@ -14,6 +14,7 @@ search).
 The paper's autoencoder runs grow the mini-batch exponentially (section 13);
 :func:`exponential_batch_size` gives that schedule for a training loop to follow.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,9 @@ class Structure(str, Enum):
     TRIDIAGONAL = "tridiagonal"  # section 4.3
 
 
-def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, full_at: int = 500) -> int:
+def exponential_batch_size(
+    step: int, dataset_size: int, initial: int = 1000, full_at: int = 500
+) -> int:
     r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| / initial)``.
 
     Martens & Grosse 2015, section 13: the batch doubles every ``b`` steps and reaches the whole
@@ -48,9 +51,18 @@ def exponential_batch_size(step: int, dataset_size: int, initial: int = 1000, fu
         ValueError: ``step < 1`` or sizes not positive.
     """
     require(is_integer(step) and step >= 1, "batch schedule step", step, "an integer >= 1")
-    require(dataset_size >= 1 and initial >= 1, "batch schedule sizes", (dataset_size, initial), "integers >= 1")
-    require(is_integer(full_at) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2")
-    if dataset_size <= initial or step >= full_at:  # exact at full_at: the float power can land at N - 1
+    require(
+        dataset_size >= 1 and initial >= 1,
+        "batch schedule sizes",
+        (dataset_size, initial),
+        "integers >= 1",
+    )
+    require(
+        is_integer(full_at) and full_at >= 2, "batch schedule full_at", full_at, "an integer >= 2"
+    )
+    if (
+        dataset_size <= initial or step >= full_at
+    ):  # exact at full_at: the float power can land at N - 1
         return dataset_size
     doubling = (full_at - 1) / math.log2(dataset_size / initial)
     return min(math.floor(initial * 2.0 ** ((step - 1) / doubling)), dataset_size)
@@ -98,10 +110,18 @@ class KFAC(NaturalGradientOptimizer):
         structure = parse_choice(Structure, "structure", structure)
         config = coerce(CurvatureConfig, curvature, "curvature")
         if structure is Structure.TRIDIAGONAL:
-            require(inverse_method is None, "inverse_method", inverse_method,
-                    "omitted with structure 'tridiagonal' (its solve has its own factorisation)")
-            require(solve_dtype == SolveDtype.FACTORS, "solve_dtype", solve_dtype,
-                    "'factors' with structure 'tridiagonal' (its solve has its own factorisation)")
+            require(
+                inverse_method is None,
+                "inverse_method",
+                inverse_method,
+                "omitted with structure 'tridiagonal' (its solve has its own factorisation)",
+            )
+            require(
+                solve_dtype == SolveDtype.FACTORS,
+                "solve_dtype",
+                solve_dtype,
+                "'factors' with structure 'tridiagonal' (its solve has its own factorisation)",
+            )
             representation = TridiagonalKFAC(model, config)
         else:
             method = {} if inverse_method is None else {"inverse_method": inverse_method}

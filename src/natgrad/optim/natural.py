@@ -11,6 +11,7 @@ Notation of :mod:`natgrad.curvature` (``h``, ``grad``, ``G``, ``C``, ``lambda``,
 Every function here is pure (numbers and tensors in, numbers and tensors out) and tested alone;
 :class:`natgrad.optim.base.NaturalGradientOptimizer` composes them into one step.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ class SolvesRegularisedSystem(Protocol):
         """``M(gamma^2)^{-1} v`` for one vector split per parameter, ``tikhonov = gamma^2``."""
 
 
-def precondition(curvature: SolvesRegularisedSystem, gradient: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
+def precondition(
+    curvature: SolvesRegularisedSystem, gradient: Sequence[Tensor], tikhonov: float
+) -> list[Tensor]:
     r"""The natural-gradient direction ``Delta = -M(gamma^2)^{-1} grad`` (section 6.4), ``tikhonov = gamma^2``.
 
     How ``gamma^2`` enters ``C`` (factored Tikhonov for K-FAC, section 6.3; plain ``+ gamma^2 I``
@@ -121,7 +124,9 @@ def reduction_ratio(actual_change: float, predicted_change: float) -> float:
     return actual_change / predicted_change
 
 
-def levenberg_marquardt_update(damping: float, rho: float, decrease: float, increase: float) -> float:
+def levenberg_marquardt_update(
+    damping: float, rho: float, decrease: float, increase: float
+) -> float:
     r"""The Levenberg-Marquardt rule (Martens 2010 section 4.1; Martens & Grosse 2015 section 6.5).
 
     ``rho > 3/4`` -> ``damping * decrease``; ``rho < 1/4`` or ``rho`` nan -> ``damping * increase``;
@@ -135,7 +140,9 @@ def levenberg_marquardt_update(damping: float, rho: float, decrease: float, incr
     return damping
 
 
-def gamma_candidates(gamma: float, omega: float, gamma_min: float, gamma_max: float) -> tuple[float, ...]:
+def gamma_candidates(
+    gamma: float, omega: float, gamma_min: float, gamma_max: float
+) -> tuple[float, ...]:
     r"""The values of the factored-Tikhonov strength tried every T2 steps (section 6.6).
 
     ``{max(omega_2 gamma, gamma_min), gamma, min(gamma / omega_2, gamma_max)}``, duplicates removed
@@ -164,6 +171,8 @@ def reject_nonfinite(update: Sequence[Tensor], *scalars: float) -> bool:
     return not all_finite(update)
 
 
-def combine_update(direction: Sequence[Tensor], previous: Sequence[Tensor], step: QuadraticModelStep) -> list[Tensor]:
+def combine_update(
+    direction: Sequence[Tensor], previous: Sequence[Tensor], step: QuadraticModelStep
+) -> list[Tensor]:
     """``delta = alpha Delta + mu delta_0`` (section 7)."""
     return [step.alpha * d + step.mu * p for d, p in zip(direction, previous)]

@@ -28,6 +28,7 @@ fresh training samples), the first re-estimation happens at step ``T`` (``U = I`
 and the L2 penalty applies to the trained parameters ``(V, d)``. ``N_s`` should exceed the widest
 layer: directions never seen in the sample get variance 0 and a gain ``epsilon^{-1/2}``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,7 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.whitening import WhitenedLinear, capture_layer_inputs, reparametrise_all, whiten
+from natgrad.curvature.whitening import (
+    WhitenedLinear,
+    capture_layer_inputs,
+    reparametrise_all,
+    whiten,
+)
 from natgrad.distributed.communicator import refuse_data_parallel
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
@@ -47,26 +53,47 @@ from natgrad.optim.natural import reject_nonfinite
 from natgrad.optim.record import StepRecord
 from natgrad.validation import in_unit_interval, is_integer, is_number, require
 
-def _validate(lr: Any, momentum: Any, nesterov: Any, weight_decay: Any, reestimate_every: Any, samples: Any,
-              epsilon: Any, batch_norm: Any) -> None:
+
+def _validate(
+    lr: Any,
+    momentum: Any,
+    nesterov: Any,
+    weight_decay: Any,
+    reestimate_every: Any,
+    samples: Any,
+    epsilon: Any,
+    batch_norm: Any,
+) -> None:
     """Every hyper-parameter of :class:`PRONG`, in :func:`~natgrad.validation.require`'s format."""
     require(is_number(lr) and lr > 0, "prong.lr", lr, "a finite number > 0")
     require(in_unit_interval(momentum), "prong.momentum", momentum, "a number in [0, 1)")
     require(isinstance(nesterov, bool), "prong.nesterov", nesterov, "true or false")
-    require(is_number(weight_decay) and weight_decay >= 0, "prong.weight_decay", weight_decay, "a finite number >= 0")
-    require(is_integer(reestimate_every) and reestimate_every >= 1, "prong.reestimate_every", reestimate_every,
-            "an integer >= 1")
+    require(
+        is_number(weight_decay) and weight_decay >= 0,
+        "prong.weight_decay",
+        weight_decay,
+        "a finite number >= 0",
+    )
+    require(
+        is_integer(reestimate_every) and reestimate_every >= 1,
+        "prong.reestimate_every",
+        reestimate_every,
+        "an integer >= 1",
+    )
     require(is_integer(samples) and samples >= 2, "prong.samples", samples, "an integer >= 2")
     require(is_number(epsilon) and epsilon > 0, "prong.epsilon", epsilon, "a finite number > 0")
     require(isinstance(batch_norm, bool), "prong.batch_norm", batch_norm, "true or false")
-    require(not (nesterov and momentum == 0), "prong.nesterov", nesterov, "true only with momentum > 0")
+    require(
+        not (nesterov and momentum == 0), "prong.nesterov", nesterov, "true only with momentum > 0"
+    )
 
 
 #: Why PRONG refuses data-parallel runs (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
 DATA_PARALLEL_REFUSAL = (
     "it reparametrises the model in place from whitening statistics that each process would re-estimate on "
     "its own recent layer inputs (Desjardins et al. 2015), so the processes' models would differ; averaging "
-    "those statistics and broadcasting the new whitening is not implemented")
+    "those statistics and broadcasting the new whitening is not implemented"
+)
 
 
 class PRONG(SingleParameterGroup):
@@ -105,14 +132,28 @@ class PRONG(SingleParameterGroup):
         batch_norm: bool = False,
     ) -> None:
         refuse_data_parallel("PRONG", DATA_PARALLEL_REFUSAL)
-        _validate(lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm)
+        _validate(
+            lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm
+        )
         self.layers: list[WhitenedLinear] = whiten(model, batch_norm=batch_norm)
         if not self.layers:
             raise ValueError(f"PRONG whitens nn.Linear layers; {type(model).__name__} has none")
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-                    "reestimate_every": reestimate_every, "samples": samples, "epsilon": epsilon}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": weight_decay,
+            "reestimate_every": reestimate_every,
+            "samples": samples,
+            "epsilon": epsilon,
+        }
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
-        self.state[self.STATE_KEY] = {"step": 0, "reestimations": 0, "rejected_steps": 0, "samples": []}
+        self.state[self.STATE_KEY] = {
+            "step": 0,
+            "reestimations": 0,
+            "rejected_steps": 0,
+            "samples": [],
+        }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
@@ -125,20 +166,28 @@ class PRONG(SingleParameterGroup):
             loss = check_loss(closure(), "PRONG")
         params, eta = group["params"], group["weight_decay"]
         h0 = objective(float(loss.value.detach()), params, eta)
-        record = StepRecord(step=state["step"], objective=h0, learning_rate=group["lr"], reestimated=False)
-        if reject_nonfinite(regularised_gradient(params, eta), h0) or not all_finite(r for rows in records for r in rows):
+        record = StepRecord(
+            step=state["step"], objective=h0, learning_rate=group["lr"], reestimated=False
+        )
+        if reject_nonfinite(regularised_gradient(params, eta), h0) or not all_finite(
+            r for rows in records for r in rows
+        ):
             self.last_step_record = self._reject(record, "non-finite loss, gradient or layer input")
             return loss
         state["samples"] = _most_recent_rows(state["samples"], records, group["samples"])
         if state["step"] % group["reestimate_every"] == 0:
-            record = replace(record, reestimated=True, samples=self._reestimate(state["samples"], group))
+            record = replace(
+                record, reestimated=True, samples=self._reestimate(state["samples"], group)
+            )
             state["reestimations"] += 1
             with torch.enable_grad():  # the gradient in the new coordinates
                 loss = check_loss(closure(), "PRONG")
             record = replace(record, objective=objective(float(loss.value.detach()), params, eta))
         gradient = regularised_gradient(params, eta)
         if reject_nonfinite(gradient, record.objective):
-            self.last_step_record = self._reject(record, "non-finite loss or gradient after the re-estimation")
+            self.last_step_record = self._reject(
+                record, "non-finite loss or gradient after the re-estimation"
+            )
             return loss
         self._sgd(params, gradient, group)
         self.last_step_record = replace(record, rejected_steps=state["rejected_steps"])
@@ -178,7 +227,9 @@ class PRONG(SingleParameterGroup):
             p.add_(g + momentum * buffer if group["nesterov"] else buffer, alpha=-lr)
 
 
-def _most_recent_rows(previous: list[Tensor], records: list[list[Tensor]], count: int) -> list[Tensor]:
+def _most_recent_rows(
+    previous: list[Tensor], records: list[list[Tensor]], count: int
+) -> list[Tensor]:
     """Per layer, the last ``count`` input rows of ``previous`` followed by this step's ``records``."""
     if not previous:
         previous = [r[0][:0] for r in records]

@@ -22,6 +22,7 @@ bfloat16's relative error of about ``2^-8``; each ``(J u_i)^T H (J u_j)`` is sti
 float64, so the ``(k, k)`` Gram is off by about 0.1% (measured on the MNIST autoencoder), far below
 what changes the model's ``alpha`` and ``mu`` materially.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ def ggn_gram(
     """
     if kind is CurvatureKind.EMPIRICAL:
         raise ValueError("ggn_gram needs kind 'full' or 'decoder-only', got 'empirical'")
+
     def cast(t: Tensor) -> Tensor:
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
@@ -68,7 +70,9 @@ def ggn_gram(
 
     def outputs(p: dict[str, Tensor]):
         terms = select_terms(loss.evaluate(p, batch), kind)
-        return tuple(z for t in terms for z in t.outputs), tuple(c for t in terms for c in t.curvature)
+        return tuple(z for t in terms for z in t.outputs), tuple(
+            c for t in terms for c in t.curvature
+        )
 
     names = list(params)
     tangents = {n: cast(torch.stack([u[i] for u in directions])) for i, n in enumerate(names)}

@@ -4,6 +4,7 @@ After each ``step(closure)``, ``optimizer.last_step_record`` is a :class:`StepRe
 logs it (``dataclasses.asdict``) with the step. A field means the same in every optimizer, and is
 None where an optimizer has no such quantity (notation of :mod:`natgrad.curvature`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

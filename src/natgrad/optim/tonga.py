@@ -17,6 +17,7 @@ factor narrow, ``k + b m`` columns) and ``gamma`` tied to ``sqrt(lambda + eta)``
 no factored Tikhonov split to search. TONGA takes no ``curvature`` config; its moving-average cap is
 ``tonga.discount``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,7 +48,8 @@ DATA_PARALLEL_REFUSAL = (
     "its curvature is a low-rank factor built from the per-example gradients of each batch and truncated "
     "by an eigendecomposition at every refresh (Le Roux et al. 2008); the factor of the global batch is not "
     "an average of the processes' factors, and gathering every process's example gradients (rank x P "
-    "numbers per process and step) is not implemented")
+    "numbers per process and step) is not implemented"
+)
 
 
 class TONGA(NaturalGradientOptimizer):
@@ -83,5 +85,9 @@ class TONGA(NaturalGradientOptimizer):
             coerce(StepConfig, step, "step"),
             seed,
         )
-        require(self.schedule.statistics_shards == 1, "schedule.statistics_shards", self.schedule.statistics_shards,
-                "1 for TONGA (its statistics are the batch's per-example gradients, not a mean over shards)")
+        require(
+            self.schedule.statistics_shards == 1,
+            "schedule.statistics_shards",
+            self.schedule.statistics_shards,
+            "1 for TONGA (its statistics are the batch's per-example gradients, not a mean over shards)",
+        )

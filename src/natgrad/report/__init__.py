@@ -1,4 +1,5 @@
 """Reports: learning curves from run logs, summary statistics over seeds, Markdown tables, figures."""
+
 from natgrad.report.comparison import Report, write_suite_report
 from natgrad.report.curves import RunCurves, load_curves
 from natgrad.report.plots import plot_comparison

@@ -22,6 +22,7 @@ The comparison table's time and steps to target use one target per problem: the 
 (:func:`natgrad.report.summary.default_target`), so every kept method's median seed reaches it. A
 configured target is also the target of every speed-up pair.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,10 @@ def load_cells(runs_dir: str | Path) -> list[dict[str, Any]]:
     """
     paths = sorted((Path(runs_dir) / CELLS_DIR).glob("*/*/seed-*.json"))
     if not paths:
-        raise FileNotFoundError(f"no cell results in {Path(runs_dir) / CELLS_DIR}; run `natgrad bench CONFIG.toml --out "
-                                f"{runs_dir}` first")
+        raise FileNotFoundError(
+            f"no cell results in {Path(runs_dir) / CELLS_DIR}; run `natgrad bench CONFIG.toml --out "
+            f"{runs_dir}` first"
+        )
     return [json.loads(path.read_text()) for path in paths]
 
 
@@ -75,8 +78,15 @@ def cell_curves(cell: Mapping[str, Any]) -> RunCurves:
     keys = sorted({k for e in curve for k in e["metrics"]})
     metrics = {k: np.array([e["metrics"].get(k, np.nan) for e in curve], dtype=float) for k in keys}
     run_dir = Path(cell["config"]["out_dir"])
-    return RunCurves(run_dir, cell["config"], np.array([e["step"] for e in curve]), np.array([e["time"] for e in curve]),
-                     metrics, int(cell["steps"]), float(cell["train_time"]))
+    return RunCurves(
+        run_dir,
+        cell["config"],
+        np.array([e["step"] for e in curve]),
+        np.array([e["time"] for e in curve]),
+        metrics,
+        int(cell["steps"]),
+        float(cell["train_time"]),
+    )
 
 
 @dataclass
@@ -103,18 +113,28 @@ def group_cells(cells: Sequence[Mapping[str, Any]]) -> list[ProblemResults]:
     """Cells grouped by problem (paper datasets first), labels ordered SGD, Adam, then the others."""
     problems: dict[str, ProblemResults] = {}
     for cell in cells:
-        results = problems.setdefault(cell["problem"], ProblemResults(cell["problem"], cell["dataset"], cell["model"],
-                                                                      cell["metric"], {}))
-        results.variants.setdefault(cell["label"], {}).setdefault(cell["variant"], []).append(dict(cell))
+        results = problems.setdefault(
+            cell["problem"],
+            ProblemResults(cell["problem"], cell["dataset"], cell["model"], cell["metric"], {}),
+        )
+        results.variants.setdefault(cell["label"], {}).setdefault(cell["variant"], []).append(
+            dict(cell)
+        )
     for results in problems.values():
-        order = sorted(results.variants, key=lambda lb: _label_key(next(iter(results.variants[lb].values())), lb))
+        order = sorted(
+            results.variants,
+            key=lambda lb: _label_key(next(iter(results.variants[lb].values())), lb),
+        )
         results.variants = {label: dict(sorted(results.variants[label].items())) for label in order}
         for variants in results.variants.values():
             for seeds in variants.values():
                 seeds.sort(key=lambda c: c["seed"])
 
     def key(r: ProblemResults) -> tuple[int, str]:
-        return (_DATASET_ORDER.index(r.dataset) if r.dataset in _DATASET_ORDER else len(_DATASET_ORDER), r.problem)
+        return (
+            _DATASET_ORDER.index(r.dataset) if r.dataset in _DATASET_ORDER else len(_DATASET_ORDER),
+            r.problem,
+        )
 
     return sorted(problems.values(), key=key)
 
@@ -130,7 +150,10 @@ def select_variant(variants: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 
 
 def _grid_table(results: ProblemResults, kept: Mapping[str, str]) -> str:
-    lines = ["| label | variant | grid | final train error | diverged seeds | kept |", "|---|---|---|---:|---:|---|"]
+    lines = [
+        "| label | variant | grid | final train error | diverged seeds | kept |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for label, variants in results.variants.items():
         if len(variants) < 2:
             continue
@@ -138,8 +161,10 @@ def _grid_table(results: ProblemResults, kept: Mapping[str, str]) -> str:
             grid = ", ".join(f"{k} = {v:g}" for k, v in cells[0]["grid"].items())
             spread = Spread.of([_final_train(c) for c in cells])
             diverged = sum(c["status"] == "diverged" for c in cells)
-            lines.append(f"| {label} | {variant} | {grid} | {format_spread(spread)} | {diverged}/{len(cells)} | "
-                         f"{'yes' if kept[label] == variant else ''} |")
+            lines.append(
+                f"| {label} | {variant} | {grid} | {format_spread(spread)} | {diverged}/{len(cells)} | "
+                f"{'yes' if kept[label] == variant else ''} |"
+            )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -183,7 +208,10 @@ def _speedup_table(summary: ProblemSummary) -> str:
     header = ["optimizer"]
     for b in summary.baselines:
         header += [f"vs {_BASELINE_NAMES[b]}: common target", "time", "steps"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for row in summary.rows:
         cells = [row.label]
         for b in summary.baselines:
@@ -208,80 +236,139 @@ class ProblemSummary:
 
 def summarise_problem(results: ProblemResults, kept: Mapping[str, str]) -> ProblemSummary:
     """Rows of the kept variants (labelled by variant) and the Adam / SGD baselines among them."""
-    runs = {kept[label]: [cell_curves(c) for c in variants[kept[label]]] for label, variants in results.variants.items()}
-    configured = [c["target"] for vs in results.variants.values() for cs in vs.values() for c in cs if c["target"]]
+    runs = {
+        kept[label]: [cell_curves(c) for c in variants[kept[label]]]
+        for label, variants in results.variants.items()
+    }
+    configured = [
+        c["target"]
+        for vs in results.variants.values()
+        for cs in vs.values()
+        for c in cs
+        if c["target"]
+    ]
     configured_target = float(configured[0]) if configured else None
-    target = configured_target if configured_target is not None else default_target(runs, results.metric)
-    extra = ["test.iwae_ll"] if any("test.iwae_ll" in c.metrics for cs in runs.values() for c in cs) else []
-    rows = [summarise(variant, curves, results.metric, target, extra) for variant, curves in runs.items()]
+    target = (
+        configured_target if configured_target is not None else default_target(runs, results.metric)
+    )
+    extra = (
+        ["test.iwae_ll"]
+        if any("test.iwae_ll" in c.metrics for cs in runs.values() for c in cs)
+        else []
+    )
+    rows = [
+        summarise(variant, curves, results.metric, target, extra)
+        for variant, curves in runs.items()
+    ]
     by_variant = {row.label: row for row in rows}
     baselines = {}
     for name in BASELINES:
         labels = [lb for lb in results.variants if results.optimizer_name(lb) == name]
         if labels:
             baselines[name] = by_variant[kept[labels[0]]]
-    return ProblemSummary(results.problem, target, rows, baselines, results.metric, runs, configured_target)
+    return ProblemSummary(
+        results.problem, target, rows, baselines, results.metric, runs, configured_target
+    )
 
 
 def _describe(results: ProblemResults) -> str:
     cell = next(iter(next(iter(results.variants.values())).values()))[0]
     config, budget = cell["config"], cell["budget"]
     data, model = config["data"], config["model"]
-    limits = " and ".join(x for x in (f"{budget['steps']} steps" if budget["steps"] else "",
-                                       f"{budget['seconds']:g} s of training" if budget["seconds"] else "") if x)
-    batches = ", ".join(f"{label} {cs[0]['config']['batch_size']}" for label, vs in results.variants.items()
-                        for cs in list(vs.values())[:1])
-    seeds = sorted({c["seed"] for vs in results.variants.values() for cs in vs.values() for c in cs})
+    limits = " and ".join(
+        x
+        for x in (
+            f"{budget['steps']} steps" if budget["steps"] else "",
+            f"{budget['seconds']:g} s of training" if budget["seconds"] else "",
+        )
+        if x
+    )
+    batches = ", ".join(
+        f"{label} {cs[0]['config']['batch_size']}"
+        for label, vs in results.variants.items()
+        for cs in list(vs.values())[:1]
+    )
+    seeds = sorted(
+        {c["seed"] for vs in results.variants.values() for cs in vs.values() for c in cs}
+    )
     machine = cell["machine"]
     arch = model["sizes"] or model["problem"] or data["dataset"]
-    return (f"{model['kind']} ({arch}) on {data['dataset']} (train {data['train_size'] or 'all'}, test "
-            f"{data['test_size'] or 'all'} examples); budget {limits}, whichever ends first; batch sizes: {batches}; "
-            f"evaluation every {config['eval']['every']} steps; seeds {seeds}; L2 eta "
-            f"{config['optimizer']['l2']:g}. Machine: {machine['cpu']}, {machine['cores']} cores, torch "
-            f"{machine['torch']} ({machine['device']}), {machine['threads']} thread(s) per run")
+    return (
+        f"{model['kind']} ({arch}) on {data['dataset']} (train {data['train_size'] or 'all'}, test "
+        f"{data['test_size'] or 'all'} examples); budget {limits}, whichever ends first; batch sizes: {batches}; "
+        f"evaluation every {config['eval']['every']} steps; seeds {seeds}; L2 eta "
+        f"{config['optimizer']['l2']:g}. Machine: {machine['cpu']}, {machine['cores']} cores, torch "
+        f"{machine['torch']} ({machine['device']}), {machine['threads']} thread(s) per run"
+    )
 
 
 def _papers_block(results: ProblemResults) -> str:
     table = papers_table(results.dataset) if results.model == "autoencoder" else ""
     if not table:
         return ""
-    regen = (" natgrad's CURVES and FACES are regenerated by the published recipe (not the original files)."
-             if results.dataset in ("curves", "faces") else "")
-    return (f"**Reported by the papers** (full data sets, long GPU/CPU runs; a reference point, not a like-for-like "
-            f"comparison with the short budgets above).{regen}\n\n{table}\n{K_FAC_NOTE}\n\n")
+    regen = (
+        " natgrad's CURVES and FACES are regenerated by the published recipe (not the original files)."
+        if results.dataset in ("curves", "faces")
+        else ""
+    )
+    return (
+        f"**Reported by the papers** (full data sets, long GPU/CPU runs; a reference point, not a like-for-like "
+        f"comparison with the short budgets above).{regen}\n\n{table}\n{K_FAC_NOTE}\n\n"
+    )
 
 
 def problem_section(results: ProblemResults, out_dir: Path) -> tuple[str, ProblemSummary]:
     """Markdown of one problem (figures written under ``out_dir/figures``) and its summary."""
     kept = {label: select_variant(variants) for label, variants in results.variants.items()}
     summary = summarise_problem(results, kept)
-    runs = {kept[label]: [cell_curves(c) for c in variants[kept[label]]] for label, variants in results.variants.items()}
+    runs = {
+        kept[label]: [cell_curves(c) for c in variants[kept[label]]]
+        for label, variants in results.variants.items()
+    }
     metric_label = METRIC_NAMES[results.metric]
     figures = out_dir / FIGURES_DIR
-    curves = plot_comparison(runs, results.metric, metric_label, results.problem, figures / f"{results.problem}-curves",
-                             summary.target)
+    curves = plot_comparison(
+        runs,
+        results.metric,
+        metric_label,
+        results.problem,
+        figures / f"{results.problem}-curves",
+        summary.target,
+    )
     text = [f"## {results.problem}\n", f"{_describe(results)}.\n"]
     grid = _grid_table(results, kept)
     if grid:
-        text.append(f"Learning-rate grids (the kept variant of each label is used below):\n\n{grid}")
-    text.append(f"Metric: {metric_label}; median over seeds [min–max]. Target train error "
-                f"{format_number(summary.target)}; times are training seconds (evaluation excluded).\n\n"
-                f"{comparison_table(summary.rows)}")
+        text.append(
+            f"Learning-rate grids (the kept variant of each label is used below):\n\n{grid}"
+        )
+    text.append(
+        f"Metric: {metric_label}; median over seeds [min–max]. Target train error "
+        f"{format_number(summary.target)}; times are training seconds (evaluation excluded).\n\n"
+        f"{comparison_table(summary.rows)}"
+    )
     speedups = _speedup_table(summary)
     if speedups:
-        text.append("Speed-ups (the baseline's median training seconds or steps to the pair's common target / "
-                    "the method's; the common target is the larger of the two median final train errors, the "
-                    f"error both reach):\n\n{speedups}")
+        text.append(
+            "Speed-ups (the baseline's median training seconds or steps to the pair's common target / "
+            "the method's; the common target is the larger of the two median final train errors, the "
+            f"error both reach):\n\n{speedups}"
+        )
     text.append(_papers_block(results))
-    text.append(f"![{results.problem}: error vs. time and steps]({curves[0].relative_to(out_dir)}) "
-                f"([PDF]({curves[1].relative_to(out_dir)}))\n")
+    text.append(
+        f"![{results.problem}: error vs. time and steps]({curves[0].relative_to(out_dir)}) "
+        f"([PDF]({curves[1].relative_to(out_dir)}))\n"
+    )
     cells = {kept[label]: variants[kept[label]] for label, variants in results.variants.items()}
     natural = {variant: cs for variant, cs in cells.items() if traced(cs)}
     if natural:
         colors = _colors(list(runs))
-        traces = plot_traces(natural, colors, results.problem, figures / f"{results.problem}-traces")
-        text.append(f"\n![{results.problem}: damping and step size]({traces[0].relative_to(out_dir)}) "
-                    f"([PDF]({traces[1].relative_to(out_dir)}))\n")
+        traces = plot_traces(
+            natural, colors, results.problem, figures / f"{results.problem}-traces"
+        )
+        text.append(
+            f"\n![{results.problem}: damping and step size]({traces[0].relative_to(out_dir)}) "
+            f"([PDF]({traces[1].relative_to(out_dir)}))\n"
+        )
     return "\n".join(text), summary
 
 
@@ -302,20 +389,26 @@ def _headline_cell(summary: ProblemSummary, baseline: str, variant: str) -> str:
 
 def headline_table(summaries: Sequence[ProblemSummary]) -> str:
     """One row per (problem, non-baseline method): final train error and time speed-ups (pairwise targets)."""
-    lines = ["| problem | method | final train error | vs Adam (time, to the common target) | "
-             "vs SGD-momentum (time, to the common target) |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        "| problem | method | final train error | vs Adam (time, to the common target) | "
+        "vs SGD-momentum (time, to the common target) |",
+        "|---|---|---:|---:|---:|",
+    ]
     for s in summaries:
         baseline_labels = {row.label for row in s.baselines.values()}
         for row in s.rows:
             if row.label in baseline_labels:
                 continue
             cells = [_headline_cell(s, b, row.label) for b in BASELINES]
-            lines.append(f"| {s.problem} | {row.label} | {format_spread(row.final_train)} | {' | '.join(cells)} |")
+            lines.append(
+                f"| {s.problem} | {row.label} | {format_spread(row.final_train)} | {' | '.join(cells)} |"
+            )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def write_bench_report(runs_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Report:
+def write_bench_report(
+    runs_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None
+) -> Report:
     """Write ``report.md``, ``report.html`` and ``figures/`` for the grid in ``runs_dir`` (into ``out_dir``)."""
     runs_dir = Path(runs_dir)
     out = Path(out_dir) if out_dir is not None else runs_dir
@@ -327,10 +420,12 @@ def write_bench_report(runs_dir: str | Path, out_dir: str | Path | None = None, 
         summaries.append(summary)
     title = title or f"natgrad benchmark: {runs_dir.name}"
     headline = headline_table(summaries)
-    intro = (f"# {title}\n\nEvery method ran under the same budget, seeds and data (see each problem). "
-             "Speed-ups compare training seconds against the best learning rate of Adam and SGD-momentum in "
-             "the same grid, to the error both methods of the pair reach (the larger of their median final "
-             "train errors).\n\n")
+    intro = (
+        f"# {title}\n\nEvery method ran under the same budget, seeds and data (see each problem). "
+        "Speed-ups compare training seconds against the best learning rate of Adam and SGD-momentum in "
+        "the same grid, to the error both methods of the pair reach (the larger of their median final "
+        "train errors).\n\n"
+    )
     if headline:
         intro += f"## Headline\n\n{headline}\n"
     markdown = intro + "\n".join(sections)

@@ -1,4 +1,5 @@
 """Learning curves read back from run directories (``config.json`` + ``log.jsonl`` + ``result.json``)."""
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,19 @@ def load_curves(run_dir: str | Path) -> RunCurves:
     records = read_log(run_dir)
     evals = [r for r in records if r["kind"] == "eval"]
     if not evals:
-        raise ValueError(f"{run_dir / 'log.jsonl'} has no evaluation record; the run ended before its first one")
+        raise ValueError(
+            f"{run_dir / 'log.jsonl'} has no evaluation record; the run ended before its first one"
+        )
     keys = sorted({k for r in evals for k in r["metrics"]})
     metrics = {k: np.array([r["metrics"].get(k, np.nan) for r in evals], dtype=float) for k in keys}
     last = records[-1]
-    return RunCurves(run_dir, config, np.array([r["step"] for r in evals]), np.array([r["time"] for r in evals]),
-                     metrics, int(last["step"]), float(last["time"]), _status(run_dir))
+    return RunCurves(
+        run_dir,
+        config,
+        np.array([r["step"] for r in evals]),
+        np.array([r["time"] for r in evals]),
+        metrics,
+        int(last["step"]),
+        float(last["time"]),
+        _status(run_dir),
+    )

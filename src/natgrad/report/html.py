@@ -4,6 +4,7 @@ Supported blocks: ``#``-headings, pipe tables (the second line is the alignment 
 paragraphs; inline: images ``![alt](src)``, links ``[text](href)``, ``**bold**`` and ``code``.
 Everything else is escaped text. Tables right-align the columns whose alignment cell ends in ``:``.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,17 +39,31 @@ def _table(lines: list[str]) -> str:
     right = [a.endswith(":") for a in align]
 
     def row(cells: list[str], tag: str) -> str:
-        return "<tr>" + "".join(f'<{tag}{" class=r" if i < len(right) and right[i] else ""}>{inline(c)}</{tag}>'
-                                for i, c in enumerate(cells)) + "</tr>"
+        return (
+            "<tr>"
+            + "".join(
+                f"<{tag}{' class=r' if i < len(right) and right[i] else ''}>{inline(c)}</{tag}>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
 
-    return "<table>\n" + row(header, "th") + "\n" + "\n".join(row(r, "td") for r in body) + "\n</table>"
+    return (
+        "<table>\n"
+        + row(header, "th")
+        + "\n"
+        + "\n".join(row(r, "td") for r in body)
+        + "\n</table>"
+    )
 
 
 def _blocks(markdown: str) -> list[list[str]]:
     blocks: list[list[str]] = []
     current: list[str] = []
     for line in markdown.splitlines():
-        starts_new = line.startswith("#") or (line.startswith("|") and current and not current[-1].startswith("|"))
+        starts_new = line.startswith("#") or (
+            line.startswith("|") and current and not current[-1].startswith("|")
+        )
         if not line.strip() or starts_new:
             if current:
                 blocks.append(current)
@@ -78,5 +93,7 @@ def _block(lines: list[str]) -> str:
 def markdown_to_html(markdown: str, title: str) -> str:
     """A standalone HTML page of ``markdown`` (the supported subset, see module docstring)."""
     body = "\n".join(_block(block) for block in _blocks(markdown))
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>\n"
-            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

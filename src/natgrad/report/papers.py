@@ -14,6 +14,7 @@ the images, on the sigmoid probabilities (MNIST, CURVES) or the linear outputs (
   curvature*, ICML, section 13: K-FAC on the same three problems, reported as curves of training
   error against iterations and time (no table of final errors), so no number is quoted from it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,10 @@ REPORTED: dict[str, list[PaperNumber]] = {
     ],
 }
 
-K_FAC_NOTE = ("Martens & Grosse 2015 (section 13) report K-FAC on these problems as training-error curves "
-              "against iterations and time, not as a table; no number is quoted from it.")
+K_FAC_NOTE = (
+    "Martens & Grosse 2015 (section 13) report K-FAC on these problems as training-error curves "
+    "against iterations and time, not as a table; no number is quoted from it."
+)
 
 
 def papers_table(dataset: str) -> str:

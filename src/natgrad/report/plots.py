@@ -9,6 +9,7 @@ when the values span too little for three 1-2-5 ticks; only an error that is not
 Gaussian -ELBO can be negative) keeps a linear axis. Figures are written as PNG (200 dpi) and PDF
 with the non-interactive Agg backend.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,6 @@ STYLE = {
 }
 
 
-
 def save_figure(fig, out_stem: Path) -> list[Path]:
     """Lay out ``fig`` and write it as ``out_stem.png`` (200 dpi) and ``out_stem.pdf``; close it."""
     fig.tight_layout()
@@ -49,15 +49,20 @@ def save_figure(fig, out_stem: Path) -> list[Path]:
     plt.close(fig)
     return paths
 
+
 def _band_over_steps(curves: Sequence[RunCurves], key: str) -> tuple[np.ndarray, np.ndarray]:
     length = min(len(c.steps) for c in curves)
     return curves[0].steps[:length], np.stack([c.metrics[key][:length] for c in curves])
 
 
-def _band_over_time(curves: Sequence[RunCurves], key: str, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def _band_over_time(
+    curves: Sequence[RunCurves], key: str, points: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     end = min(float(c.times[-1]) for c in curves)
     grid = np.linspace(0.0, end, points)
-    values = [np.exp(np.interp(grid, c.times, np.log(np.maximum(c.metrics[key], 1e-300)))) for c in curves]
+    values = [
+        np.exp(np.interp(grid, c.times, np.log(np.maximum(c.metrics[key], 1e-300)))) for c in curves
+    ]
     return grid, np.stack(values)
 
 
@@ -65,8 +70,14 @@ def _draw(ax, x: np.ndarray, values: np.ndarray, color: str, linestyle: str) -> 
     with np.errstate(all="ignore"):
         ax.plot(x, np.nanmedian(values, axis=0), color=color, linestyle=linestyle)
         if values.shape[0] > 1:
-            ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.18,
-                            linewidth=0)
+            ax.fill_between(
+                x,
+                np.nanmin(values, axis=0),
+                np.nanmax(values, axis=0),
+                color=color,
+                alpha=0.18,
+                linewidth=0,
+            )
 
 
 def _ticks_within(lo: float, hi: float, subs: Sequence[float]) -> int:
@@ -104,8 +115,14 @@ def format_error_axis(ax, values: np.ndarray) -> bool:
     return True
 
 
-def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric_label: str, title: str,
-                    out_stem: str | Path, target: float | None = None) -> list[Path]:
+def plot_comparison(
+    runs: Mapping[str, Sequence[RunCurves]],
+    metric: str,
+    metric_label: str,
+    title: str,
+    out_stem: str | Path,
+    target: float | None = None,
+) -> list[Path]:
     """Two panels (vs. training time, vs. steps) for one comparison; returns the PNG and PDF paths.
 
     ``runs`` maps an optimizer label to its runs (one per seed); ``metric`` is the key without the
@@ -126,14 +143,24 @@ def plot_comparison(runs: Mapping[str, Sequence[RunCurves]], metric: str, metric
         values = [c.metrics[f"{s}.{metric}"] for cs in runs.values() for c in cs for s, _ in splits]
         for ax, xlabel in zip(axes, ("training time (s, evaluation excluded)", "optimizer steps")):
             ax.set_xlabel(xlabel)
-            format_error_axis(ax, np.concatenate(values + ([[target]] if target is not None else [])))
+            format_error_axis(
+                ax, np.concatenate(values + ([[target]] if target is not None else []))
+            )
             if target is not None:
                 ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":")
         axes[0].set_ylabel(metric_label)
-        handles = [Line2D([], [], color=colors[i % len(colors)], label=label) for i, label in enumerate(runs)]
-        handles += [Line2D([], [], color="0.3", linestyle=style, label=f"{split} set") for split, style in splits]
+        handles = [
+            Line2D([], [], color=colors[i % len(colors)], label=label)
+            for i, label in enumerate(runs)
+        ]
+        handles += [
+            Line2D([], [], color="0.3", linestyle=style, label=f"{split} set")
+            for split, style in splits
+        ]
         if target is not None:
-            handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=0.8, label="target"))
+            handles.append(
+                Line2D([], [], color="0.4", linestyle=":", linewidth=0.8, label="target")
+            )
         n_seeds = max(len(c) for c in runs.values())
         band = f"; band: min–max over {n_seeds} seeds" if n_seeds > 1 else ""
         fig.suptitle(f"{title} (median{band})", fontsize=10)

@@ -13,6 +13,7 @@ Definitions (all on evaluations of the full train/test sets, see :mod:`natgrad.e
 Each statistic is the median over seeds with its minimum and maximum; the number of seeds whose run
 diverged is counted (the table shows it next to the seeds).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,15 +70,19 @@ def first_reach(curves: RunCurves, key: str, target: float) -> tuple[float, floa
 
 def default_target(runs: Mapping[str, Sequence[RunCurves]], metric: str) -> float:
     """The largest median final train error over optimizers (see module docstring)."""
-    medians = [Spread.of([float(c.metrics[f"train.{metric}"][-1]) for c in curves]).median for curves in runs.values()]
+    medians = [
+        Spread.of([float(c.metrics[f"train.{metric}"][-1]) for c in curves]).median
+        for curves in runs.values()
+    ]
     finite = [m for m in medians if math.isfinite(m)]
     if not finite:
         raise ValueError(f"no finite final train.{metric} in any run; cannot choose a target error")
     return max(finite)
 
 
-def summarise(label: str, curves: Sequence[RunCurves], metric: str, target: float,
-              extra: Sequence[str] = ()) -> OptimizerSummary:
+def summarise(
+    label: str, curves: Sequence[RunCurves], metric: str, target: float, extra: Sequence[str] = ()
+) -> OptimizerSummary:
     """The table row of one optimizer over its seeds; ``extra`` metric keys get their final value."""
     train_key, test_key = f"train.{metric}", f"test.{metric}"
     reach = [first_reach(c, train_key, target) for c in curves]
@@ -92,6 +97,8 @@ def summarise(label: str, curves: Sequence[RunCurves], metric: str, target: floa
         steps_to_target=Spread.of([s for _, s in reach]),
         steps=Spread.of([float(c.total_steps) for c in curves]),
         time=Spread.of([c.total_time for c in curves]),
-        extra_final={k: Spread.of([float(c.metrics[k][-1]) for c in curves if k in c.metrics]) for k in extra},
+        extra_final={
+            k: Spread.of([float(c.metrics[k][-1]) for c in curves if k in c.metrics]) for k in extra
+        },
         diverged=sum(c.status == "diverged" for c in curves),
     )

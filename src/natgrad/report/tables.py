@@ -1,4 +1,5 @@
 """Markdown tables of comparison summaries (median over seeds, [min-max] when there are several)."""
+
 from __future__ import annotations
 
 import math
@@ -55,20 +56,42 @@ def comparison_table(rows: Sequence[OptimizerSummary], reference: str | None = N
     """
     extras = sorted({k for row in rows for k in row.extra_final})
     by_label = {row.label: row for row in rows}
-    header = ["optimizer", "seeds", "final train", "final test", "best train", "best test",
-              "time to target (s)"] + ([f"speed-up vs {reference}"] if reference in by_label else [])
+    header = [
+        "optimizer",
+        "seeds",
+        "final train",
+        "final test",
+        "best train",
+        "best test",
+        "time to target (s)",
+    ] + ([f"speed-up vs {reference}"] if reference in by_label else [])
     header += ["steps to target", "steps", "train time (s)"]
     header += [f"final {METRIC_NAMES.get(k, k)}" for k in extras]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for row in rows:
         seeds = f"{row.seeds} ({row.diverged} diverged)" if row.diverged else str(row.seeds)
-        cells = [row.label, seeds, format_spread(row.final_train), format_spread(row.final_test),
-                 format_spread(row.best_train), format_spread(row.best_test),
-                 format_spread(row.time_to_target, row.seeds)]
+        cells = [
+            row.label,
+            seeds,
+            format_spread(row.final_train),
+            format_spread(row.final_test),
+            format_spread(row.best_train),
+            format_spread(row.best_test),
+            format_spread(row.time_to_target, row.seeds),
+        ]
         if reference in by_label:
             ratio = speedup(by_label[reference], row)
             cells.append(f"{format_number(ratio)}x" if math.isfinite(ratio) else "—")
-        cells += [format_spread(row.steps_to_target, row.seeds), format_spread(row.steps), format_spread(row.time)]
-        cells += [format_spread(displayed(k, row.extra_final.get(k, Spread.of([])))) for k in extras]
+        cells += [
+            format_spread(row.steps_to_target, row.seeds),
+            format_spread(row.steps),
+            format_spread(row.time),
+        ]
+        cells += [
+            format_spread(displayed(k, row.extra_final.get(k, Spread.of([])))) for k in extras
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ model (section 7). Each line is the median over seeds, the band the min-max; ste
 missing (e.g. a rejected step) are gaps. Written as PNG (200 dpi) and PDF in the style of
 :mod:`natgrad.report.plots`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,8 +38,12 @@ def traced(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     return [name for name in TRACE_PANELS if any(cell["trace"].get(name) for cell in cells)]
 
 
-def plot_traces(runs: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping[str, str], title: str,
-                out_stem: str | Path) -> list[Path]:
+def plot_traces(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    colors: Mapping[str, str],
+    title: str,
+    out_stem: str | Path,
+) -> list[Path]:
     """One row of panels (damping, alpha, mu vs. steps) for the labels of ``runs`` that record them.
 
     ``runs`` maps a label to its cell records (one per seed); ``colors`` gives each label's colour
@@ -53,7 +58,9 @@ def plot_traces(runs: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1.2, 2.6), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(2.6 * len(panels) + 1.2, 2.6), squeeze=False
+        )
         for ax, name in zip(axes[0], panels):
             for label, cells in runs.items():
                 if not traced(cells):
@@ -62,19 +69,31 @@ def plot_traces(runs: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping
                 steps = np.asarray(cells[0]["trace"]["step"][:length])
                 values = np.stack([_column(cell, name, length) for cell in cells])
                 with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps (rejected) are gaps
+                    warnings.simplefilter(
+                        "ignore", RuntimeWarning
+                    )  # all-NaN steps (rejected) are gaps
                     ax.plot(steps, np.nanmedian(values, axis=0), color=colors[label], label=label)
                     if values.shape[0] > 1:
-                        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
-                                        color=colors[label], alpha=0.18, linewidth=0)
+                        ax.fill_between(
+                            steps,
+                            np.nanmin(values, axis=0),
+                            np.nanmax(values, axis=0),
+                            color=colors[label],
+                            alpha=0.18,
+                            linewidth=0,
+                        )
             ax.set_xlabel("optimizer steps")
             ax.set_ylabel(TRACE_PANELS[name])
             if name == "damping":
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # labels minors on short ranges
+                ax.yaxis.set_minor_formatter(
+                    LogFormatter(labelOnlyBase=False)
+                )  # labels minors on short ranges
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-        fig.suptitle(f"{title}: adaptive damping and step size (median, band min–max over seeds)", fontsize=10)
+        fig.suptitle(
+            f"{title}: adaptive damping and step size (median, band min–max over seeds)",
+            fontsize=10,
+        )
         return save_figure(fig, out_stem)
-

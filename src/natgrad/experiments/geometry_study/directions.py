@@ -7,6 +7,7 @@ r"""Parameter directions for the perturbation-norm study, from metric-vector pro
   multiple of it give the same direction.
 * ``top_eigenvectors``: the leading eigenpairs of ``G_M`` by Lanczos (ARPACK ``eigsh``) on products.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,7 +34,13 @@ def unit(v: Tensor) -> Tensor:
     return v / norm
 
 
-def mean_eigenvalue(quadratic_form: Callable[[Tensor], Tensor], dim: int, probes: int, generator: torch.Generator, dtype: torch.dtype) -> float:
+def mean_eigenvalue(
+    quadratic_form: Callable[[Tensor], Tensor],
+    dim: int,
+    probes: int,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+) -> float:
     """Hutchinson estimate of ``tr(G)/P = E[u^T G u]`` over ``u ~ N(0, I/P)``."""
     total = 0.0
     for _ in range(probes):
@@ -42,14 +49,32 @@ def mean_eigenvalue(quadratic_form: Callable[[Tensor], Tensor], dim: int, probes
     return total / probes
 
 
-def steepest_descent_direction(matvec: Matvec, gradient: Tensor, damping: float, max_iterations: int) -> CGResult:
+def steepest_descent_direction(
+    matvec: Matvec, gradient: Tensor, damping: float, max_iterations: int
+) -> CGResult:
     """``(G + damping I)^{-1} gradient`` by CG from zero; the result says why CG stopped."""
-    return conjugate_gradient(lambda v: matvec(v) + damping * v, gradient, torch.zeros_like(gradient), max_iterations=max_iterations)
+    return conjugate_gradient(
+        lambda v: matvec(v) + damping * v,
+        gradient,
+        torch.zeros_like(gradient),
+        max_iterations=max_iterations,
+    )
 
 
-def top_eigenvectors(matvec: Matvec, dim: int, count: int, dtype: torch.dtype, seed: int = 0) -> tuple[np.ndarray, Tensor]:
+def top_eigenvectors(
+    matvec: Matvec, dim: int, count: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[np.ndarray, Tensor]:
     """The ``count`` largest eigenvalues (descending) and unit eigenvectors ``(count, P)`` of ``G``."""
-    operator = LinearOperator((dim, dim), matvec=lambda v: matvec(torch.from_numpy(np.asarray(v, dtype=np.float64).ravel()).to(dtype)).detach().double().numpy(), dtype=np.float64)
+    operator = LinearOperator(
+        (dim, dim),
+        matvec=lambda v: (
+            matvec(torch.from_numpy(np.asarray(v, dtype=np.float64).ravel()).to(dtype))
+            .detach()
+            .double()
+            .numpy()
+        ),
+        dtype=np.float64,
+    )
     start = np.random.default_rng(seed).standard_normal(dim)
     values, vectors = eigsh(operator, k=count, which="LA", v0=start, tol=1e-6)
     order = np.argsort(values)[::-1]

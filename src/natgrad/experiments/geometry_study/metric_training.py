@@ -17,6 +17,7 @@ heuristics. This is a small loop of its own (no momentum, no amortisation) built
 step's pure functions, not :class:`natgrad.optim.base.NaturalGradientOptimizer`, because the latter
 takes a curvature representation with ``solve`` while here the solver is CG on a pulled-back metric.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,18 @@ import torch
 from torch import Tensor, nn
 
 from natgrad.curvature.exact import ggn_vector_product
-from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction
+from natgrad.experiments.geometry_study.directions import (
+    mean_eigenvalue,
+    steepest_descent_direction,
+)
 from natgrad.geometry.divergences import Divergence
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
-from natgrad.optim.natural import levenberg_marquardt_update, quadratic_model_coefficients, reduction_ratio
+from natgrad.optim.natural import (
+    levenberg_marquardt_update,
+    quadratic_model_coefficients,
+    reduction_ratio,
+)
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,17 @@ class MetricTrainingConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "cg_iterations", "eval_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"MetricTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"MetricTrainingConfig.{name} must be >= 1, got {getattr(self, name)}"
+                )
         if not self.relative_damping > 0 or not self.initial_damping > 0:
-            raise ValueError("MetricTrainingConfig.relative_damping and initial_damping must be > 0")
+            raise ValueError(
+                "MetricTrainingConfig.relative_damping and initial_damping must be > 0"
+            )
         if not 0 < self.lm_factor < 1:
-            raise ValueError(f"MetricTrainingConfig.lm_factor must be in (0, 1), got {self.lm_factor}")
+            raise ValueError(
+                f"MetricTrainingConfig.lm_factor must be in (0, 1), got {self.lm_factor}"
+            )
 
 
 @dataclass
@@ -83,17 +97,30 @@ def _evaluate(model: nn.Module, x: Tensor, theta: Tensor, eps: Tensor | None) ->
 
 
 def train_with_metric(
-    model: nn.Module, train: Tensor, test: Tensor, divergence: Divergence | None, config: MetricTrainingConfig, label: str
+    model: nn.Module,
+    train: Tensor,
+    test: Tensor,
+    divergence: Divergence | None,
+    config: MetricTrainingConfig,
+    label: str,
 ) -> TrainingCurve:
     """Train ``model`` in place from its current parameters; returns the evaluation curve."""
     generator = torch.Generator().manual_seed(config.seed)
     latent = getattr(model, "latent_dim", None)
-    test_eps = None if latent is None else torch.randn(test.shape[0], latent, generator=generator, dtype=test.dtype)
+    test_eps = (
+        None
+        if latent is None
+        else torch.randn(test.shape[0], latent, generator=generator, dtype=test.dtype)
+    )
     theta, damping, curve = flat_parameters(model), config.initial_damping, TrainingCurve(label)
     for step in range(config.steps + 1):
         index = torch.randint(0, train.shape[0], (config.batch_size,), generator=generator)
         x = train[index]
-        eps = None if latent is None else torch.randn(x.shape[0], latent, generator=generator, dtype=x.dtype)
+        eps = (
+            None
+            if latent is None
+            else torch.randn(x.shape[0], latent, generator=generator, dtype=x.dtype)
+        )
         loss, value, gradient = _loss_and_gradient(model, x, eps, theta)
         if step % config.eval_every == 0:
             curve.steps.append(step)
@@ -108,10 +135,19 @@ def train_with_metric(
         else:
             metric = PulledBackMetric(model_outputs(model, x, eps), theta, divergence)
             scale = mean_eigenvalue(metric.quadratic_form, metric.dim, 4, generator, theta.dtype)
-            solved = steepest_descent_direction(metric.matvec, gradient, config.relative_damping * scale, config.cg_iterations)
+            solved = steepest_descent_direction(
+                metric.matvec, gradient, config.relative_damping * scale, config.cg_iterations
+            )
             direction, iterations = -solved.solution, solved.iterations
         params = unflatten(model, theta)
-        curvature = torch.cat([c.reshape(-1) for c in ggn_vector_product(loss, list(unflatten(model, direction).values()), params)])
+        curvature = torch.cat(
+            [
+                c.reshape(-1)
+                for c in ggn_vector_product(
+                    loss, list(unflatten(model, direction).values()), params
+                )
+            ]
+        )
         gram = (direction @ curvature + damping * direction @ direction).reshape(1, 1)
         step_model = quadratic_model_coefficients(gram, (gradient @ direction).reshape(1))
         candidate = theta + step_model.alpha * direction

@@ -1,4 +1,5 @@
 """Plots and the Markdown report of the perturbation-norm study (from the ``results`` dict)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,10 @@ import numpy as np  # noqa: E402
 
 KEY_DIRECTIONS = ("gradient", "natural gradient", "F eigvec 1")
 TOLERANCE = 0.1  # |ratio - 1| below which the quadratic approximation "holds"
-RATIO_LIMITS = (0.05, 20.0)  # y-range of the ratio panels (chi^2 reaches +inf when a variance halves)
+RATIO_LIMITS = (
+    0.05,
+    20.0,
+)  # y-range of the ratio panels (chi^2 reaches +inf when a variance halves)
 
 
 def _random(names: list[str]) -> list[str]:
@@ -22,7 +26,9 @@ def _random(names: list[str]) -> list[str]:
 def _ratios(probe: dict[str, Any], metric: str, direction: str, lengths: list[float]) -> np.ndarray:
     """``D(t) / (1/2 t^2 u^T G_M u)`` with ``t^2 u^T F u = l^2``."""
     norm_ratio = probe["ratio_to_fisher"][metric][direction]
-    return np.asarray(probe["divergence_curves"][metric][direction]) / (0.5 * np.asarray(lengths) ** 2 * norm_ratio)
+    return np.asarray(probe["divergence_curves"][metric][direction]) / (
+        0.5 * np.asarray(lengths) ** 2 * norm_ratio
+    )
 
 
 def valid_length(ratios: np.ndarray, lengths: list[float]) -> float:
@@ -40,10 +46,16 @@ def plot_quadratic_validity(probe: dict[str, Any], lengths: list[float], path: P
     metrics = list(probe["ratio_to_fisher"])
     columns = 4
     rows = int(np.ceil((len(metrics) + 1) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, squeeze=False
+    )
     for ax, metric in zip(axes.flat, metrics):
-        randoms = np.array([_ratios(probe, metric, d, lengths) for d in _random(probe["directions"])])
-        ax.fill_between(lengths, randoms.min(0), randoms.max(0), color="0.85", label="random (range)")
+        randoms = np.array(
+            [_ratios(probe, metric, d, lengths) for d in _random(probe["directions"])]
+        )
+        ax.fill_between(
+            lengths, randoms.min(0), randoms.max(0), color="0.85", label="random (range)"
+        )
         for direction in KEY_DIRECTIONS:
             ax.plot(lengths, _ratios(probe, metric, direction, lengths), label=direction)
         ax.axhline(1.0, color="k", lw=0.6)
@@ -65,7 +77,10 @@ def plot_quadratic_validity(probe: dict[str, Any], lengths: list[float], path: P
     axes.flat[0].legend(fontsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("Fisher length l (KL ~ l^2/2)")
-    fig.suptitle(f"{probe['model']}: true divergence / (1/2 t^2 u^T G_M u) along directions (y clipped to {RATIO_LIMITS})", fontsize=10)
+    fig.suptitle(
+        f"{probe['model']}: true divergence / (1/2 t^2 u^T G_M u) along directions (y clipped to {RATIO_LIMITS})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -73,8 +88,10 @@ def plot_quadratic_validity(probe: dict[str, Any], lengths: list[float], path: P
 
 def plot_agreement(probe: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    for ax, key, title in ((axes[0], "spearman_norms", "metric norms u^T G_M u"),
-                           (axes[1], "spearman_divergences", f"true divergences at l = {probe['unit_length']:.2g}")):
+    for ax, key, title in (
+        (axes[0], "spearman_norms", "metric norms u^T G_M u"),
+        (axes[1], "spearman_divergences", f"true divergences at l = {probe['unit_length']:.2g}"),
+    ):
         labels = list(probe[key])
         matrix = np.array([[probe[key][a][b] for b in labels] for a in labels])
         image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -98,7 +115,9 @@ def plot_training(curves: list[dict[str, Any]], path: Path) -> None:
         style = styles[i % len(styles)]
         axes[0].plot(curve["steps"], curve["train_loss"], style, label=curve["label"])
         axes[1].plot(curve["steps"], curve["test_loss"], style, label=curve["label"])
-    for ax, title in zip(axes, ("mini-batch negative ELBO", "held-out negative ELBO (fixed noise)")):
+    for ax, title in zip(
+        axes, ("mini-batch negative ELBO", "held-out negative ELBO (fixed noise)")
+    ):
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
         ax.set_yscale("log")
@@ -118,24 +137,52 @@ def _probe_section(probe: dict[str, Any], lengths: list[float]) -> str:
     rows = []
     for metric, ratios in probe["ratio_to_fisher"].items():
         values = np.array([ratios[d] for d in names])
-        rows.append([metric, f"{values.mean():.4g}", f"{values.std() / values.mean():.2e}", f"{probe['spearman_norms'][metric]['KL']:.3f}",
-                     f"{probe['spearman_divergences'][metric]['KL']:.3f}"])
-    agreement = _table(["metric M", "mean u^T M u / u^T F u", "coef. of variation", "Spearman(norms, F)",
-                        f"Spearman(true D at l={probe['unit_length']:.2g}, KL)"], rows)
+        rows.append(
+            [
+                metric,
+                f"{values.mean():.4g}",
+                f"{values.std() / values.mean():.2e}",
+                f"{probe['spearman_norms'][metric]['KL']:.3f}",
+                f"{probe['spearman_divergences'][metric]['KL']:.3f}",
+            ]
+        )
+    agreement = _table(
+        [
+            "metric M",
+            "mean u^T M u / u^T F u",
+            "coef. of variation",
+            "Spearman(norms, F)",
+            f"Spearman(true D at l={probe['unit_length']:.2g}, KL)",
+        ],
+        rows,
+    )
     valid_rows = []
     for metric in probe["ratio_to_fisher"]:
-        randoms = [valid_length(_ratios(probe, metric, d, lengths), lengths) for d in _random(names)]
-        valid_rows.append([metric] + [f"{valid_length(_ratios(probe, metric, d, lengths), lengths):.3g}" for d in KEY_DIRECTIONS]
-                          + [f"{np.median(randoms):.3g}"])
+        randoms = [
+            valid_length(_ratios(probe, metric, d, lengths), lengths) for d in _random(names)
+        ]
+        valid_rows.append(
+            [metric]
+            + [
+                f"{valid_length(_ratios(probe, metric, d, lengths), lengths):.3g}"
+                for d in KEY_DIRECTIONS
+            ]
+            + [f"{np.median(randoms):.3g}"]
+        )
     validity = _table(["metric"] + list(KEY_DIRECTIONS) + ["random (median)"], valid_rows)
-    cosines = _table(["metric", "cos(d_M, d_F)"], [[k, f"{v:.4f}"] for k, v in probe["steepest_cosine_to_natural_gradient"].items()])
+    cosines = _table(
+        ["metric", "cos(d_M, d_F)"],
+        [[k, f"{v:.4f}"] for k, v in probe["steepest_cosine_to_natural_gradient"].items()],
+    )
     missing = "\n".join(f"- **{k}**: {v}" for k, v in probe["no_metric"].items())
-    return (f"### {probe['model']} ({probe['parameters']} parameters)\n\n"
-            f"Metrics agree with the Fisher up to a constant? (over {len(names)} directions)\n\n{agreement}\n\n"
-            f"Largest Fisher length l with |D / quadratic - 1| < {TOLERANCE} (grid {lengths[0]:.2g} .. {lengths[-1]:.2g}):\n\n{validity}\n\n"
-            f"Steepest-descent direction of each metric vs the natural gradient:\n\n{cosines}\n\n"
-            f"No local metric:\n\n{missing}\n\n"
-            f"![quadratic]({probe['model']}_quadratic.png)\n\n![agreement]({probe['model']}_agreement.png)\n")
+    return (
+        f"### {probe['model']} ({probe['parameters']} parameters)\n\n"
+        f"Metrics agree with the Fisher up to a constant? (over {len(names)} directions)\n\n{agreement}\n\n"
+        f"Largest Fisher length l with |D / quadratic - 1| < {TOLERANCE} (grid {lengths[0]:.2g} .. {lengths[-1]:.2g}):\n\n{validity}\n\n"
+        f"Steepest-descent direction of each metric vs the natural gradient:\n\n{cosines}\n\n"
+        f"No local metric:\n\n{missing}\n\n"
+        f"![quadratic]({probe['model']}_quadratic.png)\n\n![agreement]({probe['model']}_agreement.png)\n"
+    )
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
@@ -147,8 +194,18 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         plot_agreement(probe, out / f"{name}_agreement.png")
         sections.append(_probe_section(probe, lengths))
     plot_training(results["training"], out / "training.png")
-    training = _table(["metric", "final mini-batch loss", "final held-out loss", "seconds"],
-                      [[c["label"], f"{c['train_loss'][-1]:.2f}", f"{c['test_loss'][-1]:.2f}", f"{c['seconds']:.0f}"] for c in results["training"]])
+    training = _table(
+        ["metric", "final mini-batch loss", "final held-out loss", "seconds"],
+        [
+            [
+                c["label"],
+                f"{c['train_loss'][-1]:.2f}",
+                f"{c['test_loss'][-1]:.2f}",
+                f"{c['seconds']:.0f}",
+            ]
+            for c in results["training"]
+        ],
+    )
     cfg = results["config"]
     text = (
         "# Perturbation-norm study: local metrics of divergences on MNIST models\n\n"
@@ -166,19 +223,28 @@ def _summary(results: dict[str, Any]) -> str:
         proportional, other = [], []
         for metric, ratios in probe["ratio_to_fisher"].items():
             values = np.array([ratios[d] for d in names])
-            (proportional if values.std() <= 1e-9 * values.mean() else other).append(f"{metric} ({values.mean():.3g} F)")
+            (proportional if values.std() <= 1e-9 * values.mean() else other).append(
+                f"{metric} ({values.mean():.3g} F)"
+            )
         cos = probe["steepest_cosine_to_natural_gradient"]
-        lines.append(f"- **{name}**: equal to a constant times the Fisher on every direction: {', '.join(proportional)}. "
-                     f"Not proportional: {', '.join(other) or 'none'}. Steepest descent: MMD direction has cosine "
-                     f"{cos.get('MMD^2 (h=1)', float('nan')):.3f} to the natural gradient, the Euclidean gradient "
-                     f"{cos['Euclidean (gradient)']:.3f}. No local metric: {', '.join(probe['no_metric'])}.")
+        lines.append(
+            f"- **{name}**: equal to a constant times the Fisher on every direction: {', '.join(proportional)}. "
+            f"Not proportional: {', '.join(other) or 'none'}. Steepest descent: MMD direction has cosine "
+            f"{cos.get('MMD^2 (h=1)', float('nan')):.3f} to the natural gradient, the Euclidean gradient "
+            f"{cos['Euclidean (gradient)']:.3f}. No local metric: {', '.join(probe['no_metric'])}."
+        )
     final = {c["label"]: c["test_loss"][-1] for c in results["training"]}
-    lines.append("- **training** (held-out negative ELBO after the same number of steps): "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in final.items()) + ".\n")
+    lines.append(
+        "- **training** (held-out negative ELBO after the same number of steps): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in final.items())
+        + ".\n"
+    )
     return "\n".join(lines) + "\n"
 
 
-def _details(results: dict[str, Any], cfg: dict[str, Any], sections: list[str], training: str) -> str:
+def _details(
+    results: dict[str, Any], cfg: dict[str, Any], sections: list[str], training: str
+) -> str:
     dataset = ", ".join(Path(part.strip()).name for part in results["dataset"].split(","))
     return (
         "## Setup\n\n"

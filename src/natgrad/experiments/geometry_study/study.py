@@ -16,6 +16,7 @@ fixed probe batch and fixed VAE noise), with ``G_M`` each divergence's pulled-ba
 ``run_study`` returns the results and writes ``results.json``, the plots and ``report.md``
 (:mod:`natgrad.experiments.geometry_study.report`) into ``out_dir``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,17 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from natgrad.data import load_dataset
-from natgrad.experiments.geometry_study.directions import mean_eigenvalue, steepest_descent_direction, top_eigenvectors, unit
+from natgrad.experiments.geometry_study.directions import (
+    mean_eigenvalue,
+    steepest_descent_direction,
+    top_eigenvectors,
+    unit,
+)
+from natgrad.experiments.geometry_study.metric_training import (
+    MetricTrainingConfig,
+    train_with_metric,
+)
 from natgrad.geometry.divergences import Divergence, NoLocalMetricError, get_divergence
-from natgrad.experiments.geometry_study.metric_training import MetricTrainingConfig, train_with_metric
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
@@ -56,7 +65,12 @@ STUDY_DIVERGENCES: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("TV", "tv", {}),
 )
 #: Metrics the VAE is trained with (f-divergences all give the Fisher direction; see docs).
-TRAINING_METRICS: tuple[tuple[str, str | None], ...] = (("Fisher (KL)", "kl"), ("Hellinger^2", "hellinger"), ("MMD^2 (h=1)", "mmd"), ("Euclidean", None))
+TRAINING_METRICS: tuple[tuple[str, str | None], ...] = (
+    ("Fisher (KL)", "kl"),
+    ("Hellinger^2", "hellinger"),
+    ("MMD^2 (h=1)", "mmd"),
+    ("Euclidean", None),
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +97,19 @@ class StudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "test_size", "hidden", "code", "latent", "pretrain_steps", "pretrain_batch",
-                     "probe_batch", "random_directions", "eigen_directions", "cg_iterations"):
+        for name in (
+            "train_size",
+            "test_size",
+            "hidden",
+            "code",
+            "latent",
+            "pretrain_steps",
+            "pretrain_batch",
+            "probe_batch",
+            "random_directions",
+            "eigen_directions",
+            "cg_iterations",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"StudyConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.relative_damping > 0 or not self.pretrain_lr > 0:
@@ -93,18 +118,37 @@ class StudyConfig:
     @classmethod
     def quick(cls, out_dir: Path, data_dir: str | None = None) -> "StudyConfig":
         """A seconds-long configuration for smoke tests (numbers not meaningful)."""
-        return cls(out_dir=Path(out_dir), data_dir=data_dir, train_size=200, test_size=100, hidden=8, code=4, latent=2,
-                   pretrain_steps=5, probe_batch=20, random_directions=3, eigen_directions=1, cg_iterations=5,
-                   fisher_lengths=(0.01, 0.1, 1.0), training=MetricTrainingConfig(steps=2, batch_size=20, cg_iterations=3, eval_every=1))
+        return cls(
+            out_dir=Path(out_dir),
+            data_dir=data_dir,
+            train_size=200,
+            test_size=100,
+            hidden=8,
+            code=4,
+            latent=2,
+            pretrain_steps=5,
+            probe_batch=20,
+            random_directions=3,
+            eigen_directions=1,
+            cg_iterations=5,
+            fisher_lengths=(0.01, 0.1, 1.0),
+            training=MetricTrainingConfig(steps=2, batch_size=20, cg_iterations=3, eval_every=1),
+        )
 
 
-def _pretrain(model: nn.Module, train: Tensor, config: StudyConfig, generator: torch.Generator) -> list[float]:
+def _pretrain(
+    model: nn.Module, train: Tensor, config: StudyConfig, generator: torch.Generator
+) -> list[float]:
     """Adam on the negative ELBO / NLL; returns the loss every 50 steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.pretrain_lr)
     history = []
     for step in range(config.pretrain_steps):
         x = train[torch.randint(0, train.shape[0], (config.pretrain_batch,), generator=generator)]
-        loss = build_loss(model, x, generator=generator) if isinstance(model, VAE) else build_loss(model, x)
+        loss = (
+            build_loss(model, x, generator=generator)
+            if isinstance(model, VAE)
+            else build_loss(model, x)
+        )
         optimizer.zero_grad()
         loss.value.backward()
         optimizer.step()
@@ -120,7 +164,9 @@ def _gradient(model: nn.Module, x: Tensor, eps: Tensor | None, theta: Tensor) ->
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def _metrics(outputs, theta: Tensor, divergences: dict[str, Divergence]) -> tuple[dict[str, PulledBackMetric], dict[str, str]]:
+def _metrics(
+    outputs, theta: Tensor, divergences: dict[str, Divergence]
+) -> tuple[dict[str, PulledBackMetric], dict[str, str]]:
     """The pulled-back metric of every divergence that has one, and why the others have none."""
     metrics, missing = {}, {}
     for label, divergence in divergences.items():
@@ -131,16 +177,29 @@ def _metrics(outputs, theta: Tensor, divergences: dict[str, Divergence]) -> tupl
     return metrics, missing
 
 
-def _directions(metrics: dict[str, PulledBackMetric], gradient: Tensor, config: StudyConfig, generator: torch.Generator) -> dict[str, Tensor]:
+def _directions(
+    metrics: dict[str, PulledBackMetric],
+    gradient: Tensor,
+    config: StudyConfig,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
     fisher = metrics["KL"]
-    damping = config.relative_damping * mean_eigenvalue(fisher.quadratic_form, fisher.dim, 8, generator, gradient.dtype)
-    natural = steepest_descent_direction(fisher.matvec, gradient, damping, config.cg_iterations).solution
+    damping = config.relative_damping * mean_eigenvalue(
+        fisher.quadratic_form, fisher.dim, 8, generator, gradient.dtype
+    )
+    natural = steepest_descent_direction(
+        fisher.matvec, gradient, damping, config.cg_iterations
+    ).solution
     directions = {"gradient": unit(gradient), "natural gradient": unit(natural)}
-    _, eigenvectors = top_eigenvectors(fisher.matvec, fisher.dim, config.eigen_directions, gradient.dtype, config.seed)
+    _, eigenvectors = top_eigenvectors(
+        fisher.matvec, fisher.dim, config.eigen_directions, gradient.dtype, config.seed
+    )
     for i, v in enumerate(eigenvectors):
         directions[f"F eigvec {i + 1}"] = unit(v)
     for i in range(config.random_directions):
-        directions[f"random {i + 1}"] = unit(torch.randn(fisher.dim, generator=generator, dtype=gradient.dtype))
+        directions[f"random {i + 1}"] = unit(
+            torch.randn(fisher.dim, generator=generator, dtype=gradient.dtype)
+        )
     return directions
 
 
@@ -148,19 +207,30 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _probe_model(name: str, model: nn.Module, data: Tensor, config: StudyConfig, generator: torch.Generator) -> dict[str, Any]:
+def _probe_model(
+    name: str, model: nn.Module, data: Tensor, config: StudyConfig, generator: torch.Generator
+) -> dict[str, Any]:
     """Steps 1-4 of the study for one trained model (float64)."""
     model = model.double()
     x = data[: config.probe_batch].double()
-    eps = torch.randn(x.shape[0], model.latent_dim, generator=generator, dtype=x.dtype) if isinstance(model, VAE) else None
+    eps = (
+        torch.randn(x.shape[0], model.latent_dim, generator=generator, dtype=x.dtype)
+        if isinstance(model, VAE)
+        else None
+    )
     outputs, theta = model_outputs(model, x, eps), flat_parameters(model)
     divergences = {label: get_divergence(n, **s) for label, n, s in STUDY_DIVERGENCES}
     metrics, missing = _metrics(outputs, theta, divergences)
     gradient = _gradient(model, x, eps, theta)
     directions = _directions(metrics, gradient, config, generator)
     fisher_norms = {d: float(metrics["KL"].quadratic_form(u)) for d, u in directions.items()}
-    norms = {m: {d: float(metric.quadratic_form(u)) for d, u in directions.items()} for m, metric in metrics.items()}
-    curves: dict[str, dict[str, list[float]]] = {label: {d: [] for d in directions} for label in divergences}
+    norms = {
+        m: {d: float(metric.quadratic_form(u)) for d, u in directions.items()}
+        for m, metric in metrics.items()
+    }
+    curves: dict[str, dict[str, list[float]]] = {
+        label: {d: [] for d in directions} for label in divergences
+    }
     with torch.no_grad():
         reference = outputs(theta)
         for d, u in directions.items():
@@ -174,10 +244,17 @@ def _probe_model(name: str, model: nn.Module, data: Tensor, config: StudyConfig,
     steepest = {}
     for label, metric in metrics.items():
         scale = mean_eigenvalue(metric.quadratic_form, metric.dim, 8, generator, theta.dtype)
-        result = steepest_descent_direction(metric.matvec, gradient, config.relative_damping * scale, config.cg_iterations)
+        result = steepest_descent_direction(
+            metric.matvec, gradient, config.relative_damping * scale, config.cg_iterations
+        )
         steepest[label] = result.solution
-    cosines = {label: float(torch.nn.functional.cosine_similarity(v, steepest["KL"], dim=0)) for label, v in steepest.items()}
-    cosines["Euclidean (gradient)"] = float(torch.nn.functional.cosine_similarity(gradient, steepest["KL"], dim=0))
+    cosines = {
+        label: float(torch.nn.functional.cosine_similarity(v, steepest["KL"], dim=0))
+        for label, v in steepest.items()
+    }
+    cosines["Euclidean (gradient)"] = float(
+        torch.nn.functional.cosine_similarity(gradient, steepest["KL"], dim=0)
+    )
     return {
         "model": name,
         "parameters": theta.numel(),
@@ -186,10 +263,24 @@ def _probe_model(name: str, model: nn.Module, data: Tensor, config: StudyConfig,
         "fisher_norms": fisher_norms,
         "norms": norms,
         "ratio_to_fisher": {m: {d: norms[m][d] / fisher_norms[d] for d in names} for m in norms},
-        "spearman_norms": {a: {b: _spearman([norms[a][d] for d in names], [norms[b][d] for d in names]) for b in norms} for a in norms},
+        "spearman_norms": {
+            a: {
+                b: _spearman([norms[a][d] for d in names], [norms[b][d] for d in names])
+                for b in norms
+            }
+            for a in norms
+        },
         "unit_length": config.fisher_lengths[unit_index],
-        "spearman_divergences": {a: {b: _spearman([curves[a][d][unit_index] for d in names], [curves[b][d][unit_index] for d in names])
-                                     for b in divergences} for a in divergences},
+        "spearman_divergences": {
+            a: {
+                b: _spearman(
+                    [curves[a][d][unit_index] for d in names],
+                    [curves[b][d][unit_index] for d in names],
+                )
+                for b in divergences
+            }
+            for a in divergences
+        },
         "divergence_curves": curves,
         "steepest_cosine_to_natural_gradient": cosines,
     }
@@ -205,8 +296,16 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     dataset = load_dataset("mnist", config.data_dir, split_train_size=config.train_size)
     train, test = dataset.train, dataset.test[: config.test_size]
     sizes_ae, sizes_vae = (784, config.hidden, config.code), (784, config.hidden, config.latent)
-    models = {"autoencoder": DeepAutoencoder(sizes_ae, init="default"), "vae": VAE(sizes_vae, init="default")}
-    results: dict[str, Any] = {"config": _jsonable(asdict(config)), "dataset": dataset.source, "pretrain": {}, "probes": {}}
+    models = {
+        "autoencoder": DeepAutoencoder(sizes_ae, init="default"),
+        "vae": VAE(sizes_vae, init="default"),
+    }
+    results: dict[str, Any] = {
+        "config": _jsonable(asdict(config)),
+        "dataset": dataset.source,
+        "pretrain": {},
+        "probes": {},
+    }
     for name, model in models.items():
         results["pretrain"][name] = _pretrain(model, train, config, generator)
         logger.info("pretrained %s: loss %.2f", name, results["pretrain"][name][-1])
@@ -231,7 +330,12 @@ def _train_vaes(train: Tensor, test: Tensor, config: StudyConfig) -> list[dict[s
         divergence = None if name is None else get_divergence(name)
         t0 = time.perf_counter()
         curve = train_with_metric(model, train, test, divergence, config.training, label)
-        logger.info("trained VAE with %s: test loss %.2f (%.0fs)", label, curve.test_loss[-1], time.perf_counter() - t0)
+        logger.info(
+            "trained VAE with %s: test loss %.2f (%.0fs)",
+            label,
+            curve.test_loss[-1],
+            time.perf_counter() - t0,
+        )
         curves.append({**asdict(curve), "seconds": time.perf_counter() - t0})
     return curves
 
@@ -246,16 +350,24 @@ def _jsonable(value: Any) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``natgrad geometry``."""
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.md, results.json and plots")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for report.md, results.json and plots"
+    )
     parser.add_argument("--data-dir", help="directory holding mnist/ (searched first)")
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers not meaningful)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a seconds-long smoke run (numbers not meaningful)"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
 def main(args: argparse.Namespace) -> int:
     """``natgrad geometry --out DIR``: run the study and write its report; returns the exit status."""
     torch.set_num_threads(1)
-    config = StudyConfig.quick(args.out, args.data_dir) if args.quick else StudyConfig(out_dir=args.out, data_dir=args.data_dir)
+    config = (
+        StudyConfig.quick(args.out, args.data_dir)
+        if args.quick
+        else StudyConfig(out_dir=args.out, data_dir=args.data_dir)
+    )
     results = run_study(replace(config, seed=args.seed))
     logger.info("geometry study written to %s (%.0fs)", args.out, results["seconds"])
     return 0
