@@ -1,10 +1,10 @@
-# Two commands do everything: `make demo` and `make test` (see README.md).
+# Two commands do everything: `make demo` and `make test` (see README.md); `make lint` checks the code.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff (installed with the [test] extra): pycodestyle with a 100-character limit, pyflakes, import
+# order and pydocstyle on the public API, and the formatter's check, on the whole tree.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,8 +5,9 @@ training images, times (median of ``--repeats`` runs after one warm-up, float32,
 
 * ``gradient``: forward pass + ``loss.value.backward()`` (the unit);
 * ``ggn_vector_product``: :func:`natgrad.curvature.exact.ggn_vector_product` (jvp -> H -> vjp);
-* ``kfac_statistics``: :meth:`BlockDiagonalKFAC.capture` + :meth:`BlockDiagonalKFAC.update` on the same batch (forward with
-  hooks, one backward of sampled output gradients, the A and G factor products);
+* ``kfac_statistics``: :meth:`BlockDiagonalKFAC.capture` + :meth:`BlockDiagonalKFAC.update` on the
+  same batch (forward with hooks, one backward of sampled output gradients, the A and G factor
+  products);
 * ``kfac_refresh`` and ``kfac_solve``: eigendecomposition of all factors, and one damped solve.
 
 Writes ``benchmarks/results/curvature_cost.json`` and ``.md`` with the machine description.

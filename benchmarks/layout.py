@@ -93,21 +93,26 @@ def markdown(report: dict) -> str:
     lines = [
         "# Grid layout: one cell on all cores, or one cell per core",
         "",
-        f"MNIST deep autoencoder (paper architecture), batch {report['batch']}, {report['steps']} timed steps "
-        f"after {report['warmup']} warm-up steps. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.",
+        f"MNIST deep autoencoder (paper architecture), batch {report['batch']}, {report['steps']} "
+        "timed steps "
+        f"after {report['warmup']} warm-up steps. Machine: {m['cpu']}, {m['cores']} cores, torch "
+        f"{m['torch']}.",
         "",
-        "| optimizer | layout | median s per step | steps per second (all processes) | per-core layout / all-cores layout |",
+        "| optimizer | layout | median s per step | steps per second (all processes) | per-core "
+        "layout / all-cores layout |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for label, layouts in report["results"].items():
         whole, split = layouts["all-cores"], layouts["per-core"]
         gain = split["steps_per_second"] / whole["steps_per_second"]
         lines.append(
-            f"| {label} | 1 process x {whole['threads_each']} threads | {whole['median_step_seconds']:.3f} | "
+            f"| {label} | 1 process x {whole['threads_each']} threads | "
+            f"{whole['median_step_seconds']:.3f} | "
             f"{whole['steps_per_second']:.2f} | |"
         )
         lines.append(
-            f"| {label} | {split['processes']} processes x 1 thread | {split['median_step_seconds']:.3f} | "
+            f"| {label} | {split['processes']} processes x 1 thread | "
+            f"{split['median_step_seconds']:.3f} | "
             f"{split['steps_per_second']:.2f} | {gain:.2f} |"
         )
     lines += ["", "Produced by `benchmarks/layout.py`; raw timings in layout.json."]

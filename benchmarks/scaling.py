@@ -1,4 +1,5 @@
-"""Data-parallel scaling of K-FAC on the MNIST deep autoencoder (issue 17; design in docs/distributed.md).
+r"""Data-parallel scaling of K-FAC on the MNIST deep autoencoder (issue 17; design in
+docs/distributed.md).
 
 On a 2-core machine it compares, at each global batch size, one process with 2 torch threads against
 two processes with 1 thread each (``natgrad train --nproc 2``): K-FAC with natgrad's defaults on the
@@ -50,7 +51,9 @@ FLOAT64 = 8
 
 @dataclass(frozen=True)
 class Model:
-    """What the traffic formula needs of the model: its Kronecker layers' factor sizes and parameter count."""
+    """What the traffic formula needs of the model: its Kronecker layers' factor sizes and parameter
+    count.
+    """
 
     factors: tuple[tuple[int, int], ...]  # (a_i, g_i) = (d_in + 1, d_out) of each Linear layer
     parameters: int  # P
@@ -58,33 +61,43 @@ class Model:
 
     @classmethod
     def autoencoder(cls, sizes: list[int]) -> Model:
-        """The deep autoencoder with encoder ``sizes``, mirrored (every layer an nn.Linear with a bias)."""
+        """The deep autoencoder with encoder ``sizes``, mirrored (every layer an nn.Linear with a
+        bias).
+        """
         widths = list(sizes) + list(reversed(sizes[:-1]))
         pairs = tuple((d_in + 1, d_out) for d_in, d_out in zip(widths[:-1], widths[1:]))
         return cls(pairs, sum(a * g for a, g in pairs))
 
     @property
     def factor_numbers(self) -> int:
-        """``sum_i (a_i^2 + g_i^2)``: the entries of every K-FAC factor (or of every damped inverse)."""
+        """``sum_i (a_i^2 + g_i^2)``: the entries of every K-FAC factor (or of every damped
+        inverse).
+        """
         return sum(a * a + g * g for a, g in self.factors)
 
 
 def predicted_step_bytes(
     model: Model, log: list[dict], damping: DampingConfig, schedule: ScheduleConfig
 ) -> list[int]:
-    r"""The payload bytes each process hands to collectives at each step of a K-FAC run (docs/distributed.md).
+    r"""The payload bytes each process hands to collectives at each step of a K-FAC run
+    (docs/distributed.md).
 
-    With ``s`` bytes per number, ``P`` parameters, ``a_i = d_in + 1`` and ``g_i = d_out`` for layer ``i``:
+    With ``s`` bytes per number, ``P`` parameters, ``a_i = d_in + 1`` and ``g_i = d_out`` for layer
+    ``i``:
 
     * every step: ``s (P + 1 + c)`` for the gradient, the loss and one example count per bucket
-      (``c = ceil(s P / 25 MB)`` buckets), ``8 (k^2 + 1)`` for the Gram of the ``k`` directions of the
-      quadratic model and its count (``k = 1`` without a previous update, else 2; 4 on a gamma search),
+      (``c = ceil(s P / 25 MB)`` buckets), ``8 (k^2 + 1)`` for the Gram of the ``k`` directions of
+      the
+      quadratic model and its count (``k = 1`` without a previous update, else 2; 4 on a gamma
+      search),
       ``2 s`` for the logged loss;
     * on statistics steps, 16 for the all-process finiteness check and the example count;
     * every ``T1`` steps, ``2 s`` for ``h(theta + delta)`` (``rho``);
-    * on refresh steps (``k <= 3`` or ``k mod T3 = 0``), ``s sum_i (a_i^2 + g_i^2)`` for averaging the
+    * on refresh steps (``k <= 3`` or ``k mod T3 = 0``), ``s sum_i (a_i^2 + g_i^2)`` for averaging
+    the
       moving averages;
-    * when the damped inverses are rebuilt (after a refresh, or for a ``gamma`` not among the last 3),
+    * when the damped inverses are rebuilt (after a refresh, or for a ``gamma`` not among the last
+    3),
       ``s sum_i (a_i^2 + g_i^2)`` broadcast from their owners, plus 8 for the failure check.
     """
     s, cache, out, previous_rejected = model.element, [], [], True
@@ -152,7 +165,7 @@ def run(args: argparse.Namespace, batch: int, processes: int, threads: int) -> P
 
 
 def summarise(out: Path, target: float, model: Model) -> dict:
-    """Seconds per step, time to ``target``, communication share and the formula check of one run."""
+    """Seconds per step, time to ``target``, communication share and formula check of a run."""
     log = read_log(out)
     steps = [r for r in log if r["kind"] == "step"]
     times = [r["time"] for r in steps]
@@ -199,13 +212,16 @@ def report(args: argparse.Namespace, model: Model, rows: list[tuple[int, str, di
         return "not reached" if value is None else f"{value:.1f}"
 
     lines = [
-        f"# K-FAC data-parallel scaling: {args.dataset} autoencoder {args.sizes or 'paper architecture'}",
+        f"# K-FAC data-parallel scaling: {args.dataset} autoencoder "
+        f"{args.sizes or 'paper architecture'}",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; "
         f"budget {'%d steps' % args.steps if args.steps else '%g s' % args.seconds} per run; "
         f"target: training reconstruction error <= {args.target_error}.",
         "",
-        "| global batch | layout | steps | s/step (median) | s/step (mean) | s to target | final train error "
+        "| global batch | layout | steps | s/step (median) | s/step (mean) | s to target | final "
+        "train error "
         "| communication share | bytes/step (mean) | formula = measured |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -220,7 +236,8 @@ def report(args: argparse.Namespace, model: Model, rows: list[tuple[int, str, di
     mib = 2**20
     lines += [
         "",
-        f"Traffic formula for this model (P = {model.parameters:,} parameters, sum_i (a_i^2 + g_i^2) = "
+        f"Traffic formula for this model (P = {model.parameters:,} parameters, sum_i (a_i^2 + "
+        "g_i^2) = "
         f"{model.factor_numbers:,} factor entries, float32): gradient all-reduce "
         f"{4 * model.parameters / mib:.2f} MiB every step; moving-average all-reduce "
         f"{4 * model.factor_numbers / mib:.2f} MiB per refresh; damped-inverse broadcast "

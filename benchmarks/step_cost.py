@@ -1,22 +1,25 @@
-"""Per-step wall-clock of each natural-gradient optimizer in units of one SGD step (issue 5).
+r"""Per-step wall-clock of each natural-gradient optimizer in units of one SGD step (issue 5).
 
-On the MNIST deep autoencoder (784-1000-500-250-30-250-500-1000-784, sparse init, Bernoulli output, float32, CPU),
+On the MNIST deep autoencoder (784-1000-500-250-30-250-500-1000-784, sparse init, Bernoulli output,
+float32, CPU),
 for each batch size: ``--warmup`` steps (covering K-FAC's refreshes at k <= 3), then the median of
 ``--repeats`` timed ``optimizer.step(closure)`` calls. The SGD step (Nesterov momentum, the papers'
 baseline) is the unit. The timed steps are taken round-robin (one step of every optimizer, then the
-next round), so a change in the machine's load during the run hits the unit and the ratios alike. For the shared-step optimizers the *amortised* cost adds what the timed
+next round), so a change in the machine's load during the run hits the unit and the ratios alike.
+For the shared-step optimizers the *amortised* cost adds what the timed
 ordinary steps skip: the inverse refresh every T3 = 20 steps and the two extra gamma candidates
 every T2 = 20 steps (two extra solves with their damped inverses; with the quadratic model all
-candidates share one forward-mode pass), each measured separately. Hessian-free's step is dominated by CG; it runs with ``max_cg_iterations`` capped at
-``--hf-cg`` and the cost of one CG iteration is reported too, so a full step can be read off as
-``fixed + iterations * per_iteration`` (Martens 2010 allows up to 250).
+candidates share one forward-mode pass), each measured separately. Hessian-free's step is dominated
+by CG; it runs with ``max_cg_iterations`` capped at ``--hf-cg`` and the cost of one CG iteration is
+reported too, so a full step can be read off as ``fixed + iterations * per_iteration`` (Martens 2010
+allows up to 250).
 
 Writes ``benchmarks/results/step_cost-threads<T>.json`` and ``.md`` with the machine description;
 Adam, when timed, is the reference of issue 13's target (K-FAC's step at most 2.5x Adam's):
 
     .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 5 --threads 1
-    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac kfac-stats-every-4 \
-        kfac-model-half kfac-fast
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac
+        kfac-stats-every-4 \ kfac-model-half kfac-fast
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
     ),
     "kfac-fast": (
         lambda m, cg: KFAC(m, step={"model_fraction": 0.5}, schedule={"inverse_every": 5}),
-        "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder grid)",
+        "as kfac-model-half with inverses every 5 steps (the 'kfac-fast' label of the autoencoder "
+        "grid)",
     ),
     "kfac-tridiag": (
         lambda m, cg: KFAC(m, structure="tridiagonal"),
@@ -116,7 +120,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> tuple[float, float]:
-    """Seconds of one inverse refresh and the extra seconds of a gamma-search step (T2) over a plain one.
+    """Seconds of one inverse refresh and the extra seconds of a gamma-search step (T2) over a plain
+    one.
 
     The refresh clears the damped inverses, so the first choice after it also rebuilds them: both
     are inside the measured difference (refresh first, then a gamma-search step vs a plain step).
@@ -134,7 +139,9 @@ def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> 
 
 
 class TimedOptimizer:
-    """One optimizer on its own copy of the network (same initialisation for all) and its closure."""
+    """One optimizer on its own copy of the network (same initialisation for all) and its
+    closure.
+    """
 
     def __init__(self, label: str, x: torch.Tensor, hf_cg: int) -> None:
         self.label, self.x = label, x
@@ -229,7 +236,8 @@ def run(
                 row["cg_iteration_ratio"] = r["cg_iteration_seconds"] / unit
             rows.append(row)
     return {
-        "problem": "mnist deep autoencoder 784-1000-500-250-30-250-500-1000-784 (bernoulli), float32, paper defaults",
+        "problem": "mnist deep autoencoder 784-1000-500-250-30-250-500-1000-784 (bernoulli), "
+        "float32, paper defaults",
         "settings": [
             {
                 "batches": batches,
@@ -257,15 +265,19 @@ def markdown(report: dict) -> str:
         f"{report['problem']}.",
         "Settings per run: "
         + "; ".join(
-            f"batches {s['batches']}: median of {s['repeats']} steps after {s['warmup']} warm-up steps, "
+            f"batches {s['batches']}: median of {s['repeats']} steps after {s['warmup']} warm-up "
+            "steps, "
             f"HF CG capped at {s['hf_max_cg_iterations']}"
             for s in report["settings"]
         )
         + ".",
-        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of percent.",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), "
+        f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of "
+        "percent.",
         "",
-        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | ratio to Adam | amortised ratio to Adam | notes |",
+        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | ratio to "
+        "Adam | amortised ratio to Adam | notes |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["rows"]:
@@ -285,11 +297,13 @@ def markdown(report: dict) -> str:
                 f"iteration = {r['cg_iteration_ratio']:.2f} SGD steps"
             )
         lines.append(
-            f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | {amortised} | {to_adam} | {amortised_adam} | {notes} |"
+            f"| {r['batch']} | {r['optimizer']} | {r['median_seconds']:.3f} | {r['ratio']:.2f} | "
+            f"{amortised} | {to_adam} | {amortised_adam} | {notes} |"
         )
     lines += [
         "",
-        f"Produced by `benchmarks/step_cost.py --threads {m['torch_threads']}`; raw timings in {report['stem']}.json.",
+        f"Produced by `benchmarks/step_cost.py --threads {m['torch_threads']}`; raw timings in "
+        f"{report['stem']}.json.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -307,7 +321,8 @@ def main() -> None:
     parser.add_argument(
         "--append",
         action="store_true",
-        help="add these rows to an existing step_cost-threads<T>.json (e.g. fewer optimizers at batch 5000)",
+        help="add these rows to an existing step_cost-threads<T>.json (e.g. fewer optimizers at "
+        "batch 5000)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,4 +1,6 @@
-"""Train the toy classifier for 50 steps; classifier_adam.py and classifier_kfac.py differ in 3 lines."""
+"""Train the toy classifier for 50 steps; classifier_adam.py and classifier_kfac.py differ in 3
+lines.
+"""
 
 import torch
 

@@ -1,4 +1,6 @@
-"""Train the convolutional VAE for 50 steps; conv_vae_adam.py and conv_vae_kfac.py differ in 3 lines."""
+"""Train the convolutional VAE for 50 steps; conv_vae_adam.py and conv_vae_kfac.py differ in 3
+lines.
+"""
 
 import torch
 
@@ -21,5 +23,6 @@ for step in range(50):
     optimizer.step(closure)
 with torch.no_grad():
     print(
-        f"negative ELBO after 50 steps: {float(toy_models.negative_elbo(model(images), images)):.2f} nats"
+        "negative ELBO after 50 steps: "
+        f"{float(toy_models.negative_elbo(model(images), images)):.2f} nats"
     )

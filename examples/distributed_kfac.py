@@ -1,6 +1,7 @@
 """The README's own training loop, data-parallel on 2 processes (torch.distributed, gloo on CPUs).
 
-    torchrun --nproc-per-node 2 examples/distributed_kfac.py   # any launcher that sets RANK, WORLD_SIZE, ...
+    torchrun --nproc-per-node 2 examples/distributed_kfac.py   # any launcher that sets RANK,
+    WORLD_SIZE, ...
     python examples/distributed_kfac.py                        # starts its 2 processes itself
 
 Every process builds the same model and draws the same global batch; each trains on its strided
@@ -41,7 +42,8 @@ def train(steps: int = 50, global_batch: int = 64) -> None:
     if rank == 0:  # every process holds the same parameters
         record = optimizer.last_step_record
         print(
-            f"{world} processes, negative ELBO of the last global batch after {steps} steps: {record.objective:.2f} nats"
+            f"{world} processes, negative ELBO of the last global batch after {steps} steps: "
+            f"{record.objective:.2f} nats"
         )
 
 

@@ -40,9 +40,8 @@ def closure() -> Loss:
 
 for step in range(30):
     loss = optimizer.step(closure)
-    record = (
-        optimizer.last_step_record
-    )  # a StepRecord: objective, rho, damping, gamma, alpha, mu, rejected ...
+    # a StepRecord: objective, rho, damping, gamma, alpha, mu, rejected ...
+    record = optimizer.last_step_record
     if step % 10 == 0:
         print(f"step {step:2d}  loss {record.objective:.3f}  damping {record.damping:.3g}")
 print(f"final loss {float(closure().value.detach()):.3f}")

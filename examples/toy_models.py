@@ -39,7 +39,9 @@ def test_cross_entropy(model: nn.Module, x: Tensor, labels: Tensor) -> float:
 
 
 def bars(n: int = 256, seed: int = 0) -> Tensor:
-    """``n`` binary 8x8 images: a random horizontal bar, in half of them also a vertical one: ``(n, 1, 8, 8)``."""
+    """``n`` binary 8x8 images: a random horizontal bar, in half of them also a vertical one: ``(n,
+    1, 8, 8)``.
+    """
     gen = torch.Generator().manual_seed(seed)
     images = torch.zeros(n, 1, 8, 8)
     for image, (row, col, both) in zip(images, torch.randint(8, (n, 3), generator=gen)):
@@ -50,7 +52,9 @@ def bars(n: int = 256, seed: int = 0) -> Tensor:
 
 
 class ConvVAE(nn.Module):
-    """Conv2d encoder, ConvTranspose2d decoder; draws its reparameterisation noise in ``forward``."""
+    """Conv2d encoder, ConvTranspose2d decoder; draws its reparameterisation noise in
+    ``forward``.
+    """
 
     def __init__(self, latent: int = 4) -> None:
         super().__init__()
@@ -70,11 +74,12 @@ class ConvVAE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        # pixel logits (N, 1, 8, 8), posterior mean, log variance
         return (
             self.decoder(z),
             mu,
             log_var,
-        )  # pixel logits (N, 1, 8, 8), posterior mean, log variance
+        )
 
 
 def negative_elbo(out: tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:

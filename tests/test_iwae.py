@@ -1,4 +1,5 @@
-"""The importance-weighted bound as a loss: its value, its gradient, DReG, the weighted sampler, refusals.
+"""The importance-weighted bound as a loss: its value, its gradient, DReG, the weighted sampler,
+refusals.
 
 Independent references are written here with ``torch.distributions`` on the model's encoder and
 decoder, never with natgrad's own loss code.
@@ -35,7 +36,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 def _reference_log_weights(
     model: VAE, x: torch.Tensor, eps: torch.Tensor, stop_posterior: bool = False
 ):
-    """``(z, log w)`` by ``torch.distributions``; ``stop_posterior`` holds q's parameters constant in ``log q``."""
+    """``(z, log w)`` by ``torch.distributions``; ``stop_posterior`` holds q's parameters constant
+    in ``log q``.
+    """
     posterior = model.encode(x)
     mu, std = posterior.mu.unsqueeze(1), (0.5 * posterior.log_var).exp().unsqueeze(1)
     z = mu + std * eps
@@ -115,8 +118,9 @@ def test_dreg_encoder_gradient_is_tucker_et_al_and_its_decoder_gradient_the_plai
     plain_grads = dict(
         zip((n for n, _ in model.named_parameters()), _gradients(model, plain.value))
     )
-    # Tucker et al. (2019): grad_phi = -(1/N) sum_{n,i} w~_i^2 (d log w_i / d z_i) (d z_i / d phi), q's
-    # parameters held constant inside log w_i; derivative in z by autograd on a detached copy of z.
+    # Tucker et al. (2019): grad_phi = -(1/N) sum_{n,i} w~_i^2 (d log w_i / d z_i) (d z_i / d phi),
+    # q's parameters held constant inside log w_i; derivative in z by autograd on a detached copy of
+    # z.
     z, _ = _reference_log_weights(model, x, eps)
     leaf = z.detach().requires_grad_(True)
     posterior = model.encode(x)
@@ -161,7 +165,8 @@ def test_a_dreg_loss_re_evaluates_as_the_plain_bound(float64):
 
 
 def test_sampled_output_gradients_have_the_weighted_curvature_as_covariance(float64):
-    # E[s s^T] = w~_i H_i per sample (diagonal): 4000 draws, standard error < 1% of the largest entry.
+    # E[s s^T] = w~_i H_i per sample (diagonal): 4000 draws, standard error < 1% of the largest
+    # entry.
     model, (x, eps) = _vae(), _data()
     term = build_iwae_loss(model, x, K, eps=eps).terms[0]
     gen = torch.Generator().manual_seed(5)
@@ -173,9 +178,8 @@ def test_sampled_output_gradients_have_the_weighted_curvature_as_covariance(floa
         / torch.sigmoid(term.outputs[0].detach())
         / (1 - torch.sigmoid(term.outputs[0].detach()))
     )
-    torch.testing.assert_close(
-        weights.sum(1), torch.ones(N, D), rtol=1e-12, atol=0
-    )  # w~ sums to 1 per example
+    # w~ sums to 1 per example
+    torch.testing.assert_close(weights.sum(1), torch.ones(N, D), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,9 @@ def test_value_at_is_a_pure_function_of_params(float64):
 
 
 def test_kl_term_hessian_is_autograd_hessian(float64):
-    """KL in (mu, v) has Hessian diag(1, e^v/2) (Kingma & Welling 2014, App. B, differentiated twice)."""
+    """KL in (mu, v) has Hessian diag(1, e^v/2) (Kingma & Welling 2014, App. B, differentiated
+    twice).
+    """
     from natgrad.distributions import DiagonalGaussianPosterior
 
     mu, v = torch.randn(1, 3), torch.randn(1, 3)
@@ -98,7 +100,8 @@ def test_bernoulli_term_curvature_product_and_square_root(float64):
 
 def test_default_sampler_has_the_curvature_as_covariance(float64):
     """E[s^2] = c. Each column averages 20000 draws: the relative standard error of the mean of
-    s^2 (s Gaussian, Var(s^2) = 2 c^2) is sqrt(2/20000) = 1%, so 5% is five standard errors."""
+    s^2 (s Gaussian, Var(s^2) = 2 c^2) is sqrt(2/20000) = 1%, so 5% is five standard errors.
+    """
     c = torch.tensor([0.5, 2.0, 4.0]).expand(20000, 3)
     term = LossTerm("custom", (torch.zeros(20000, 3),), torch.zeros(20000), (c,))
     second_moment = (term.sample_output_gradient(torch.Generator().manual_seed(0))[0] ** 2).mean(0)

@@ -1,7 +1,7 @@
 """natgrad: natural-gradient training of VAEs and deep autoencoders.
 
-Layers, lowest first: distributions <- models <- losses/curvature (objectives: iwae) <- optim <- experiments <- report
-<- cli. The public API below is what a user needs for their own training loop.
+Layers, lowest first: distributions <- models <- losses/curvature (objectives: iwae) <- optim <-
+experiments <- report <- cli. The public API below is what a user needs for their own training loop.
 """
 
 from natgrad.curvature import (

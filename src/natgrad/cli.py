@@ -1,4 +1,5 @@
-"""The ``natgrad`` command line: ``train``, ``compare``, ``demo``, ``data`` (and later ``bench`` ...).
+"""The ``natgrad`` command line: ``train``, ``compare``, ``demo``, ``data`` (and later ``bench``
+...).
 
 Each subcommand is one :class:`Command` (a name, a help line, a function adding its arguments and a
 function running it) registered in :data:`COMMANDS`; adding a subcommand is one ``register(...)``
@@ -30,7 +31,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3,
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: ``add_arguments(parser)`` declares its options, ``run(args)`` returns an exit code."""
+    """One subcommand: ``add_arguments(parser)`` declares its options, ``run(args)`` returns an exit
+    code.
+    """
 
     name: str
     help: str
@@ -96,7 +99,9 @@ def train_flag_choices() -> dict[str, tuple[str, ...]]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and the explicit flags of :data:`TRAIN_FLAGS`."""
+    """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and the explicit flags of
+    :data:`TRAIN_FLAGS`.
+    """
     parser.add_argument("--config", type=Path, help="TOML file with the run configuration")
     parser.add_argument(
         "--set",
@@ -118,7 +123,8 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     for flag, (path, kind) in TRAIN_FLAGS.items():
         value = getattr(args, _flag_dest(flag))
         if value is not None:
-            # a JSON string is a TOML basic string: the value arrives exactly as given (quotes, backslashes)
+            # a JSON string is a TOML basic string: the value arrives exactly as given (quotes,
+            # backslashes)
             overrides.append(f"{path}={json.dumps(value)}" if kind is str else f"{path}={value}")
     return overrides + list(args.overrides)
 
@@ -134,7 +140,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--nproc",
         type=int,
         metavar="N",
-        help="train data-parallel on N local processes (sets processes; a resumed run keeps its own "
+        help="train data-parallel on N local processes (sets processes; a resumed run keeps its "
+        "own "
         "number, started automatically); under torchrun the world size is used",
     )
     parser.add_argument(
@@ -173,7 +180,8 @@ def _run_train(args: argparse.Namespace) -> int:
         world = 1
     elif args.nproc is not None and args.nproc != world:
         raise UsageError(
-            f"--nproc {args.nproc} differs from WORLD_SIZE={world} set by torchrun; give one of them"
+            f"--nproc {args.nproc} differs from WORLD_SIZE={world} set by torchrun; give one of "
+            "them"
         )
     with process_group(args.timeout):
         result = _train_or_resume(args, world)
@@ -189,8 +197,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _processes_of(args: argparse.Namespace) -> int:
-    """The number of processes a ``natgrad train`` needs: the config's ``processes`` (``--nproc`` sets it),
-    or the resumed run's own. A new run's config is checked here, before any process starts."""
+    """The number of processes a ``natgrad train`` needs: the config's ``processes`` (``--nproc``
+    sets it),
+    or the resumed run's own. A new run's config is checked here, before any process starts.
+    """
     from natgrad.experiments.runner import load_run_dir_config
 
     if args.resume is None:
@@ -198,15 +208,18 @@ def _processes_of(args: argparse.Namespace) -> int:
     saved = load_run_dir_config(args.resume).processes
     if args.nproc is not None and args.nproc != saved:
         raise UsageError(
-            f"--nproc {args.nproc}: the run in {args.resume} was trained with {saved} processes and "
+            f"--nproc {args.nproc}: the run in {args.resume} was trained with {saved} processes "
+            "and "
             f"resumes only with them (omit --nproc)"
         )
     return saved
 
 
 def _new_run_config(args: argparse.Namespace, world: int = 1):
-    """The config of a new run: ``--config``, the flags, ``--nproc``; under torchrun, ``processes`` defaults
-    to the world size."""
+    """The config of a new run: ``--config``, the flags, ``--nproc``; under torchrun, ``processes``
+    defaults
+    to the world size.
+    """
     from natgrad.experiments.config import load_run_config
 
     overrides = config_overrides(args) + ([] if args.nproc is None else [f"processes={args.nproc}"])
@@ -217,13 +230,16 @@ def _new_run_config(args: argparse.Namespace, world: int = 1):
 
 
 def _train_or_resume(args: argparse.Namespace, world: int):
-    """:func:`~natgrad.experiments.runner.train` or :func:`~natgrad.experiments.runner.resume` on this process."""
+    """:func:`~natgrad.experiments.runner.train` or :func:`~natgrad.experiments.runner.resume` on
+    this process.
+    """
     from natgrad.experiments.runner import resume, train
 
     if args.resume is not None:
         if args.config is not None or config_overrides(args):
             raise UsageError(
-                "--resume continues a run with its saved config; give no --config, --set or other flags"
+                "--resume continues a run with its saved config; give no --config, --set or other "
+                "flags"
             )
         return resume(args.resume, show_progress=not args.no_progress)
     return train(_new_run_config(args, world), show_progress=not args.no_progress, force=args.force)
@@ -476,7 +492,9 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _shard_command(args: argparse.Namespace, index: int) -> list[str]:
-    """The ``natgrad bench`` command line of shard ``index`` of ``args.jobs`` (no report, no bar)."""
+    """The ``natgrad bench`` command line of shard ``index`` of ``args.jobs`` (no report, no
+    bar).
+    """
     command = [
         sys.executable,
         "-m",
@@ -509,9 +527,8 @@ def _run_bench_jobs(args: argparse.Namespace) -> int:
         cores = core_sets(args.jobs, available_cores())
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    bench = load_bench(
-        args.config, args.overrides, args.out
-    )  # refuse a bad grid before starting anything
+    # refuse a bad grid before starting anything
+    bench = load_bench(args.config, args.overrides, args.out)
     codes = run_shards([_shard_command(args, i) for i in range(args.jobs)], cores)
     failed = [c for c in codes if c not in (EXIT_OK, EXIT_INTERRUPTED)]
     if failed:
@@ -552,7 +569,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         bench, show_progress=not args.no_progress, shard=args.shard, force=args.force
     )
     sys.stdout.write(
-        f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in {bench.out_dir}\n"
+        f"{len(outcome.ran)} cells run, {len(outcome.skipped)} already finished, in "
+        f"{bench.out_dir}\n"
     )
     if not args.no_report and not outcome.interrupted:
         report = write_bench_report(bench.out_dir, title=bench.title)

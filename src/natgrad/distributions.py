@@ -6,9 +6,9 @@ Notation (fixed for the whole package):
   tensors of shape ``(N, d)``), ``y`` a target, ``L(y, z) = -log r(y | z)`` the negative
   log-likelihood summed over the ``d`` output dimensions of one example.
 * ``H_L = \nabla^2_z L`` is the Hessian of the loss term in ``z`` and
-  ``F_R = E_{y \sim r}[\nabla_z \log r \, \nabla_z \log r^T]`` the Fisher of the distribution in ``z``.
-  For an exponential family in its natural parameters (Bernoulli logits, Gaussian mean with fixed
-  variance) ``H_L = F_R`` (Martens 2014, "New insights", section 9.2), so the generalised
+  ``F_R = E_{y \sim r}[\nabla_z \log r \, \nabla_z \log r^T]`` the Fisher of the distribution in
+  ``z``. For an exponential family in its natural parameters (Bernoulli logits, Gaussian mean with
+  fixed variance) ``H_L = F_R`` (Martens 2014, "New insights", section 9.2), so the generalised
   Gauss-Newton matrix equals the Fisher.
 
 Every distribution returns its output curvature from :meth:`OutputDistribution.curvature`, a tuple
@@ -30,16 +30,21 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from natgrad.validation import require
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def is_matrix_curvature(curvature: Tensor, vector: Tensor) -> bool:
-    """True when ``curvature`` is the per-example ``(N, d, d)`` matrix of the ``(N, d)`` ``vector``."""
+    """True when ``curvature`` is the per-example ``(N, d, d)`` matrix of the ``(N, d)``
+    ``vector``.
+    """
     return curvature.dim() == vector.dim() + 1
 
 
 def curvature_product(curvature: Tensor, vector: Tensor) -> Tensor:
-    """``H v`` per example for one output: ``c * v`` (diagonal) or ``H_n v_n`` (``(N, d, d)`` matrix).
+    """``H v`` per example for one output: ``c * v`` (diagonal) or ``H_n v_n`` (``(N, d, d)``
+    matrix).
 
     ``vector`` is shaped like the output (or, for a square root ``R`` of shape ``(N, d, r)``, like
     its ``(N, r)`` columns' coefficients).
@@ -72,7 +77,9 @@ class OutputDistribution(ABC):
 
     @abstractmethod
     def nll(self, target: Tensor) -> Tensor:
-        """Negative log-likelihood ``-log r(y|z)`` per example, summed over dimensions: shape (N,)."""
+        """Negative log-likelihood ``-log r(y|z)`` per example, summed over dimensions: shape
+        (N,).
+        """
 
     @property
     @abstractmethod
@@ -92,12 +99,15 @@ class OutputDistribution(ABC):
         return self.curvature_diagonal(target)
 
     def as_target(self, target: Tensor) -> Tensor:
-        """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per output)."""
+        """``target`` shaped as :meth:`nll` expects: like the first parameter (one value per
+        output).
+        """
         return target.reshape(self.params[0].shape)
 
     @abstractmethod
     def with_params(self, params: tuple[Tensor, ...]) -> "OutputDistribution":
-        """The same family (and fixed settings, e.g. a Gaussian's ``sigma``) on other parameter tensors.
+        """The same family (and fixed settings, e.g. a Gaussian's ``sigma``) on other parameter
+        tensors.
 
         Aligned with :attr:`params`; e.g. the ``(N, k, D)`` outputs of ``k`` samples per example
         flattened to ``(N k, D)``, so that :meth:`nll` gives one value per sample.
@@ -121,13 +131,16 @@ class OutputDistribution(ABC):
 
 
 class Bernoulli(OutputDistribution):
-    r"""Independent Bernoulli pixels with logits ``z``: ``L = softplus(z) - y z``, ``H_L = p(1-p)``."""
+    r"""Independent Bernoulli pixels with logits ``z``: ``L = softplus(z) - y z``, ``H_L =
+    p(1-p)``.
+    """
 
     def __init__(self, logits: Tensor) -> None:
         self.logits = logits
         self.params = (logits,)
 
     def nll(self, target: Tensor) -> Tensor:
+        """``softplus(z) - y z`` per example, summed over the pixels."""
         return (
             F.binary_cross_entropy_with_logits(self.logits, target, reduction="none")
             .flatten(1)
@@ -135,20 +148,23 @@ class Bernoulli(OutputDistribution):
         )
 
     def with_params(self, params: tuple[Tensor, ...]) -> "Bernoulli":
+        """A Bernoulli on other logits."""
         return Bernoulli(*params)
 
     @property
     def mean(self) -> Tensor:
+        """``sigmoid(z)``."""
         return torch.sigmoid(self.logits)
 
     def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``p (1 - p)``, the Hessian of the NLL in the logits (any target)."""
         p = torch.sigmoid(self.logits.detach())
         return (p * (1.0 - p),)
 
     def sample_output_gradient(
         self, generator: torch.Generator | None = None
     ) -> tuple[Tensor, ...]:
-        # dL/dz at a sampled target y: p - y, covariance p(1-p).
+        """``dL/dz = p - y`` at ``y ~ Bernoulli(p)``: covariance ``p (1 - p)`` (the papers')."""
         p = torch.sigmoid(self.logits.detach())
         return (p - torch.bernoulli(p, generator=generator),)
 
@@ -161,25 +177,28 @@ class Gaussian(OutputDistribution):
     """
 
     def __init__(self, mean: Tensor, sigma: float = 1.0) -> None:
-        if not sigma > 0:
-            raise ValueError(f"Gaussian sigma must be > 0, got {sigma}")
+        require(sigma > 0, "Gaussian sigma", sigma, "a number > 0")
         self._mean = mean
         self.sigma = float(sigma)
         self.params = (mean,)
 
     def nll(self, target: Tensor) -> Tensor:
+        """``|y - z|^2 / (2 sigma^2) + d/2 log(2 pi sigma^2)`` per example."""
         sq = ((target - self._mean) ** 2).flatten(1).sum(1)
         d = self._mean[0].numel()
         return 0.5 * sq / self.sigma**2 + 0.5 * d * (_LOG_2PI + 2.0 * math.log(self.sigma))
 
     def with_params(self, params: tuple[Tensor, ...]) -> "Gaussian":
+        """A Gaussian with the same ``sigma`` on other means."""
         return Gaussian(*params, sigma=self.sigma)
 
     @property
     def mean(self) -> Tensor:
+        """The mean ``z``."""
         return self._mean
 
     def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``1 / sigma^2`` everywhere."""
         return (torch.full_like(self._mean.detach(), 1.0 / self.sigma**2),)
 
 
@@ -197,19 +216,23 @@ class GaussianLearnedVariance(OutputDistribution):
         self.params = (mean, log_var)
 
     def nll(self, target: Tensor) -> Tensor:
+        """``1/2 [(y - m)^2 e^{-v} + v + log 2 pi]`` per example, summed over dimensions."""
         per_dim = 0.5 * (
             (target - self._mean) ** 2 * torch.exp(-self.log_var) + self.log_var + _LOG_2PI
         )
         return per_dim.flatten(1).sum(1)
 
     def with_params(self, params: tuple[Tensor, ...]) -> "GaussianLearnedVariance":
+        """A learned-variance Gaussian on other ``(m, v)``."""
         return GaussianLearnedVariance(*params)
 
     @property
     def mean(self) -> Tensor:
+        """The mean ``m``."""
         return self._mean
 
     def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The Fisher ``diag(e^{-v}, 1/2)`` (the NLL is not convex in ``(m, v)``)."""
         v = self.log_var.detach()
         return (torch.exp(-v), torch.full_like(v, 0.5))
 
@@ -233,20 +256,26 @@ class Categorical(OutputDistribution):
         self.params = (logits,)
 
     def nll(self, target: Tensor) -> Tensor:
+        """``logsumexp(z) - z_y`` per example."""
         return F.cross_entropy(self.logits, target, reduction="none")
 
     def as_target(self, target: Tensor) -> Tensor:
+        """Class indices, shape ``(N,)``."""
         return target.reshape(self.logits.shape[0])
 
     def with_params(self, params: tuple[Tensor, ...]) -> "Categorical":
+        """A Categorical on other logits."""
         return Categorical(*params)
 
     @property
     def mean(self) -> Tensor:
+        """``softmax(z)``."""
         return torch.softmax(self.logits, dim=1)
 
     def curvature_diagonal(self, target: Tensor | None = None) -> tuple[Tensor, ...]:
-        """``p (1 - p)``: only the diagonal of :meth:`curvature` (what a diagonal estimate keeps)."""
+        """``p (1 - p)``: only the diagonal of :meth:`curvature` (what a diagonal estimate
+        keeps).
+        """
         p = torch.softmax(self.logits.detach(), dim=1)
         return (p * (1.0 - p),)
 
@@ -258,7 +287,7 @@ class Categorical(OutputDistribution):
     def sample_output_gradient(
         self, generator: torch.Generator | None = None
     ) -> tuple[Tensor, ...]:
-        # dL/dz at a sampled class y: p - onehot(y), covariance diag(p) - p p^T.
+        """``dL/dz = p - onehot(y)`` at ``y ~ p``: covariance ``diag(p) - p p^T`` (the papers')."""
         p = torch.softmax(self.logits.detach(), dim=1)
         y = torch.multinomial(p, 1, generator=generator).squeeze(1)
         return (p - F.one_hot(y, p.shape[1]).to(p.dtype),)
@@ -279,6 +308,7 @@ class DiagonalGaussianPosterior:
 
     @property
     def std(self) -> Tensor:
+        """``sigma = exp(v / 2)``."""
         return torch.exp(0.5 * self.log_var)
 
     def rsample(self, eps: Tensor) -> Tensor:
@@ -286,7 +316,8 @@ class DiagonalGaussianPosterior:
         return self.mu + self.std * eps
 
     def with_sample_axis(self) -> "DiagonalGaussianPosterior":
-        """The posterior with ``mu, v`` of shape ``(N, 1, d)``: broadcasts over ``k`` samples ``(N, k, d)``.
+        """The posterior with ``mu, v`` of shape ``(N, 1, d)``: broadcasts over ``k`` samples ``(N,
+        k, d)``.
 
         Its :meth:`rsample` maps noise ``(N, k, d)`` to ``k`` samples per example and its
         :meth:`log_prob` scores them, ``(N, k)``.
@@ -294,7 +325,9 @@ class DiagonalGaussianPosterior:
         return DiagonalGaussianPosterior(self.mu.unsqueeze(-2), self.log_var.unsqueeze(-2))
 
     def detached(self) -> "DiagonalGaussianPosterior":
-        """The same distribution with ``mu, v`` cut from the graph (gradients reach a sample only through ``z``)."""
+        """The same distribution with ``mu, v`` cut from the graph (gradients reach a sample only
+        through ``z``).
+        """
         return DiagonalGaussianPosterior(self.mu.detach(), self.log_var.detach())
 
     def log_prob(self, z: Tensor) -> Tensor:

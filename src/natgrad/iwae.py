@@ -55,9 +55,10 @@ with ``q``'s parameters held constant inside ``log w_i`` (the score-function ter
 by the reparameterisation identity). natgrad back-propagates the surrogate
 ``sum_i w~_i (-log w_i(z'_i))`` with ``q``'s parameters cut from the graph and
 ``z'_i = z_i`` whose gradient into the encoder is scaled by ``w~_i``; the decoder then gets
-``w~_i`` and the encoder ``w~_i^2``. The surrogate is added to the loss's values as ``s - s.detach()``
-(zero), so the value stays ``ell`` and ``loss.value.backward()`` gives the DReG gradient. The
-terms (and the curvature) are those of the plain bound, evaluated without a graph; every
+``w~_i`` and the encoder ``w~_i^2``. The surrogate is added to the loss's values as ``s -
+s.detach()`` (zero), so the value stays ``ell`` and ``loss.value.backward()`` gives the DReG
+gradient. The terms (and the curvature) are those of the plain bound, evaluated without a graph;
+every
 re-evaluation (``rebuild``, ``on_batch``, ``value_at``, the curvature) is the plain bound. Cost: a
 forward pass without graph for the weights plus the surrogate's forward and backward, about 4/3 of
 a plain step's gradient. At ``k = 1`` DReG is the "sticking the landing" gradient (Roeder, Wu &
@@ -103,7 +104,9 @@ def check_samples(samples: int) -> int:
 def log_importance_weights(
     log_likelihood: Tensor, z: Tensor, posterior: DiagonalGaussianPosterior
 ) -> Tensor:
-    """``log w = log p(x|z) + log N(z; 0, I) - log q(z|x)``; ``posterior`` broadcasts against ``z``."""
+    """``log w = log p(x|z) + log N(z; 0, I) - log q(z|x)``; ``posterior`` broadcasts against
+    ``z``.
+    """
     return log_likelihood + standard_normal_log_prob(z) - posterior.log_prob(z)
 
 
@@ -123,7 +126,9 @@ def _per_output(weights: Tensor, output: Tensor) -> Tensor:
 def _weighted_likelihood_term(
     likelihood: OutputDistribution, weights: Tensor, values: Tensor
 ) -> LossTerm:
-    """The likelihood term with ``w~_i`` folded into its curvature and ``sqrt(w~_i)`` into its samples."""
+    """The likelihood term with ``w~_i`` folded into its curvature and ``sqrt(w~_i)`` into its
+    samples.
+    """
     roots = weights.sqrt()
 
     def sample(generator: torch.Generator | None) -> tuple[Tensor, ...]:
@@ -142,7 +147,9 @@ def _weighted_likelihood_term(
 
 
 def bound_terms(out: VAEOutput, nll: Tensor, log_weights: Tensor) -> tuple[LossTerm, LossTerm]:
-    """The two terms of ``-L_k`` from the per-sample ``NLL_i`` and ``log w_i``, both ``(N, k)`` (module docstring)."""
+    """The two terms of ``-L_k`` from the per-sample ``NLL_i`` and ``log w_i``, both ``(N, k)``
+    (module docstring).
+    """
     weights = torch.softmax(log_weights.detach(), dim=1)  # w~, held constant
     loss = math.log(log_weights.shape[1]) - torch.logsumexp(log_weights, dim=1)  # -L_k: (N,)
     weighted_nll = (weights * nll).sum(1)
@@ -166,7 +173,9 @@ def sample_log_weights(out: VAEOutput, x: Tensor) -> tuple[Tensor, Tensor]:
 def importance_weighted_terms(
     out: VAEOutput, batch: tuple[Tensor, ...]
 ) -> tuple[LossTerm, LossTerm]:
-    """The :data:`~natgrad.losses.TermBuilder` of ``-L_k``: ``batch = (x, eps)`` with ``eps`` ``(N, k, latent)``."""
+    """The :data:`~natgrad.losses.TermBuilder` of ``-L_k``: ``batch = (x, eps)`` with ``eps`` ``(N,
+    k, latent)``.
+    """
     return bound_terms(out, *sample_log_weights(out, batch[0]))
 
 
@@ -177,15 +186,16 @@ def dreg_surrogate(model: VAE, x: Tensor, eps: Tensor, weights: Tensor) -> Tenso
     """
     posterior = model.encode(x).with_sample_axis()
     z = posterior.rsample(eps)
-    z = z.detach() + weights.unsqueeze(-1) * (
-        z - z.detach()
-    )  # value z; gradient into the encoder times w~_i
+    # value z; gradient into the encoder times w~_i
+    z = z.detach() + weights.unsqueeze(-1) * (z - z.detach())
     nll = per_sample_nll(model.decode(z), x)
     return -(weights * log_importance_weights(-nll, z, posterior.detached())).sum(1)
 
 
 def _dreg_loss(model: VAE, x: Tensor, eps: Tensor) -> Loss:
-    """The bound's terms without a graph, with the DReG surrogate's gradient riding on the posterior term."""
+    """The bound's terms without a graph, with the DReG surrogate's gradient riding on the posterior
+    term.
+    """
     with torch.no_grad():
         out = model(x, eps)
         nll, log_weights = sample_log_weights(out, x)
@@ -206,7 +216,8 @@ def build_iwae_loss(
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Loss:
-    """``-L_k`` of a VAE with ``k = samples``, as a :class:`~natgrad.losses.Loss` (module docstring).
+    """``-L_k`` of a VAE with ``k = samples``, as a :class:`~natgrad.losses.Loss` (module
+    docstring).
 
     The noise ``eps ~ N(0, I)`` of shape ``(N, samples, latent_dim)`` is drawn from ``generator``
     unless given, and stored in :attr:`Loss.inputs` (re-evaluations use the same samples).
@@ -219,7 +230,8 @@ def build_iwae_loss(
     if not isinstance(model, VAE):
         raise TypeError(
             f"the importance-weighted bound needs a VAE (latent samples to weight), got "
-            f"{type(model).__name__}; train it on its own objective ('elbo': natgrad.losses.build_loss)"
+            f"{type(model).__name__}; train it on its own objective ('elbo': "
+            "natgrad.losses.build_loss)"
         )
     check_samples(samples)
     estimator = parse_choice(GradientEstimator, "estimator", estimator)

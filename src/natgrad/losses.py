@@ -12,8 +12,8 @@ per-example matrix ``(N, d, d)``. The objective is
 and its generalised Gauss-Newton matrix is ``G = (1/N) sum_n sum_t J_{t,n}^T H_{t,n} J_{t,n}``
 (Schraudolph 2002; Martens 2014, section 8). A plain autoencoder has one term (the likelihood NLL
 on the decoder output); a VAE has two (the likelihood on the decoder output and
-``KL(q(z|x) || N(0, I))`` on the encoder output ``(mu, log sigma^2)``, Hessian ``diag(1, sigma^2/2)``;
-Kingma & Welling 2014, App. B).
+``KL(q(z|x) || N(0, I))`` on the encoder output ``(mu, log sigma^2)``, Hessian ``diag(1,
+sigma^2/2)``; Kingma & Welling 2014, App. B).
 
 A :class:`Loss` is re-evaluable as a pure function of a parameter dict
 (``torch.func.functional_call`` with the same inputs, including the VAE's noise ``eps``), which is
@@ -78,7 +78,9 @@ def _check_curvature_shape(name: str, output: Tensor, curvature: Tensor) -> None
 
 
 def _matrix_sqrt(matrix: Tensor) -> Tensor:
-    """``B = Q diag(sqrt(max(d, 0)))`` with ``B B^T = M`` for symmetric PSD ``M = Q diag(d) Q^T``, batched."""
+    """``B = Q diag(sqrt(max(d, 0)))`` with ``B B^T = M`` for symmetric PSD ``M = Q diag(d) Q^T``,
+    batched.
+    """
     values, vectors = torch.linalg.eigh(matrix)
     return vectors * values.clamp(min=0.0).sqrt().unsqueeze(-2)
 
@@ -87,7 +89,8 @@ def root_columns(root: Tensor, output: Tensor) -> Iterator[Tensor]:
     """The columns of a curvature square root as output-shaped vectors, one per backward pass.
 
     A diagonal root gives ``sqrt(c_j) e_j`` for every output entry ``j`` (all dimensions of an
-    image-shaped output), a matrix root ``B`` of shape ``(N, d, r)`` its ``r`` columns ``B[:, :, j]``.
+    image-shaped output), a matrix root ``B`` of shape ``(N, d, r)`` its ``r`` columns ``B[:, :,
+    j]``.
     """
     if is_matrix_curvature(root, output):
         yield from root.unbind(-1)
@@ -132,7 +135,8 @@ class LossTerm:
     def __post_init__(self) -> None:
         if len(self.outputs) != len(self.curvature):
             raise ValueError(
-                f"LossTerm {self.name!r}: outputs has {len(self.outputs)} tensors but curvature has "
+                f"LossTerm {self.name!r}: outputs has {len(self.outputs)} tensors but curvature "
+                "has "
                 f"{len(self.curvature)}; they must be aligned"
             )
         for z, c in zip(self.outputs, self.curvature):
@@ -172,7 +176,9 @@ def likelihood_term(likelihood: OutputDistribution, target: Tensor) -> LossTerm:
 
 
 def kl_term(posterior: DiagonalGaussianPosterior) -> LossTerm:
-    """``KL(N(mu, sigma^2) || N(0, I))`` as a function of ``(mu, log sigma^2)``; Hessian ``diag(1, sigma^2/2)``."""
+    """``KL(N(mu, sigma^2) || N(0, I))`` as a function of ``(mu, log sigma^2)``; Hessian ``diag(1,
+    sigma^2/2)``.
+    """
     return LossTerm(
         name="kl",
         outputs=tuple(posterior.params),
@@ -181,7 +187,8 @@ def kl_term(posterior: DiagonalGaussianPosterior) -> LossTerm:
     )
 
 
-#: Turns a model's output and the batch (its positional inputs, then the loss's targets) into loss terms.
+#: Turns a model's output and the batch (its positional inputs, then the loss's targets) into loss
+#: terms.
 TermBuilder = Callable[[Any, tuple[Tensor, ...]], tuple[LossTerm, ...]]
 
 
@@ -206,7 +213,8 @@ class Loss:
     Attributes:
         model: the module; its named parameters are the coordinates of every curvature matrix.
         inputs: positional, batch-first arguments of ``model`` (``(x,)`` or ``(x, eps)``).
-        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)`` and :attr:`batch`.
+        build_terms: the :data:`TermBuilder` that makes the terms from ``model(*inputs)`` and
+            :attr:`batch`.
         terms: the terms at the model's current parameters.
         targets: batch-first tensors the terms need but the model does not take (class labels);
             sliced together with ``inputs`` wherever the loss is restricted to a sub-batch.
@@ -232,13 +240,15 @@ class Loss:
         """Run ``model(*inputs)`` and build its terms; the entry point for user-defined models.
 
         Raises:
-            ValueError: ``build_terms`` returned no term, or a target's batch size differs from the inputs'.
+            ValueError: ``build_terms`` returned no term, or a target's batch size differs from the
+                inputs'.
         """
         inputs, targets = tuple(inputs), tuple(targets)
         sizes = {int(t.shape[0]) for t in inputs + targets}
         if len(sizes) > 1:
             raise ValueError(
-                f"inputs and targets must share the batch size (first dimension), got sizes {sorted(sizes)}"
+                "inputs and targets must share the batch size (first dimension), got sizes "
+                f"{sorted(sizes)}"
             )
         state = torch.get_rng_state()
         out = model(*inputs)
@@ -255,6 +265,7 @@ class Loss:
 
     @property
     def batch_size(self) -> int:
+        """``N``, the number of examples."""
         return int(self.terms[0].values.shape[0])
 
     @property
@@ -268,7 +279,9 @@ class Loss:
         return self.per_example.mean()
 
     def backward(self) -> None:
-        """``value.backward()``: a closure written for a torch optimizer keeps its ``loss.backward()`` line."""
+        """``value.backward()``: a closure written for a torch optimizer keeps its
+        ``loss.backward()`` line.
+        """
         self.value.backward()
 
     def parameters(self) -> dict[str, Tensor]:
@@ -295,9 +308,11 @@ class Loss:
         return sum(t.values for t in self.evaluate(params, batch)).mean()
 
     def on_batch(self, batch: Sequence[Tensor]) -> "Loss":
-        """The loss on another ``batch`` (aligned with :attr:`batch`) at the model's current parameters.
+        """The loss on another ``batch`` (aligned with :attr:`batch`) at the model's current
+        parameters.
 
-        The forward replays :attr:`random_state`, so ``on_batch(loss.batch)`` rebuilds ``loss`` exactly.
+        The forward replays :attr:`random_state`, so ``on_batch(loss.batch)`` rebuilds ``loss``
+        exactly.
         """
         batch = tuple(batch)
         with replayed_random_state(self.random_state):
@@ -310,7 +325,8 @@ class Loss:
         return self.on_batch(self.batch)
 
     def prefix(self, fraction: float) -> "Loss":
-        """The loss of the first ``ceil(fraction * N)`` examples (at least one), sliced: no forward pass.
+        """The loss of the first ``ceil(fraction * N)`` examples (at least one), sliced: no forward
+        pass.
 
         Every term is per-example, so slicing its outputs, values and curvature gives exactly the
         terms a forward pass on the prefix would build (the K-FAC statistics on ``tau_1`` of the
@@ -321,13 +337,15 @@ class Loss:
         return self._rows(slice(0, max(1, min(n, math.ceil(fraction * n)))))
 
     def shard(self, index: int, count: int) -> "Loss":
-        """The loss of examples ``index, index + count, index + 2 count, ...``, sliced like :meth:`prefix`.
+        """The loss of examples ``index, index + count, index + 2 count, ...``, sliced like
+        :meth:`prefix`.
 
         Shard ``index`` of ``count`` strided shards: the examples process ``index`` of ``count``
         holds in a data-parallel run (:mod:`natgrad.distributed.shards`).
 
         Raises:
-            ValueError: ``index`` is not in ``[0, count)`` or the batch has fewer than ``count`` examples.
+            ValueError: ``index`` is not in ``[0, count)`` or the batch has fewer than ``count``
+            examples.
         """
         n = int(self.batch[0].shape[0])
         if not (0 <= index < count <= n):
@@ -362,7 +380,9 @@ def autoencoder_terms(out: AutoencoderOutput, inputs: tuple[Tensor, ...]) -> tup
 
 
 def vae_terms(out: VAEOutput, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, ...]:
-    """Two terms: likelihood NLL on the decoder output, KL on the encoder output ``(mu, log sigma^2)``."""
+    """Two terms: likelihood NLL on the decoder output, KL on the encoder output ``(mu, log
+    sigma^2)``.
+    """
     return (likelihood_term(out.likelihood, inputs[0]), kl_term(out.posterior))
 
 
@@ -386,7 +406,8 @@ def _terms_for_output(out: Any, inputs: tuple[Tensor, ...]) -> tuple[LossTerm, .
     if isinstance(out, AutoencoderOutput):
         return autoencoder_terms(out, inputs)
     raise TypeError(
-        f"build_loss supports models returning AutoencoderOutput or VAEOutput, got {type(out).__name__}; "
+        "build_loss supports models returning AutoencoderOutput or VAEOutput, got "
+        f"{type(out).__name__}; "
         "for other models use Loss.from_model(model, inputs, build_terms)"
     )
 

@@ -22,6 +22,8 @@ from natgrad.validation import parse_choice, require
 
 
 class ObjectiveName(str, Enum):
+    """The training objectives (module docstring)."""
+
     ELBO = "elbo"
     IWAE = "iwae"
 
@@ -61,7 +63,8 @@ class Objective:
             not elbo or self.estimator is GradientEstimator.PLAIN,
             "estimator",
             self.estimator.value,
-            "'plain' with objective 'elbo' (DReG re-weights the importance samples of the bound; use "
+            "'plain' with objective 'elbo' (DReG re-weights the importance samples of the bound; "
+            "use "
             "objective 'iwae')",
         )
 

@@ -18,19 +18,19 @@ E = TypeVar("E", bound=Enum)
 
 
 def require(
-    ok: bool, field: str, value: Any, allowed: str, error: type[ValueError] = ValueError
+    ok: bool, field: str, value: Any, allowed: str, error: type[Exception] = ValueError
 ) -> None:
     """Raise ``error("Invalid <field>: <value!r>; allowed: <allowed>")`` unless ``ok``.
 
     Raises:
-        ValueError: (or the subclass ``error``) when ``ok`` is false.
+        ValueError: (or the exception class ``error``) when ``ok`` is false.
     """
     if not ok:
         raise error(_message(field, value, allowed))
 
 
 def parse_choice(
-    enum: type[E], field: str, value: object, error: type[ValueError] = ValueError
+    enum: type[E], field: str, value: object, error: type[Exception] = ValueError
 ) -> E:
     """``value`` as a member of ``enum`` (a member or its value).
 
@@ -53,7 +53,9 @@ def is_number(value: Any) -> bool:
 
 
 def is_real(value: Any) -> bool:
-    """An int or float that is not NaN and not a boolean; unlike :func:`is_number`, infinity passes."""
+    """An int or float that is not NaN and not a boolean; unlike :func:`is_number`, infinity
+    passes.
+    """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 

@@ -1,4 +1,6 @@
-"""benchmarks/scaling.py runs end to end at tiny scale, and its bytes formula matches every measured step."""
+"""benchmarks/scaling.py runs end to end at tiny scale, and its bytes formula matches every measured
+step.
+"""
 
 from __future__ import annotations
 

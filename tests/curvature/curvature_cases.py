@@ -26,7 +26,9 @@ class ConvNet(nn.Module):
 
 
 class NormNet(nn.Module):
-    """Linear -> LayerNorm (an *other* module, diagonal block) -> tanh -> Linear, Gaussian output."""
+    """Linear -> LayerNorm (an *other* module, diagonal block) -> tanh -> Linear, Gaussian
+    output.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,7 +96,9 @@ PROBLEMS: dict[str, Problem] = {
 
 
 def problems(**required: bool) -> list[str]:
-    """Names of the problems with every property in ``required``, e.g. ``problems(tridiagonal=True)``."""
+    """Names of the problems with every property in ``required``, e.g.
+    ``problems(tridiagonal=True)``.
+    """
     return [
         name
         for name, p in PROBLEMS.items()
@@ -108,7 +112,9 @@ def build(name: str) -> Loss:
 
 
 def deep_linear(n: int, bias: bool = True, sigma: float = 1.0) -> Loss:
-    """A 4-3-2-4 network of Linear layers without nonlinearities, Gaussian output of std ``sigma``."""
+    """A 4-3-2-4 network of Linear layers without nonlinearities, Gaussian output of std
+    ``sigma``.
+    """
     torch.manual_seed(6)
     model = nn.Sequential(
         nn.Linear(4, 3, bias=bias), nn.Linear(3, 2, bias=bias), nn.Linear(2, 4, bias=bias)
@@ -129,7 +135,8 @@ def one_example_tanh(terms: Callable = bernoulli_terms) -> Loss:
 
 @dataclass(frozen=True)
 class KFACExactCase:
-    """A regime where block-diagonal K-FAC with square-root statistics equals the GGN's diagonal blocks.
+    """A regime where block-diagonal K-FAC with square-root statistics equals the GGN's diagonal
+    blocks.
 
     In the style of curvlinops' ``KFAC_EXACT_CASES``. A layer's GGN block is
     ``(1/N) sum_{n,k} (a_n a_n^T) (x) (g_{k,n} g_{k,n}^T)``; K-FAC's ``A (x) B`` factorises the

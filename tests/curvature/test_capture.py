@@ -41,7 +41,9 @@ def test_conv_inputs_are_unfolded_patches_with_ones(float64):
 
 
 def test_full_adds_the_kl_term_to_the_encoder_head(float64):
-    """The head outputs (mu, log sigma^2) directly, so G_full - G_decoder-only = mean_n diag(1, sigma^2/2)."""
+    """The head outputs (mu, log sigma^2) directly, so G_full - G_decoder-only = mean_n diag(1,
+    sigma^2/2).
+    """
     loss = build("vae")
     layout = ParameterLayout(loss.model)
     i = head_index(layout)
@@ -58,7 +60,8 @@ def test_full_adds_the_kl_term_to_the_encoder_head(float64):
 def test_sampled_full_statistics_back_propagate_every_term(float64):
     """One VAE example repeated S = 4000 times: the mean of the sampled per-example head ``g g^T``
     converges to the exact 'full' head G factor, every entry within 5 standard errors; the KL
-    curvature that 'decoder-only' would miss is far larger than that tolerance."""
+    curvature that 'decoder-only' would miss is far larger than that tolerance.
+    """
     vae = build("vae")
     one = Loss.from_model(vae.model, tuple(x[:1] for x in vae.inputs), vae.build_terms)
     many = Loss.from_model(

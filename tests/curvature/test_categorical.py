@@ -1,4 +1,6 @@
-"""Softmax cross-entropy: its non-diagonal output curvature, checked against dense torch.func matrices."""
+"""Softmax cross-entropy: its non-diagonal output curvature, checked against dense torch.func
+matrices.
+"""
 
 from __future__ import annotations
 
@@ -22,17 +24,17 @@ def classifier(n: int = 5, classes: int = 4) -> Loss:
 
 
 def torch_func_ggn(loss: Loss) -> torch.Tensor:
-    """``(1/N) sum_n J_n^T H_n J_n`` with ``J_n`` from jacrev and ``H_n`` the Hessian of F.cross_entropy."""
+    """``(1/N) sum_n J_n^T H_n J_n`` with ``J_n`` from jacrev and ``H_n`` the Hessian of
+    F.cross_entropy.
+    """
     params = {k: v.detach() for k, v in loss.parameters().items()}
     (x,), (y,) = loss.inputs, loss.targets
     jac = jacrev(lambda p: functional_call(loss.model, p, (x,)))(params)
-    j = torch.cat(
-        [t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2
-    )  # (N, K, P)
+    # (N, K, P)
+    j = torch.cat([t.reshape(x.shape[0], -1, t[0, 0].numel()) for t in jac.values()], dim=2)
     logits = loss.model(x).detach()
-    h = torch.stack(
-        [hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)]
-    )  # (N, K, K)
+    # (N, K, K)
+    h = torch.stack([hessian(lambda z: F.cross_entropy(z, t))(z) for z, t in zip(logits, y)])
     return torch.einsum("nkp,nkl,nlq->pq", j, h, j) / x.shape[0]
 
 
@@ -111,7 +113,9 @@ def test_curvature_of_the_wrong_shape_is_refused(float64, shape):
 
 
 def test_image_shaped_output_exact_estimator_matches_flattened(float64):
-    """A (N, 1, H, W) Bernoulli output: square roots over every pixel, not only the channel dimension."""
+    """A (N, 1, H, W) Bernoulli output: square roots over every pixel, not only the channel
+    dimension.
+    """
     torch.manual_seed(13)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 9), nn.Unflatten(1, (1, 3, 3)))
     x = torch.rand(3, 4)

@@ -1,4 +1,6 @@
-"""Diagonal representation: equals the diagonal of the dense matrix it estimates, and its own to_dense."""
+"""Diagonal representation: equals the diagonal of the dense matrix it estimates, and its own
+to_dense.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Exact oracles: implicit products equal dense matrices, and the dense matrices equal independent maths."""
+"""Exact oracles: implicit products equal dense matrices, and the dense matrices equal independent
+maths.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +39,8 @@ def test_vae_ggn_is_sum_of_the_two_terms(float64):
     full = exact.dense_ggn(loss, kind="full")
     parts = exact.dense_ggn(loss, kind="decoder-only") + exact.dense_ggn(kl_only)
     assert relative_error(parts, full) < RTOL
-    assert (
-        exact.dense_ggn(kl_only).norm() > 1e-3 * full.norm()
-    )  # the KL term is not negligible here
+    # the KL term is not negligible here
+    assert exact.dense_ggn(kl_only).norm() > 1e-3 * full.norm()
 
 
 def test_vae_decoder_jacobian_reaches_the_encoder(float64):

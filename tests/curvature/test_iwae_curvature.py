@@ -1,6 +1,7 @@
 r"""The curvature of the importance-weighted bound (natgrad.iwae): the matrix
 
-    C = (1/N) sum_n [ sum_i w~_{n,i} J_{n,i}^T H_{n,i} J_{n,i} + J_enc,n^T diag(1, sigma^2/2) J_enc,n ],
+    C = (1/N) sum_n [ sum_i w~_{n,i} J_{n,i}^T H_{n,i} J_{n,i} + J_enc,n^T diag(1, sigma^2/2)
+    J_enc,n ],
 
 checked against an independent dense torch.func computation, against natgrad's full VAE GGN at
 k = 1, and through every representation that reads the loss terms' curvature.
@@ -21,7 +22,8 @@ from natgrad.models import VAE
 from natgrad.optim.quadratic_model import ggn_gram
 
 N, D, LATENT = 3, 5, 2
-RTOL = 1e-10  # different torch.func paths over the same float64 maths (as tests/curvature/test_exact.py)
+# different torch.func paths over the same float64 maths (as tests/curvature/test_exact.py)
+RTOL = 1e-10
 
 
 def _problem(k: int, n: int = N):
@@ -33,7 +35,9 @@ def _problem(k: int, n: int = N):
 
 
 def _reference_matrix(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """C from the encoder and decoder alone: jacrev of (logits, mu, v), weights by torch.distributions."""
+    """C from the encoder and decoder alone: jacrev of (logits, mu, v), weights by
+    torch.distributions.
+    """
     params = {name: p.detach() for name, p in model.named_parameters()}
 
     def outputs(p):
@@ -60,9 +64,8 @@ def _reference_matrix(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.T
     jacobians = jacrev(lambda q: outputs(q)[:3])(params)
     total = 0
     for jacobian, metric in zip(jacobians, metrics):
-        j = torch.cat(
-            [block.reshape(metric.numel(), -1) for block in jacobian.values()], dim=1
-        )  # (outputs, P)
+        # (outputs, P)
+        j = torch.cat([block.reshape(metric.numel(), -1) for block in jacobian.values()], dim=1)
         total = total + j.T @ (metric.reshape(-1, 1) * j)
     return total / x.shape[0]
 
@@ -104,7 +107,9 @@ def test_products_and_the_quadratic_model_use_the_same_matrix(float64, estimator
 
 @pytest.mark.parametrize("kind", ["full", "decoder-only", "empirical"])
 def test_the_exact_diagonal_is_the_diagonal_of_the_dense_matrix(float64, kind):
-    """Square-root statistics of w~_i H_i (or the loss gradient, 'empirical') make the diagonal exact."""
+    """Square-root statistics of w~_i H_i (or the loss gradient, 'empirical') make the diagonal
+    exact.
+    """
     model, x, eps = _problem(4)
     loss = build_iwae_loss(model, x, 4, eps=eps)
     diagonal = _refreshed(
@@ -130,8 +135,10 @@ def test_the_empirical_fisher_is_built_from_the_per_example_gradients_of_the_bou
 
 
 def test_kfac_is_exact_where_its_regime_says_so(float64):
-    """One example, square-root statistics: every block is exact at k = 1; at k = 4 the encoder's blocks
-    (one location each) are, while the decoder's see the k samples as k locations (KFC's approximation)."""
+    """One example, square-root statistics: every block is exact at k = 1; at k = 4 the encoder's
+    blocks (one location each) are, while the decoder's see the k samples as k locations (KFC's
+    approximation).
+    """
     for k in (1, 4):
         model, x, eps = _problem(k, n=1)
         loss = build_iwae_loss(model, x, k, eps=eps)

@@ -1,4 +1,6 @@
-"""Block-diagonal K-FAC: the exact regimes, its own dense matrix, factored Tikhonov, EMA and state."""
+"""Block-diagonal K-FAC: the exact regimes, its own dense matrix, factored Tikhonov, EMA and
+state.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ def one_layer_one_example(terms, bias=True):
 @pytest.mark.parametrize("terms", [bernoulli_terms, gaussian_terms])
 @pytest.mark.parametrize("bias", [True, False])
 def test_one_linear_layer_one_example_exact_roots_is_exact_ggn(float64, terms, bias):
-    """N = 1 and square-root statistics: A (x) B = a a^T (x) sum_k J^T r_k r_k^T J = GGN (Martens & Grosse §3)."""
+    """N = 1 and square-root statistics: A (x) B = a a^T (x) sum_k J^T r_k r_k^T J = GGN (Martens &
+    Grosse §3).
+    """
     loss = one_layer_one_example(terms, bias)
     rep = refreshed(BlockDiagonalKFAC(loss.model, EXACT), loss)
     assert relative_error(rep.to_dense(), exact.dense_ggn(loss)) < 1e-12
@@ -52,7 +56,9 @@ def test_one_linear_layer_one_example_exact_roots_is_exact_ggn(float64, terms, b
 
 @pytest.mark.parametrize("case", KFAC_EXACT_CASES, ids=[case.name for case in KFAC_EXACT_CASES])
 def test_kfac_blocks_are_exact_in_the_exact_regimes(float64, case):
-    """Where K-FAC is exact (curvature_cases.KFAC_EXACT_CASES), every layer's block is the GGN's block."""
+    """Where K-FAC is exact (curvature_cases.KFAC_EXACT_CASES), every layer's block is the GGN's
+    block.
+    """
     loss = case.build()
     rep = refreshed(BlockDiagonalKFAC(loss.model, EXACT), loss)
     dense, ggn = rep.to_dense(), exact.dense_ggn(loss)
@@ -112,7 +118,8 @@ def test_bfloat16_solve_is_the_float32_solve_to_bfloat16_precision(problem):
     accumulated in float32. Each entry of G^-1 V A^-1 carries a relative error of order a few u
     times the cancellation in its sums; with gamma^2 = 0.3 the factors are well conditioned, so the
     whole solve stays within 3% of float32's (measured about 0.5%) and is not equal to it (it
-    really ran in bf16)."""
+    really ran in bf16).
+    """
     loss = build(problem)
     reference = refreshed(BlockDiagonalKFAC(loss.model, inverse_method="inverse"), loss)
     low = refreshed(
@@ -128,7 +135,8 @@ def test_bfloat16_solve_needs_explicit_inverses():
     loss = build("autoencoder")
     with pytest.raises(
         ValueError,
-        match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is 'inverse'",
+        match="Invalid solve_dtype: 'bfloat16'; allowed: 'factors' unless inverse_method is "
+        "'inverse'",
     ):
         BlockDiagonalKFAC(loss.model, inverse_method="eigen", solve_dtype="bfloat16")
     with pytest.raises(
@@ -138,7 +146,9 @@ def test_bfloat16_solve_needs_explicit_inverses():
 
 
 def test_factored_tikhonov_blocks(float64):
-    """Each block of M(gamma^2) is (A + pi gamma I) (x) (B + gamma/pi I), pi the trace norm (§6.3)."""
+    """Each block of M(gamma^2) is (A + pi gamma I) (x) (B + gamma/pi I), pi the trace norm
+    (§6.3).
+    """
     loss = build("autoencoder")
     rep = refreshed(BlockDiagonalKFAC(loss.model), loss)
     frozen, tikhonov = rep.frozen, 0.5

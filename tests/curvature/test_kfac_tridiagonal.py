@@ -34,7 +34,9 @@ def block(matrix, rows, cols):
 
 @pytest.mark.parametrize("problem", problems(tridiagonal=True))
 def test_matches_kronecker_factored_fisher_on_tridiagonal_blocks(float64, problem):
-    """F_hat_ii = (shifted A_i) (x) (shifted B_i), F_hat_{i,i+1} = A_{i,i+1} (x) B_{i,i+1} (row-major: B (x) A)."""
+    """F_hat_ii = (shifted A_i) (x) (shifted B_i), F_hat_{i,i+1} = A_{i,i+1} (x) B_{i,i+1}
+    (row-major: B (x) A).
+    """
     loss = build(problem)
     rep = refreshed(TridiagonalKFAC(loss.model), loss)
     dense, frozen = rep.to_dense(TIKHONOV), rep.frozen
@@ -95,10 +97,11 @@ def test_simultaneous_diagonalisation(float64):
 
 
 def test_tiny_mlp_inverse_no_worse_than_block_diagonal(float64):
-    """|M(gamma^2)^{-1} - (G + gamma^2 I)^{-1}|_F / |(G + gamma^2 I)^{-1}|_F on a 6-5-4-3 tanh autoencoder.
+    """|M(gamma^2)^{-1} - (G + gamma^2 I)^{-1}|_F / |(G + gamma^2 I)^{-1}|_F on a 6-5-4-3 tanh
+    autoencoder.
 
-    Square-root statistics (no sampling noise), 64 examples. Measured (recorded in docs/curvature.md):
-    block-diagonal 0.3294, block-tridiagonal 0.3242 at gamma^2 = 0.1.
+    Square-root statistics (no sampling noise), 64 examples. Measured (recorded in
+    docs/curvature.md): block-diagonal 0.3294, block-tridiagonal 0.3242 at gamma^2 = 0.1.
     """
     torch.manual_seed(0)
     loss = build_loss(

@@ -1,4 +1,6 @@
-"""Kronecker blocks of Conv1d and ConvTranspose2d, the block table, and the models capture refuses."""
+"""Kronecker blocks of Conv1d and ConvTranspose2d, the block table, and the models capture
+refuses.
+"""
 
 from __future__ import annotations
 

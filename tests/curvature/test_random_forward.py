@@ -18,7 +18,9 @@ from natgrad.optim.quadratic_model import ggn_gram
 
 
 class VAEWithNoiseInput(nn.Module):
-    """Encoder Linear -> (mu, log sigma^2); ``z = mu + sigma eps``; decoder Linear -> LayerNorm -> Linear."""
+    """Encoder Linear -> (mu, log sigma^2); ``z = mu + sigma eps``; decoder Linear -> LayerNorm ->
+    Linear.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -55,7 +55,7 @@ def _block_mask(rep: TongaCurvature) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["autoencoder", "vae"])
 @pytest.mark.parametrize("blocks", list(Blocks))
 def test_full_rank_uncentred_equals_empirical_fisher_blocks(float64, kind, blocks):
-    """rank >= number of examples: C is exactly the block-diagonal part of the empirical Fisher."""
+    """Rank >= number of examples: C is exactly the block-diagonal part of the empirical Fisher."""
     model = _tiny(kind)
     loss = _loss(model)
     rep = TongaCurvature(model, TongaConfig(rank=BATCH, blocks=blocks, examples_per_update=BATCH))
@@ -84,7 +84,9 @@ def test_full_rank_centred_equals_gradient_covariance(float64, kind):
 
 
 def test_discounted_updates_match_moving_average_and_truncation_keeps_top_eigenpairs(float64):
-    """Three updates, C = sum of discounted batch matrices; then the rank-k truncation = top-k of it."""
+    """Three updates, C = sum of discounted batch matrices; then the rank-k truncation = top-k of
+    it.
+    """
     model = _tiny("autoencoder")
     gamma = 0.7
     rep = TongaCurvature(
@@ -109,7 +111,9 @@ def test_discounted_updates_match_moving_average_and_truncation_keeps_top_eigenp
 
 @pytest.mark.parametrize("blocks", list(Blocks))
 def test_solve_and_matvec_equal_dense(float64, blocks):
-    """Woodbury solve == dense solve of (C + lambda I); matvec == dense C @ v (low rank: k < examples)."""
+    """Woodbury solve == dense solve of (C + lambda I); matvec == dense C @ v (low rank: k <
+    examples).
+    """
     model = _tiny("vae")
     rep = TongaCurvature(model, TongaConfig(rank=2, blocks=blocks, examples_per_update=4))
     for seed in (1, 2, 3):  # a truncation, then pending columns on top of the rank-2 factor
@@ -165,10 +169,12 @@ def test_zero_tikhonov_rejected(float64):
 
 
 def test_refresh_is_finite_on_nearly_dead_units():
-    """float32 factor whose Gram has entries down to ~1e-40 (a unit that barely moves), as met on the
+    """float32 factor whose Gram has entries down to ~1e-40 (a unit that barely moves), as met on
+    the
     MNIST autoencoder: float32 LAPACK eigh returns NaN or fails on this Gram (seed 22 of this
     construction), so refresh decomposes in float64. The result must equal the top-k eigen-part of
-    X X^T; tolerance 1e-5 relative to its largest entry (float32 storage of the factor)."""
+    X X^T; tolerance 1e-5 relative to its largest entry (float32 storage of the factor).
+    """
     gen = torch.Generator().manual_seed(22)
     columns = torch.zeros(31, 50)
     columns[:, :10] = torch.randn(31, 10, generator=gen) * torch.logspace(-4, -9.5, 10)

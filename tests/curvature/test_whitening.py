@@ -93,12 +93,14 @@ def test_whitened_inputs_have_identity_covariance_up_to_epsilon(float64, kind):
 
 
 def test_sgd_on_whitened_parameters_is_kfac_with_input_factor_only(float64):
-    r"""The exact regime: PRONG's SGD step on (V, d), mapped back to (W, b), equals K-FAC with G = I.
+    r"""The exact regime: PRONG's SGD step on (V, d), mapped back to (W, b), equals K-FAC with G =
+    I.
 
     Condition: the whitening statistics (c, Sigma) come from the same sample as K-FAC's input
     factor A = mean(a_bar a_bar^T), a_bar = [a; 1]. Then for every layer
         [W', b'] = [W, b] - lr [grad_W, grad_b] (A + epsilon diag(1, ..., 1, 0))^{-1},
-    since A + epsilon diag(I, 0) = [[Sigma + eps I + c c^T, c], [c^T, 1]] and U^T U = (Sigma + eps I)^{-1}.
+    since A + epsilon diag(I, 0) = [[Sigma + eps I + c c^T, c], [c^T, 1]] and U^T U = (Sigma + eps
+    I)^{-1}.
     """
     lr = 0.3
     plain = _model("autoencoder")
@@ -137,7 +139,7 @@ def test_whiten_replaces_every_linear_and_normalises_hidden_layers_only():
 
 
 def test_whitening_statistics_validation():
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
+    with pytest.raises(ValueError, match="Invalid whitening epsilon: .*; allowed: a number > 0"):
         whitening_statistics(torch.randn(5, 3), 0.0)
     with pytest.raises(ValueError, match="N_s >= 2"):
         whitening_statistics(torch.randn(1, 3), 1e-3)

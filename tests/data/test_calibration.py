@@ -34,5 +34,5 @@ def test_residual_of_k_components_matches_svd():
 
 
 def test_bad_component_count():
-    with pytest.raises(ValueError, match=r"components=9 must be in \[0, 8\]"):
+    with pytest.raises(ValueError, match=r"Invalid components: 9; allowed: an integer in \[0, 8\]"):
         pca_test_error(np.zeros((3, 8)), np.zeros((2, 8)), 9)

@@ -1,4 +1,6 @@
-"""download_mnist without a network: the fetch is replaced by the local copies (or corrupted ones)."""
+"""download_mnist without a network: the fetch is replaced by the local copies (or corrupted
+ones).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ def test_download_verifies_writes_and_skips_valid_files(local_fetch, tmp_path, i
     paths = download_mnist(tmp_path)
     expected = sorted(f"{spec.name}.gz" for spec in (*mnist.IMAGES.values(), *mnist.LABELS))
     assert sorted(p.name for p in paths) == expected
-    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(
-        p.name for p in paths
-    )  # no temp files
+    # no temp files
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(p.name for p in paths)
     assert load_dataset("mnist", tmp_path).source.startswith(str(tmp_path / "mnist"))
     download_mnist(tmp_path)
     assert len(local_fetch) == 4  # the second call found valid files

@@ -29,7 +29,8 @@ def test_quarter_turns_are_exact_rotations(angle, turns):
 
 
 def test_scale_two_picks_the_central_half():
-    # Output 32x32 over crop 64 at scale 2: output pixel u samples source 31.5 + (u - 15.5), i.e. rows 16..47.
+    # Output 32x32 over crop 64 at scale 2: output pixel u samples source 31.5 + (u - 15.5), i.e.
+    # rows 16..47.
     image = _sources(1)[0]
     recipe = FacesRecipe(out_size=32, crop=64.0, supersample=1)
     out = transform_one(image, np.array([0.0]), np.array([2.0]), recipe)[0].reshape(32, 32)
@@ -70,7 +71,8 @@ def test_shapes_and_determinism():
 
 
 def test_images_are_ordered_by_person_with_martens_split():
-    # Person p's originals are constant p, so all their variants are constant p before normalisation.
+    # Person p's originals are constant p, so all their variants are constant p before
+    # normalisation.
     person = np.repeat(np.arange(1, 41), 10)
     sources = np.broadcast_to(person[:, None, None], (400, 64, 64)).astype(np.float64)
     train, test, stats = generate_faces(sources, FacesRecipe(variants=3), seed=0)

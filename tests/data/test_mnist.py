@@ -40,7 +40,9 @@ def test_split_train_size(shared_data_dir, isolated, monkeypatch):
     full = load_dataset("mnist")
     small = load_dataset("mnist", split_train_size=100)
     assert torch.equal(small.train, full.train[:100]) and small.test.shape == (10000, 784)
-    with pytest.raises(DataError, match=r"split_train_size=0 must be in \[1, 60000\]"):
+    with pytest.raises(
+        DataError, match=r"Invalid split_train_size: 0; allowed: an integer in \[1, 60000\]"
+    ):
         load_dataset("mnist", split_train_size=0)
 
 
@@ -147,7 +149,8 @@ def test_one_dataset_comes_whole_from_one_directory(
     tmp_path, shared_data_dir, raw_test_images, isolated, monkeypatch
 ):
     """Issue 15, item 8: train images in $NATGRAD_DATA without the test images are an error naming
-    the directory and the missing file, never completed from the next directory on the path."""
+    the directory and the missing file, never completed from the next directory on the path.
+    """
     monkeypatch.setattr("natgrad.data.paths.shared_data_dir", lambda: shared_data_dir)
     (tmp_path / "env").mkdir()
     shutil.copy(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz", tmp_path / "env")

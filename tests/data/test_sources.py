@@ -59,12 +59,10 @@ def test_not_a_mat_file(tmp_path):
 
 
 def test_faces_mat_columns_and_martens_split(tmp_path):
-    images = np.arange(80 * 625, dtype=np.float64).reshape(
-        80, 625
-    )  # 40 people x 2 images, by person
-    scipy.io.savemat(
-        tmp_path / "newfaces_rot_single.mat", {"newfaces_single": images.T}
-    )  # one per column
+    # 40 people x 2 images, by person
+    images = np.arange(80 * 625, dtype=np.float64).reshape(80, 625)
+    # one per column
+    scipy.io.savemat(tmp_path / "newfaces_rot_single.mat", {"newfaces_single": images.T})
     train, test = read_faces_mat(tmp_path / "newfaces_rot_single.mat")
     np.testing.assert_array_equal(train, images[:50])  # people 1-25
     np.testing.assert_array_equal(test, images[60:])  # people 31-40
@@ -82,7 +80,8 @@ def test_att_faces_fallback_resembles_olivetti(shared_data_dir):
     olivetti = read_olivetti_mat(shared_data_dir / "olivettifaces.mat").astype(np.float64)
     assert att.shape == (400, 64, 64)
     # Same people and images, though Roweis' crops are not one fixed window: matched pairs correlate
-    # clearly, the next person's same-index image less; a wrong crop or order falls below these bounds.
+    # clearly, the next person's same-index image less; a wrong crop or order falls below these
+    # bounds.
     flat_a, flat_o = att.reshape(400, -1), olivetti.reshape(400, -1)
     corr = [np.corrcoef(flat_a[i], flat_o[i])[0, 1] for i in range(0, 400, 7)]
     wrong = [np.corrcoef(flat_a[i], flat_o[(i + 10) % 400])[0, 1] for i in range(0, 400, 7)]

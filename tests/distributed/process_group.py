@@ -1,4 +1,5 @@
-"""Run a function on the processes of a gloo process group, with a timeout so a hang fails instead of blocking CI.
+"""Run a function on the processes of a gloo process group, with a timeout so a hang fails instead
+of blocking CI.
 
 Processes are forked from a forkserver that has imported torch and natgrad once, so each costs a
 fork rather than an interpreter start; the port is taken from a socket bound to port 0.
@@ -27,7 +28,9 @@ TIMEOUT = 180.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one process left: its exit code, and the function's return value or the traceback it raised."""
+    """What one process left: its exit code, and the function's return value or the traceback it
+    raised.
+    """
 
     exitcode: int | None
     value: Any = None
@@ -68,7 +71,8 @@ def _entry(
     try:
         value, error = fn(*args), None
         if init:
-            dist.barrier()  # every process done before any closes its connections (gloo aborts a peer otherwise)
+            # every process done before any closes its connections (gloo aborts a peer otherwise)
+            dist.barrier()
     except BaseException:  # noqa: BLE001 - reported to the test
         value, error = None, traceback.format_exc()
     finally:
@@ -80,7 +84,8 @@ def _entry(
 def run_processes(
     fn: Callable, args: tuple = (), world_size: int = 2, init: bool = True
 ) -> list[Outcome]:
-    """``fn(*args)`` on ``world_size`` processes (a gloo group initialised unless ``init`` is false).
+    """``fn(*args)`` on ``world_size`` processes (a gloo group initialised unless ``init`` is
+    false).
 
     Fails the test when the processes are still running after :data:`TIMEOUT` seconds.
     """

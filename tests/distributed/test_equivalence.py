@@ -89,9 +89,11 @@ def make_model(kind: str) -> torch.nn.Module:
 
 
 def train(case: str, dtype: torch.dtype, batch_size: int, shards: int | None = None) -> dict:
-    """``STEPS`` steps of ``case`` on this process's shard of each global batch (the whole batch on one process).
+    """``STEPS`` steps of ``case`` on this process's shard of each global batch (the whole batch on
+    one process).
 
-    The statistics use two shards in all (one per process, or ``shards`` on one process, 2 by default).
+    The statistics use two shards in all (one per process, or ``shards`` on one process, 2 by
+    default).
     """
     torch.set_default_dtype(dtype)
     comm = current_communicator()
@@ -121,8 +123,10 @@ def train(case: str, dtype: torch.dtype, batch_size: int, shards: int | None = N
 
 
 def on_two_processes() -> dict[str, dict]:
-    """Every case in float64 at global batch 16 (shards of 8), K-FAC at 15 (8 and 7) and in float32; the
-    communicator's collectives."""
+    """Every case in float64 at global batch 16 (shards of 8), K-FAC at 15 (8 and 7) and in float32;
+    the
+    communicator's collectives.
+    """
     even = {case: train(case, torch.float64, 16) for case in CASES}
     return {
         "even": even,
@@ -133,7 +137,7 @@ def on_two_processes() -> dict[str, dict]:
 
 
 def communicator_checks() -> dict:
-    """Process r holds values r + 1 with weight r + 1; 64-byte buckets make every call use several."""
+    """Process r holds values r + 1 with weight r + 1; 64-byte buckets: several per call."""
     comm = ProcessGroupCommunicator(bucket_bytes=64)
     weight = float(comm.rank + 1)
     means = [
@@ -204,7 +208,8 @@ def test_two_processes_give_the_parameters_of_one_process_at_the_same_global_bat
 
 
 def test_the_reference_needs_the_processes_sampled_targets(two_processes):
-    # K-FAC's statistics with the targets of one generator for the whole batch: far from the 2-process run.
+    # K-FAC's statistics with the targets of one generator for the whole batch: far from the
+    # 2-process run.
     assert (
         max_difference(
             two_processes[0]["even"]["kfac"]["parameters"], on_one_process("kfac", shards=1)

@@ -1,4 +1,6 @@
-"""The greedy longest-processing-time assignment of refresh jobs, and the statistics shards' generators."""
+"""The greedy longest-processing-time assignment of refresh jobs, and the statistics shards'
+generators.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Data-parallel runs end to end: torchrun and --nproc, a killed process, an exact resume, the refusals."""
+"""Data-parallel runs end to end: torchrun and --nproc, a killed process, an exact resume, the
+refusals.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def natgrad(*arguments: str, launcher: tuple[str, ...] = ()) -> subprocess.Compl
 
 
 def comparable(log: list[dict]) -> list[dict]:
-    """Log records without timings and traffic (a resumed run rebuilds its inverse cache once more)."""
+    """Log records without timings and traffic (a resumed run rebuilds its inverse cache)."""
     return [{k: v for k, v in r.items() if k not in ("time", "wall", "communication")} for r in log]
 
 

@@ -1,4 +1,6 @@
-"""The batch sampler: sizes follow the schedule, batches are without replacement, state resumes exactly."""
+"""The batch sampler: sizes follow the schedule, batches are without replacement, state resumes
+exactly.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ def test_fixed_batches_are_disjoint_within_an_epoch():
     batches = [sampler.next_indices() for _ in range(4)]
     assert [b.numel() for b in batches] == [30] * 4
     first_epoch = torch.cat(batches[:3])
-    assert (
-        first_epoch.unique().numel() == 90 and sampler.epoch == 2
-    )  # the 10-example tail is skipped
+    # the 10-example tail is skipped
+    assert first_epoch.unique().numel() == 90 and sampler.epoch == 2
 
 
 def test_exponential_sizes_follow_section_13_and_grow_to_the_training_set():
@@ -29,7 +30,8 @@ def test_exponential_sizes_follow_section_13_and_grow_to_the_training_set():
     assert sizes[:39] == [
         exponential_batch_size(k, 1000, initial=10, full_at=40) for k in range(1, 40)
     ]
-    # the whole set from batch full_at on (exponential_batch_size(40, ...) rounds 2^log2(100) * 10 down to 999)
+    # the whole set from batch full_at on (exponential_batch_size(40, ...) rounds 2^log2(100) * 10
+    # down to 999)
     assert (
         sizes[0] == 10 and sizes[39:] == [1000] * 6 and sizes == sorted(sizes) and sizes[38] < 1000
     )

@@ -1,5 +1,6 @@
-"""The benchmark grid: the bench file's cross product and its errors, cell records, resumability, and the
-smoke config end to end through the CLI (what CI runs)."""
+"""The benchmark grid: the bench file's cross product and its errors, cell records, resumability,
+and the smoke config end to end through the CLI (what CI runs).
+"""
 
 from __future__ import annotations
 
@@ -171,7 +172,8 @@ def test_cells_are_recorded_and_a_finished_cell_is_not_rerun(tmp_path):
 
 def test_a_cell_made_with_another_config_is_refused_naming_the_fields_unless_forced(tmp_path):
     """Issue 15, item 18: a bench rerun with another learning rate into the same directory does not
-    reuse the old cells; --force reruns them."""
+    reuse the old cells; --force reruns them.
+    """
     from natgrad.experiments.runner import RunExistsError
 
     path = write(

@@ -1,4 +1,6 @@
-"""Dynamic binarisation: fresh Bernoulli draws per batch from a seeded, resumable generator; fixed evaluation sets."""
+"""Dynamic binarisation: fresh Bernoulli draws per batch from a seeded, resumable generator; fixed
+evaluation sets.
+"""
 
 from __future__ import annotations
 

@@ -40,16 +40,14 @@ def test_demo_config_is_valid():
         True,
     )
     vae = suite.comparisons[1]
-    assert all(
-        c.reference == "adam" for c in suite.comparisons
-    )  # the headline: time to Adam's final error
+    # the headline: time to Adam's final error
+    assert all(c.reference == "adam" for c in suite.comparisons)
     budgets = {
         label: (runs[0].budget.seconds, runs[0].eval.every_seconds)
         for label, runs in vae.runs.items()
     }
-    assert (
-        len(set(budgets.values())) == 1 and None not in budgets["adam"]
-    )  # equal training time, timed evals
+    # equal training time, timed evals
+    assert len(set(budgets.values())) == 1 and None not in budgets["adam"]
     assert vae.runs["kfac"][0].batch_size == 1000 and vae.runs["adam"][0].batch_size == 100
     assert load_comparison_suite(DEMO_CONFIG, optimizers=["sgd"]).comparisons[0].reference is None
 
@@ -135,7 +133,8 @@ def one_sgd_run(tmp_path: Path, overrides: list[str]):
 
 def test_a_run_made_with_another_config_is_refused_naming_the_fields_unless_forced(tmp_path):
     """Issue 15, item 18: changing a learning rate and rerunning into the same directory does not
-    silently report the old runs; --force reruns them."""
+    silently report the old runs; --force reruns them.
+    """
     from natgrad.experiments.runner import RunExistsError
 
     run_suite(one_sgd_run(tmp_path, []), show_progress=False)

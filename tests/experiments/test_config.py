@@ -105,7 +105,8 @@ INVALID = [
             "model": {"kind": "vae", "objective": "iwae", "samples": 5},
             "optimizer": {"name": "kfac-tridiag"},
         },
-        r"Invalid optimizer\.name: 'kfac-tridiag'; allowed: not 'kfac-tridiag' with model\.samples = 5",
+        r"Invalid optimizer\.name: 'kfac-tridiag'; allowed: not 'kfac-tridiag' with model\.samples "
+        r"= 5",
     ),
     (
         {"data": {"binarize": "static"}},

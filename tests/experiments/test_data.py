@@ -49,7 +49,9 @@ def test_mnist_subset(shared_data_dir):
 
 
 def test_regenerated_curves_train_the_curves_architecture(tmp_path, monkeypatch):
-    """A regenerated cache loads as 'curves-regen' but is still the CURVES problem (paper network)."""
+    """A regenerated cache loads as 'curves-regen' but is still the CURVES problem (paper
+    network).
+    """
     from natgrad.data import paths, prepare_dataset
     from natgrad.data.curves import CurvesRecipe
     from natgrad.experiments.config import ModelConfig

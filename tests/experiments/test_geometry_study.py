@@ -52,8 +52,8 @@ def test_top_eigenvectors_match_dense_eigendecomposition(float64):
 
 
 def test_every_f_divergence_trains_identically_and_differs_from_mmd(float64):
-    # Relative damping makes (c F + c lambda I)^{-1} g = (F + lambda I)^{-1} g: KL and Hellinger runs
-    # must coincide step for step; MMD's metric is not a multiple of F, so its run differs.
+    # Relative damping makes (c F + c lambda I)^{-1} g = (F + lambda I)^{-1} g: KL and Hellinger
+    # runs must coincide step for step; MMD's metric is not a multiple of F, so its run differs.
     torch.manual_seed(0)
     data = torch.rand(40, 6)
     config = MetricTrainingConfig(steps=3, batch_size=10, cg_iterations=10, eval_every=1)
@@ -71,7 +71,9 @@ def test_every_f_divergence_trains_identically_and_differs_from_mmd(float64):
 
 
 def test_metric_training_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="MetricTrainingConfig.steps must be >= 1"):
+    with pytest.raises(
+        ValueError, match="Invalid MetricTrainingConfig.steps: 0; allowed: an integer >= 1"
+    ):
         MetricTrainingConfig(steps=0)
     with pytest.raises(ValueError, match="lm_factor"):
         MetricTrainingConfig(lm_factor=1.5)

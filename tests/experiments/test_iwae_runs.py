@@ -1,4 +1,6 @@
-"""Training on the importance-weighted bound with dynamically binarised data: the runner end to end."""
+"""Training on the importance-weighted bound with dynamically binarised data: the runner end to
+end.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ IWAE = {
 
 @pytest.fixture
 def intensities(monkeypatch):
-    """The synthetic images as intensities in [0.1, 0.9], so that dynamic binarisation draws new images."""
+    """The synthetic images as intensities in [0.1, 0.9], so that dynamic binarisation draws new
+    images.
+    """
 
     def graded(config):
         data = load_run_data(config)

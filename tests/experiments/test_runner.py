@@ -1,4 +1,6 @@
-"""The runner: determinism, exact resume after SIGKILL and SIGTERM (real subprocesses), the log contract."""
+"""The runner: determinism, exact resume after SIGKILL and SIGTERM (real subprocesses), the log
+contract.
+"""
 
 from __future__ import annotations
 
@@ -91,14 +93,15 @@ def test_same_seed_same_config_gives_identical_runs(tmp_path, kind):
 
 def test_log_records_steps_evaluations_and_optimizer_records(tmp_path, monkeypatch):
     class Recording(torch.optim.SGD):
-        """SGD that evaluates the closure twice and exposes a step record, like the natural-gradient methods."""
+        """SGD that evaluates the closure twice and exposes a step record, like the natural-gradient
+        methods.
+        """
 
         def step(self, closure):
             first = closure()
             again = closure()
-            assert float(first.value.detach()) == float(
-                again.value.detach()
-            )  # the step's noise and batch are fixed
+            # the step's noise and batch are fixed
+            assert float(first.value.detach()) == float(again.value.detach())
             self.last_step_record = {"rho": 0.5, "damping": 150.0, "rejected": False}
             return super().step(closure)
 
@@ -137,7 +140,8 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 def test_a_directory_with_part_of_a_run_is_refused_naming_the_differences_unless_forced(tmp_path):
     """Issue 15, item 18: a directory holding only log.jsonl and result.json is not overwritten; a
-    different config is named field by field; --force replaces the run."""
+    different config is named field by field; --force replaces the run.
+    """
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "log.jsonl").write_text("{}\n")
@@ -223,11 +227,12 @@ def _kill_when_paused(process: subprocess.Popen, sig: int) -> None:
 @pytest.mark.slow
 def test_killed_runs_resume_bitwise_identically(tmp_path):
     """A K-FAC VAE run SIGKILLed and an Adam autoencoder run SIGTERMed three steps after their
-    checkpoint at step 100, resumed, end exactly like uninterrupted runs (the resume truncates the log
-    past the checkpoint). Both run concurrently to halve the subprocess start-up cost. Each child
-    pauses itself after step 103 until the signal arrives, so the kill lands at that step on any
-    machine (it used to be sent 50 ms after the checkpoint appeared, which a loaded machine could
-    miss in either direction)."""
+    checkpoint at step 100, resumed, end exactly like uninterrupted runs (the resume truncates the
+    log past the checkpoint). Both run concurrently to halve the subprocess start-up cost. Each
+    child pauses itself after step 103 until the signal arrives, so the kill lands at that step on
+    any machine (it used to be sent 50 ms after the checkpoint appeared, which a loaded machine
+    could miss in either direction).
+    """
     steps, pause_at = 800, 103
     cases = {
         "autoencoder": ("adam", signal.SIGTERM, 130),
@@ -268,7 +273,8 @@ def test_killed_runs_resume_bitwise_identically(tmp_path):
         stdout, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr
         assert f"completed at step {steps}" in stdout
-        # The uninterrupted reference: same config file, in this process (same thread count, threads = 1).
+        # The uninterrupted reference: same config file, in this process (same thread count, threads
+        # = 1).
         values = {
             **load_toml(tmp_path / f"{kind}.toml"),
             "out_dir": str(tmp_path / f"{kind}-reference"),
@@ -279,7 +285,8 @@ def test_killed_runs_resume_bitwise_identically(tmp_path):
 
 def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch):
     """Batch k has m_k examples (50 growing to all 2000 at k = 20); a run interrupted at step 13 and
-    resumed ends bitwise like the uninterrupted one."""
+    resumed ends bitwise like the uninterrupted one.
+    """
     import os
 
     from natgrad.experiments.batches import BatchSampler
@@ -296,7 +303,9 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
     interrupt_at: list[int] = []
 
     class Interrupting(torch.optim.SGD):
-        """SGD that sends this process SIGINT once, when the sampler has drawn ``interrupt_at[0]`` batches."""
+        """SGD that sends this process SIGINT once, when the sampler has drawn ``interrupt_at[0]``
+        batches.
+        """
 
         def step(self, closure):
             if interrupt_at and len(sizes) == interrupt_at[0]:
@@ -332,7 +341,9 @@ def test_exponential_batch_schedule_sizes_and_exact_resume(tmp_path, monkeypatch
 
 
 def test_evaluation_every_seconds_of_training(tmp_path, monkeypatch):
-    """eval.every_seconds evaluates when the training time crosses a multiple of it (steps give no eval here)."""
+    """eval.every_seconds evaluates when the training time crosses a multiple of it (steps give no
+    eval here).
+    """
     clock = iter(float(t) for t in range(10_000))
     monkeypatch.setattr("natgrad.experiments.runner.time.perf_counter", lambda: next(clock))
     config = tiny_config(tmp_path, "timed", steps=9, eval={"every": 1000, "every_seconds": 2.5})
@@ -349,7 +360,8 @@ def test_evaluation_every_seconds_of_training(tmp_path, monkeypatch):
     ]  # crossings of 2.5, 5, 7.5; then the final one
 
 
-# -- what happens when things go wrong (issue 15) ----------------------------------------------------
+# -- what happens when things go wrong (issue 15)
+# ----------------------------------------------------
 
 
 def interrupted_run(tmp_path: Path, name: str, at: int, monkeypatch, **changes) -> Path:
@@ -380,7 +392,9 @@ def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(
     tmp_path, monkeypatch, optimizer, kind
 ):
     """SGD's momentum, Adam's moments and K-FAC's factors all resume exactly; the interrupted run
-    reports the step its metrics were evaluated at (step 0 here), not only the step it stopped at."""
+    reports the step its metrics were evaluated at (step 0 here), not only the step it stopped
+    at.
+    """
     reference = train(
         tiny_config(tmp_path, "reference", kind, optimizer, steps=30), show_progress=False
     )
@@ -395,7 +409,8 @@ def test_interrupted_runs_resume_bitwise_for_every_optimizer_family(
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_path):
     """Item 1: what SIGKILL (or a full disk) before the first checkpoint leaves - config.json and
-    part of the log - resumes from step 0 to the result of an uninterrupted run."""
+    part of the log - resumes from step 0 to the result of an uninterrupted run.
+    """
     reference = train(tiny_config(tmp_path, "reference", steps=30), show_progress=False)
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
@@ -416,7 +431,8 @@ def _dead_pid() -> int:
 
 def test_temporaries_of_dead_writers_are_removed_on_start_and_resume(tmp_path, monkeypatch):
     """Item 2: a writer SIGKILLed mid-checkpoint leaves .checkpoint.pt.<pid>.<uuid>.tmp; the next
-    start or resume removes it (a live writer's temporary is left alone)."""
+    start or resume removes it (a live writer's temporary is left alone).
+    """
     import os
 
     new = tmp_path / "new"
@@ -435,7 +451,9 @@ def test_temporaries_of_dead_writers_are_removed_on_start_and_resume(tmp_path, m
 
 
 def _finished_then_reopened(tmp_path: Path, name: str, monkeypatch, **changes) -> Path:
-    """A run interrupted at step 10 of 30 after checkpoints at 5 and 10 (checkpoint.prev.pt is step 5)."""
+    """A run interrupted at step 10 of 30 after checkpoints at 5 and 10 (checkpoint.prev.pt is step
+    5).
+    """
     return interrupted_run(tmp_path, name, 10, monkeypatch, steps=30, checkpoint_every=5, **changes)
 
 
@@ -466,8 +484,10 @@ def _flip_a_weight(path: Path, weight: torch.Tensor) -> None:
 
 
 def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp_path, monkeypatch):
-    """Item 4: bytes flipped inside a weight are detected (never loaded as 8.9e23); with the previous
-    checkpoint present the run falls back to it and still ends bitwise like an uninterrupted run."""
+    """Item 4: bytes flipped inside a weight are detected (never loaded as 8.9e23); with the
+    previous checkpoint present the run falls back to it and still ends bitwise like an
+    uninterrupted run.
+    """
     from natgrad.experiments.checkpoint import CheckpointError
 
     reference = train(
@@ -498,7 +518,9 @@ def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_used(tmp
 def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_anything_changes(
     tmp_path, monkeypatch, field, value
 ):
-    """Item 5: an edited config.json is refused naming the field; result.json and the log are untouched."""
+    """Item 5: an edited config.json is refused naming the field; result.json and the log are
+    untouched.
+    """
     from natgrad.experiments.config import ConfigError
 
     run_dir = _finished_then_reopened(tmp_path, "run", monkeypatch, optimizer="kfac")
@@ -519,7 +541,8 @@ def test_a_resume_whose_config_differs_from_the_checkpoint_is_refused_before_any
 
 def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_path, monkeypatch):
     """Item 6: invalid config.json names the file; a garbage result.json does not block resuming a
-    valid checkpoint; a missing log is reported before result.json is deleted."""
+    valid checkpoint; a missing log is reported before result.json is deleted.
+    """
     from natgrad.experiments.config import ConfigError
     from natgrad.experiments.runlog import RunLogError
 
@@ -541,7 +564,8 @@ def test_damaged_json_and_a_missing_log_are_named_and_nothing_is_deleted(tmp_pat
 
 def test_a_nan_batch_rejected_by_kfac_does_not_stop_the_run(tmp_path):
     """Items 14 and 15: fault.nan_batch_at puts a NaN in step 3's batch; K-FAC rejects that step
-    (as designed), the parameters stay finite and the run completes."""
+    (as designed), the parameters stay finite and the run completes.
+    """
     result = train(
         tiny_config(tmp_path, "kfac", optimizer="kfac", steps=10, fault={"nan_batch_at": [3]}),
         show_progress=False,
@@ -583,7 +607,9 @@ def test_non_finite_parameters_stop_the_run_as_diverged(tmp_path):
 
 
 def test_a_diverged_run_exits_non_zero_and_says_why(tmp_path, capsys):
-    """Item 13: `natgrad train` of a diverging run exits 3 and prints the reason; result.json says diverged."""
+    """Item 13: `natgrad train` of a diverging run exits 3 and prints the reason; result.json says
+    diverged.
+    """
     from natgrad.cli import EXIT_DIVERGED, main
 
     out = tmp_path / "sgd"
@@ -618,7 +644,8 @@ def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(
     tmp_path, monkeypatch, capsys
 ):
     """Item 17: ENOSPC while writing the second checkpoint: a message naming the file and the cause,
-    exit status 1, no traceback; once space is back the run resumes to the uninterrupted result."""
+    exit status 1, no traceback; once space is back the run resumes to the uninterrupted result.
+    """
     import errno
 
     from natgrad.cli import EXIT_FAILURE, main
@@ -664,7 +691,9 @@ def test_a_full_disk_at_a_checkpoint_stops_with_a_message_and_the_run_resumes(
 
 
 def test_an_unusable_out_directory_is_named_with_the_cause(tmp_path, capsys):
-    """Item 16: an out_dir under a regular file is an error naming the path and the cause, no traceback."""
+    """Item 16: an out_dir under a regular file is an error naming the path and the cause, no
+    traceback.
+    """
     from natgrad.cli import main
 
     (tmp_path / "file").write_text("")

@@ -1,4 +1,6 @@
-"""The local metric of softmax (Categorical) outputs: f''(1) (diag(p) - p p^T), pulled back = the GGN."""
+"""The local metric of softmax (Categorical) outputs: f''(1) (diag(p) - p p^T), pulled back = the
+GGN.
+"""
 
 from __future__ import annotations
 

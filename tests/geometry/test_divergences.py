@@ -1,4 +1,6 @@
-"""Divergence values against independent computations (scipy quadrature, torch.distributions, sums)."""
+"""Divergence values against independent computations (scipy quadrature, torch.distributions,
+sums).
+"""
 
 from __future__ import annotations
 
@@ -141,7 +143,10 @@ def test_kl_agrees_with_torch_distributions_and_sums_over_coordinates(float64):
         get_divergence("kl").between(Bernoulli(a), Bernoulli(b)), expected, rtol=1e-12, atol=0
     )
     m, v, m2, v2 = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
-    normal = lambda mean, lv: torch.distributions.Normal(mean, torch.exp(0.5 * lv))
+
+    def normal(mean, lv):
+        return torch.distributions.Normal(mean, torch.exp(0.5 * lv))
+
     expected = torch.distributions.kl_divergence(normal(m, v), normal(m2, v2)).sum(1)
     got = get_divergence("kl").between(
         GaussianLearnedVariance(m, v), DiagonalGaussianPosterior(m2, v2)
@@ -172,11 +177,11 @@ def test_identical_distributions_have_zero_divergence(float64):
 
 
 def test_invalid_arguments_name_the_problem(float64):
-    with pytest.raises(ValueError, match="divergence must be one of"):
+    with pytest.raises(ValueError, match="Invalid divergence: .*; allowed:"):
         get_divergence("kullback")
     with pytest.raises(ValueError, match="open interval"):
         get_divergence("alpha", alpha=1.0)
-    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+    with pytest.raises(ValueError, match="Invalid MMD bandwidth: .*; allowed: a number > 0"):
         get_divergence("mmd", bandwidth=0.0)
     with pytest.raises(ValueError, match="one family"):
         get_divergence("kl").between(Bernoulli(torch.zeros(2, 3)), Gaussian(torch.zeros(2, 3)))
@@ -185,7 +190,7 @@ def test_invalid_arguments_name_the_problem(float64):
             Gaussian(torch.zeros(2, 3)),
             GaussianLearnedVariance(torch.zeros(2, 3), torch.zeros(2, 3)),
         )
-    with pytest.raises(TypeError, match="distribution must be one of"):
+    with pytest.raises(TypeError, match="Invalid distribution: .*; allowed:"):
         get_divergence("kl").between(torch.zeros(2), torch.zeros(2))
     with pytest.raises(NoLocalMetricError, match="no Hessian at delta = 0"):
         get_divergence("tv").output_metric(Gaussian(torch.zeros(2, 3)))

@@ -35,7 +35,9 @@ def _families(generator: torch.Generator):
 
 
 def _hessian_at_zero(divergence, build, eta):
-    fn = lambda delta: divergence.between(build(eta), build(eta + delta)).sum()
+    def fn(delta):
+        return divergence.between(build(eta), build(eta + delta)).sum()
+
     return hessian(fn)(torch.zeros_like(eta))
 
 
@@ -95,7 +97,10 @@ def test_divergences_without_local_metric_raise_and_are_linear_in_delta(float64,
     with pytest.raises(NoLocalMetricError, match="grows like \\|delta\\|"):
         divergence.output_metric(dist)
     # Why: halving delta halves the divergence (first order), so D / |delta|^2 blows up.
-    shifted = lambda t: family(*(p + t for p in dist.params))
+
+    def shifted(t):
+        return family(*(p + t for p in dist.params))
+
     small, smaller = (
         divergence.between(dist, shifted(1e-4)).item(),
         divergence.between(dist, shifted(5e-5)).item(),

@@ -1,4 +1,6 @@
-"""Pulled-back metrics J^T M J: products == dense == the Hessian of the parameter-space divergence."""
+"""Pulled-back metrics J^T M J: products == dense == the Hessian of the parameter-space
+divergence.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss, curvature."""
+"""The learned-variance Gaussian likelihood ('gaussian-learned') end to end: model, loss,
+curvature.
+"""
 
 import torch
 
@@ -19,7 +21,9 @@ def test_decoder_outputs_mean_and_log_variance(float64):
 
 
 def test_ggn_uses_the_fisher_of_mean_and_log_variance(float64):
-    """For (m, v) outputs the curvature is diag(e^{-v}, 1/2): GGN = J^T diag(e^-v, 1/2) J exactly."""
+    """For (m, v) outputs the curvature is diag(e^{-v}, 1/2): GGN = J^T diag(e^-v, 1/2) J
+    exactly.
+    """
     torch.manual_seed(0)
     model = DeepAutoencoder((5, 3, 2), likelihood="gaussian-learned", init="default").double()
     x = torch.randn(4, 5)

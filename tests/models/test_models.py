@@ -17,8 +17,8 @@ def test_paper_architectures_mirror_and_count(problem):
     sizes = ARCHITECTURES[problem]
     enc = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
     dec = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
-    assert [l.in_features for l in enc] + [enc[-1].out_features] == list(sizes)
-    assert [l.in_features for l in dec] + [dec[-1].out_features] == list(sizes[::-1])
+    assert [layer.in_features for layer in enc] + [enc[-1].out_features] == list(sizes)
+    assert [layer.in_features for layer in dec] + [dec[-1].out_features] == list(sizes[::-1])
     expected = (
         2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         + 2 * sum(sizes[1:])
@@ -59,9 +59,8 @@ def test_learned_variance_curvature_is_the_expected_hessian(float64):
     m, v = torch.randn(1, 2), torch.randn(1, 2)
     d = GaussianLearnedVariance(m, v)
     torch.manual_seed(0)
-    ys = torch.stack(
-        [m + torch.exp(0.5 * v) * torch.randn(m.shape) for _ in range(20000)]
-    )  # y ~ N(m, e^v)
+    # y ~ N(m, e^v)
+    ys = torch.stack([m + torch.exp(0.5 * v) * torch.randn(m.shape) for _ in range(20000)])
     h = torch.func.hessian(
         lambda mm, vv: GaussianLearnedVariance(mm, vv).nll(ys.squeeze(1)).mean(), argnums=(0, 1)
     )(m, v)

@@ -1,4 +1,5 @@
-"""Every optimizer the runner can build, declared once: how to build it, what it supports, what it rejects.
+"""Every optimizer the runner can build, declared once: how to build it, what it supports, what it
+rejects.
 
 The conformance suite (test_conformance.py) runs the same tests on each case, skipping only what a
 case says it does not support. Settings shrink the periods T1/T2/T3 so a few steps exercise every
@@ -52,7 +53,8 @@ _PRONG_INVALID = (
 
 @dataclass(frozen=True)
 class OptimizerCase:
-    """One optimizer: a factory ``(model, **settings)``, the test settings, what it supports, rejected settings.
+    """One optimizer: a factory ``(model, **settings)``, the test settings, what it supports,
+    rejected settings.
 
     Attributes:
         guards_nonfinite: rejects a step whose loss, gradient or update is NaN/Inf (natgrad's
@@ -135,7 +137,9 @@ CASES = (
 
 
 def loss_closure(optimizer, model, x, eps=None):
-    """The closure contract of every natgrad optimizer: zero grads, build the Loss, backward, return it."""
+    """The closure contract of every natgrad optimizer: zero grads, build the Loss, backward, return
+    it.
+    """
 
     def closure():
         optimizer.zero_grad(set_to_none=True)

@@ -29,7 +29,8 @@ def test_solves_a_quadratic_to_cg_tolerance(float64, use_preconditioner):
     result = conjugate_gradient(lambda v: matrix @ v, b, torch.zeros(30), precond)
     assert result.stop_reason == "relative-progress"
     assert 0 <= (result.objective - phi_star) / abs(phi_star) < 10 * 5e-4
-    # A tight tolerance runs CG to the minimiser: the linear solve, to rounding of a cond-1e3 system.
+    # A tight tolerance runs CG to the minimiser: the linear solve, to rounding of a cond-1e3
+    # system.
     tight = conjugate_gradient(lambda v: matrix @ v, b, torch.zeros(30), precond, tolerance=1e-12)
     assert tight.stop_reason == "relative-progress"
     torch.testing.assert_close(tight.solution, exact, rtol=1e-9, atol=1e-9)

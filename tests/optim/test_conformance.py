@@ -1,4 +1,5 @@
-"""The conformance suite: every optimizer in optimizer_cases.py descends, resumes bitwise, guards, validates.
+"""The conformance suite: every optimizer in optimizer_cases.py descends, resumes bitwise, guards,
+validates.
 
 Each test runs on every case that supports what it checks (``OptimizerCase`` says what that is).
 """
@@ -21,7 +22,9 @@ SINGLE_GROUP = [case for case in CASES if case.single_group]
 
 
 def _problem(seed: int = 0, kind: str = "autoencoder"):
-    """A tiny logistic autoencoder (or VAE) and a fixed sequence of binary batches (with their VAE noise)."""
+    """A tiny logistic autoencoder (or VAE) and a fixed sequence of binary batches (with their VAE
+    noise).
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = VAE([16, 6, 3]) if kind == "vae" else DeepAutoencoder([16, 6, 3], init="default")
@@ -70,7 +73,9 @@ def test_descends_on_a_small_problem(case):
 @pytest.mark.parametrize("kind", ["autoencoder", "vae"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_dict_round_trip_gives_identical_trajectory(case, kind):
-    """The optimizer is built before the model's state is loaded: PRONG whitens the model in place."""
+    """The optimizer is built before the model's state is loaded: PRONG whitens the model in
+    place.
+    """
     model, batches, noise = _problem(kind=kind)
     optimizer = case.build(model)
     for x, eps in zip(batches[:5], noise[:5]):
@@ -83,9 +88,8 @@ def test_state_dict_round_trip_gives_identical_trajectory(case, kind):
     for x, eps in zip(batches[5:], noise[5:]):
         optimizer.step(_closure(optimizer, model, x, eps))
 
-    resumed, _, _ = _problem(
-        seed=1, kind=kind
-    )  # different initial weights, overwritten by the checkpoint
+    # different initial weights, overwritten by the checkpoint
+    resumed, _, _ = _problem(seed=1, kind=kind)
     resumed_optimizer = case.build(resumed)
     resumed.load_state_dict(saved_model)
     resumed_optimizer.load_state_dict(saved_optimizer)
@@ -109,9 +113,8 @@ def test_guard_rejects_injected_nan_and_run_continues(case):
     optimizer.step(_closure(optimizer, model, batches[3], poison=True))
     record = optimizer.last_step_record
     assert record.rejected is True and record.rejected_steps == 1
-    assert (
-        optimizer.state_dict()["state"][type(optimizer).STATE_KEY]["rejected_steps"] == 1
-    )  # in the state too
+    # in the state too
+    assert optimizer.state_dict()["state"][type(optimizer).STATE_KEY]["rejected_steps"] == 1
     if case.has_damping:
         assert record.damping > damping
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -126,7 +129,8 @@ def test_guard_rejects_injected_nan_and_run_continues(case):
 @pytest.mark.parametrize("case", GUARDED, ids=[case.name for case in GUARDED])
 def test_nan_in_the_batch_is_rejected_logged_and_leaves_the_curvature_clean(case, caplog):
     """A NaN from the forward pass (bad data), not only in .grad: the step is rejected before any
-    statistics are taken, the log says so, and later steps are finite and accepted."""
+    statistics are taken, the log says so, and later steps are finite and accepted.
+    """
     model, batches, _ = _problem()
     optimizer = case.build(model)
     for x in batches[:3]:

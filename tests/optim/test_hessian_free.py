@@ -45,7 +45,8 @@ def test_cg_solves_the_damped_gauss_newton_system(float64, tolerance):
     assert record.cg_stop_reason == "relative-progress" and not record.rejected
     phi = lambda p: float(0.5 * p @ system @ p + gradient @ p)  # noqa: E731
     if tolerance == 5e-4:
-        # Martens' rule: stop when phi improved by < k*eps (relative) over the last k >= 10 iterations.
+        # Martens' rule: stop when phi improved by < k*eps (relative) over the last k >= 10
+        # iterations.
         assert -1e-12 <= (phi(solution) - phi(exact)) / abs(phi(exact)) < 10 * 5e-4
     else:
         torch.testing.assert_close(solution, exact, rtol=1e-9, atol=1e-10)
@@ -85,7 +86,8 @@ def test_backtracking_keeps_the_last_iterate_before_f_rises():
         (12, torch.tensor(12.0)),
     ]
     result = CGResult(solution=torch.tensor(12.0), iterates=iterates, iterations=12)
-    # From the end backwards, stop at the first rise (7), even though an earlier iterate (5) is lower.
+    # From the end backwards, stop at the first rise (7), even though an earlier iterate (5) is
+    # lower.
     values = {5.0: 0.5, 7.0: 3.0, 9.0: 2.0, 12.0: 4.0}
     iteration, iterate, value = backtrack(result, lambda p: values[float(p)])
     assert (iteration, float(iterate), value) == (9, 9.0, 2.0)

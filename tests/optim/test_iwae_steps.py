@@ -1,4 +1,6 @@
-"""Every natgrad optimizer takes finite, descending steps on the importance-weighted bound of a tiny VAE."""
+"""Every natgrad optimizer takes finite, descending steps on the importance-weighted bound of a tiny
+VAE.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """K-FAC against closed forms: on one Linear layer with a Gaussian output and exact statistics,
 K-FAC's curvature is the exact GGN, so its step is the exact natural-gradient step (here also the
-Newton step, which lands on the least-squares solution)."""
+Newton step, which lands on the least-squares solution).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from natgrad.optim import KFAC, exponential_batch_size
 
 
 class Regression(nn.Module):
-    """``y ~ N(W x + b, I)``; ``y`` rides along in the inputs so any sub-batch can be re-evaluated."""
+    """``y ~ N(W x + b, I)``; ``y`` rides along in the inputs so any sub-batch can be
+    re-evaluated.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,7 +126,8 @@ def test_vae_curvature_choice_is_used_and_descends(kind):
     first = float(optimizer.step(closure).value.detach())
     for _ in range(15):
         optimizer.step(closure)
-    # negative ELBO of 48 fixed examples and noise: 16 steps lower it by 8.4% for each kind (measured).
+    # negative ELBO of 48 fixed examples and noise: 16 steps lower it by 8.4% for each kind
+    # (measured).
     assert float(build_loss(model, x, eps=eps).value.detach()) < 0.95 * first
 
 
@@ -131,7 +135,8 @@ def test_exponential_batch_schedule_matches_section_13():
     assert exponential_batch_size(1, 60000) == 1000
     assert exponential_batch_size(500, 60000) == 60000
     assert exponential_batch_size(10_000, 60000) == 60000
-    # doubling period b = 499 / log2(60) ~ 84.5 steps: 1992 = floor(1000 * 2^(84 / 84.48)) at step 85.
+    # doubling period b = 499 / log2(60) ~ 84.5 steps: 1992 = floor(1000 * 2^(84 / 84.48)) at step
+    # 85.
     assert exponential_batch_size(85, 60000) == 1992
     sizes = [exponential_batch_size(k, 60000) for k in range(1, 501)]
     assert sizes == sorted(sizes)

@@ -27,7 +27,8 @@ def _quadratic(delta, curvature, grad):
 
 def test_two_direction_model_is_the_minimiser_over_the_span(float64):
     # M(a u + m w) restricted to span{u, w} is minimised by the 2x2 solve; compare against a
-    # brute-force check that perturbing (alpha, mu) never lowers M, and the predicted change formula.
+    # brute-force check that perturbing (alpha, mu) never lowers M, and the predicted change
+    # formula.
     g = torch.Generator().manual_seed(0)
     root = torch.randn(6, 6, generator=g)
     curvature = root @ root.T + 0.1 * torch.eye(6)

@@ -1,4 +1,5 @@
-"""PRONG / PRONG+: Alg. 1's schedule, the SGD rule in whitened coordinates, the momentum map, the registry.
+"""PRONG / PRONG+: Alg. 1's schedule, the SGD rule in whitened coordinates, the momentum map, the
+registry.
 
 The contract every optimizer shares (descent, exact resume, the guard, validation) is in
 test_conformance.py, which runs PRONG and PRONG+ from optimizer_cases.py.
@@ -52,7 +53,9 @@ def test_reestimates_every_T_steps_on_the_most_recent_samples(float64):
 
 
 def test_step_is_sgd_with_momentum_in_the_whitened_parameters(float64):
-    """Between re-estimations, PRONG is torch.optim.SGD on the whitened module (same rule, same numbers)."""
+    """Between re-estimations, PRONG is torch.optim.SGD on the whitened module (same rule, same
+    numbers).
+    """
     model = _model("autoencoder")
     optimizer = PRONG(
         model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, reestimate_every=1

@@ -62,14 +62,14 @@ def test_registry_passes_options_and_rejects_unknown_ones():
 
 
 def test_defaults_and_the_paper_preset():
-    """natgrad's damping defaults (lambda_0 = 1, gamma tied) and Martens & Grosse's one option
-    away: the preset gives natgrad's former defaults exactly."""
+    """Natgrad's damping defaults (lambda_0 = 1, gamma tied) and Martens & Grosse's one option
+    away: the preset gives natgrad's former defaults exactly.
+    """
     from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
 
     assert (DampingConfig().initial, DampingConfig().adapt_gamma) == (1.0, False)
-    paper_damping = DampingConfig(
-        initial=150.0, adapt_gamma=True
-    )  # the paper's (natgrad's former) defaults
+    # the paper's (natgrad's former) defaults
+    paper_damping = DampingConfig(initial=150.0, adapt_gamma=True)
     assert DampingConfig.paper() == paper_damping
     assert coerce(DampingConfig, None, "damping", "paper") == paper_damping
     assert coerce(DampingConfig, {"initial": 10.0}, "damping", "paper") == DampingConfig(

@@ -1,4 +1,6 @@
-"""TONGA on the shared step: its direction at full rank, the registry (the shared contract: test_conformance.py)."""
+"""TONGA on the shared step: its direction at full rank, the registry (the shared contract:
+test_conformance.py).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ def _data(n: int = 16, d: int = 8, seed: int = 0):
 
 def test_fixed_step_is_the_papers_update_at_full_rank(float64):
     """quadratic_model off, momentum 0, one step, plain blocks, full rank:
-    theta_1 = theta_0 - lr (C + (lambda + eta) I)^{-1} grad, C the empirical Fisher of the statistics examples."""
+    theta_1 = theta_0 - lr (C + (lambda + eta) I)^{-1} grad, C the empirical Fisher of the
+    statistics examples.
+    """
     torch.manual_seed(0)
     model = DeepAutoencoder((8, 3, 2), init="default")
     x, _ = _data()

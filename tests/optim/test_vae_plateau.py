@@ -21,7 +21,9 @@ STEPS, BATCH = 40, 500
 
 
 def train_vae(activation: str, preset: str) -> dict[str, float]:
-    """STEPS K-FAC steps (full VAE curvature) on the synthetic training images; the final ELBO terms."""
+    """STEPS K-FAC steps (full VAE curvature) on the synthetic training images; the final ELBO
+    terms.
+    """
     data = synthetic_data()
     torch.manual_seed(0)
     model = VAE([64, 32, 16, 4], activation=activation, generator=torch.Generator().manual_seed(0))

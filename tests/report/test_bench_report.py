@@ -1,6 +1,7 @@
-"""The bench report built from a fixture of cell records with known curves: variant selection, medians,
-speed-ups (including the lower bound when a baseline never reaches the target), the papers' numbers,
-figures and the HTML page."""
+"""The bench report built from a fixture of cell records with known curves: variant selection,
+medians, speed-ups (including the lower bound when a baseline never reaches the target), the papers'
+numbers, figures and the HTML page.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def cell(
     trace: dict | None = None,
     grid: dict | None = None,
 ) -> dict:
-    """A cell record as :func:`natgrad.experiments.bench.cell_record` writes it (evaluations every 10 steps)."""
+    """A cell record as :func:`natgrad.experiments.bench.cell_record` writes it (evaluations every
+    10 steps).
+    """
     dataset, model = problem.split("-")
     metric = "reconstruction_error" if model == "autoencoder" else "neg_elbo"
     steps = [10 * i for i in range(len(errors))]
@@ -151,7 +154,9 @@ def markdown(runs_dir: Path) -> str:
 
 
 def _row(markdown: str, section: str, first_cell: str, table_header: str) -> list[str]:
-    """The cells of the row starting with ``first_cell`` in the table after ``table_header`` in ``section``."""
+    """The cells of the row starting with ``first_cell`` in the table after ``table_header`` in
+    ``section``.
+    """
     part = markdown.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     table = part.split(table_header, 1)[1]
     line = next(line for line in table.splitlines() if line.startswith(f"| {first_cell} |"))
@@ -193,12 +198,10 @@ def test_tables_give_medians_ranges_and_speedups(markdown):
 
 def test_without_a_configured_target_each_pair_races_to_the_error_both_reach(markdown):
     vae = markdown.split("## mnist-vae\n", 1)[1]
-    assert (
-        "Target train error 140;" in vae
-    )  # the table's target: max(90, 100, 140), set by the weakest method
-    assert (
-        _row(markdown, "mnist-vae", "kfac", "| optimizer | seeds | final train |")[6] == "2"
-    )  # reaches 140 at 2 s
+    # the table's target: max(90, 100, 140), set by the weakest method
+    assert "Target train error 140;" in vae
+    # reaches 140 at 2 s
+    assert _row(markdown, "mnist-vae", "kfac", "| optimizer | seeds | final train |")[6] == "2"
     speed = "| optimizer | vs Adam: common target |"
     # K-FAC vs Adam: max(100, 90) = 100; Adam first <= 100 at 2 s (step 20), K-FAC at 4 s (step 20)
     assert _row(markdown, "mnist-vae", "kfac", speed)[1:] == ["100", "0.5×", "1×"]

@@ -1,4 +1,6 @@
-"""Summaries, tables and figures of a comparison, from hand-made learning curves and a real suite."""
+"""Summaries, tables and figures of a comparison, from hand-made learning curves and a real
+suite.
+"""
 
 from __future__ import annotations
 
@@ -104,9 +106,8 @@ def test_suite_report_from_real_runs(tmp_path):
     text = report.markdown
     assert "## synthetic-autoencoder" in text and "## synthetic-vae" in text
     assert "Target train error 18 (given)" in text
-    assert (
-        "final test -L_k (IWAE bound, nats per image)" in text
-    )  # the VAE table has the IWAE column
+    # the VAE table has the IWAE column
+    assert "final test -L_k (IWAE bound, nats per image)" in text
     assert text.count("| sgd | 2 |") == 2 and text.count("| adam | 2 |") == 2
     for name in ("synthetic-autoencoder", "synthetic-vae"):
         assert (tmp_path / name / "curves.png").is_file() and (
@@ -127,21 +128,24 @@ def test_missing_log_is_reported(tmp_path):
 @pytest.mark.parametrize(
     ("values", "ticks", "limits"),
     [
+        # narrow: integer mantissas, limits widened to them
         (
             [52.0, 58.0],
             [50.0, 60.0],
             (50.0, 60.0),
-        ),  # narrow: integer mantissas, limits widened to them
+        ),
+        # wide: 1-2-5 per decade, autoscaled limits
         (
             [0.8, 30.0],
             [1.0, 2.0, 5.0, 10.0, 20.0],
             None,
-        ),  # wide: 1-2-5 per decade, autoscaled limits
+        ),
+        # one 1-2-5 tick: mantissas
         (
             [206.0, 544.0],
             [200.0, 300.0, 400.0, 500.0, 600.0],
             (200.0, 600.0),
-        ),  # one 1-2-5 tick: mantissas
+        ),
     ],
 )
 def test_error_axis_is_always_log_and_labelled(values, ticks, limits):
@@ -174,7 +178,9 @@ def test_error_axis_stays_linear_for_non_positive_values():
 
 
 def test_iwae_bound_is_shown_as_a_positive_loss_beside_the_negative_elbo():
-    """One sign convention: every column is a loss in nats; L_k (a log-likelihood) is shown as -L_k."""
+    """One sign convention: every column is a loss in nats; L_k (a log-likelihood) is shown as
+    -L_k.
+    """
     run = curves([10.0, 6.0], [11.0, 7.0], [0.0, 1.0])
     run.metrics["test.iwae_ll"] = np.array([-120.0, -95.5])
     table = comparison_table(

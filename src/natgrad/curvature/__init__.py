@@ -1,4 +1,5 @@
-r"""Curvature: exact oracles (``exact.py``) and approximate representations behind one contract (``base.py``).
+r"""Curvature: exact oracles (``exact.py``) and approximate representations behind one contract
+(``base.py``).
 
 Notation, fixed here for :mod:`natgrad.curvature` and :mod:`natgrad.optim` (other docstrings refer
 to it instead of redefining it):

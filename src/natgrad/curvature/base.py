@@ -25,9 +25,10 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
   representation's approximation of ``C + gamma^2 I`` (for K-FAC the factored Tikhonov form,
   section 6.3; otherwise exactly ``C + gamma^2 I``). ``gamma^2`` enters only here, through
   :meth:`solve` and :meth:`to_dense` (validated once in this class; each family's hooks add it in
-  their own form); the optimizer never adds it to anything. The work that depends on ``gamma^2`` is cached per value, so trying several ``gamma``
-  (section 6.6) costs one small factorisation each and never touches the statistics; the last
-  :data:`SHIFTED_CACHE` values stay cached, so returning to the chosen candidate costs nothing.
+  their own form); the optimizer never adds it to anything. The work that depends on ``gamma^2`` is
+  cached per value, so trying several ``gamma`` (section 6.6) costs one small factorisation each and
+  never touches the statistics; the last :data:`SHIFTED_CACHE` values stay cached, so returning to
+  the chosen candidate costs nothing.
 * :meth:`matvec` multiplies by ``C``; :meth:`to_dense` returns ``C`` or ``M(gamma^2)`` as a
   ``(P, P)`` matrix (tests and tiny models only).
 * :meth:`state_dict` / :meth:`load_state_dict` hold everything needed to resume exactly: the moving
@@ -64,12 +65,15 @@ SHIFTED_CACHE = 3
 
 
 class NonFiniteStatistics(ArithmeticError):
-    """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update` refused it."""
+    """A batch's curvature statistics hold NaN or Inf; :meth:`CurvatureRepresentation.update`
+    refused it.
+    """
 
 
 @dataclass(frozen=True)
 class BlockJob:
-    """One independent piece of a refresh: ``compute()`` returns tensors shaped as ``outputs`` declares.
+    """One independent piece of a refresh: ``compute()`` returns tensors shaped as ``outputs``
+    declares.
 
     Attributes:
         name: what it computes, e.g. ``"encoder.0 A eigendecomposition"`` (logs and tests).
@@ -139,11 +143,15 @@ class CurvatureRepresentation(ABC):
 
     @property
     def frozen(self) -> Any:
-        """The statistics the represented matrix was built from at the last :meth:`refresh` (or None)."""
+        """The statistics the represented matrix was built from at the last :meth:`refresh` (or
+        None).
+        """
         return self._frozen
 
     def describe(self) -> str:
-        """A table of every trainable parameter, its shape and its block (:meth:`ParameterLayout.describe`)."""
+        """A table of every trainable parameter, its shape and its block
+        (:meth:`ParameterLayout.describe`).
+        """
         return self.layout.describe_table()
 
     # ---- statistics -------------------------------------------------------------------------
@@ -190,7 +198,8 @@ class CurvatureRepresentation(ABC):
 
     # ---- products ---------------------------------------------------------------------------
     def solve(self, vectors: Sequence[Tensor], tikhonov: float) -> list[Tensor]:
-        """``M(tikhonov)^{-1} v``, aligned with :attr:`params`, ``tikhonov = gamma^2`` (module docstring).
+        """``M(tikhonov)^{-1} v``, aligned with :attr:`params`, ``tikhonov = gamma^2`` (module
+        docstring).
 
         Raises:
             ValueError: ``vectors`` do not match the parameters, or ``tikhonov`` is negative, not
@@ -210,7 +219,9 @@ class CurvatureRepresentation(ABC):
         return self._matvec(self.layout.check(vectors), self._matrix())
 
     def to_dense(self, tikhonov: float | None = None) -> Tensor:
-        """``C`` (``tikhonov=None``) or ``M(tikhonov)``, the matrix :meth:`solve` inverts, ``(P, P)``."""
+        """``C`` (``tikhonov=None``) or ``M(tikhonov)``, the matrix :meth:`solve` inverts, ``(P,
+        P)``.
+        """
         frozen = self._matrix()
         return self._dense(frozen, None if tikhonov is None else self._check_tikhonov(tikhonov))
 
@@ -224,7 +235,8 @@ class CurvatureRepresentation(ABC):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen statistics.
+        """Restore :meth:`state_dict` output; factorisations are recomputed from the frozen
+        statistics.
 
         Raises:
             KeyError: a required entry is missing.
@@ -268,10 +280,13 @@ class CurvatureRepresentation(ABC):
     # ---- per-family hooks (same arguments in every family) ----------------------------------
     @abstractmethod
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> Any:
-        """This family's statistics of ``loss``'s batch (batch means, so they average and all-reduce)."""
+        """This family's statistics of ``loss``'s batch (batch means, so they average and
+        all-reduce).
+        """
 
     def _check_statistics(self, statistics: Any) -> None:
-        """Refuse statistics that do not fit this model (default: not a :class:`CurvatureStatistics`).
+        """Refuse statistics that do not fit this model (default: not a
+        :class:`CurvatureStatistics`).
 
         Raises:
             ValueError: statistics of another type.
@@ -284,7 +299,9 @@ class CurvatureRepresentation(ABC):
         )
 
     def _fold(self, averages: Any, statistics: Any, decay: float) -> Any:
-        """The new averages (default: a copy of the first batch, then the in-place moving average)."""
+        """The new averages (default: a copy of the first batch, then the in-place moving
+        average).
+        """
         if averages is None:
             return statistics.clone()  # owned: later updates work in place
         averages.fold_(statistics, decay)

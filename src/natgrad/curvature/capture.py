@@ -1,4 +1,5 @@
-r"""Capture of layer records: each Kronecker layer's inputs ``a_bar`` and back-propagated vectors ``g``.
+r"""Capture of layer records: each Kronecker layer's inputs ``a_bar`` and back-propagated vectors
+``g``.
 
 Notation of :mod:`natgrad.curvature` (Martens & Grosse 2015, section 3; Grosse & Martens 2016 for
 convolutions): for a Kronecker layer (see :mod:`natgrad.curvature.layout`) with pre-activation
@@ -58,7 +59,9 @@ class LayerRecord:
 
 @dataclass(frozen=True)
 class CapturedBatch:
-    """The records of one batch: one per layer of ``layout.layers``, and the other parameters' diagonals."""
+    """The records of one batch: one per layer of ``layout.layers``, and the other parameters'
+    diagonals.
+    """
 
     layers: tuple[LayerRecord, ...]
     other_diagonal: dict[
@@ -73,7 +76,9 @@ def output_vector_passes(
     estimator: OutputGradientEstimator,
     generator: torch.Generator | None = None,
 ) -> list[OutputVectors]:
-    """The output-side vectors to back-propagate, one list (aligned with the selected terms) per pass."""
+    """The output-side vectors to back-propagate, one list (aligned with the selected terms) per
+    pass.
+    """
     chosen = select_terms(terms, kind)
     if kind is CurvatureKind.EMPIRICAL:
         # dL_t/dz_t term by term: a term's outputs may lie upstream of another term (the VAE's mu).
@@ -112,8 +117,10 @@ class _Recorder:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if i in self.inputs:
                 raise RuntimeError(
-                    f"layer {self.layers[i].name!r} was called twice in one forward pass; K-FAC capture "
-                    "needs each Kronecker layer used once (share weights through an 'other' module instead)"
+                    f"layer {self.layers[i].name!r} was called twice in one forward pass; K-FAC "
+                    "capture "
+                    "needs each Kronecker layer used once (share weights through an 'other' module "
+                    "instead)"
                 )
             self.inputs[i] = args[0].detach()
             self.outputs[i] = output
@@ -151,8 +158,10 @@ class _ParameterUses(TorchFunctionMode):
         shared = sorted(self.names[key] for key, count in self.counts.items() if count > 1)
         if shared:
             raise ValueError(
-                f"parameters {shared} are used more than once in one forward pass (tied or shared weights, or a "
-                "module called twice); their Kronecker blocks would see one use only. Untie them, or share them "
+                f"parameters {shared} are used more than once in one forward pass (tied or shared "
+                "weights, or a "
+                "module called twice); their Kronecker blocks would see one use only. Untie them, "
+                "or share them "
                 "through a module without a Kronecker form (its parameters get a diagonal block)"
             )
 
@@ -198,10 +207,12 @@ def capture(
     estimator: OutputGradientEstimator = OutputGradientEstimator.SAMPLED,
     generator: torch.Generator | None = None,
 ) -> CapturedBatch:
-    """Forward ``loss``'s batch with hooks, back-propagate the output-side vectors, return the records.
+    """Forward ``loss``'s batch with hooks, back-propagate the output-side vectors, return the
+    records.
 
     Cost: one forward pass plus one backward pass to the layer outputs per pass (one pass unless
-    ``estimator`` is SQUARE_ROOT), plus a vmap'd per-example pass when the model has other parameters.
+    ``estimator`` is SQUARE_ROOT), plus a vmap'd per-example pass when the model has other
+    parameters.
     """
     check_modules(loss.model)
     with _Recorder(layout.layers) as rec, _ParameterUses(layout) as uses:
@@ -210,7 +221,8 @@ def capture(
     missing = [layout.layers[i].name for i in range(len(layout.layers)) if i not in rec.inputs]
     if missing:
         raise RuntimeError(
-            f"layers {missing} were not called in the forward pass; remove them or freeze their parameters"
+            f"layers {missing} were not called in the forward pass; remove them or freeze their "
+            "parameters"
         )
     chosen = select_terms(fresh.terms, kind)
     passes = output_vector_passes(fresh.terms, kind, estimator, generator)

@@ -29,7 +29,9 @@ def pi_trace_norm(input_factor: Tensor, output_factor: Tensor) -> float:
 def factored_shifts(
     input_factor: Tensor, output_factor: Tensor, tikhonov: float
 ) -> tuple[float, float]:
-    """The diagonal shifts ``(pi gamma, gamma / pi)`` added to ``A`` and ``B``, ``gamma = sqrt(tikhonov)``."""
+    """The diagonal shifts ``(pi gamma, gamma / pi)`` added to ``A`` and ``B``, ``gamma =
+    sqrt(tikhonov)``.
+    """
     gamma = math.sqrt(tikhonov)
     pi = pi_trace_norm(input_factor, output_factor)
     return pi * gamma, gamma / pi

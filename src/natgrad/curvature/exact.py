@@ -17,8 +17,8 @@ product takes and returns a list of tensors aligned with it, every dense matrix 
   distribution's curvature is its ``F_R`` (equal to ``H_L`` for natural parameters), so this is the
   GGN of the likelihood terms; a non-likelihood term such as the KL has no Fisher.
 * Empirical Fisher: ``(1/N) sum_n grad l_n grad l_n^T`` with ``l_n`` the per-example objective;
-  products use ``(1/N) J_l^T (J_l v)`` with ``J_l`` the ``(N, P)`` Jacobian of ``l``, the dense matrix
-  per-example gradients from ``vmap(grad)``.
+  products use ``(1/N) J_l^T (J_l v)`` with ``J_l`` the ``(N, P)`` Jacobian of ``l``, the dense
+  matrix per-example gradients from ``vmap(grad)``.
 * Hessian: forward-over-reverse ``jvp(grad h)``; dense by ``torch.func.hessian``.
 
 These functions are the test oracle and the product Hessian-free optimisation uses.
@@ -91,12 +91,16 @@ class OutputJacobian:
         return self._pullback(tuple(cotangent))[0]
 
     def pullback_product(self, metric: Sequence[Tensor], tangent):
-        """``J^T M J v`` for an output-space metric given per output by its diagonal or per-example matrix."""
+        """``J^T M J v`` for an output-space metric given per output by its diagonal or per-example
+        matrix.
+        """
         return self.vjp(curvature_product(m, u) for m, u in zip(metric, self.jvp(tangent)))
 
 
 def _term_outputs(loss: Loss, kind: CurvatureKind):
-    """``theta -> (outputs of the selected terms, flat)`` with their curvature scaled by 1/N as aux."""
+    """``theta -> (outputs of the selected terms, flat)`` with their curvature scaled by 1/N as
+    aux.
+    """
 
     def outputs(params: dict[str, Tensor]):
         terms = select_terms(loss.evaluate(params), kind)
@@ -182,7 +186,9 @@ def curvature_vector_product(
 
 
 def _flatten_jacobian(jac: Mapping[str, Tensor], lead: int) -> Tensor:
-    """Concatenate per-parameter Jacobian blocks ``(*lead_shape, *param_shape)`` into ``(lead, P)``."""
+    """Concatenate per-parameter Jacobian blocks ``(*lead_shape, *param_shape)`` into ``(lead,
+    P)``.
+    """
     return torch.cat([j.reshape(lead, -1) for j in jac.values()], dim=1)
 
 

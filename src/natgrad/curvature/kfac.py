@@ -1,4 +1,5 @@
-r"""Kronecker-factored curvature: the factors, their factored Tikhonov form, and block-diagonal K-FAC.
+r"""Kronecker-factored curvature: the factors, their factored Tikhonov form, and block-diagonal
+K-FAC.
 
 Martens & Grosse 2015, sections 3, 4.2, 5 and 6.3 (Grosse & Martens 2016, KFC, for convolutions).
 Notation of :mod:`natgrad.curvature`; per Kronecker layer ``i`` (:mod:`natgrad.curvature.layout`)
@@ -32,9 +33,9 @@ Both give the same matrix ``M(gamma^2) = (A + pi gamma I) (x) (B + gamma/pi I)``
 stores the shifted inverses in bfloat16 and multiplies in bfloat16 (float32 accumulation inside the
 product, result cast back to the gradient's dtype). The two products per layer are the solve's
 whole cost, ``sum_i d_out d_in (d_out + d_in)`` multiply-adds, and on CPUs with AVX512-BF16 they
-run faster in bfloat16 (timings: ``benchmarks/results/step_cost-threads1.md``); the price is a relative
-error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa), which the
-quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
+run faster in bfloat16 (timings: ``benchmarks/results/step_cost-threads1.md``); the price is a
+relative error of about ``2^-8`` per entry of the preconditioned gradient (8-bit mantissa), which
+the quadratic model's ``alpha`` and ``mu`` absorb in scale but not in direction. The factors, their
 moving averages and the inverses' Cholesky factorisation stay in float32/float64.
 """
 
@@ -96,14 +97,17 @@ def _spd_inverse(matrix: Tensor, dtype: torch.dtype) -> tuple[Tensor]:
 
 
 def _eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
-    """``(d, Q)`` of a symmetric factor; eigh in float64 (float32 LAPACK fails to converge on MNIST's
-    input factor, with many repeated zero eigenvalues from constant pixels), cast back."""
+    """``(d, Q)`` of a symmetric factor; eigh in float64 (float32 LAPACK fails to converge on
+    MNIST's
+    input factor, with many repeated zero eigenvalues from constant pixels), cast back.
+    """
     values, vectors = torch.linalg.eigh(factor.double())
     return values.to(factor.dtype), vectors.to(factor.dtype)
 
 
 class KroneckerFactored(CurvatureRepresentation):
-    """What block-diagonal and block-tridiagonal K-FAC share: statistics, shifted factors, other parameters.
+    """What block-diagonal and block-tridiagonal K-FAC share: statistics, shifted factors, other
+    parameters.
 
     Args:
         model: the module whose trainable parameters are the coordinates.
@@ -120,7 +124,9 @@ class KroneckerFactored(CurvatureRepresentation):
     def _statistics_and_records(
         self, loss: Loss, generator: torch.Generator | None
     ) -> tuple[CurvatureStatistics, CapturedBatch]:
-        """``(A_i, B_i)`` per layer and the other parameters' diagonal, with the records they came from."""
+        """``(A_i, B_i)`` per layer and the other parameters' diagonal, with the records they came
+        from.
+        """
         batch = capture(self.layout, loss, self.config.kind, self.config.estimator, generator)
         layers = tuple(
             LayerStatistics(input_factor(r, batch.batch_size), output_factor(r, batch.batch_size))
@@ -139,13 +145,15 @@ class KroneckerFactored(CurvatureRepresentation):
         )
 
     def _factor_names(self) -> list[str]:
-        """``"<layer> A"``, ``"<layer> B"`` for every Kronecker layer, in the order of the factors."""
+        """``"<layer> A"``, ``"<layer> B"`` for every Kronecker layer, in factor order."""
         return [f"{layer.name} {factor}" for layer in self.layout.layers for factor in ("A", "B")]
 
     def shifted_layer_factors(
         self, frozen: CurvatureStatistics, i: int, tikhonov: float
     ) -> tuple[Tensor, Tensor]:
-        """``(A_i + pi gamma I, B_i + gamma/pi I)`` with ``gamma = sqrt(tikhonov)`` (section 6.3)."""
+        """``(A_i + pi gamma I, B_i + gamma/pi I)`` with ``gamma = sqrt(tikhonov)`` (section
+        6.3).
+        """
         layer = frozen.layers[i]
         a, b = layer.input_factor, layer.output_factor
         shift_a, shift_b = factored_shifts(a, b, tikhonov)
@@ -215,7 +223,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
     def _factorise(
         self, frozen: CurvatureStatistics
     ) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
-        """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only), one job per factor."""
+        """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only), one job
+        per factor.
+        """
         if self.inverse_method is not InverseMethod.EIGEN:
             return None
         factors = [f for layer in frozen.layers for f in (layer.input_factor, layer.output_factor)]
@@ -232,8 +242,10 @@ class BlockDiagonalKFAC(KroneckerFactored):
         return [(results[2 * i], results[2 * i + 1]) for i in range(len(frozen.layers))]
 
     def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list:
-        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen"), or the shifted inverses ("inverse": one
-        job per factor)."""
+        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen"), or the shifted inverses
+        ("inverse": one
+        job per factor).
+        """
         if self.inverse_method is InverseMethod.EIGEN:
             return [
                 factored_shifts(layer.input_factor, layer.output_factor, tikhonov)
@@ -257,7 +269,9 @@ class BlockDiagonalKFAC(KroneckerFactored):
     def _shifted_inverse(
         self, frozen: CurvatureStatistics, i: int, side: int, tikhonov: float, dtype: torch.dtype
     ) -> tuple[Tensor]:
-        """``(A_i + pi gamma I)^{-1}`` (``side`` 0) or ``(B_i + gamma/pi I)^{-1}`` (``side`` 1), in ``dtype``."""
+        """``(A_i + pi gamma I)^{-1}`` (``side`` 0) or ``(B_i + gamma/pi I)^{-1}`` (``side`` 1), in
+        ``dtype``.
+        """
         return _spd_inverse(self.shifted_layer_factors(frozen, i, tikhonov)[side], dtype)
 
     def _solve_layer(self, v: Tensor, i: int, shifted: list) -> Tensor:

@@ -14,7 +14,8 @@ block-tridiagonal: the covariance of a chain-structured Gaussian (directed, edge
 * ``Sigma_i = F_ii - Psi_i F_{i+1,i+1} Psi_i^T = A_i (x) B_i - C_i (x) D_i`` with
   ``C_i = A_{i,i+1} A_{i+1}^{-1} A_{i,i+1}^T``, ``D_i = B_{i,i+1} B_{i+1}^{-1} B_{i,i+1}^T``
   (``C = D = 0`` for the last; the paper's names, local to this module),
-* ``F_hat^{-1} = Xi^T Lambda Xi``, ``Lambda = blockdiag(Sigma_i^{-1})``, ``Xi = I - Psi`` above the diagonal.
+* ``F_hat^{-1} = Xi^T Lambda Xi``, ``Lambda = blockdiag(Sigma_i^{-1})``, ``Xi = I - Psi`` above the
+  diagonal.
 
 Efficient solve, all in matrix form (``Psi_i V = PsiB_i V PsiA_i^T``):
 ``U_i = V_i - Psi_i V_{i+1}``; ``W_i = Sigma_i^{-1} U_i``; ``Z_i = W_i - Psi_{i-1}^T W_{i-1}``.
@@ -50,18 +51,24 @@ from natgrad.validation import require
 
 
 def input_cross_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``A_{i,i+1} = (1/N) sum_n a_bar_{i,n} a_bar_{i+1,n}^T`` between consecutive one-location layers."""
+    """``A_{i,i+1} = (1/N) sum_n a_bar_{i,n} a_bar_{i+1,n}^T`` between consecutive one-location
+    layers.
+    """
     return lower.inputs.flatten(0, 1).T @ upper.inputs.flatten(0, 1) / batch_size
 
 
 def output_cross_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int) -> Tensor:
-    """``B_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location layers."""
+    """``B_{i,i+1} = (1/N) sum_{k,n} g_{i,k,n} g_{i+1,k,n}^T`` between consecutive one-location
+    layers.
+    """
     return lower.output_grads.flatten(0, 2).T @ upper.output_grads.flatten(0, 2) / batch_size
 
 
 @dataclass(frozen=True)
 class _ChainBlock:
-    """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` at one ``tikhonov`` (products and dense matrix)."""
+    """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` at one ``tikhonov`` (products and dense
+    matrix).
+    """
 
     a: Tensor  # shifted A_i: (d_in, d_in)
     b: Tensor  # shifted B_i: (d_out, d_out)
@@ -73,7 +80,9 @@ class _ChainBlock:
 
 @dataclass(frozen=True)
 class _SolveBlock:
-    """What the solve needs of layer ``i`` at one ``tikhonov``: ``Psi`` and the simultaneous diagonalisation."""
+    """What the solve needs of layer ``i`` at one ``tikhonov``: ``Psi`` and the simultaneous
+    diagonalisation.
+    """
 
     psi_a: Tensor | None  # as in _ChainBlock; None for the last layer
     psi_b: Tensor | None
@@ -83,7 +92,9 @@ class _SolveBlock:
 
 
 def simultaneous_diagonalisation(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """``(K, s)`` with ``K^T a K = I`` and ``K^T c K = diag(s)`` for symmetric PD ``a``, symmetric ``c``."""
+    """``(K, s)`` with ``K^T a K = I`` and ``K^T c K = diag(s)`` for symmetric PD ``a``, symmetric
+    ``c``.
+    """
     chol = torch.linalg.cholesky(a)
     half = torch.linalg.solve_triangular(chol, c, upper=False)
     whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)
@@ -126,8 +137,10 @@ class TridiagonalKFAC(KroneckerFactored):
                 lower.inputs.shape[1] == 1 and upper.inputs.shape[1] == 1,
                 "locations per example",
                 (lower.inputs.shape[1], upper.inputs.shape[1]),
-                f"1: TridiagonalKFAC needs (N, d) inputs at every layer (layer {self.layout.layers[i].name!r} "
-                "or its successor has more; a VAE on the importance-weighted bound decodes k samples per "
+                "1: TridiagonalKFAC needs (N, d) inputs at every layer (layer "
+                f"{self.layout.layers[i].name!r} "
+                "or its successor has more; a VAE on the importance-weighted bound decodes k "
+                "samples per "
                 "example: use block-diagonal K-FAC)",
             )
             layers[i] = layers[i].with_cross(
@@ -141,7 +154,9 @@ class TridiagonalKFAC(KroneckerFactored):
         return [self._chain_block(frozen, i, tikhonov) for i in range(len(self.layout.layers))]
 
     def _chain_block(self, frozen: CurvatureStatistics, i: int, tikhonov: float) -> _ChainBlock:
-        """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` (from its own and the next layer's factors)."""
+        """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` (from its own and the next layer's
+        factors).
+        """
         a, b = self.shifted_layer_factors(frozen, i, tikhonov)
         if i + 1 == len(self.layout.layers):
             return _ChainBlock(a, b, torch.zeros_like(a), torch.zeros_like(b), None, None)
@@ -152,7 +167,9 @@ class TridiagonalKFAC(KroneckerFactored):
         return _ChainBlock(a, b, psi_a @ input_cross.T, psi_b @ output_cross.T, psi_a, psi_b)
 
     def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_SolveBlock]:
-        """Per layer, ``Psi`` and the simultaneous diagonalisations of ``(A, C)`` and ``(B, D)``: one job per layer."""
+        """Per layer, ``Psi`` and the simultaneous diagonalisations of ``(A, C)`` and ``(B, D)``:
+        one job per layer.
+        """
         jobs = []
         for i, (layer, stats) in enumerate(zip(self.layout.layers, frozen.layers)):
             d_in, d_out, dtype = (
@@ -214,7 +231,9 @@ class TridiagonalKFAC(KroneckerFactored):
         return out
 
     def _matvec(self, vectors: list[Tensor], frozen: CurvatureStatistics) -> list[Tensor]:
-        """``F_hat v = Xi^{-1} Sigma Xi^{-T} v`` (unshifted; needs invertible ``A_i, B_i`` for ``i >= 1``)."""
+        """``F_hat v = Xi^{-1} Sigma Xi^{-T} v`` (unshifted; needs invertible ``A_i, B_i`` for ``i
+        >= 1``).
+        """
         blocks = self._chain(frozen, 0.0)
         layers = self.layout.layers
         v = [self.layout.layer_matrix(vectors, layer) for layer in layers]

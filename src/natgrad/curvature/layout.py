@@ -12,9 +12,10 @@ Martens 2016 for convolutions). Which modules are, and how (:data:`KRONECKER_FOR
 module                        ``a_bar_t`` (``d_in``)        ``s_t`` (``d_out``)  ``W_bar``
 ============================  ===========================  ==================  ==================
 ``nn.Linear``                 input ``[x; 1]``              output               ``[W, b]``
-``nn.Conv1d`` / ``Conv2d``    unfolded patch ``[x_t; 1]``  output channels      ``[W, b]``, weight as ``(out, in*k)``
-``nn.ConvTranspose2d``        input pixel ``x_t``           the patch it writes  ``W^T``, weight as ``(in, out*k)``
-``nn.Embedding``              one-hot index ``e_t``         the embedding row    ``W^T``, weight as ``(num, dim)``
+``nn.Conv1d`` / ``Conv2d``    unfolded patch ``[x_t; 1]``  output channels      ``[W, b]``, weight
+as ``(out, in*k)`` ``nn.ConvTranspose2d``        input pixel ``x_t``           the patch it writes
+``W^T``, weight as ``(in, out*k)`` ``nn.Embedding``              one-hot index ``e_t``         the
+embedding row    ``W^T``, weight as ``(num, dim)``
 ============================  ===========================  ==================  ==================
 
 An embedding's input factor ``A = (1/N) sum e_t e_t^T`` is diagonal (the index counts); it is
@@ -67,7 +68,9 @@ def _conv1d_patches(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def _transposed_conv_patches(module: nn.Module, g: Tensor) -> Tensor:
-    """``dL/ds_t``: the patch of ``dL/dy`` that input pixel ``t`` wrote (unfold is fold's adjoint)."""
+    """``dL/ds_t``: the patch of ``dL/dy`` that input pixel ``t`` wrote (unfold is fold's
+    adjoint).
+    """
     return _conv2d_patches(module, g)  # (N, T, out*kh*kw)
 
 
@@ -103,7 +106,9 @@ def _transposed_conv_reason(module: nn.Module) -> str | None:
 
 
 def _one_hot_rows(module: nn.Module, indices: Tensor) -> Tensor:
-    """An embedding's input as one-hot rows ``(N, T, num_embeddings)``: its ``A`` is diagonal (the counts)."""
+    """An embedding's input as one-hot rows ``(N, T, num_embeddings)``: its ``A`` is diagonal (the
+    counts).
+    """
     one_hot = F.one_hot(indices.reshape(indices.shape[0], -1), module.num_embeddings)
     return one_hot.to(module.weight.dtype)
 
@@ -132,7 +137,9 @@ KRONECKER_FORMS: dict[type, tuple[KroneckerForm, Callable[[nn.Module], str | Non
 
 
 def kronecker_form(module: nn.Module) -> tuple[KroneckerForm | None, str | None]:
-    """``(form, None)`` for a Kronecker layer, else ``(None, why not)`` (None, None: not a layer type)."""
+    """``(form, None)`` for a Kronecker layer, else ``(None, why not)`` (None, None: not a layer
+    type).
+    """
     entry = KRONECKER_FORMS.get(type(module))
     if entry is None:
         return None, None
@@ -150,16 +157,21 @@ def check_modules(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm) and module.training:
             raise ValueError(
-                f"module {name!r} ({type(module).__name__}) normalises with batch statistics, which couple the "
-                "examples: natgrad's curvature needs each example's output to depend on that example alone. "
-                "Replace it with nn.LayerNorm or nn.GroupNorm (per-example normalisation), or freeze it with "
+                f"module {name!r} ({type(module).__name__}) normalises with batch statistics, "
+                "which couple the "
+                "examples: natgrad's curvature needs each example's output to depend on that "
+                "example alone. "
+                "Replace it with nn.LayerNorm or nn.GroupNorm (per-example normalisation), or "
+                "freeze it with "
                 ".eval() so it uses its running statistics"
             )
 
 
 @dataclass(frozen=True)
 class KroneckerLayer:
-    """One Kronecker layer: module, module name, its form and the indices of its weight and bias in ``params``."""
+    """One Kronecker layer: module, module name, its form and the indices of its weight and bias in
+    ``params``.
+    """
 
     name: str
     module: nn.Module
@@ -175,7 +187,9 @@ class KroneckerLayer:
 
     @property
     def d_in(self) -> int:
-        """Columns of ``W_bar``: inputs per location (``in * kh * kw`` for a conv), plus 1 for a bias."""
+        """Columns of ``W_bar``: inputs per location (``in * kh * kw`` for a conv), plus 1 for a
+        bias.
+        """
         weight = self.module.weight
         return int(weight.shape[0] if self.form.transposed else weight[0].numel()) + (
             self.bias_index is not None
@@ -200,7 +214,8 @@ class ParameterLayout:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"natgrad optimizers and curvatures take the model (an nn.Module), got "
-                f"{type(model).__name__}; pass the module itself, e.g. KFAC(model), not model.parameters()"
+                f"{type(model).__name__}; pass the module itself, e.g. KFAC(model), not "
+                "model.parameters()"
             )
         check_modules(model)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -261,12 +276,14 @@ class ParameterLayout:
         vectors = list(vectors)
         if len(vectors) != len(self.params):
             raise ValueError(
-                f"{field} must have one tensor per parameter ({len(self.params)}), got {len(vectors)}"
+                f"{field} must have one tensor per parameter ({len(self.params)}), got "
+                f"{len(vectors)}"
             )
         for name, v, p in zip(self.names, vectors, self.params):
             if v.shape != p.shape:
                 raise ValueError(
-                    f"{field}: tensor for {name!r} has shape {tuple(v.shape)}, expected {tuple(p.shape)}"
+                    f"{field}: tensor for {name!r} has shape {tuple(v.shape)}, expected "
+                    f"{tuple(p.shape)}"
                 )
         return vectors
 
@@ -309,7 +326,9 @@ class ParameterLayout:
             out[layer.bias_index] = matrix[:, n_w]
 
     def layer_indices(self, layer: KroneckerLayer) -> Tensor:
-        """Positions in the flat vector of ``W_bar`` flattened row-major: shape ``(d_out * d_in,)``."""
+        """Positions in the flat vector of ``W_bar`` flattened row-major: shape ``(d_out *
+        d_in,)``.
+        """
         w_off, n_w = self.offsets[layer.weight_index], self.params[layer.weight_index][0].numel()
         rows = torch.arange(layer.d_out).unsqueeze(1)
         if layer.form.transposed:  # W_bar[r, c] = weight.reshape(d_in, d_out)[c, r]
@@ -338,7 +357,9 @@ class ParameterLayout:
         ]
 
     def describe_table(self, block: str | None = None) -> str:
-        """:meth:`describe` as an aligned text table; ``block`` replaces every block label (non-Kronecker families)."""
+        """:meth:`describe` as an aligned text table; ``block`` replaces every block label
+        (non-Kronecker families).
+        """
         rows = [("parameter", "shape", "curvature block")]
         rows += [(n, str(s), block or b) for n, s, b in self.describe()]
         widths = [max(len(r[c]) for r in rows) for c in range(2)]

@@ -116,9 +116,11 @@ class CurvatureStatistics:
 def weighted_mean(
     statistics: Sequence[CurvatureStatistics], counts: Sequence[int]
 ) -> CurvatureStatistics:
-    """``sum_s n_s X_s / sum_s n_s``, the statistics of the union of batches of ``n_s`` examples each.
+    """``sum_s n_s X_s / sum_s n_s``, the statistics of the union of batches of ``n_s`` examples
+    each.
 
-    One batch is returned as it is; otherwise a new container (running mean with :meth:`~CurvatureStatistics.fold_`).
+    One batch is returned as it is; otherwise a new container (running mean with
+    :meth:`~CurvatureStatistics.fold_`).
 
     Raises:
         ValueError: no statistics, or containers of different structure.

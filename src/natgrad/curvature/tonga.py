@@ -10,14 +10,15 @@ updates between eigendecompositions. The optimizer's Tikhonov term ``gamma^2`` (
 The matrix (per block, see below) is kept as ``C = X X^T`` with ``X`` of shape ``(n_b, r)``, never
 as a dense ``n_b x n_b`` matrix:
 
-* update (amortised online algorithm, paper p. 5): ``X <- [sqrt(w) X, sqrt((1-w)/m) [s_1 ... s_m]]``,
-  i.e. ``C <- w C + (1 - w) S`` with ``S = (1/m) sum_n s_n s_n^T`` the batch statistic:
+* update (amortised online algorithm, paper p. 5): ``X <- [sqrt(w) X, sqrt((1-w)/m) [s_1 ...
+  s_m]]``, i.e. ``C <- w C + (1 - w) S`` with ``S = (1/m) sum_n s_n s_n^T`` the batch statistic:
   ``s_n = g_n`` (uncentred, the paper's online ``C_t = d C_{t-1} + g g^T``) or
   ``s_n = g_n - mean(g)`` (centred, the paper's definition of the gradient covariance);
 * the Gram matrix ``X^T X`` is kept alongside and grown by the paper's block formula;
 * every ``b`` updates (``refresh``): eigendecompose the Gram
   ``X^T X = V D V^T``; the eigenvectors of ``C`` are ``X V D^{-1/2}`` with eigenvalues ``D``; keep
-  the top ``k``: ``X <- X V_{:, :k}`` (so ``X X^T = sum_{j<=k} d_j u_j u_j^T``), Gram ``<- diag(D_{:k})``;
+  the top ``k``: ``X <- X V_{:, :k}`` (so ``X X^T = sum_{j<=k} d_j u_j u_j^T``), Gram ``<-
+      diag(D_{:k})``;
 * solve (Woodbury / push-through):
   ``(X X^T + gamma^2 I)^{-1} v = (v - X (X^T X + gamma^2 I)^{-1} X^T v) / gamma^2``,
   cost ``O(n r + r^3)`` per block.
@@ -125,7 +126,9 @@ class _BlockGroup:
     per_unit: bool
 
     def gather(self, vectors: Sequence[Tensor], lead: tuple[int, ...] = ()) -> Tensor:
-        """``(*lead, B, n_b)`` from the per-parameter tensors ``vectors`` (each ``(*lead, *shape)``)."""
+        """``(*lead, B, n_b)`` from the per-parameter tensors ``vectors`` (each ``(*lead,
+        *shape)``).
+        """
         parts = [vectors[i] for i in self.indices]
         if self.per_unit:
             weight = parts[0].reshape(*parts[0].shape[: len(lead) + 1], -1)  # (*lead, d_out, d_in)
@@ -239,7 +242,8 @@ class TongaCurvature(CurvatureRepresentation):
         return [0 if x is None else int(x.shape[-1]) for x in self.factors]
 
     def _statistics(self, loss: Loss, generator: torch.Generator | None) -> ExampleGradients:
-        """Per-example gradients ``(m, *param.shape)`` of the first ``examples_per_update`` examples.
+        """Per-example gradients ``(m, *param.shape)`` of the first ``examples_per_update``
+        examples.
 
         One ``torch.func.vmap`` of ``grad`` (:func:`natgrad.curvature.exact.per_example_gradients`)
         on the sub-batch, with the same inputs (and VAE noise). ``generator`` is unused (TONGA needs
@@ -279,7 +283,9 @@ class TongaCurvature(CurvatureRepresentation):
     def _fold(
         self, averages: LowRankFactors | None, statistics: ExampleGradients, decay: float
     ) -> LowRankFactors:
-        """``C <- w C + (1 - w) S``: the ``m`` new columns are appended (:meth:`refresh` truncates)."""
+        """``C <- w C + (1 - w) S``: the ``m`` new columns are appended (:meth:`refresh`
+        truncates).
+        """
         if averages is None:
             averages = LowRankFactors([None] * len(self.groups), [None] * len(self.groups))
         gradients = statistics.gradients
@@ -295,7 +301,8 @@ class TongaCurvature(CurvatureRepresentation):
         return averages
 
     def _freeze(self, averages: LowRankFactors) -> None:
-        r"""Keep the top-``k`` eigenpairs of each block: ``X <- X V_{:, :k}``, Gram ``<- diag(D_{:k})``.
+        r"""Keep the top-``k`` eigenpairs of each block: ``X <- X V_{:, :k}``, Gram ``<-
+        diag(D_{:k})``.
 
         ``X^T X = V D V^T`` (batched ``eigh`` of ``(B, r, r)``); ``X V`` has orthogonal columns of
         squared norms ``D``, the eigenvectors of ``C`` scaled by ``sqrt(D)``. In place: the products
@@ -368,7 +375,9 @@ class TongaCurvature(CurvatureRepresentation):
         return out  # type: ignore[return-value]
 
     def _dense(self, frozen: LowRankFactors | None, tikhonov: float | None) -> Tensor:
-        """``C`` (or ``C + gamma^2 I``) as a ``(P, P)`` matrix in the flat parameter order (tests only)."""
+        """``C`` (or ``C + gamma^2 I``) as a ``(P, P)`` matrix in the flat parameter order (tests
+        only).
+        """
         n = self.layout.dimension
         dense = torch.zeros(n, n, dtype=self.layout.params[0].dtype)
         positions = self.layout.unflatten(torch.arange(n))

@@ -45,13 +45,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from natgrad.validation import require
+
 
 @dataclass(frozen=True)
 class ChangeOfBasis:
     r"""The linear part of one re-estimation: ``dV -> dV A``, ``dd -> dd + dV s``.
 
-    ``A = U_{old} U_{new}^{-1}`` (``(d_in, d_in)``), ``s = U_{old} (c_{new} - c_{old})`` (``(d_in,)``),
-    or ``None`` for a batch-normalised layer, whose constant shift is absorbed by the normalisation.
+    ``A = U_{old} U_{new}^{-1}`` (``(d_in, d_in)``), ``s = U_{old} (c_{new} - c_{old})``
+    (``(d_in,)``), or ``None`` for a batch-normalised layer, whose constant shift is absorbed by the
+    normalisation.
     """
 
     basis: Tensor
@@ -64,15 +67,15 @@ class ChangeOfBasis:
 
 
 def whitening_statistics(inputs: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-    r"""``(c, U, U^{-1})`` from samples ``(N_s, d)``: mean, ``(D + eps)^{-1/2} E^T`` and ``E (D + eps)^{1/2}``.
+    r"""``(c, U, U^{-1})`` from samples ``(N_s, d)``: mean, ``(D + eps)^{-1/2} E^T`` and ``E (D +
+    eps)^{1/2}``.
 
     Computed in float64 (a few times per thousand steps) and returned in the inputs' dtype.
 
     Raises:
         ValueError: ``epsilon <= 0`` or fewer than two samples.
     """
-    if not epsilon > 0:
-        raise ValueError(f"whitening epsilon must be > 0, got {epsilon}")
+    require(epsilon > 0, "whitening epsilon", epsilon, "a number > 0")
     if inputs.dim() != 2 or inputs.shape[0] < 2:
         raise ValueError(f"whitening needs (N_s >= 2, d) samples, got shape {tuple(inputs.shape)}")
     h = inputs.detach().to(torch.float64)
@@ -123,13 +126,16 @@ class WhitenedLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """``d_in``, the width of ``V``'s input."""
         return int(self.weight.shape[1])
 
     @property
     def out_features(self) -> int:
+        """``d_out``, the width of the output."""
         return int(self.weight.shape[0])
 
     def forward(self, h: Tensor) -> Tensor:
+        """``V U (h - c) + d`` (PRONG), or ``gain * BN(V U (h - c)) + d`` (PRONG+)."""
         white = F.linear(h - self.centre, self.whitening)  # U (h - c): (N, d_in)
         if not self.batch_norm:
             return F.linear(white, self.weight, self.bias)
@@ -137,9 +143,8 @@ class WhitenedLinear(nn.Module):
 
     def _normalise(self, s: Tensor) -> Tensor:
         if self.training:
-            rows = s.reshape(
-                -1, s.shape[-1]
-            )  # (N, d_out), or (N k, d_out) for k samples per example
+            # (N, d_out), or (N k, d_out) for k samples per example
+            rows = s.reshape(-1, s.shape[-1])
             mean, var = rows.mean(dim=0), rows.var(dim=0, unbiased=False)
             with torch.no_grad():
                 n = rows.shape[0]
@@ -151,13 +156,16 @@ class WhitenedLinear(nn.Module):
         return (s - mean) / torch.sqrt(var + self.bn_eps)
 
     def canonical(self) -> tuple[Tensor, Tensor]:
-        """``(W, b) = (V U, d - V U c)``, the ordinary linear layer this one represents (without BN)."""
+        """``(W, b) = (V U, d - V U c)``, the ordinary linear layer this one represents (without
+        BN).
+        """
         weight = self.weight.detach() @ self.whitening
         return weight, self.bias.detach() - weight @ self.centre
 
     @torch.no_grad()
     def reparametrise(self, inputs: Tensor, epsilon: float) -> ChangeOfBasis:
-        """Re-estimate ``(U, c)`` on ``inputs`` ``(N_s, d_in)`` and update ``(V, d)`` to keep the function.
+        """Re-estimate ``(U, c)`` on ``inputs`` ``(N_s, d_in)`` and update ``(V, d)`` to keep the
+        function.
 
         Returns the :class:`ChangeOfBasis` applied, for the optimizer's momentum buffers.
         """
@@ -178,11 +186,16 @@ class WhitenedLinear(nn.Module):
         return change
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, batch_norm={self.batch_norm}"
+        """The sizes and whether the layer is batch-normalised."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"batch_norm={self.batch_norm}"
+        )
 
 
 def whiten(model: nn.Module, batch_norm: bool = False) -> list[WhitenedLinear]:
-    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`WhitenedLinear` with ``U = I, c = 0``.
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`WhitenedLinear` with ``U =
+    I, c = 0``.
 
     The function is unchanged for PRONG. For PRONG+ (``batch_norm``) the hidden layers - a Linear
     followed by another module in its ``nn.Sequential`` (the nonlinearity) - are batch-normalised;
@@ -212,9 +225,8 @@ def capture_layer_inputs(layers: Sequence[WhitenedLinear]) -> Iterator[list[list
 
     def hook_for(store: list[Tensor]) -> Callable:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store.append(
-                args[0].detach().reshape(-1, args[0].shape[-1])
-            )  # one row per example (and sample)
+            # one row per example (and sample)
+            store.append(args[0].detach().reshape(-1, args[0].shape[-1]))
 
         return hook
 

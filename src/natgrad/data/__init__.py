@@ -1,4 +1,5 @@
-"""Datasets of the natural-gradient benchmarks: MNIST (original), CURVES and FACES (original or regenerated).
+"""Datasets of the natural-gradient benchmarks: MNIST (original), CURVES and FACES (original or
+regenerated).
 
 See docs/data.md for the search path, the checks, and every choice made when regenerating.
 """

@@ -30,16 +30,15 @@ def atomic_write_bytes(dest: str | Path, data: bytes, previous: Path | None = No
     """Write ``data`` to ``dest`` via a temporary file, fsync, ``os.replace`` and an fsync of the
     directory (so the rename itself survives a crash); no partial file ever remains at ``dest``.
 
-    With ``previous``, an existing ``dest`` is first renamed to ``previous`` (kept as a fallback), so
-    at every instant one of the two holds a complete file. The temporary file is named
+    With ``previous``, an existing ``dest`` is first renamed to ``previous`` (kept as a fallback),
+    so at every instant one of the two holds a complete file. The temporary file is named
     ``.<name>.<pid>.<random>.tmp``; :func:`remove_stale_temporaries` removes those of dead writers.
 
     The one atomic writer of natgrad: data caches and training checkpoints both use it.
     """
     dest = Path(dest)
-    tmp = (
-        dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    )  # usual permissions, unlike mkstemp
+    # usual permissions, unlike mkstemp
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "xb") as handle:
             handle.write(data)
@@ -69,8 +68,9 @@ def _writer_is_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_write_bytes` in ``directory`` whose writer process
-    is dead (killed mid-write); return them. Temporaries of live writers are left alone."""
+    """Delete the temporary files of :func:`atomic_write_bytes` in ``directory`` whose writer
+    process is dead (killed mid-write); return them. Temporaries of live writers are left alone.
+    """
     stale = []
     for path in directory.glob(".*.tmp"):
         pid = path.name.rsplit(".", 3)[-3] if path.name.count(".") >= 4 else ""
@@ -96,7 +96,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_cache(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> Path:
-    """Write ``arrays`` (one ``<key>.npy`` each) and the manifest atomically; return the manifest path."""
+    """Write ``arrays`` (one ``<key>.npy`` each) and the manifest atomically; return the manifest
+    path.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / MANIFEST
     manifest_path.unlink(missing_ok=True)
@@ -142,13 +144,15 @@ def _load_entry(directory: Path, key: str, entry: dict[str, Any]) -> np.ndarray:
     actual = file_sha256(path)
     if actual != entry.get("sha256"):
         raise DataError(
-            f"{path}: sha256 is {actual}, manifest {directory / MANIFEST} says {entry.get('sha256')}; "
+            f"{path}: sha256 is {actual}, manifest {directory / MANIFEST} says "
+            f"{entry.get('sha256')}; "
             "the cache is corrupt or stale, rebuild it with `natgrad data prepare`"
         )
     array = np.load(path, allow_pickle=False)
     if list(array.shape) != entry.get("shape") or str(array.dtype) != entry.get("dtype"):
         raise DataError(
-            f"{path}: shape {list(array.shape)} {array.dtype}, manifest says {entry.get('shape')} {entry.get('dtype')}"
+            f"{path}: shape {list(array.shape)} {array.dtype}, manifest says {entry.get('shape')} "
+            f"{entry.get('dtype')}"
         )
     return array
 
@@ -157,7 +161,8 @@ def read_cache(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load and verify every array of a cache; return ``(arrays, manifest)``.
 
     Raises:
-        DataError: naming the file when the manifest is missing/invalid or an array does not match it.
+        DataError: naming the file when the manifest is missing/invalid or an array does not match
+            it.
     """
     manifest = read_manifest(directory)
     arrays = {key: _load_entry(directory, key, entry) for key, entry in manifest["arrays"].items()}

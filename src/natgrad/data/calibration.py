@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad.validation import require
+
 PAPER_PCA_ERROR = {"mnist": (30, 13.87), "curves": (18, 5.90), "faces": (30, 135.0)}
 
 
@@ -22,8 +24,7 @@ def pca_test_error(
     """
     train, test = np.asarray(train), np.asarray(test)
     dim = train.shape[1]
-    if not 0 <= components <= dim:
-        raise ValueError(f"components={components} must be in [0, {dim}]")
+    require(0 <= components <= dim, "components", components, f"an integer in [0, {dim}]")
     mean = train.mean(axis=0, dtype=np.float64)
     scatter = np.zeros((dim, dim))
     for start in range(0, len(train), chunk):

@@ -44,6 +44,7 @@ class CurvesRecipe:
     peak: float = 1.0
 
     def to_dict(self) -> dict:
+        """The recipe as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -56,7 +57,10 @@ def spline_points(x: np.ndarray, y: np.ndarray, segments: int) -> tuple[np.ndarr
            + (y_{i+1}/h_i - M_{i+1} h_i/6)(t - x_i).
 
     Args:
-        x, y: knots, shape (B, 3), x strictly increasing along axis 1.
+        x: the knots' abscissae, shape (B, 3), strictly increasing along axis 1.
+        y: the knots' ordinates, shape (B, 3).
+        segments: the number of intervals sampled between ``x_0`` and ``x_2``.
+
     Returns:
         xs, ys of shape (B, segments + 1).
     """
@@ -79,15 +83,18 @@ def spline_points(x: np.ndarray, y: np.ndarray, segments: int) -> tuple[np.ndarr
 
 
 def polyline_distance_sq(xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
-    """Squared distance from every pixel centre of a size x size grid to each polyline: (B, size**2)."""
+    """Squared distance from every pixel centre of a size x size grid to each polyline: (B,
+    size**2).
+    """
     row, col = np.meshgrid(
         np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij"
     )
     px, py = col.reshape(1, -1, 1), row.reshape(1, -1, 1)  # pixel (x = column, y = row), (1, P, 1)
+    # float32 halves the work; error << 1e-3 px
     xs, ys = (
         xs.astype(np.float32),
         ys.astype(np.float32),
-    )  # float32 halves the work; error << 1e-3 px
+    )
     ax, ay = xs[:, None, :-1], ys[:, None, :-1]  # segment starts, (B, 1, S)
     dx, dy = np.diff(xs, axis=1)[:, None, :], np.diff(ys, axis=1)[:, None, :]
     length_sq = np.maximum(dx * dx + dy * dy, 1e-12)
@@ -104,18 +111,20 @@ def draw_knots(
     slack = high - low - 2 * recipe.min_gap
     if slack <= 0:
         raise ValueError(
-            f"margin={recipe.margin} and min_gap={recipe.min_gap} leave no room in size={recipe.size}"
+            f"margin={recipe.margin} and min_gap={recipe.min_gap} leave no room in "
+            f"size={recipe.size}"
         )
-    uniform = rng.random(
-        (count, 6)
-    )  # one row per image, so the first n images never depend on count
+    # one row per image, so the first n images never depend on count
+    uniform = rng.random((count, 6))
     x = low + np.sort(uniform[:, :3] * slack, axis=1) + recipe.min_gap * np.arange(3)
     y = low + uniform[:, 3:] * (high - low)
     return x, y
 
 
 def render(x: np.ndarray, y: np.ndarray, recipe: CurvesRecipe) -> np.ndarray:
-    """Ink the splines through knots (x, y) with the Gaussian pen: float32 (B, size**2) in [0, 1]."""
+    """Ink the splines through knots (x, y) with the Gaussian pen: float32 (B, size**2) in [0,
+    1].
+    """
     xs, ys = spline_points(x, y, recipe.segments)
     dist_sq = polyline_distance_sq(xs, ys, recipe.size)
     reach = (_CUTOFF_SIGMAS * recipe.pen_sigma) ** 2
@@ -128,7 +137,9 @@ def render(x: np.ndarray, y: np.ndarray, recipe: CurvesRecipe) -> np.ndarray:
 def generate_curves(
     recipe: CurvesRecipe, seed: int, *, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic CURVES: (train, test) float32 of shapes (n_train, size**2), (n_test, size**2)."""
+    """Deterministic CURVES: (train, test) float32 of shapes (n_train, size**2), (n_test,
+    size**2).
+    """
     rng = np.random.default_rng(seed)
     total = recipe.n_train + recipe.n_test
     x, y = draw_knots(rng, total, recipe)

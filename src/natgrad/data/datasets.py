@@ -32,6 +32,7 @@ from natgrad.data import curves, faces, mnist, sources
 from natgrad.data.cache import file_sha256, read_cache, read_manifest, write_cache
 from natgrad.data.errors import DataError
 from natgrad.data.paths import data_search_path, find_file, require_data_dir, writable_data_dir
+from natgrad.validation import require
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ _GENERATOR_VERSION = {"curves": curves.GENERATOR_VERSION, "faces": faces.GENERAT
 
 @dataclass(frozen=True)
 class Dataset:
-    """One benchmark dataset: float32 tensors (N, D), one image per row, values as the papers use them."""
+    """One benchmark dataset: float32 tensors (N, D), one image per row, values as the papers use
+    them.
+    """
 
     name: str
     train: torch.Tensor
@@ -106,8 +109,10 @@ def _load_arrays(name: str, search_path: list[Path]) -> tuple[str, np.ndarray, n
     cache = find_cache(name, search_path)
     if cache is None:
         raise DataError(
-            f"{name}: neither the original ({' or '.join(_ORIGINAL[name])}) nor a regenerated cache "
-            f"({cache_dir_name(name)}/manifest.json) was found; looked in:\n  {_searched(search_path)}\n"
+            f"{name}: neither the original ({' or '.join(_ORIGINAL[name])}) nor a regenerated "
+            "cache "
+            f"({cache_dir_name(name)}/manifest.json) was found; looked in:\n  "
+            f"{_searched(search_path)}\n"
             f"Run `natgrad data prepare {name}` to regenerate it (takes about a minute)."
         )
     arrays, _ = read_cache(cache)
@@ -121,7 +126,8 @@ def _load_arrays(name: str, search_path: list[Path]) -> tuple[str, np.ndarray, n
 def load_dataset(
     name: str, data_dir: str | Path | None = None, *, split_train_size: int | None = None
 ) -> Dataset:
-    """Load a benchmark dataset from the search path (see :func:`natgrad.data.paths.data_search_path`).
+    """Load a benchmark dataset from the search path (see
+    :func:`natgrad.data.paths.data_search_path`).
 
     Args:
         name: one of :data:`DATASET_NAMES`.
@@ -137,10 +143,9 @@ def load_dataset(
     require_data_dir(data_dir)
     label, train, test, source = _load_arrays(name, data_search_path(data_dir))
     if split_train_size is not None:
-        if not 1 <= split_train_size <= len(train):
-            raise DataError(
-                f"split_train_size={split_train_size} must be in [1, {len(train)}] for {label}"
-            )
+        ok = 1 <= split_train_size <= len(train)
+        allowed = f"an integer in [1, {len(train)}] for {label}"
+        require(ok, "split_train_size", split_train_size, allowed, DataError)
         train = train[:split_train_size]
     logger.info("loaded %s: train %s, test %s from %s", label, train.shape, test.shape, source)
     return Dataset(
@@ -169,13 +174,16 @@ def _face_sources(search_path: list[Path]) -> tuple[np.ndarray, str]:
         if (att / "s1" / "1.pgm").is_file():
             return sources.read_att_faces(att), str(att)
     raise DataError(
-        f"faces: no source images; looked for {' or '.join(sources.OLIVETTI)} and {sources.ATT_DIR}/s1..s40 in:\n"
+        f"faces: no source images; looked for {' or '.join(sources.OLIVETTI)} and "
+        f"{sources.ATT_DIR}/s1..s40 in:\n"
         f"  {_searched(search_path)}"
     )
 
 
 def _identity(name: str, recipe, seed: int) -> dict:
-    """The manifest fields that identify a cache (JSON round-tripped, so tuples compare as lists)."""
+    """The manifest fields that identify a cache (JSON round-tripped, so tuples compare as
+    lists).
+    """
     generator = _GENERATOR_VERSION[name]
     fields = {
         "dataset": cache_dir_name(name),
@@ -243,7 +251,8 @@ def prepare_dataset(
     recipe = recipe if recipe is not None else _RECIPE_TYPE[name]()
     if not isinstance(recipe, _RECIPE_TYPE[name]):
         raise DataError(
-            f"recipe for {name} must be a {_RECIPE_TYPE[name].__name__}, got {type(recipe).__name__}"
+            f"recipe for {name} must be a {_RECIPE_TYPE[name].__name__}, got "
+            f"{type(recipe).__name__}"
         )
     target = writable_data_dir(data_dir) / cache_dir_name(name)
     info = _identity(name, recipe, seed)

@@ -51,6 +51,7 @@ class FacesRecipe:
     test_people: int = 10
 
     def to_dict(self) -> dict:
+        """The recipe as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -130,7 +131,8 @@ def generate_faces(
     people = n_sources // IMAGES_PER_PERSON
     if recipe.train_people + recipe.test_people > people:
         raise ValueError(
-            f"train_people + test_people = {recipe.train_people + recipe.test_people} > {people} people"
+            f"train_people + test_people = {recipe.train_people + recipe.test_people} > {people} "
+            "people"
         )
     rng = np.random.default_rng(seed)
     angles, scales = draw_parameters(rng, n_sources * recipe.variants, recipe)

@@ -34,7 +34,9 @@ def read_idx_bytes(path: Path) -> bytes:
 
 
 def gunzip(raw: bytes, path: Path) -> bytes:
-    """Decompress gzip bytes read from ``path``, turning gzip failures into a DataError naming it."""
+    """Decompress gzip bytes read from ``path``, turning gzip failures into a DataError naming
+    it.
+    """
     try:
         return gzip.decompress(raw)
     except EOFError as exc:
@@ -56,7 +58,8 @@ def parse_idx_images(content: bytes, path: Path, *, count: int, rows: int, cols:
     magic, n, r, c = np.frombuffer(content[:_HEADER_BYTES], dtype=">u4")
     if magic != IMAGE_MAGIC:
         raise DataError(
-            f"{path}: bad magic number 0x{int(magic):08x}, expected 0x{IMAGE_MAGIC:08x} (IDX ubyte images)"
+            f"{path}: bad magic number 0x{int(magic):08x}, expected 0x{IMAGE_MAGIC:08x} (IDX ubyte "
+            "images)"
         )
     if (n, r, c) != (count, rows, cols):
         raise DataError(
@@ -65,7 +68,8 @@ def parse_idx_images(content: bytes, path: Path, *, count: int, rows: int, cols:
     expected = _HEADER_BYTES + count * rows * cols
     if len(content) != expected:
         raise DataError(
-            f"{path}: wrong length, {len(content)} bytes uncompressed, expected {expected} (truncated?)"
+            f"{path}: wrong length, {len(content)} bytes uncompressed, expected {expected} "
+            "(truncated?)"
         )
     return np.frombuffer(content, dtype=np.uint8, offset=_HEADER_BYTES).reshape(count, rows * cols)
 
@@ -75,7 +79,8 @@ def verify_sha256(content: bytes, path: Path, expected: str) -> None:
     actual = hashlib.sha256(content).hexdigest()
     if actual != expected:
         raise DataError(
-            f"{path}: checksum mismatch of the uncompressed content: sha256 is {actual}, expected {expected}"
+            f"{path}: checksum mismatch of the uncompressed content: sha256 is {actual}, expected "
+            f"{expected}"
         )
 
 

@@ -31,7 +31,9 @@ MIRRORS = (
 
 @dataclass(frozen=True)
 class IdxFile:
-    """One official MNIST file: its name (without .gz) and the sha256 of its uncompressed content."""
+    """One official MNIST file: its name (without .gz) and the sha256 of its uncompressed
+    content.
+    """
 
     name: str
     sha256: str
@@ -86,19 +88,23 @@ def locate_images(search_path: list[Path]) -> dict[str, Path]:
             return found
         if len(missing) < len(found):
             raise DataError(
-                f"{directory} holds part of MNIST but not {', '.join(missing)}[.gz]; a dataset is read "
+                f"{directory} holds part of MNIST but not {', '.join(missing)}[.gz]; a dataset is "
+                "read "
                 "whole from one directory: add the missing file there or remove the others"
             )
     name = IMAGES["train"].name
     searched = "\n  ".join(str(d) for d in search_path)
     raise DataError(
-        f"MNIST file {name}.gz not found; looked in (as mnist/{name}[.gz] and {name}[.gz]):\n  {searched}\n"
+        f"MNIST file {name}.gz not found; looked in (as mnist/{name}[.gz] and {name}[.gz]):\n  "
+        f"{searched}\n"
         "Run `natgrad data download mnist` or pass --data-dir."
     )
 
 
 def load_mnist_arrays(search_path: list[Path]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """Verified MNIST images as float32 in [0, 1] (pixel / 255): train (60000, 784), test (10000, 784)."""
+    """Verified MNIST images as float32 in [0, 1] (pixel / 255): train (60000, 784), test (10000,
+    784).
+    """
     arrays, sources = [], []
     for split, path in locate_images(search_path).items():
         spec = IMAGES[split]
@@ -113,7 +119,8 @@ def _fetch(name: str) -> bytes:
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (fixed https URLs)
+            # noqa: S310 (fixed https URLs)
+            with urllib.request.urlopen(url, timeout=60) as response:
                 return response.read()
         except OSError as exc:
             errors.append(f"{url}: {exc}")
@@ -121,7 +128,8 @@ def _fetch(name: str) -> bytes:
 
 
 def download_mnist(dest: Path) -> list[Path]:
-    """Download the four official MNIST files into ``dest/mnist/``, verifying each before keeping it.
+    """Download the four official MNIST files into ``dest/mnist/``, verifying each before keeping
+    it.
 
     Each file is checked against the sha256 of its uncompressed content and written atomically;
     a file already present and valid is not downloaded again. Never used by the tests.

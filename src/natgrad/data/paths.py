@@ -18,7 +18,9 @@ ENV_VAR = "NATGRAD_DATA"
 
 
 def repo_root() -> Path | None:
-    """The checkout holding natgrad's pyproject.toml, walking up from this file (None if installed)."""
+    """The checkout holding natgrad's pyproject.toml, walking up from this file (None if
+    installed).
+    """
     for parent in Path(__file__).resolve().parents:
         pyproject = parent / "pyproject.toml"
         if pyproject.is_file() and 'name = "natgrad"' in pyproject.read_text(errors="replace"):

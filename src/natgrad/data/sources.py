@@ -70,7 +70,9 @@ def read_curves_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_faces_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """FACES with Martens' split: train = first 25/40 of the images, test = last 10/40, float32 (N, 625)."""
+    """FACES with Martens' split: train = first 25/40 of the images, test = last 10/40, float32 (N,
+    625).
+    """
     data = load_mat(path, ("newfaces_single",))["newfaces_single"]
     if data.ndim == 2 and data.shape[0] == 625 and data.shape[1] != 625:
         data = data.T
@@ -82,7 +84,9 @@ def read_faces_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_olivetti_mat(path: Path) -> np.ndarray:
-    """The 400 Olivetti faces as uint8 (400, 64, 64), upright, ordered s1 image 1 ... s40 image 10."""
+    """The 400 Olivetti faces as uint8 (400, 64, 64), upright, ordered s1 image 1 ... s40 image
+    10.
+    """
     faces = load_mat(path, ("faces",))["faces"]
     if faces.shape != (4096, _PEOPLE * _PER_PERSON):
         raise DataError(f"{path}: variable 'faces' has shape {faces.shape}, expected (4096, 400)")
@@ -110,7 +114,8 @@ def read_att_faces(directory: Path) -> np.ndarray:
 
     An approximation of Roweis' 64x64 crops: rows 36..105 and columns 12..81 of each 112x92 image
     (the fixed square that best correlates with olivettifaces.mat: mean per-image correlation about
-    0.52, against 0.30 for mismatched pairs; his crops are not one fixed window), resized bilinearly.
+    0.52, against 0.30 for mismatched pairs; his crops are not one fixed window), resized
+    bilinearly.
     """
     top, left, side = _ATT_CROP
     images = []

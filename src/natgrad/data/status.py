@@ -1,4 +1,5 @@
-"""What is found where and what it looks like: the data layer's half of ``natgrad data list|prepare``.
+"""What is found where and what it looks like: the data layer's half of ``natgrad data
+list|prepare``.
 
 By default checks presence and manifests only (cheap) and says "not verified"; with ``verify`` every
 dataset found is loaded, which checks every checksum (as training does).
@@ -71,7 +72,9 @@ def _generated_status(name: str, search_path: list[Path]) -> DatasetStatus:
 
 
 def _verified(status: DatasetStatus, data_dir: str | Path | None) -> DatasetStatus:
-    """``status`` after loading its dataset (every checksum checked): 'verified', or 'invalid' with why."""
+    """``status`` after loading its dataset (every checksum checked): 'verified', or 'invalid' with
+    why.
+    """
     try:
         load_dataset(status.name, data_dir)
     except DataError as exc:
@@ -117,7 +120,8 @@ def format_dataset_table(statuses: list[DatasetStatus]) -> str:
 
 
 def summarize_dataset(dataset: Dataset, *, with_pca: bool = False) -> str:
-    """One line of statistics (for ``natgrad data prepare``), optionally with the PCA calibration check.
+    """One line of statistics (for ``natgrad data prepare``), optionally with the PCA calibration
+    check.
 
     With ``with_pca`` the PCA test error of :mod:`natgrad.data.calibration` is printed next to the
     paper's value (a few seconds for FACES).

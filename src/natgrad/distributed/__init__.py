@@ -1,4 +1,5 @@
-"""Data-parallel natgrad on ``torch.distributed``: collectives, refresh assignment, statistics shards, launching.
+"""Data-parallel natgrad on ``torch.distributed``: collectives, refresh assignment, statistics
+shards, launching.
 
 Sits between :mod:`natgrad.curvature` and :mod:`natgrad.optim`: the optimizers use a
 :class:`Communicator` (one process, or :class:`ProcessGroupCommunicator` when a process group of

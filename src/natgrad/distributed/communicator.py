@@ -1,4 +1,5 @@
-r"""The collectives a data-parallel natgrad step needs, on ``torch.distributed`` (gloo on CPUs, NCCL on GPUs).
+r"""The collectives a data-parallel natgrad step needs, on ``torch.distributed`` (gloo on CPUs, NCCL
+on GPUs).
 
 A :class:`Communicator` is one process (every collective is the identity), so the single-process
 code path runs the same statements as a distributed one; :class:`ProcessGroupCommunicator` does
@@ -44,8 +45,10 @@ class Traffic:
 
     Attributes:
         calls: collective calls.
-        bytes: payload bytes handed to the collectives by this process (an all-reduce of a ``b``-byte
-            buffer counts ``b``; a ring all-reduce moves about ``2 (W - 1) / W`` times that over each
+        bytes: payload bytes handed to the collectives by this process (an all-reduce of a
+        ``b``-byte
+            buffer counts ``b``; a ring all-reduce moves about ``2 (W - 1) / W`` times that over
+            each
             link, a broadcast ``b`` to each receiver).
         seconds: wall-clock seconds spent inside the calls (waiting for slower processes included).
     """
@@ -80,7 +83,7 @@ class Communicator:
         return self.world_size > 1
 
     def weighted_mean_(self, tensors: Sequence[Tensor], count: float) -> float:
-        """In place, ``x <- sum_r n_r x_r / sum_r n_r`` with ``n_r = count``; returns ``sum_r n_r``."""
+        """In place, ``x <- sum_r n_r x_r / sum_r n_r`` (``n_r = count``); returns ``sum_r n_r``."""
         return float(count)
 
     def average_(self, tensors: Sequence[Tensor]) -> None:
@@ -145,6 +148,7 @@ class ProcessGroupCommunicator(Communicator):
 
     # ---- reductions --------------------------------------------------------------------------
     def weighted_mean_(self, tensors: Sequence[Tensor], count: float) -> float:
+        """One all-reduce per bucket of ``[n_r x_r ..., n_r]``."""
         total = float(count)
         for bucket in _buckets(tensors, self.bucket_bytes):
             buffer = torch.cat(
@@ -156,12 +160,14 @@ class ProcessGroupCommunicator(Communicator):
         return total
 
     def average_(self, tensors: Sequence[Tensor]) -> None:
+        """One all-reduce per bucket, then a division by the number of processes."""
         for bucket in _buckets(tensors, self.bucket_bytes):
             buffer = torch.cat([t.reshape(-1) for t in bucket])
             self._all_reduce(buffer, "average")
             _unflatten_into(buffer.div_(self.world_size), bucket)
 
     def sum_scalars(self, values: Sequence[float]) -> list[float]:
+        """One all-reduce of a float64 buffer."""
         buffer = torch.tensor([float(v) for v in values], dtype=torch.float64)
         self._all_reduce(buffer, "sum of scalars")
         return buffer.tolist()
@@ -184,6 +190,7 @@ class ProcessGroupCommunicator(Communicator):
                     offset += size
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
+        """``torch.distributed.all_gather`` of one tensor per process."""
         gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
         nbytes = tensor.numel() * tensor.element_size()
         self._collective(
@@ -194,6 +201,7 @@ class ProcessGroupCommunicator(Communicator):
         return gathered
 
     def broadcast_object(self, value: Any, source: int = 0) -> Any:
+        """``torch.distributed.broadcast_object_list`` (pickled; not counted in bytes)."""
         holder = [value if self.rank == source else None]
         self._collective(
             "object broadcast",
@@ -217,8 +225,10 @@ class ProcessGroupCommunicator(Communicator):
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
             waited = "" if self.timeout is None else f" (timeout {self.timeout:g} s)"
             raise PeerLostError(
-                f"process {self.rank} of {self.world_size}: the {name} of {nbytes} bytes failed ({detail}); "
-                f"another process of the job has died or stopped answering{waited}. Look at the other processes' "
+                f"process {self.rank} of {self.world_size}: the {name} of {nbytes} bytes failed "
+                f"({detail}); "
+                f"another process of the job has died or stopped answering{waited}. Look at the "
+                "other processes' "
                 "output for the first error; a natgrad run resumes from its last checkpoint with "
                 "`natgrad train --resume DIR`"
             ) from error
@@ -230,12 +240,13 @@ class ProcessGroupCommunicator(Communicator):
         )
 
 
-#: The communicator of the default process group, shared so that its traffic counts every collective.
+# The communicator of the default process group, shared so that its traffic counts every collective.
 _default: list[tuple[Any, ProcessGroupCommunicator]] = []
 
 
 def current_communicator(timeout: float | None = None) -> Communicator:
-    """The default process group's communicator when one is initialised with several processes, else one process.
+    """The default process group's communicator when one is initialised with several processes, else
+    one process.
 
     Every caller gets the same :class:`ProcessGroupCommunicator` for a process group, so its
     :attr:`~Communicator.traffic` counts the optimizer's and the runner's collectives together.
@@ -255,7 +266,8 @@ def current_communicator(timeout: float | None = None) -> Communicator:
 def average_gradients(
     communicator: Communicator, params: Sequence[Tensor], loss: Tensor, count: int
 ) -> float:
-    """The global batch's mean loss, with every ``p.grad`` replaced in place by the global batch's mean gradient.
+    """The global batch's mean loss, with every ``p.grad`` replaced in place by the global batch's
+    mean gradient.
 
     For a closure of a ``torch.optim`` optimizer (the natural-gradient optimizers do this
     themselves): after ``loss.backward()`` on a process's ``count`` examples, one bucketed,
@@ -275,7 +287,8 @@ def refuse_data_parallel(optimizer: str, reason: str) -> None:
     """Refuse to build ``optimizer`` inside a process group of more than one process.
 
     Raises:
-        ValueError: a process group with several processes is initialised (the message gives ``reason``).
+        ValueError: a process group with several processes is initialised (the message gives
+        ``reason``).
     """
     if current_communicator().distributed:
         raise ValueError(
@@ -285,7 +298,7 @@ def refuse_data_parallel(optimizer: str, reason: str) -> None:
 
 
 def _global(communicator: ProcessGroupCommunicator, rank: int) -> int:
-    """The global rank of ``rank`` in the communicator's group (the collectives take global ranks)."""
+    """The global rank of ``rank`` in the communicator's group (collectives take global ranks)."""
     return rank if communicator.group is None else dist.get_global_rank(communicator.group, rank)
 
 
@@ -295,7 +308,8 @@ def _bytes(t: Tensor) -> Tensor:
 
 def _buckets(tensors: Sequence[Tensor], limit: int, by_dtype: bool = True) -> list[list[Tensor]]:
     """``tensors`` in order, grouped by dtype (unless ``by_dtype`` is false) into buckets of at most
-    ``limit`` bytes (a larger tensor gets a bucket of its own)."""
+    ``limit`` bytes (a larger tensor gets a bucket of its own).
+    """
     buckets: list[list[Tensor]] = []
     filling: dict[Any, tuple[list[Tensor], int]] = {}  # key -> (the bucket being filled, its bytes)
     for t in tensors:

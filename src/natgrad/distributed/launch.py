@@ -1,4 +1,5 @@
-"""Starting the processes of a data-parallel job: from ``torchrun``'s environment, or as local processes.
+"""Starting the processes of a data-parallel job: from ``torchrun``'s environment, or as local
+processes.
 
 ``torchrun`` (and :func:`launch_local`, its one-machine counterpart behind ``natgrad train --nproc
 N``) starts every process with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` in its
@@ -138,7 +139,9 @@ def _forward_signals(children: list[subprocess.Popen]) -> Iterator[None]:
 
 
 def _supervise(children: list[subprocess.Popen], timeout: float) -> int:
-    """Wait for every child; after the first failure give the others ``timeout + GRACE`` seconds, then kill them."""
+    """Wait for every child; after the first failure give the others ``timeout + GRACE`` seconds,
+    then kill them.
+    """
     failed: tuple[int, int] | None = None
     deadline = None
     while any(child.poll() is None for child in children):
@@ -170,7 +173,9 @@ def _supervise(children: list[subprocess.Popen], timeout: float) -> int:
 
 
 def _first_failure(children: list[subprocess.Popen]) -> tuple[int, int] | None:
-    """``(rank, status)`` of a failed child, one killed by a signal first (the others' errors follow from it)."""
+    """``(rank, status)`` of a failed child, one killed by a signal first (the others' errors follow
+    from it).
+    """
     failures = [
         (rank, child.poll()) for rank, child in enumerate(children) if child.poll() not in (None, 0)
     ]

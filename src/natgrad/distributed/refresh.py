@@ -48,7 +48,8 @@ def assign_jobs(costs: Sequence[float], world_size: int) -> list[int]:
 
 
 class DistributedJobs:
-    """Runs a representation's refresh jobs across the processes of ``communicator`` (module docstring).
+    """Runs a representation's refresh jobs across the processes of ``communicator`` (module
+    docstring).
 
     Installed as :attr:`natgrad.curvature.base.CurvatureRepresentation.run_jobs` by a data-parallel
     optimizer. :attr:`last_owners` maps the job names of the last call to their owners.
@@ -83,14 +84,17 @@ class DistributedJobs:
     def _compute_own(
         self, jobs: Sequence[BlockJob], owners: list[int]
     ) -> tuple[list[tuple[Tensor, ...]], Exception | None]:
-        """This process's jobs computed (others' outputs allocated for the broadcasts), and its first error."""
+        """This process's jobs computed (others' outputs allocated for the broadcasts), and its
+        first error.
+        """
         rank, results, error = self.communicator.rank, [], None
         for job, owner in zip(jobs, owners):
             empty = tuple(torch.empty(shape, dtype=dtype) for shape, dtype in job.outputs)
             if owner != rank or error is not None:
                 results.append(empty)
                 continue
-            try:  # contiguous, as the receivers' copies are: a matrix product's rounding depends on the layout
+            # contiguous like the receivers' copies: a product's rounding depends on the layout
+            try:
                 result = tuple(t.contiguous() for t in job.compute())
             except torch.linalg.LinAlgError as failure:
                 error, result = failure, empty

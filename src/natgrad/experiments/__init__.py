@@ -1,4 +1,6 @@
-"""Experiments: typed run configs, the training runner (logs, checkpoints, resume), metrics, comparisons."""
+"""Experiments: typed run configs, the training runner (logs, checkpoints, resume), metrics,
+comparisons.
+"""
 
 from natgrad.experiments.config import (
     BudgetConfig,

@@ -5,9 +5,10 @@ Each epoch is a fresh permutation from the sampler's own ``torch.Generator``; a 
 skipped, so every batch has exactly ``m_k`` distinct examples). The size ``m_k`` of batch ``k``
 (counting from 1) is ``batch_size`` under the 'fixed' schedule, and under the 'exponential' one
 ``m_k = min(floor(batch_size * 2^{(k-1)/b}), N)`` with ``b`` chosen so that ``m_k = N`` at
-``k = full_at`` (Martens & Grosse 2015, section 13; :func:`natgrad.optim.kfac.exponential_batch_size`).
-:meth:`state_dict` holds the generator state, the current permutation, the cursor and the number
-of batches drawn, so a resumed run sees exactly the same batches.
+``k = full_at`` (Martens & Grosse 2015, section 13;
+:func:`natgrad.optim.kfac.exponential_batch_size`). :meth:`state_dict` holds the generator state,
+the current permutation, the cursor and the number of batches drawn, so a resumed run sees exactly
+the same batches.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class BatchSampler:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
+        """The generator and the current permutation and position (exact resume)."""
         return {
             "generator": self.generator.get_state(),
             "permutation": self.permutation.clone(),
@@ -92,6 +94,7 @@ class BatchSampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.generator.set_state(state["generator"])
         self.permutation = state["permutation"].clone()
         self.cursor = int(state["cursor"])

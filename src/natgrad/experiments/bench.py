@@ -11,25 +11,26 @@ ends first, both recorded), the same seeds and the same data. Layout::
     models = ["autoencoder"]              # and/or "vae"
     optimizers = ["sgd", "adam", "kfac"]  # labels, in table order (default: every [optimizer.*])
 
-    [run]                                 # base RunConfig of every cell (same keys as `natgrad train`)
-    threads = 1
+    [run]                                 # base RunConfig of every cell (same keys as `natgrad
+    train`) threads = 1
     [run.budget]
     steps = 200
     seconds = 60.0
 
-    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run] likewise)
-    train_size = 5000
+    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run]
+    likewise) train_size = 5000
     [dataset.faces.optimizer.sgd]         # merged over [optimizer.sgd] for one dataset
     lr = [1e-4, 1e-3]
 
-    [target]                              # optional target train error per problem ("<dataset>-<model>")
-    mnist-autoencoder = 20.0
+    [target]                              # optional target train error per problem
+    ("<dataset>-<model>") mnist-autoencoder = 20.0
 
-    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the label
-    lr = [0.01, 0.03]                     # a list is a grid: one variant per value ("sgd-lr0.01", ...)
-    batch_size = 500                      # optional: this label's mini-batch size (overrides run.batch_size);
-    batch_schedule = "exponential"        # batch_schedule and batch_full_at likewise
-    model = {activation = "sigmoid"}      # optional: merged over [run.model] (architecture variants)
+    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the
+    label lr = [0.01, 0.03]                     # a list is a grid: one variant per value
+    ("sgd-lr0.01", ...) batch_size = 500                      # optional: this label's mini-batch
+    size (overrides run.batch_size); batch_schedule = "exponential"        # batch_schedule and
+    batch_full_at likewise model = {activation = "sigmoid"}      # optional: merged over [run.model]
+    (architecture variants)
 
 A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
 and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
@@ -83,7 +84,8 @@ logger = logging.getLogger(__name__)
 
 CELLS_DIR = "cells"
 RUNS_DIR = "runs"
-#: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient methods).
+#: Step-record fields kept in a cell's trace (damping and step size of the natural-gradient
+#: methods).
 TRACE_FIELDS = (
     "loss",
     "lr",
@@ -120,7 +122,8 @@ class Cell:
     Attributes:
         problem: ``"<dataset>-<model>"``, e.g. ``"mnist-autoencoder"``.
         label: the optimizer entry of the bench file (the family), e.g. ``"adam"``.
-        variant: the label with its grid point, e.g. ``"adam-lr0.001"`` (the label itself without a grid).
+        variant: the label with its grid point, e.g. ``"adam-lr0.001"`` (the label itself without a
+            grid).
         seed: the run's seed.
         config: the resolved run config (its ``out_dir`` is the cell's run directory).
         target: the problem's target train error, None when the bench file gives none.
@@ -137,6 +140,7 @@ class Cell:
 
     @property
     def key(self) -> str:
+        """The cell's ``problem/variant/seed`` key."""
         return f"{self.problem}/{self.variant}/seed-{self.seed}"
 
 
@@ -152,12 +156,15 @@ class Bench:
     cells: list[Cell]
 
     def cell_path(self, cell: Cell) -> Path:
+        """Where the cell's record is written."""
         return self.out_dir / CELLS_DIR / cell.problem / cell.variant / f"seed-{cell.seed}.json"
 
 
 @dataclass
 class BenchOutcome:
-    """Cells run now, cells skipped because finished before, and whether the grid was interrupted."""
+    """Cells run now, cells skipped because finished before, and whether the grid was
+    interrupted.
+    """
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -174,7 +181,9 @@ def _string_list(
 
 
 def format_grid_value(value: Any) -> str:
-    """A grid value as it appears in a variant name: ``0.001`` -> ``"0.001"``, ``3e-05`` -> ``"3e-05"``."""
+    """A grid value as it appears in a variant name: ``0.001`` -> ``"0.001"``, ``3e-05`` ->
+    ``"3e-05"``.
+    """
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -253,7 +262,8 @@ def _problem_cells(
 def load_bench(
     path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None
 ) -> Bench:
-    """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run config.
+    """Read and validate a bench file; ``overrides`` (``key=value``) apply to every cell's run
+    config.
 
     Raises:
         ConfigError: an unknown key, an unknown dataset/model/label, or an invalid run config
@@ -285,7 +295,8 @@ def load_bench(
     stray_targets = sorted(set(values.get("target", {})) - set(problems))
     if stray_targets:
         raise ConfigError(
-            f"target.{stray_targets[0]} names no problem of this grid; problems: {', '.join(problems)}"
+            f"target.{stray_targets[0]} names no problem of this grid; problems: "
+            f"{', '.join(problems)}"
         )
     cells = [
         c
@@ -310,7 +321,9 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Where a cell ran: CPU model, cores (and those the run was pinned to), torch's threads, versions."""
+    """Where a cell ran: CPU model, cores (and those the run was pinned to), torch's threads,
+    versions.
+    """
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -326,7 +339,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 def first_reach(
     steps: Sequence[int], times: Sequence[float], errors: Sequence[float], target: float
 ) -> tuple[float | None, int | None]:
-    """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if never."""
+    """(training seconds, steps) at the first evaluation with error <= ``target``; (None, None) if
+    never.
+    """
     for step, time, error in zip(steps, times, errors):
         if error <= target:
             return float(time), int(step)
@@ -344,10 +359,10 @@ def cell_record(
 
     Keys: the cell's identity (problem, dataset, model, label, variant, seed, grid), ``status``,
     ``config`` (resolved), ``machine`` (with the cores it was pinned to), ``shard`` ``[I, N]`` (the
-    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps`` and
-    ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps), ``metric``
-    (the headline metric's name), ``curve`` (every evaluation: step, training seconds, wall seconds,
-    metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
+    cell ran beside the other ``N - 1`` shards' cells), ``budget`` (steps and seconds), ``steps``
+    and ``train_time`` reached and ``seconds_per_step`` (their ratio; None without steps),
+    ``metric`` (the headline metric's name), ``curve`` (every evaluation: step, training seconds,
+    wall seconds, metrics), ``trace`` (per-step :data:`TRACE_FIELDS`, as lists aligned
     with ``trace.step`` and ``trace.time``), ``final`` and ``best`` (train/test headline error),
     and ``target`` with ``time_to_target`` / ``steps_to_target`` (None when not set or not reached).
     """
@@ -410,7 +425,9 @@ def cell_record(
 
 
 def run_cell(bench: Bench, cell: Cell, force: bool = False, shard: tuple[int, int] = (0, 1)) -> str:
-    """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's status."""
+    """Run (or resume) one cell, write its JSON, delete its checkpoints; returns the run's
+    status.
+    """
     status = run_config(cell.config, show_progress=False, force=force)
     if status == "interrupted":
         return status
@@ -445,7 +462,8 @@ def _cell_is_done(bench: Bench, cell: Cell, force: bool) -> bool:
     """Whether the cell's JSON exists with the cell's config.
 
     Raises:
-        RunExistsError: the JSON was made with another config and ``force`` is false (names the fields).
+        RunExistsError: the JSON was made with another config and ``force`` is false (names the
+            fields).
         ConfigError: the JSON is unreadable (names the file).
     """
     path = bench.cell_path(cell)

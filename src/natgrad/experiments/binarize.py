@@ -24,21 +24,28 @@ EVALUATION_SEED = 20160101
 
 
 def binarize_once(x: Tensor, seed: int = EVALUATION_SEED) -> Tensor:
-    """``Bernoulli(x)`` with a generator seeded by ``seed``: the same binary images on every call."""
+    """``Bernoulli(x)`` with a generator seeded by ``seed``: the same binary images on every
+    call.
+    """
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
 class DynamicBinarizer:
-    """Samples every batch it is given as ``Bernoulli(x)`` from its own generator (module docstring)."""
+    """Samples every batch it is given as ``Bernoulli(x)`` from its own generator (module
+    docstring).
+    """
 
     def __init__(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """A fresh binarisation of ``x`` (pixels as probabilities)."""
         return torch.bernoulli(x, generator=self.generator)
 
     def state_dict(self) -> dict[str, Any]:
+        """The generator's state (exact resume)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.generator.set_state(state["generator"])

@@ -1,4 +1,5 @@
-"""Atomic, checksummed checkpoints: a checkpoint is either the old complete one or the new complete one.
+"""Atomic, checksummed checkpoints: a checkpoint is either the old complete one or the new complete
+one.
 
 Every write goes through :func:`natgrad.data.cache.atomic_write_bytes`: a temporary file in the
 same directory, flushed and ``fsync``-ed, ``os.replace``-d over the target (atomic on POSIX), then
@@ -32,7 +33,9 @@ FORMAT = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, damaged or does not belong to the run; the message names the file."""
+    """A checkpoint file is missing, damaged or does not belong to the run; the message names the
+    file.
+    """
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -47,8 +50,9 @@ def _serialise(value: Any) -> bytes:
 
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` with its checksum to ``run_dir/checkpoint.pt`` atomically, keeping the previous
-    checkpoint as ``checkpoint.prev.pt``; return the path."""
+    """Write ``state`` with its checksum to ``run_dir/checkpoint.pt`` atomically, keeping the
+    previous checkpoint as ``checkpoint.prev.pt``; return the path.
+    """
     content = _serialise(state)
     envelope = {
         "format": FORMAT,
@@ -66,7 +70,8 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
     """The state stored in one checkpoint file, after checking its format and checksum.
 
     Raises:
-        CheckpointError: the file is unreadable, not a natgrad checkpoint, or its checksum does not match.
+        CheckpointError: the file is unreadable, not a natgrad checkpoint, or its checksum does not
+            match.
     """
     try:
         envelope = torch.load(path, map_location="cpu", weights_only=False)

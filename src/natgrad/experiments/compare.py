@@ -7,25 +7,27 @@ A *suite* (one TOML file) holds one or more comparisons. Layout::
     seeds = [0, 1]
     optimizers = ["sgd", "adam"]        # labels to run, in table order
 
-    [run]                               # base RunConfig shared by every run (same keys as `natgrad train`)
-    batch_size = 500
+    [run]                               # base RunConfig shared by every run (same keys as `natgrad
+    train`) batch_size = 500
     [run.data]
     dataset = "mnist"
 
-    [optimizer.sgd]                     # label -> OptimizerConfig values (name defaults to the label)
-    lr = 0.01
-    batch_size = 100                    # optional: this label's batch_size, batch_schedule, batch_full_at
+    [optimizer.sgd]                     # label -> OptimizerConfig values (name defaults to the
+    label) lr = 0.01
+    batch_size = 100                    # optional: this label's batch_size, batch_schedule,
+                                        batch_full_at
                                         # and model table (merged over [run.model])
     [optimizer.adam]
     lr = 1e-3
 
     reference = "adam"                  # optional: the target is this label's final train error
-                                        # (median over seeds), and the report gives speed-ups against it
+                                        # (median over seeds), and the report gives speed-ups
+                                        against it
 
     [[comparison]]                      # one problem; omit to compare on [run] alone
     name = "mnist-autoencoder"
-    target = 20.0                       # optional target train error for "time to target" (wins over reference)
-    [comparison.run.model]              # merged over [run]
+    target = 20.0                       # optional target train error for "time to target" (wins
+    over reference) [comparison.run.model]              # merged over [run]
     kind = "autoencoder"
     [comparison.optimizer.sgd]          # merged over [optimizer.sgd] for this problem only
     lr = 0.05
@@ -99,6 +101,7 @@ class Comparison:
 
     @property
     def model_kind(self) -> str:
+        """``autoencoder`` or ``vae``."""
         return next(iter(self.runs.values()))[0].model.kind
 
 
@@ -115,7 +118,9 @@ class ComparisonSuite:
 
 @dataclass
 class SuiteOutcome:
-    """Run directories by comparison name and label (one per seed), and whether a run was interrupted."""
+    """Run directories by comparison name and label (one per seed), and whether a run was
+    interrupted.
+    """
 
     run_dirs: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
     interrupted: bool = False
@@ -126,7 +131,8 @@ def _resolve_labels(values: Mapping[str, Any], only: Sequence[str] | None) -> li
     labels = list(values.get("optimizers", declared.keys()))
     if not labels:
         raise ConfigError(
-            'optimizers is empty; list the optimizer labels to compare, e.g. optimizers = ["sgd", "adam"]'
+            'optimizers is empty; list the optimizer labels to compare, e.g. optimizers = ["sgd", '
+            '"adam"]'
         )
     if only is not None:
         missing = [label for label in only if label not in labels and label not in declared]
@@ -249,8 +255,9 @@ def iter_runs(suite: ComparisonSuite) -> Iterable[tuple[Comparison, str, RunConf
 def run_suite(
     suite: ComparisonSuite, show_progress: bool = True, force: bool = False
 ) -> SuiteOutcome:
-    """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is interrupted.
-    ``force`` reruns runs whose config on disk differs (see :func:`run_config`)."""
+    """Run every comparison of ``suite`` in order; stops early (checkpointed) if a run is
+    interrupted. ``force`` reruns runs whose config on disk differs (see :func:`run_config`).
+    """
     outcome = SuiteOutcome()
     total = sum(1 for _ in iter_runs(suite))
     for index, (comparison, label, config) in enumerate(iter_runs(suite), start=1):

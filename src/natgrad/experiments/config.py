@@ -58,7 +58,9 @@ SUBSETS = ("prefix", "strided")
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+    """A configuration value is invalid; the message names the field, the value and what is
+    allowed.
+    """
 
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -97,8 +99,9 @@ class DataConfig:
             the same for every seed). FACES is stored person by person, so only 'strided' gives
             a subset showing every person.
         binarize: 'dynamic' samples every training batch as ``Bernoulli(intensity)`` and
-            evaluates on sets binarised once with a fixed seed (:mod:`natgrad.experiments.binarize`);
-            None uses the intensities. Only for the Bernoulli datasets (MNIST, CURVES, synthetic).
+            evaluates on sets binarised once with a fixed seed
+            (:mod:`natgrad.experiments.binarize`); None uses the intensities. Only for the Bernoulli
+            datasets (MNIST, CURVES, synthetic).
     """
 
     dataset: str = "mnist"
@@ -129,7 +132,8 @@ class DataConfig:
             self.binarize is None or LIKELIHOODS.get(self.dataset, "bernoulli") == "bernoulli",
             "data.binarize",
             self.binarize,
-            f"omitted for dataset {self.dataset!r} (its pixels are Gaussian, not intensities in [0, 1])",
+            f"omitted for dataset {self.dataset!r} (its pixels are Gaussian, not intensities in "
+            "[0, 1])",
         )
 
 
@@ -213,7 +217,8 @@ class ModelConfig:
                 self.kind == "vae" or value is None,
                 f"model.{name}",
                 value,
-                "omitted for model.kind = 'autoencoder' (it trains on its NLL; the importance-weighted "
+                "omitted for model.kind = 'autoencoder' (it trains on its NLL; the "
+                "importance-weighted "
                 "bound needs a VAE's latent samples)",
             )
 
@@ -259,10 +264,12 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         from natgrad.curvature.choices import CurvatureKind
+
+        # registry imports this module
         from natgrad.experiments.optimizers import (
             CURVATURE_OPTIMIZERS,
             OPTIMIZERS,
-        )  # registry imports this module
+        )
 
         kinds = [k.value for k in CurvatureKind]
         _require(
@@ -316,7 +323,8 @@ class OptimizerConfig:
 
 @dataclass
 class BudgetConfig:
-    """When a run stops: after ``steps`` optimizer steps or ``seconds`` of training time, whichever first.
+    """When a run stops: after ``steps`` optimizer steps or ``seconds`` of training time, whichever
+    first.
 
     Training time excludes evaluation and checkpointing. At least one limit must be set; a
     seconds budget makes the number of steps machine-dependent (use steps for exact reruns).
@@ -347,7 +355,8 @@ class EvalConfig:
             seconds (None: steps only). Optimizers whose steps differ in cost then get curves of
             the same time resolution, which time-to-error comparisons need.
         chunk_size: examples per forward pass when evaluating the full sets.
-        iwae_samples: k of the importance-weighted bound (Burda et al. 2016) for VAEs; 0 disables it.
+        iwae_samples: k of the importance-weighted bound (Burda et al. 2016) for VAEs; 0 disables
+            it.
         iwae_examples: evaluate the IWAE bound on the first ``iwae_examples`` test examples only
             (None: all); with k = 5000 as in the paper this is expensive.
         iwae_every_eval: compute the IWAE bound at every evaluation, not only the last one.
@@ -407,8 +416,10 @@ class FaultConfig:
             that step are non-finite, which a natural-gradient optimizer rejects (the parameters
             stay finite) and which makes SGD's or Adam's parameters non-finite (the run diverges).
         kill_process, kill_after_step: process ``kill_process`` (a rank, 0 on one process) kills
-            itself with SIGKILL right after the checkpoint of step ``kill_after_step`` is written, as
-            a crashed machine would; the others then stop with an error and the run resumes from that
+            itself with SIGKILL right after the checkpoint of step ``kill_after_step`` is written,
+            as
+            a crashed machine would; the others then stop with an error and the run resumes from
+            that
             checkpoint (a resumed run starts past that step, so the fault does not fire again).
     """
 
@@ -452,7 +463,8 @@ class RunConfig:
     The run stops as ``diverged`` when the parameters or an evaluated error become non-finite, or
     when the optimizer has rejected ``max_rejected_steps`` steps in a row.
 
-    ``processes`` is the number of data-parallel processes (``natgrad train --nproc N``, or the world
+    ``processes`` is the number of data-parallel processes (``natgrad train --nproc N``, or the
+    world
     size of ``torchrun``; docs/distributed.md): each trains on a strided shard of every global batch
     of ``batch_size`` examples. A run resumes only with the number of processes it was started with.
     TONGA and PRONG train on one process only.
@@ -504,7 +516,8 @@ class RunConfig:
             self.optimizer.name != "kfac-tridiag" or samples == 1,
             "optimizer.name",
             self.optimizer.name,
-            f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one input per "
+            f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one "
+            "input per "
             "example, while the decoder sees k samples per example (use 'kfac')",
         )
 
@@ -518,7 +531,8 @@ class RunConfig:
             self.batch_size >= self.processes,
             "batch_size",
             self.batch_size,
-            f"an integer >= processes ({self.processes}): every process needs an example of each batch",
+            f"an integer >= processes ({self.processes}): every process needs an example of each "
+            "batch",
         )
         refusal = DATA_PARALLEL_REFUSALS.get(self.optimizer.name)
         _require(
@@ -567,7 +581,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(names))}"
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; allowed: "
+            f"{', '.join(sorted(names))}"
         )
     kwargs = {}
     for key, value in values.items():
@@ -577,7 +592,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as TOML (numbers, booleans, arrays, quoted strings), else the bare string.
+    """A command-line value as TOML (numbers, booleans, arrays, quoted strings), else the bare
+    string.
 
     ``null`` (which TOML lacks) means None, to unset an optional field: ``optimizer.lr=null``.
     """
@@ -644,7 +660,9 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
 
 
 def merge_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested TOML-table merge: tables merge recursively, other values are replaced (deep copies)."""
+    """Nested TOML-table merge: tables merge recursively, other values are replaced (deep
+    copies).
+    """
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -654,7 +672,8 @@ def merge_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str
     return out
 
 
-#: Keys an optimizer label of a comparison or bench file may set for its runs: batch and architecture.
+#: Keys an optimizer label of a comparison or bench file may set for its runs: batch and
+#: architecture.
 LABEL_RUN_KEYS = ("batch_size", "batch_schedule", "batch_full_at", "model")
 
 
@@ -681,8 +700,10 @@ def check_keys(values: Mapping[str, Any], allowed: set[str], where: str) -> None
 def config_differences(
     saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
 ) -> list[str]:
-    """The fields whose values differ between two nested config dicts, as ``"field: saved -> current"``
-    (dotted paths, sorted). The top-level ``out_dir`` is ignored: a run directory may be moved."""
+    """The fields whose values differ between two nested config dicts, as ``"field: saved ->
+    current"`` (dotted paths, sorted). The top-level ``out_dir`` is ignored: a run directory may be
+    moved.
+    """
     differences = []
     for key in sorted(set(saved) | set(current)):
         if not prefix and key == "out_dir":

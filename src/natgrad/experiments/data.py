@@ -1,4 +1,5 @@
-"""The data of a run: a benchmark dataset from :mod:`natgrad.data` (optionally subset), or synthetic.
+"""The data of a run: a benchmark dataset from :mod:`natgrad.data` (optionally subset), or
+synthetic.
 
 The ``"synthetic"`` dataset exists for tests and smoke runs that must not depend on files: binary
 8x8 images ``x ~ Bernoulli(sigmoid(W h))`` from a 4-dimensional latent ``h ~ N(0, I)``, with ``W``
@@ -61,7 +62,9 @@ def synthetic_data() -> RunData:
 
 @lru_cache(maxsize=2)
 def _benchmark(name: str, data_dir: str | None) -> RunData:
-    """A benchmark dataset, read and checked once per process (a comparison runs many configs on it)."""
+    """A benchmark dataset, read and checked once per process (a comparison runs many configs on
+    it).
+    """
     from natgrad.data import load_dataset
 
     ds = load_dataset(name, data_dir)
@@ -78,7 +81,8 @@ def _benchmark(name: str, data_dir: str | None) -> RunData:
 
 def _subset(examples: Tensor, size: int | None, how: str) -> Tensor:
     """``size`` of ``examples``: the first ones ('prefix') or evenly spaced ones ('strided': rows
-    ``floor(i * M / size)``, i = 0..size-1, of the M examples)."""
+    ``floor(i * M / size)``, i = 0..size-1, of the M examples).
+    """
     if size is None:
         return examples
     if how == "prefix":

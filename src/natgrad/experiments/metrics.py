@@ -10,9 +10,10 @@ r"""Evaluation metrics of the autoencoder and VAE papers, computed in chunks ove
   Bernoulli outputs of MNIST and CURVES, the linear outputs for the Gaussian output of FACES.
   For a VAE the reconstruction is the decoder's mean at the posterior mean ``z = mu(x)``
   (deterministic; a choice of natgrad, the papers report no VAE reconstruction error).
-* **Negative log-likelihood** of the autoencoder, :math:`-\frac1N\sum_n \log r(x_n | f(x_n))` in nats
-  (the training objective without the L2 penalty).
-* **Negative ELBO** in nats per example (Kingma & Welling 2014, SGVB estimator B, section 2.3 [section
+* **Negative log-likelihood** of the autoencoder, :math:`-\frac1N\sum_n \log r(x_n | f(x_n))` in
+  nats (the training objective without the L2 penalty).
+* **Negative ELBO** in nats per example (Kingma & Welling 2014, SGVB estimator B, section 2.3
+  [section
   number unverified]): with one reparameterised sample per example,
   :math:`-\mathcal L = -\log p(x|z) + \mathrm{KL}(q(z|x) \| N(0, I))`, KL in closed form (App. B).
 * **Importance-weighted log-likelihood** (Burda, Grosse & Salakhutdinov 2016, section 3):
@@ -36,14 +37,14 @@ from torch import Tensor, nn
 
 from natgrad.iwae import log_importance_weights
 from natgrad.models import VAE
+from natgrad.validation import require
 
 #: The metric (without its ``train.``/``test.`` split) each model kind is judged by.
 HEADLINE_METRICS = {"autoencoder": "reconstruction_error", "vae": "neg_elbo"}
 
 
 def _chunks(x: Tensor, chunk_size: int) -> Iterator[Tensor]:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    require(chunk_size >= 1, "chunk_size", chunk_size, "an integer >= 1")
     for start in range(0, x.shape[0], chunk_size):
         yield x[start : start + chunk_size]
 
@@ -56,7 +57,9 @@ def _reconstruction(model: nn.Module, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def reconstruction_error(model: nn.Module, x: Tensor, chunk_size: int = 1000) -> float:
-    """Squared error summed over pixels, averaged over the examples of ``x`` (see module docstring)."""
+    """Squared error summed over pixels, averaged over the examples of ``x`` (see module
+    docstring).
+    """
     total = 0.0
     for chunk in _chunks(x, chunk_size):
         recon = _reconstruction(model, chunk).reshape(chunk.shape[0], -1)
@@ -100,7 +103,8 @@ def elbo_terms(
     return {"neg_elbo": total / x.shape[0], "kl": kl / x.shape[0], "active_units": float(active)}
 
 
-#: Burda et al. (2016, section 5.2): a latent unit is active when its posterior mean varies by more than this.
+#: Burda et al. (2016, section 5.2): a latent unit is active when its posterior mean varies by more
+#: than this.
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
@@ -114,7 +118,7 @@ def negative_elbo(
 def _iwae_chunk(
     model: VAE, x: Tensor, k: int, samples_per_pass: int, generator: torch.Generator | None
 ) -> Tensor:
-    """:math:`\\mathcal L_k` of each example of ``x``, shape (n,)."""
+    r""":math:`\mathcal L_k` of each example of ``x``, shape (n,)."""
     posterior = model.encode(x)  # mu, log_var: (n, d_z)
     log_weights = []
     for start in range(0, k, samples_per_pass):
@@ -135,7 +139,7 @@ def iwae_log_likelihood(
     chunk_size: int = 1000,
     generator: torch.Generator | None = None,
 ) -> float:
-    """Mean over examples of the k-sample importance-weighted bound :math:`\\mathcal L_k` (nats).
+    r"""Mean over examples of the k-sample importance-weighted bound :math:`\mathcal L_k` (nats).
 
     Memory is bounded by ``chunk_size`` decoder evaluations per pass: examples are processed
     ``max(1, chunk_size // k)`` at a time, samples ``chunk_size`` at a time.
@@ -143,8 +147,7 @@ def iwae_log_likelihood(
     Raises:
         ValueError: ``k`` < 1.
     """
-    if k < 1:
-        raise ValueError(f"iwae k (number of importance samples) must be >= 1, got {k}")
+    require(k >= 1, "iwae k (number of importance samples)", k, "an integer >= 1")
     examples_per_pass = max(1, chunk_size // k)
     samples_per_pass = max(1, chunk_size // examples_per_pass)
     total = 0.0

@@ -41,7 +41,8 @@ def _reject_options(config: "OptimizerConfig") -> None:
     if config.options:
         raise ValueError(
             f"optimizer.options {sorted(config.options)} are not used by {config.name!r}; "
-            "set its hyper-parameters with the typed fields (lr, momentum, nesterov, betas, eps, l2)"
+            "set its hyper-parameters with the typed fields (lr, momentum, nesterov, betas, eps, "
+            "l2)"
         )
 
 
@@ -72,14 +73,17 @@ def _check_option_keys(config: "OptimizerConfig", allowed: tuple[str, ...]) -> N
     unknown = sorted(set(config.options) - set(allowed))
     if unknown:
         raise ValueError(
-            f"optimizer.options {unknown} are not used by {config.name!r}; allowed: {', '.join(allowed)}"
+            f"optimizer.options {unknown} are not used by {config.name!r}; allowed: "
+            f"{', '.join(allowed)}"
         )
 
 
 def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
-    """TONGA on the shared step; ``l2`` is ``damping.weight_decay``, ``lr``/``momentum`` the fixed step's.
+    """TONGA on the shared step; ``l2`` is ``damping.weight_decay``, ``lr``/``momentum`` the fixed
+    step's.
 
-    ``options``: ``tonga``, ``damping``, ``schedule``, ``step`` (tables of their config fields), ``seed``.
+    ``options``: ``tonga``, ``damping``, ``schedule``, ``step`` (tables of their config fields),
+    ``seed``.
     """
     from natgrad.optim.tonga import TONGA
 
@@ -87,7 +91,8 @@ def make_tonga(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optim
 
 
 def make_prong(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
-    """PRONG (PRONG+ with ``options.batch_norm = true``): whitens ``model`` in place, then SGD-momentum.
+    """PRONG (PRONG+ with ``options.batch_norm = true``): whitens ``model`` in place, then
+    SGD-momentum.
 
     ``options``: ``reestimate_every`` (T), ``samples`` (N_s), ``epsilon``, ``batch_norm``.
     """
@@ -131,7 +136,8 @@ def _natural_options(
     """``options`` of the shared natural-gradient step, with ``l2`` as ``damping.weight_decay``,
     ``lr``/``momentum`` as the fixed step's (used only with ``step.quadratic_model = false``) and,
     ``with_curvature``, ``optimizer.curvature`` as the curvature kind under the ``curvature`` table
-    (estimator, ema_cap); TONGA has its own matrix."""
+    (estimator, ema_cap); TONGA has its own matrix.
+    """
     _check_option_keys(
         config, _NATURAL_OPTIONS + extra + (("curvature",) if with_curvature else ())
     )
@@ -149,9 +155,10 @@ def _natural_options(
 
 
 def make_kfac(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
-    """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``, ``step``
-    (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``, ``solve_dtype``,
-    ``preset`` (``"paper"`` for Martens & Grosse's damping)."""
+    """Block-diagonal K-FAC (Martens & Grosse 2015). ``options``: ``damping``, ``schedule``,
+    ``step`` (tables of :mod:`natgrad.optim.config` fields), ``seed``, ``inverse_method``,
+    ``solve_dtype``, ``preset`` (``"paper"`` for Martens & Grosse's damping).
+    """
     from natgrad.optim.kfac import KFAC
 
     return KFAC(model, **_natural_options(config, ("inverse_method", "solve_dtype", "preset")))
@@ -173,7 +180,8 @@ def make_diag(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimi
 
 def make_hf(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimizer:
     """Hessian-free (Martens 2010); ``options`` are :class:`natgrad.optim.HessianFreeConfig` fields,
-    ``l2`` is its ``weight_decay`` and ``curvature`` its curvature kind; ``lr`` is not used."""
+    ``l2`` is its ``weight_decay`` and ``curvature`` its curvature kind; ``lr`` is not used.
+    """
     from natgrad.optim.hessian_free import HessianFree, HessianFreeConfig
 
     if config.lr is not None:

@@ -12,9 +12,16 @@ logger = logging.getLogger("natgrad.progress")
 
 
 class Progress(Protocol):
-    def step(self, step: int, loss: float) -> None: ...
-    def evaluated(self, step: int, metrics: dict[str, float], steps_per_second: float) -> None: ...
-    def close(self) -> None: ...
+    """What the runner reports progress to: a bar on a terminal, log lines otherwise."""
+
+    def step(self, step: int, loss: float) -> None:
+        """One optimizer step was taken."""
+
+    def evaluated(self, step: int, metrics: dict[str, float], steps_per_second: float) -> None:
+        """An evaluation finished."""
+
+    def close(self) -> None:
+        """The run ended."""
 
 
 def _short(metrics: dict[str, float], key: str | None) -> str:
@@ -34,13 +41,16 @@ class BarProgress:
         )
 
     def step(self, step: int, loss: float) -> None:
+        """Advance the bar, showing the loss."""
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix_str(f"loss={loss:.4g} {self.metric}".strip(), refresh=False)
 
     def evaluated(self, step: int, metrics: dict[str, float], steps_per_second: float) -> None:
+        """Show the headline metric and the speed."""
         self.metric = _short(metrics, self.metric_key)
 
     def close(self) -> None:
+        """Close the bar."""
         self.bar.close()
 
 
@@ -54,9 +64,11 @@ class LineProgress:
         self.loss = float("nan")
 
     def step(self, step: int, loss: float) -> None:
+        """Log a line every so often."""
         self.loss = loss
 
     def evaluated(self, step: int, metrics: dict[str, float], steps_per_second: float) -> None:
+        """Log the evaluation."""
         of = f"/{self.total}" if self.total is not None else ""
         loss = f" loss={self.loss:.4g}" if step > 0 else ""
         logger.info(
@@ -70,6 +82,7 @@ class LineProgress:
         )
 
     def close(self) -> None:
+        """Nothing to close."""
         return None
 
 

@@ -20,13 +20,16 @@ class RunLogError(ValueError):
 
 
 class RunLog:
-    """Append-only JSONL writer at ``path``; ``truncate_to`` cuts it back to a checkpointed length."""
+    """Append-only JSONL writer at ``path``; ``truncate_to`` cuts it back to a checkpointed
+    length.
+    """
 
     def __init__(self, path: str | Path, truncate_to: int | None = None) -> None:
         """Open the log for appending, first cut back to ``truncate_to`` bytes when given.
 
         Raises:
-            RunLogError: the log holds fewer than ``truncate_to`` bytes (missing, truncated or replaced).
+            RunLogError: the log holds fewer than ``truncate_to`` bytes (missing, truncated or
+                replaced).
         """
         self.path = Path(path)
         if truncate_to is not None:
@@ -53,11 +56,14 @@ class RunLog:
         return self.path.stat().st_size
 
     def close(self) -> None:
+        """Close the file."""
         self._handle.close()
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSONL log (a directory means its ``log.jsonl``); a torn last line is ignored."""
+    """All records of a JSONL log (a directory means its ``log.jsonl``); a torn last line is
+    ignored.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / LOG_NAME

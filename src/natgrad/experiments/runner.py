@@ -11,8 +11,8 @@ A run directory holds
 * ``checkpoint.pt`` - written atomically (with a checksum, the previous one kept as
   ``checkpoint.prev.pt``; see :mod:`natgrad.experiments.checkpoint`) every ``checkpoint_every``
   steps, at the end, and on SIGINT/SIGTERM: model and optimizer ``state_dict``, the data-order
-  sampler, the VAE-noise generator, the dynamic-binarisation generator, torch's global RNG, the step, the training time, the log length
-  and the resolved config;
+  sampler, the VAE-noise generator, the dynamic-binarisation generator, torch's global RNG, the
+  step, the training time, the log length and the resolved config;
 * ``result.json`` - written when the run ends (status ``completed``, ``diverged`` with the
   ``reason``, or ``interrupted``), with the final metrics and the step they were evaluated at.
 
@@ -23,7 +23,8 @@ evaluation uses its own generator seeded from (seed, step). A run killed before 
 checkpoint resumes from step 0. Everything is checked (config against checkpoint, checksum, log
 length) before anything in the directory is changed.
 
-Data-parallel runs (``processes > 1``: ``natgrad train --nproc N`` or ``torchrun``; docs/distributed.md):
+Data-parallel runs (``processes > 1``: ``natgrad train --nproc N`` or ``torchrun``;
+docs/distributed.md):
 every process builds the same model, data, sampler and generators; each step, every process draws
 the same global batch (indices, dynamic binarisation, VAE noise) and trains on its strided shard
 (examples ``r, r + W, ...``), the optimizer averaging what must be averaged (``torch.optim``
@@ -93,12 +94,16 @@ class RunExistsError(FileExistsError):
 
 
 class RunStoppedError(RuntimeError):
-    """The run could not write its directory (disk full, read-only...); it resumes from its last checkpoint."""
+    """The run could not write its directory (disk full, read-only...); it resumes from its last
+    checkpoint.
+    """
 
 
 @dataclass
 class RunResult:
-    """How a run ended; ``metrics`` were evaluated at step ``eval_step``, ``reason`` says why it diverged."""
+    """How a run ended; ``metrics`` were evaluated at step ``eval_step``, ``reason`` says why it
+    diverged.
+    """
 
     run_dir: Path
     status: str  # 'completed' | 'diverged' | 'interrupted'
@@ -110,7 +115,9 @@ class RunResult:
 
 
 def derive_seed(seed: int, purpose: str, *extra: int) -> int:
-    """An independent 63-bit seed for one ``purpose`` (model init, data order, noise, evaluation)."""
+    """An independent 63-bit seed for one ``purpose`` (model init, data order, noise,
+    evaluation).
+    """
     digest = hashlib.sha256(f"{seed}/{purpose}/{'/'.join(map(str, extra))}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -130,13 +137,16 @@ def build_model(config: ModelConfig, data: RunData, generator: torch.Generator) 
         problem = config.problem or data.problem
         if problem not in ARCHITECTURES:
             raise ConfigError(
-                f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no paper "
-                f"architecture; set model.sizes or model.problem ({', '.join(sorted(ARCHITECTURES))})"
+                f"model.problem and model.sizes are both unset and dataset {data.problem!r} has no "
+                "paper "
+                "architecture; set model.sizes or model.problem "
+                f"({', '.join(sorted(ARCHITECTURES))})"
             )
         sizes = list(ARCHITECTURES[problem])
     if sizes[0] != data.train.shape[1]:
         raise ConfigError(
-            f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset {data.name!r}; "
+            f"model input size {sizes[0]} != {data.train.shape[1]} pixels of dataset "
+            f"{data.name!r}; "
             "fix model.sizes or model.problem"
         )
     autoencoder = config.kind == "autoencoder"
@@ -201,7 +211,8 @@ class Trainer:
             config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init"))
         )
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        # natgrad's optimizers average across processes themselves; torch.optim's need it in the closure
+        # natgrad's optimizers average across processes themselves; torch.optim's need it in the
+        # closure
         self.average_in_closure = not hasattr(self.optimizer, "communicator")
         self.sampler = BatchSampler(
             self.data.train.shape[0],
@@ -229,6 +240,7 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self, log_position: int) -> dict[str, Any]:
+        """Everything an exact resume needs (module docstring), at log length ``log_position``."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -248,6 +260,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -265,16 +278,21 @@ class Trainer:
         self.rejected_in_a_row = int(state["rejected_in_a_row"])
 
     def _torch_rng_state(self) -> torch.Tensor | list[torch.Tensor]:
-        """torch's global RNG state; with several processes, every process's (gathered, a collective)."""
+        """Torch's global RNG state; with several processes, every process's (gathered, a
+        collective).
+        """
         state = torch.get_rng_state()
         return self.comm.all_gather(state) if self.comm.distributed else state
 
     def wall(self) -> float:
+        """Seconds since the run (or its resume) started, evaluation included."""
         return self.wall_offset + time.perf_counter() - self._wall_start
 
     # -- one step and one evaluation ---------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step on this process's shard of the next global batch; returns its log record."""
+        """One optimizer step on this process's shard of the next global batch; returns its log
+        record.
+        """
         x = self.data.train[self.sampler.next_indices()]
         if self.binarizer is not None:
             x = self.binarizer(x)
@@ -329,7 +347,8 @@ class Trainer:
 
     def evaluate(self, final: bool) -> dict[str, float]:
         """Metrics on the full train and test sets (binarised once under dynamic binarisation); the
-        IWAE bounds only when ``final`` unless asked."""
+        IWAE bounds only when ``final`` unless asked.
+        """
         ev = self.config.eval
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "eval", self.step))
         bounds = final or ev.iwae_every_eval
@@ -349,7 +368,9 @@ class Trainer:
         return self.metrics
 
     def evaluation_due(self) -> bool:
-        """Every ``eval.every`` steps, or when the training time crossed a multiple of ``eval.every_seconds``."""
+        """Every ``eval.every`` steps, or when the training time crossed a multiple of
+        ``eval.every_seconds``.
+        """
         ev = self.config.eval
         if self.step % ev.every == 0:
             return True
@@ -359,18 +380,23 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def budget_left(self) -> bool:
+        """Whether the step or time budget allows another step."""
         budget = self.config.budget
         if budget.steps is not None and self.step >= budget.steps:
             return False
         return budget.seconds is None or self.train_time < budget.seconds
 
     def divergence(self, record: dict[str, Any]) -> str | None:
-        """Why the run must stop after the step of ``record``, or None. A non-finite loss alone is not
-        a reason (an optimizer may reject that step and keep finite parameters)."""
+        """Why the run must stop after the step of ``record``, or None. A non-finite loss alone is
+        not a reason (an optimizer may reject that step and keep finite parameters).
+        """
         rejected = bool((record.get("record") or {}).get("rejected"))
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
         if self.rejected_in_a_row >= self.config.max_rejected_steps:
-            return f"the optimizer rejected {self.rejected_in_a_row} steps in a row (max_rejected_steps)"
+            return (
+                f"the optimizer rejected {self.rejected_in_a_row} steps in a row "
+                "(max_rejected_steps)"
+            )
         finite = math.isfinite(record["loss"]) or all(
             bool(torch.isfinite(p).all()) for p in self.model.parameters()
         )
@@ -388,7 +414,8 @@ class Trainer:
         """Train to the budget, a signal or divergence; write ``result.json``.
 
         Raises:
-            RunStoppedError: a file of the run directory could not be written (names it and the cause).
+            RunStoppedError: a file of the run directory could not be written (names it and the
+                cause).
         """
         threads = torch.get_num_threads()
         if self.config.threads is not None:
@@ -398,7 +425,8 @@ class Trainer:
         except OSError as error:
             where = error.filename or self.run_dir
             raise RunStoppedError(
-                f"cannot write {where}: {error.strerror or error}; the run stopped at step {self.step}. "
+                f"cannot write {where}: {error.strerror or error}; the run stopped at step "
+                f"{self.step}. "
                 f"Fix the cause (e.g. free disk space), then resume from its last checkpoint with "
                 f"`natgrad train --resume {self.run_dir}`"
             ) from error
@@ -464,11 +492,15 @@ class Trainer:
         return self.comm.broadcast_object(result)
 
     def _agree(self, *flags: bool) -> list[bool]:
-        """Each flag, true when it is true on any process (one small all-reduce with several processes)."""
+        """Each flag, true when it is true on any process (one small all-reduce with several
+        processes).
+        """
         return [total > 0 for total in self.comm.sum_scalars([float(flag) for flag in flags])]
 
     def _checkpoint(self, log: RunLog, last: bool = False) -> None:
-        """The state of every process gathered, written by process 0; then the kill fault, if it is due."""
+        """The state of every process gathered, written by process 0; then the kill fault, if it is
+        due.
+        """
         state = self.state_dict(log.position())
         if self.is_main:
             save_checkpoint(self.run_dir, state)
@@ -531,7 +563,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
-    """Why ``train`` refuses ``run_dir``, naming the differing fields when its config.json is readable."""
+    """Why ``train`` refuses ``run_dir``, naming the differing fields when its config.json is
+    readable.
+    """
     present = ", ".join(name for name in RUN_FILES if (run_dir / name).exists())
     message = f"{run_dir} already holds a run ({present})"
     if (run_dir / CONFIG_NAME).is_file():
@@ -545,7 +579,8 @@ def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
             message += f" with a different config ({'; '.join(differences)})"
     return (
         message
-        + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to replace it"
+        + f"; resume it with --resume {run_dir}, choose another out_dir, or pass --force to "
+        "replace it"
     )
 
 
@@ -557,9 +592,12 @@ def check_processes(config: RunConfig, communicator: Communicator) -> None:
     """
     if config.processes != communicator.world_size:
         raise ConfigError(
-            f"Invalid processes: {config.processes}; allowed: {communicator.world_size}, the number of processes "
-            f"running the job. A run keeps its number of processes (the batch shards and the statistics' generators "
-            f"depend on it): start it with `natgrad train --nproc {config.processes}` or `torchrun --nproc-per-node "
+            f"Invalid processes: {config.processes}; allowed: {communicator.world_size}, the "
+            "number of processes "
+            "running the job. A run keeps its number of processes (the batch shards and the "
+            "statistics' generators "
+            f"depend on it): start it with `natgrad train --nproc {config.processes}` or `torchrun "
+            "--nproc-per-node "
             f"{config.processes} -m natgrad train ...`"
         )
 
@@ -567,8 +605,10 @@ def check_processes(config: RunConfig, communicator: Communicator) -> None:
 def train(config: RunConfig, show_progress: bool = True, force: bool = False) -> RunResult:
     """Start a new run in ``config.out_dir`` and train it to its budget (or until SIGINT/SIGTERM).
 
-    ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are replaced.
-    With several processes (``config.processes``, a process group of that size initialised), call it on
+    ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are
+    replaced.
+    With several processes (``config.processes``, a process group of that size initialised), call it
+    on
     every process: process 0 prepares the directory and the others follow.
 
     Raises:
@@ -617,7 +657,8 @@ def load_run_dir_config(run_dir: str | Path) -> RunConfig:
 
     Raises:
         FileNotFoundError: there is no config.json.
-        ConfigError: config.json is not valid JSON or not a valid config (the message names the file).
+        ConfigError: config.json is not valid JSON or not a valid config (the message names the
+            file).
     """
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
@@ -630,7 +671,8 @@ def load_run_dir_config(run_dir: str | Path) -> RunConfig:
 
 def _finished_result(run_dir: Path) -> RunResult | None:
     """The saved result of a completed or diverged run; None otherwise (an unreadable result.json is
-    ignored with a warning: the checkpoint, not result.json, decides how to resume)."""
+    ignored with a warning: the checkpoint, not result.json, decides how to resume).
+    """
     path = run_dir / RESULT_NAME
     if not path.is_file():
         return None
@@ -655,7 +697,8 @@ def _finished_result(run_dir: Path) -> RunResult | None:
 
 
 def _read_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The run's checkpoint after checking it against the config; None when the run was killed before its
+    """The run's checkpoint after checking it against the config; None when the run was killed
+    before its
     first checkpoint (it starts from step 0).
 
     Raises:
@@ -702,10 +745,12 @@ def resume(run_dir: str | Path, show_progress: bool = True) -> RunResult:
 
     Raises:
         FileNotFoundError: ``run_dir`` has no config.
-        ConfigError: config.json is invalid, differs from the checkpoint's config, or was trained with
+        ConfigError: config.json is invalid, differs from the checkpoint's config, or was trained
+        with
             another number of processes.
         CheckpointError: the checkpoint is damaged.
-        natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint recorded.
+        natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint
+        recorded.
         natgrad.distributed.communicator.PeerLostError: another process died or hung.
     """
     comm = current_communicator()

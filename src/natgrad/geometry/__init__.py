@@ -1,4 +1,6 @@
-"""Divergences between output distributions, their local metrics, and the perturbation-norm study."""
+"""Divergences between output distributions, their local metrics, and the perturbation-norm
+study.
+"""
 
 from natgrad.geometry.divergences import (
     DIVERGENCES,

@@ -55,6 +55,7 @@ class GaussianCoordinates:
 
     @property
     def std(self) -> Tensor:
+        """``sigma = exp(v / 2)``."""
         return torch.exp(0.5 * self.log_var)
 
 
@@ -76,7 +77,7 @@ def coordinates_of(dist: object) -> Coordinates:
         return GaussianCoordinates(dist.mean, dist.log_var, learned_variance=True)
     if isinstance(dist, DiagonalGaussianPosterior):
         return GaussianCoordinates(dist.mu, dist.log_var, learned_variance=True)
-    raise TypeError(f"distribution must be one of {SUPPORTED}, got {type(dist).__name__}")
+    raise TypeError(f"Invalid distribution: {type(dist).__name__}; allowed: {', '.join(SUPPORTED)}")
 
 
 def same_family(p: Coordinates, q: Coordinates) -> None:
@@ -87,7 +88,8 @@ def same_family(p: Coordinates, q: Coordinates) -> None:
     """
     if type(p) is not type(q):
         raise ValueError(
-            f"divergence needs two distributions of one family, got {type(p).__name__} and {type(q).__name__}"
+            f"divergence needs two distributions of one family, got {type(p).__name__} and "
+            f"{type(q).__name__}"
         )
     if isinstance(p, GaussianCoordinates) and p.learned_variance != q.learned_variance:
         raise ValueError("divergence needs both Gaussians with fixed or both with learned variance")

@@ -6,8 +6,8 @@ Notation: ``P = p_eta`` is the reference distribution, ``Q = p_{eta + delta}`` t
 .. math::  M(\eta) = \nabla^2_\delta D(p_\eta \,\|\, p_{\eta+\delta}) \big|_{\delta=0},
 
 so that ``D = 1/2 delta^T M delta + O(|delta|^3)``. For an f-divergence
-``D_f(P||Q) = E_Q[f(dP/dQ)]`` with ``f(1) = 0`` and ``f`` twice differentiable at 1, ``M = f''(1) F``
-with ``F`` the Fisher (Amari & Nagaoka 2000, Thm 3.2 / Csiszar). Wasserstein-2 and MMD are not
+``D_f(P||Q) = E_Q[f(dP/dQ)]`` with ``f(1) = 0`` and ``f`` twice differentiable at 1, ``M = f''(1)
+F`` with ``F`` the Fisher (Amari & Nagaoka 2000, Thm 3.2 / Csiszar). Wasserstein-2 and MMD are not
 f-divergences and give different metrics; total variation has ``f(t) = |t - 1|/2``, not
 differentiable at 1, so it has no quadratic local behaviour at all.
 
@@ -42,6 +42,7 @@ from natgrad.geometry.coordinates import (
     fisher_diagonal,
     same_family,
 )
+from natgrad.validation import require
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -56,7 +57,9 @@ class Divergence(ABC):
     name: str
 
     def between(self, p: object, q: object) -> Tensor:
-        """``D(p || q)`` per example (first dimension), summed over the other dimensions: shape (N,)."""
+        """``D(p || q)`` per example (first dimension), summed over the other dimensions: shape
+        (N,).
+        """
         values = self.elementwise(coordinates_of(p), coordinates_of(q))
         return values.reshape(values.shape[0], -1).sum(1)
 
@@ -165,7 +168,9 @@ def _log_affinity(p: Coordinates, q: Coordinates, a: float) -> Tensor:
 
 
 def _gaussian_log_density(x: Tensor, c: GaussianCoordinates) -> Tensor:
-    """``log N(x; m, e^v)`` with the coordinate axes broadcast against a trailing node axis of ``x``."""
+    """``log N(x; m, e^v)`` with the coordinate axes broadcast against a trailing node axis of
+    ``x``.
+    """
     mean, log_var = c.mean.unsqueeze(-1), c.log_var.unsqueeze(-1)
     return -0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + _LOG_2PI)
 
@@ -216,7 +221,8 @@ class Jeffreys(FDivergence):
 class SquaredHellinger(FDivergence):
     r"""``H^2 = 1/2 \int (\sqrt p - \sqrt q)^2 = 1 - \int \sqrt{pq}`` in [0, 1]; ``f''(1) = 1/4``.
 
-    Gaussian: ``\int \sqrt{pq} = \sqrt{2 s1 s2 / (s1^2 + s2^2)} exp(-(m1 - m2)^2 / (4 (s1^2 + s2^2)))``.
+    Gaussian: ``\int \sqrt{pq} = \sqrt{2 s1 s2 / (s1^2 + s2^2)} exp(-(m1 - m2)^2 / (4 (s1^2 +
+    s2^2)))``.
     """
 
     name = "hellinger"
@@ -244,8 +250,12 @@ class JensenShannon(FDivergence):
     f_second_derivative_at_one = 0.25
 
     def __init__(self, quadrature_nodes: int = 128) -> None:
-        if quadrature_nodes < 2:
-            raise ValueError(f"JensenShannon quadrature_nodes must be >= 2, got {quadrature_nodes}")
+        require(
+            quadrature_nodes >= 2,
+            "JensenShannon quadrature_nodes",
+            quadrature_nodes,
+            "an integer >= 2",
+        )
         self.quadrature_nodes = int(quadrature_nodes)
         nodes, weights = np.polynomial.hermite_e.hermegauss(self.quadrature_nodes)
         self._nodes = torch.from_numpy(nodes)
@@ -277,7 +287,8 @@ class JensenShannon(FDivergence):
 
 
 class Alpha(FDivergence):
-    r"""Amari's alpha-divergence ``4/(1-alpha^2) (1 - \int p^{(1-alpha)/2} q^{(1+alpha)/2})``; ``f''(1) = 1``.
+    r"""Amari's alpha-divergence ``4/(1-alpha^2) (1 - \int p^{(1-alpha)/2} q^{(1+alpha)/2})``;
+    ``f''(1) = 1``.
 
     ``alpha -> -1`` gives ``KL(P||Q)``, ``alpha -> 1`` gives ``KL(Q||P)`` (use :class:`KL` /
     :class:`ReverseKL` there), ``alpha = 0`` gives ``4 H^2`` (Amari & Nagaoka 2000, section 3.6).
@@ -289,7 +300,8 @@ class Alpha(FDivergence):
     def __init__(self, alpha: float = 0.5) -> None:
         if not -1.0 < alpha < 1.0:
             raise ValueError(
-                f"Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), got {alpha}"
+                "Alpha alpha must lie in the open interval (-1, 1) (use KL/ReverseKL at -1/+1), "
+                f"got {alpha}"
             )
         self.alpha = float(alpha)
 
@@ -308,7 +320,8 @@ class Alpha(FDivergence):
 
 
 class ChiSquared(FDivergence):
-    r"""Pearson ``chi^2(P||Q) = \int (p - q)^2 / q = \int p^2/q - 1``; ``f(t) = (t-1)^2``, ``f''(1) = 2``.
+    r"""Pearson ``chi^2(P||Q) = \int (p - q)^2 / q = \int p^2/q - 1``; ``f(t) = (t-1)^2``, ``f''(1)
+    = 2``.
 
     Gaussian: closed form through the affinity at ``a = 2``; ``+inf`` when ``2 s2^2 <= s1^2``.
     """
@@ -359,7 +372,8 @@ class TotalVariation(Divergence):
 
     def _bernoulli_metric(self, p):
         raise NoLocalMetricError(
-            "total variation has no local metric: TV(p, p+delta) grows like |delta| (f(t) = |t-1|/2 is "
+            "total variation has no local metric: TV(p, p+delta) grows like |delta| (f(t) = "
+            "|t-1|/2 is "
             "not differentiable at t = 1), so there is no Hessian at delta = 0"
         )
 
@@ -367,7 +381,8 @@ class TotalVariation(Divergence):
 
 
 class Wasserstein2(Divergence):
-    r"""The squared 2-Wasserstein distance ``W_2^2`` (squared so that it is smooth at ``delta = 0``).
+    r"""The squared 2-Wasserstein distance ``W_2^2`` (squared so that it is smooth at ``delta =
+    0``).
 
     Gaussian: ``(m1 - m2)^2 + (s1 - s2)^2``, local metric ``diag(2, s^2/2)`` in ``(m, log s^2)``
     (``ds/dv = s/2``). Bernoulli on ``{0, 1}``: the only coupling cost is ``|0 - 1|^2 = 1``, so
@@ -384,7 +399,8 @@ class Wasserstein2(Divergence):
 
     def _bernoulli_metric(self, p):
         raise NoLocalMetricError(
-            "Wasserstein-2 has no local metric for Bernoulli outputs: on {0, 1} W2^2(p, q) = |p - q| "
+            "Wasserstein-2 has no local metric for Bernoulli outputs: on {0, 1} W2^2(p, q) = |p - "
+            "q| "
             "(total variation), which grows like |delta|, so there is no Hessian at delta = 0"
         )
 
@@ -399,8 +415,8 @@ class MMD(Divergence):
     r"""Squared maximum mean discrepancy with the kernel ``k(x, y) = exp(-(x - y)^2 / (2 h^2))``.
 
     ``MMD^2 = E k(X, X') + E k(Y, Y') - 2 E k(X, Y)`` per coordinate, ``h = bandwidth``.
-    Gaussian: ``E k(X, Y) = h / sqrt(tau) exp(-(m1 - m2)^2 / (2 tau))``, ``tau = h^2 + s1^2 + s2^2``;
-    metric ``2 h tau0^{-3/2}`` on the mean and ``3/2 h s^4 tau0^{-5/2}`` on ``log s^2``,
+    Gaussian: ``E k(X, Y) = h / sqrt(tau) exp(-(m1 - m2)^2 / (2 tau))``, ``tau = h^2 + s1^2 +
+    s2^2``; metric ``2 h tau0^{-3/2}`` on the mean and ``3/2 h s^4 tau0^{-5/2}`` on ``log s^2``,
     ``tau0 = h^2 + 2 s^2`` (derivation in docs/geometry.md). Bernoulli:
     ``MMD^2 = 2 (1 - kappa) (p - q)^2``, ``kappa = k(0, 1)``, metric ``4 (1 - kappa) (p(1-p))^2``.
     """
@@ -408,8 +424,7 @@ class MMD(Divergence):
     name = "mmd"
 
     def __init__(self, bandwidth: float = 1.0) -> None:
-        if not bandwidth > 0:
-            raise ValueError(f"MMD bandwidth must be > 0, got {bandwidth}")
+        require(bandwidth > 0, "MMD bandwidth", bandwidth, "a number > 0")
         self.bandwidth = float(bandwidth)
 
     def __repr__(self) -> str:
@@ -470,6 +485,5 @@ def get_divergence(name: str, **settings: float) -> Divergence:
     Raises:
         ValueError: if ``name`` is unknown.
     """
-    if name not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {name!r}")
+    require(name in DIVERGENCES, "divergence", name, ", ".join(sorted(DIVERGENCES)))
     return DIVERGENCES[name](**settings)

@@ -6,7 +6,8 @@ output distributions (decoder logits, and for a VAE also the posterior ``(mu, lo
 per example for a softmax output)
 (:meth:`~natgrad.geometry.divergences.Divergence.output_metric`). Then for the batch-mean divergence
 
-.. math::  \bar D(\theta, \theta + \delta) = \frac1N \sum_n D(p_{z_n(\theta)} \| p_{z_n(\theta+\delta)})
+.. math::  \bar D(\theta, \theta + \delta)
+           = \frac1N \sum_n D(p_{z_n(\theta)} \| p_{z_n(\theta+\delta)})
            = \tfrac12 \delta^T G_M \delta + O(|\delta|^3),
 
 because the first derivative of ``D`` vanishes at ``delta = 0`` (so no second-derivative-of-``z``
@@ -109,6 +110,7 @@ class PulledBackMetric:
 
     @property
     def dim(self) -> int:
+        """``P``, the number of parameters."""
         return self.theta.numel()
 
     def matvec(self, v: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse (2015)."""
+"""Deep autoencoders of Hinton & Salakhutdinov (2006), Martens (2010) and Martens & Grosse
+(2015).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from torch import Tensor, nn
 from natgrad.distributions import Bernoulli, Gaussian, GaussianLearnedVariance, OutputDistribution
 from natgrad.models.init import initialise_
 from natgrad.models.mlp import mlp
+from natgrad.validation import require
 
-#: Encoder sizes of the three benchmark problems (the decoder mirrors them); the code layer is linear.
+#: Encoder sizes of the three benchmark problems (the decoder mirrors them); the code layer is
+#: linear.
 ARCHITECTURES: dict[str, tuple[int, ...]] = {
     "mnist": (784, 1000, 500, 250, 30),
     "curves": (784, 400, 200, 100, 50, 25, 6),
@@ -25,8 +29,12 @@ LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned")
 
 
 def check_likelihood(name: str) -> str:
-    if name not in LIKELIHOOD_NAMES:
-        raise ValueError(f"likelihood must be one of {LIKELIHOOD_NAMES}, got {name!r}")
+    """``name`` if it is one of :data:`LIKELIHOOD_NAMES`.
+
+    Raises:
+        ValueError: an unknown likelihood (the message lists the known ones).
+    """
+    require(name in LIKELIHOOD_NAMES, "likelihood", name, ", ".join(LIKELIHOOD_NAMES))
     return name
 
 
@@ -54,8 +62,7 @@ def decoder_sizes(sizes: tuple[int, ...], likelihood: str) -> list[int]:
 
 def problem_arguments(problem: str, kwargs: dict) -> tuple[tuple[int, ...], dict]:
     """Sizes of a benchmark problem and ``kwargs`` with its likelihood, for ``for_problem``."""
-    if problem not in ARCHITECTURES:
-        raise ValueError(f"problem must be one of {sorted(ARCHITECTURES)}, got {problem!r}")
+    require(problem in ARCHITECTURES, "problem", problem, ", ".join(sorted(ARCHITECTURES)))
     return ARCHITECTURES[problem], {"likelihood": LIKELIHOODS[problem], **kwargs}
 
 
@@ -99,6 +106,7 @@ class DeepAutoencoder(nn.Module):
         return cls(sizes, **arguments)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
+        """The decoder's likelihood of ``x`` and the code."""
         code = self.encoder(x.flatten(1))
         return AutoencoderOutput(
             likelihood_from_outputs(self.likelihood_name, self.decoder(code)), code

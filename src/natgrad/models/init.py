@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from natgrad.validation import require
+
 
 def sparse_init_(
     linear: nn.Linear, nonzero: int = 15, generator: torch.Generator | None = None
@@ -14,8 +16,7 @@ def sparse_init_(
     Each unit gets ``nonzero`` incoming weights drawn from N(0, 1), all others zero; the bias is
     zero. When a layer has fewer than ``nonzero`` inputs, every input is connected.
     """
-    if nonzero < 1:
-        raise ValueError(f"sparse init 'nonzero' must be >= 1, got {nonzero}")
+    require(nonzero >= 1, "sparse init nonzero", nonzero, "an integer >= 1")
     out_features, in_features = linear.weight.shape
     k = min(nonzero, in_features)
     with torch.no_grad():
@@ -34,8 +35,7 @@ INITIALISATIONS = ("sparse", "default")
 
 def initialise_(module: nn.Module, scheme: str, generator: torch.Generator | None = None) -> None:
     """Apply ``scheme`` ('sparse' or 'default', PyTorch's own) to every nn.Linear in ``module``."""
-    if scheme not in INITIALISATIONS:
-        raise ValueError(f"init must be one of {INITIALISATIONS}, got {scheme!r}")
+    require(scheme in INITIALISATIONS, "init", scheme, ", ".join(INITIALISATIONS))
     if scheme == "default":
         return
     for layer in module.modules():

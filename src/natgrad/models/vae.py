@@ -73,10 +73,12 @@ class VAE(nn.Module):
         return cls(sizes, **arguments)
 
     def encode(self, x: Tensor) -> DiagonalGaussianPosterior:
+        """``q(z|x)``."""
         mu, log_var = self.encoder(x.flatten(1)).chunk(2, dim=-1)
         return DiagonalGaussianPosterior(mu, log_var)
 
     def decode(self, z: Tensor) -> OutputDistribution:
+        """``p(x|z)``."""
         return likelihood_from_outputs(self.likelihood_name, self.decoder(z))
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> VAEOutput:

@@ -1,4 +1,6 @@
-"""Natural-gradient optimizers (torch.optim.Optimizer subclasses taking a Loss-returning closure)."""
+"""Natural-gradient optimizers (torch.optim.Optimizer subclasses taking a Loss-returning
+closure).
+"""
 
 from natgrad.optim.base import NaturalGradientOptimizer
 from natgrad.optim.cg import CGResult, conjugate_gradient

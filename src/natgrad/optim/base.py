@@ -87,13 +87,15 @@ def check_loss(loss: Any, optimizer: str) -> Loss:
 
     Raises:
         TypeError: the closure returned something else (the message states the closure contract).
-        ValueError: no parameter has a nonzero gradient: the closure forgot ``loss.value.backward()``
-            (the step would silently be near zero).
+        ValueError: no parameter has a nonzero gradient: the closure forgot
+            ``loss.value.backward()`` (the step would silently be near zero).
     """
     if not isinstance(loss, Loss):
         raise TypeError(
-            f"{optimizer}.step(closure): the closure must zero the gradients, build a natgrad.losses.Loss "
-            f"(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got {type(loss).__name__}"
+            f"{optimizer}.step(closure): the closure must zero the gradients, build a "
+            "natgrad.losses.Loss "
+            "(e.g. build_loss(model, x)), call loss.backward() and return the Loss; got "
+            f"{type(loss).__name__}"
         )
     if all(p.grad is None or not bool(p.grad.any()) for p in loss.parameters().values()):
         raise ValueError(
@@ -104,7 +106,8 @@ def check_loss(loss: Any, optimizer: str) -> Loss:
 
 
 def damping_fields(damping: Any) -> Any:
-    """A bare number means the initial damping: ``1.0`` is ``{"initial": 1.0}`` (other values unchanged).
+    """A bare number means the initial damping: ``1.0`` is ``{"initial": 1.0}`` (other values
+    unchanged).
 
     Every optimizer accepts the same forms for ``damping``: a number, a mapping of
     :class:`~natgrad.optim.config.DampingConfig` fields, or (shared step) a ``DampingConfig``.
@@ -115,7 +118,8 @@ def damping_fields(damping: Any) -> Any:
 
 
 def average_gradients(communicator: Communicator, params: list[Tensor], loss: Loss) -> float:
-    """The loss of the global batch, with every ``p.grad`` replaced in place by the global batch's gradient.
+    """The loss of the global batch, with every ``p.grad`` replaced in place by the global batch's
+    gradient.
 
     :func:`natgrad.distributed.average_gradients` with the loss's value and batch size; on one
     process it returns ``loss.value`` and changes nothing.
@@ -136,7 +140,7 @@ def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> f
 
 
 def regularised_gradient(params: list[Tensor], weight_decay: float) -> list[Tensor]:
-    """``\\nabla h = \\nabla loss + eta theta`` from ``.grad`` (zeros where a parameter got none)."""
+    """``nabla h = nabla loss + eta theta`` from ``.grad`` (zeros where a parameter has none)."""
     return [
         (torch.zeros_like(p) if p.grad is None else p.grad.detach()) + weight_decay * p.detach()
         for p in params
@@ -173,7 +177,8 @@ class SingleParameterGroup(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def _reject(self, record: StepRecord, reason: str, raise_damping: bool = True) -> StepRecord:
-        """The one rejection path: parameters untouched, the family's recovery, counted, logged, recorded.
+        """The one rejection path: parameters untouched, the family's recovery, counted, logged,
+        recorded.
 
         The guard of optax's ``apply_if_finite``: a non-finite (or otherwise refused) step is
         skipped, never applied and never crashed on; :meth:`_recover` raises the damping and resets
@@ -202,7 +207,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         seed: seed of the generators of the sampled targets, one per statistics shard
             (:mod:`natgrad.distributed.shards`; saved in the state).
         communicator: the processes to run data-parallel over (None: the initialised
-            ``torch.distributed`` process group if it has several processes, else this process alone).
+            ``torch.distributed`` process group if it has several processes, else this process
+            alone).
             With several, the parameters are broadcast from process 0, as DDP does.
 
     Raises:
@@ -247,7 +253,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         }
 
     def describe(self) -> str:
-        """A table of every trainable parameter, its shape and its curvature block (and why diagonal)."""
+        """A table of every trainable parameter, its shape and its curvature block (and why
+        diagonal).
+        """
         return self.curvature.describe()
 
     # ---- the step --------------------------------------------------------------------------
@@ -330,8 +338,10 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             self.curvature.refresh()
 
     def _capture(self, loss: Loss) -> tuple[Any, int]:
-        """This process's statistics (``tau_1`` of each of its shards, each with its own generator) and
-        the number of examples they come from."""
+        """This process's statistics (``tau_1`` of each of its shards, each with its own generator)
+        and
+        the number of examples they come from.
+        """
         fraction, shards = self.schedule.statistics_fraction, self.schedule.statistics_shards
         subsets = [
             (loss if shards == 1 else loss.shard(s, shards)).prefix(fraction) for s in range(shards)
@@ -345,13 +355,15 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         return weighted_mean(captured, counts) if shards > 1 else captured[0], sum(counts)
 
     def _global_weight(self, statistics: Any, count: int) -> Any:
-        """``statistics`` scaled by ``W n_r / sum_r n_r``, once no process has non-finite ones (several processes).
+        """``statistics`` scaled by ``W n_r / sum_r n_r``, once no process has non-finite ones
+        (several processes).
 
         The scale makes the plain mean over processes of the moving averages the example-weighted
         mean (1 with equal shards). The finiteness check is global, so every process refuses alike.
 
         Raises:
-            NonFiniteStatistics: a process's statistics hold NaN or Inf (nothing was folded in anywhere).
+            NonFiniteStatistics: a process's statistics hold NaN or Inf (nothing was folded in
+            anywhere).
         """
         comm = self.communicator
         if not comm.distributed:
@@ -368,7 +380,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         return statistics
 
     def _synchronise_averages(self) -> None:
-        """Average the moving averages across processes, in place (before a refresh or a state_dict)."""
+        """Average the moving averages across processes, in place (before a refresh or a
+        state_dict).
+        """
         if self.communicator.distributed and self.curvature.averages is not None:
             self.communicator.average_(list(self.curvature.averages.tensors()))
 
@@ -436,10 +450,11 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         return steps
 
     def _check_learning_rate(self) -> None:
-        """Refuse a changed group ``lr``/``momentum`` that the quadratic model would silently ignore.
+        """Refuse a changed group ``lr``/``momentum`` that the quadratic model would silently
+        ignore.
 
-        With ``step.quadratic_model = False`` the group's ``lr`` and ``momentum`` *are* ``alpha`` and
-        ``mu``, so a learning-rate scheduler works; with the model they are chosen each step.
+        With ``step.quadratic_model = False`` the group's ``lr`` and ``momentum`` *are* ``alpha``
+        and ``mu``, so a learning-rate scheduler works; with the model they are chosen each step.
 
         Raises:
             ValueError: ``lr`` or ``momentum`` of the group differs from the constructed value.
@@ -450,9 +465,12 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         for key in ("lr", "momentum"):
             if group[key] != self.defaults[key]:
                 raise ValueError(
-                    f"{type(self).__name__}: param_groups[0][{key!r}] changed from {self.defaults[key]} to {group[key]} "
-                    "(a scheduler?), but the quadratic model chooses the step size and momentum, so it would be "
-                    "ignored; for a fixed or scheduled step size use step={'quadratic_model': False, "
+                    f"{type(self).__name__}: param_groups[0][{key!r}] changed from "
+                    f"{self.defaults[key]} to {group[key]} "
+                    "(a scheduler?), but the quadratic model chooses the step size and momentum, "
+                    "so it would be "
+                    "ignored; for a fixed or scheduled step size use step={'quadratic_model': "
+                    "False, "
                     "'learning_rate': ...} and schedule param_groups[0]['lr']"
                 )
 
@@ -462,7 +480,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
     def _new_objective(
         self, loss: Loss, params: list[Tensor], update: list[Tensor], k: int
     ) -> float | None:
-        """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs it."""
+        """``h(theta + delta)`` on the same batch and noise, when rho or the increase guard needs
+        it.
+        """
         if not (self._adapts_damping(k) or self.step_config.reject_increase):
             return None
         moved = {name: p.detach() + u for (name, p), u in zip(loss.parameters().items(), update)}
@@ -479,7 +499,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         return rho
 
     def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
-        """``lambda <- min(lambda / omega_1, maximum)``, momentum reset, ``gamma`` re-tied (if tied)."""
+        """``lambda <- min(lambda / omega_1, maximum)``, momentum reset, ``gamma`` re-tied (if
+        tied).
+        """
         config = self.damping_config
         state["damping"] = min(state["damping"] / config.lm_decrease, config.maximum)
         state["previous_update"] = [torch.zeros_like(p) for p in state["previous_update"]]
@@ -494,11 +516,13 @@ class NaturalGradientOptimizer(SingleParameterGroup):
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim state plus the curvature statistics and every statistics shard's generator state.
+        """torch.optim state plus the curvature statistics and every statistics shard's generator
+        state.
 
         With several processes this is a collective (call it on every process, as the runner does):
         the moving averages are first averaged across processes in place (exact; what the next
-        refresh does anyway), and the generators of all processes are gathered, in global shard order.
+        refresh does anyway), and the generators of all processes are gathered, in global shard
+        order.
         """
         self._synchronise_averages()
         state = super().state_dict()
@@ -523,7 +547,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             len(states) == comm.world_size * shards,
             "state_dict generators",
             f"{len(states)} shards",
-            f"{comm.world_size * shards} = {comm.world_size} processes x {shards} statistics shards; resume "
+            f"{comm.world_size * shards} = {comm.world_size} processes x {shards} statistics "
+            "shards; resume "
             "with the processes and schedule.statistics_shards of the saved run",
         )
         self.curvature.load_state_dict(state_dict.pop("curvature"))

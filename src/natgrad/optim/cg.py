@@ -21,6 +21,8 @@ from enum import Enum
 
 from torch import Tensor
 
+from natgrad.validation import require
+
 
 class StopReason(str, Enum):
     """Why :func:`conjugate_gradient` returned."""
@@ -40,7 +42,8 @@ class CGResult:
 
     Attributes:
         solution: the final iterate ``x_i``.
-        iterates: ``(i, x_i)`` stored at ``i = ceil(5 * 1.3^j)`` and at the last iteration, ascending.
+        iterates: ``(i, x_i)`` stored at ``i = ceil(5 * 1.3^j)`` and at the last iteration,
+            ascending.
         iterations: number of CG iterations taken.
         stop_reason: why CG stopped.
         objective: ``phi(x_i)`` at the final iterate.
@@ -56,7 +59,9 @@ class CGResult:
 
 
 def storage_schedule(max_iterations: int, first: float = 5.0, factor: float = 1.3) -> set[int]:
-    """Iterations ``ceil(first * factor^j) <= max_iterations`` whose iterates are kept (section 4.6)."""
+    """Iterations ``ceil(first * factor^j) <= max_iterations`` whose iterates are kept (section
+    4.6).
+    """
     steps, value = set(), first
     while math.ceil(value) <= max_iterations:
         steps.add(math.ceil(value))
@@ -92,7 +97,9 @@ def conjugate_gradient(
         x0: warm start (Hessian-free passes ``0.95`` times the previous solution, section 4.5).
         preconditioner: diagonal ``M`` (the iteration applies ``M^{-1}``), or None.
         max_iterations: hard cap (250 in Martens' code).
-        tolerance, gap_ratio, min_gap: the relative-progress rule above.
+        tolerance: ``epsilon`` of the relative-progress rule above.
+        gap_ratio: ``k = max(min_gap, ceil(gap_ratio * i))`` iterations back, in that rule.
+        min_gap: the smallest ``k``.
 
     Raises:
         ValueError: a shape mismatch, a non-positive preconditioner entry or a bad setting.
@@ -104,10 +111,11 @@ def conjugate_gradient(
         )
     if b.shape != x0.shape or (preconditioner is not None and preconditioner.shape != b.shape):
         raise ValueError(
-            f"conjugate_gradient: b {tuple(b.shape)} and x0 {tuple(x0.shape)} (and preconditioner) must match"
+            f"conjugate_gradient: b {tuple(b.shape)} and x0 {tuple(x0.shape)} (and preconditioner) "
+            "must match"
         )
-    if preconditioner is not None and not bool((preconditioner > 0).all()):
-        raise ValueError("conjugate_gradient: preconditioner entries must be > 0")
+    positive = preconditioner is None or bool((preconditioner > 0).all())
+    require(positive, "conjugate_gradient preconditioner", "an entry <= 0", "entries > 0")
     keep = storage_schedule(max_iterations)
     x = x0.clone()
     residual = matvec(x) - b

@@ -138,7 +138,9 @@ class DampingConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "DampingConfig":
-        """Martens & Grosse's autoencoder setting: ``lambda_0 = 150`` and the separate gamma search."""
+        """Martens & Grosse's autoencoder setting: ``lambda_0 = 150`` and the separate gamma
+        search.
+        """
         return cls(**{"initial": 150.0, "adapt_gamma": True, **overrides})
 
     @property
@@ -177,7 +179,8 @@ class ScheduleConfig:
         warmup_refreshes: see above.
         statistics_shards: ``S``, the number of strided shards of this process's statistics batch,
             each drawing its sampled targets from its own generator (1). A run's statistics depend
-            only on ``W S`` for ``W`` processes (:mod:`natgrad.distributed.shards`): one process with
+            only on ``W S`` for ``W`` processes (:mod:`natgrad.distributed.shards`): one process
+            with
             ``S = W`` reproduces a ``W``-process run with ``S = 1``.
 
     The cap of the moving averages' decay belongs to the curvature
@@ -237,8 +240,8 @@ class StepConfig:
     Attributes:
         quadratic_model: choose ``alpha`` (and ``mu``) by minimising the exact-GGN quadratic model
             (the paper). False uses the fixed ``learning_rate`` and ``momentum`` below, with no
-            ``rho`` and hence no damping adaptation, nor a ``gamma`` search (Martens' code, commented
-            alternative).
+            ``rho`` and hence no damping adaptation, nor a ``gamma`` search (Martens' code,
+            commented alternative).
         momentum_from_model: include the previous update ``delta_0`` in the model (section 7);
             False is section 6.4's rescaling only.
         learning_rate, momentum: the fixed ``alpha`` and ``mu`` when ``quadratic_model`` is False.
@@ -319,7 +322,8 @@ def check_preset(preset: str) -> str:
 def coerce(
     cls: type[T], value: T | Mapping[str, Any] | None, field: str, preset: str = "natgrad"
 ) -> T:
-    """``value`` as a ``cls`` instance, starting from ``preset``'s values of ``cls`` (:data:`PRESETS`).
+    """``value`` as a ``cls`` instance, starting from ``preset``'s values of ``cls``
+    (:data:`PRESETS`).
 
     None gives the preset's values; a mapping sets its fields over them; a ``cls`` instance is
     used as given.

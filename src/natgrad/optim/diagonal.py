@@ -1,10 +1,10 @@
 r"""Diagonal natural gradient: the shared step with a diagonal Fisher (sampled targets).
 
-``C = diag((1/N) sum_n g_n (.) g_n)`` with ``g_n`` the gradient of example ``n`` back-propagated from a
-target sampled from the model (Martens & Grosse 2015, section 5, applied to the diagonal; see
-:mod:`natgrad.curvature.diagonal`), damped exactly: ``Delta = -(C + gamma^2 I)^{-1} grad``. Step size,
-momentum, damping adaptation and amortisation are those of K-FAC (:mod:`natgrad.optim.base`), so the
-two differ only in the curvature.
+``C = diag((1/N) sum_n g_n (.) g_n)`` with ``g_n`` the gradient of example ``n`` back-propagated
+from a target sampled from the model (Martens & Grosse 2015, section 5, applied to the diagonal; see
+:mod:`natgrad.curvature.diagonal`), damped exactly: ``Delta = -(C + gamma^2 I)^{-1} grad``. Step
+size, momentum, damping adaptation and amortisation are those of K-FAC (:mod:`natgrad.optim.base`),
+so the two differ only in the curvature.
 """
 
 from __future__ import annotations

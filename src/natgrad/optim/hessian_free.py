@@ -169,7 +169,9 @@ class HessianFreeConfig:
 
     @property
     def chunks(self) -> int:
-        """The number of curvature chunks the batch is cut into, ``round(1 / curvature_fraction)``."""
+        """The number of curvature chunks the batch is cut into, ``round(1 /
+        curvature_fraction)``.
+        """
         return max(1, round(1.0 / self.curvature_fraction))
 
 
@@ -213,7 +215,8 @@ def chunk_inputs(inputs: tuple[Tensor, ...], chunks: int, index: int) -> tuple[T
 
 
 def backtrack(result: CGResult, evaluate: Callable[[Tensor], float]) -> tuple[int, Tensor, float]:
-    """Martens 2010 section 4.6: from the last stored iterate backwards while ``f`` keeps decreasing.
+    """Martens 2010 section 4.6: from the last stored iterate backwards while ``f`` keeps
+    decreasing.
 
     Returns ``(iteration, iterate, f(iterate))`` of the chosen iterate.
     """
@@ -236,7 +239,8 @@ def armijo_rate(
     c: float,
     max_shrinks: int,
 ) -> tuple[float, float]:
-    """Largest ``r = shrink^j`` (``j <= max_shrinks``) with ``f(r) <= f0 + c r slope``; ``(0, f0)`` if none.
+    """Largest ``r = shrink^j`` (``j <= max_shrinks``) with ``f(r) <= f0 + c r slope``; ``(0, f0)``
+    if none.
 
     ``first`` is ``f(1)``, already known from backtracking.
     """
@@ -264,7 +268,8 @@ class HessianFree(SingleParameterGroup):
             line_search_shrink, line_search_c, line_search_max_shrinks: the fields of
             :class:`HessianFreeConfig` (defaults there).
         communicator: the processes to run data-parallel over (None: the initialised
-            ``torch.distributed`` process group if it has several processes, else this process alone).
+            ``torch.distributed`` process group if it has several processes, else this process
+            alone).
 
     Raises:
         ValueError: an invalid hyper-parameter (the message names it, e.g. ``hf.damping``).
@@ -322,7 +327,9 @@ class HessianFree(SingleParameterGroup):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Loss] | None = None) -> Loss:  # type: ignore[override]
-        """One Hessian-free step (module docstring); returns the closure's Loss (before the update)."""
+        """One Hessian-free step (module docstring); returns the closure's Loss (before the
+        update).
+        """
         if closure is None:
             raise ValueError("HessianFree.step needs a closure returning a natgrad.losses.Loss")
         with torch.enable_grad():
@@ -373,7 +380,9 @@ class HessianFree(SingleParameterGroup):
     def _backtrack_and_search(
         self, loss: Loss, gradient: Tensor, result: CGResult, record: StepRecord
     ) -> tuple[Tensor, float, StepRecord]:
-        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate, record)``."""
+        """Steps 4-6: backtrack, rho and the Levenberg-Marquardt update, Armijo rate; ``(p, rate,
+        record)``.
+        """
         config, state, h0 = self.config, self.state[self.STATE_KEY], record.objective
 
         def h_at(direction: Tensor) -> float:
@@ -389,9 +398,8 @@ class HessianFree(SingleParameterGroup):
         else:
             iteration, direction, h1 = result.iterations, result.solution, h_at(result.solution)
         damping = state["damping"]
-        predicted = result.objectives[iteration] - 0.5 * damping * float(
-            direction @ direction
-        )  # q without lambda
+        # q without lambda
+        predicted = result.objectives[iteration] - 0.5 * damping * float(direction @ direction)
         rho = reduction_ratio(h1 - h0, predicted)
         state["damping"] = levenberg_marquardt_update(
             damping, rho, config.damping_decrease, config.damping_increase
@@ -435,7 +443,9 @@ class HessianFree(SingleParameterGroup):
         return (squares + shift).pow(self.config.preconditioner_exponent)
 
     def _recover(self, state: dict[str, Any], raise_damping: bool) -> None:
-        """``lambda *= 3/2`` (unless the line search already adapted it) and the CG warm start reset."""
+        """``lambda *= 3/2`` (unless the line search already adapted it) and the CG warm start
+        reset.
+        """
         if raise_damping:
             state["damping"] *= self.config.damping_increase
         state["cg_start"] = torch.zeros_like(state["cg_start"])

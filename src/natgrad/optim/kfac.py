@@ -42,7 +42,8 @@ class Structure(str, Enum):
 def exponential_batch_size(
     step: int, dataset_size: int, initial: int = 1000, full_at: int = 500
 ) -> int:
-    r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| / initial)``.
+    r"""``m_k = min(floor(initial * 2^{(k-1)/b}), |S|)``, ``b = (full_at - 1) / log2(|S| /
+    initial)``.
 
     Martens & Grosse 2015, section 13: the batch doubles every ``b`` steps and reaches the whole
     training set ``S`` at step ``full_at`` (500 in the paper). ``step`` counts from 1.
@@ -82,8 +83,8 @@ class KFAC(NaturalGradientOptimizer):
             eigendecomposes at each refresh and makes any damping cheap but costs four products per
             step (timings: ``benchmarks/results/step_cost-threads1.md``). None keeps the default.
         solve_dtype: block-diagonal only: ``"factors"`` (default, the paper: the factors' float32)
-            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16, faster
-            on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
+            or ``"bfloat16"``, a departure that multiplies by the damped inverses in bfloat16,
+            faster on CPUs with AVX512-BF16 (see :mod:`natgrad.curvature.kfac`).
         preset: the starting point of the config groups, before the fields given in ``damping``,
             ``step`` etc.: ``"natgrad"`` (default: ``lambda_0 = 1`` with ``gamma`` tied to
             ``lambda``; departures measured in docs/vae-training.md) or ``"paper"`` (Martens &

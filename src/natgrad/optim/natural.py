@@ -24,7 +24,8 @@ from torch import Tensor
 
 from natgrad.finite import all_finite
 
-#: Thresholds of the reduction ratio ``rho`` (Martens 2010 section 4.1; Martens & Grosse 2015 section 6.5).
+#: Thresholds of the reduction ratio ``rho`` (Martens 2010 section 4.1; Martens & Grosse 2015
+#: section 6.5).
 RHO_LOW, RHO_HIGH = 0.25, 0.75
 
 
@@ -38,7 +39,8 @@ class SolvesRegularisedSystem(Protocol):
 def precondition(
     curvature: SolvesRegularisedSystem, gradient: Sequence[Tensor], tikhonov: float
 ) -> list[Tensor]:
-    r"""The natural-gradient direction ``Delta = -M(gamma^2)^{-1} grad`` (section 6.4), ``tikhonov = gamma^2``.
+    r"""The natural-gradient direction ``Delta = -M(gamma^2)^{-1} grad`` (section 6.4), ``tikhonov =
+    gamma^2``.
 
     How ``gamma^2`` enters ``C`` (factored Tikhonov for K-FAC, section 6.3; plain ``+ gamma^2 I``
     for the diagonal) is the representation's business; it is added once, inside ``solve``.
@@ -85,9 +87,10 @@ def quadratic_model_coefficients(gram: Tensor, gradient_products: Tensor) -> Qua
         \qquad \hat G = G + (\lambda + \eta) I,
 
     with the Moore-Penrose pseudo-inverse as in Martens' code (a zero or parallel ``delta_0`` gives
-    a singular matrix). Non-finite inputs give ``nan`` coefficients, for :func:`reject_nonfinite`. A ``(1, 1)`` ``gram`` is the section 6.4 rescaling without momentum:
-    ``alpha^* = -grad^T Delta / Delta^T G_hat Delta``. The predicted change is
-    ``M(delta^*) - M(0) = 1/2 (alpha^* grad^T Delta + mu^* grad^T delta_0)``.
+    a singular matrix). Non-finite inputs give ``nan`` coefficients, for :func:`reject_nonfinite`. A
+    ``(1, 1)`` ``gram`` is the section 6.4 rescaling without momentum: ``alpha^* = -grad^T Delta /
+    Delta^T G_hat Delta``. The predicted change is ``M(delta^*) - M(0) = 1/2 (alpha^* grad^T Delta +
+    mu^* grad^T delta_0)``.
 
     Args:
         gram: ``(k, k)``, ``k`` in {1, 2}: the damped curvature products of :func:`damped_gram`.
@@ -111,7 +114,8 @@ def quadratic_model_coefficients(gram: Tensor, gradient_products: Tensor) -> Qua
 
 
 def reduction_ratio(actual_change: float, predicted_change: float) -> float:
-    r"""``rho = [h(theta + delta) - h(theta)] / [M(delta) - M(0)]`` (section 6.5; Martens 2010, 4.1).
+    r"""``rho = [h(theta + delta) - h(theta)] / [M(delta) - M(0)]`` (section 6.5; Martens 2010,
+    4.1).
 
     As in Martens' code, ``rho = -inf`` when the objective rose or is not finite (the damping must
     then increase); a model that predicts no decrease gives ``nan``, which
@@ -148,8 +152,8 @@ def gamma_candidates(
     ``{max(omega_2 gamma, gamma_min), gamma, min(gamma / omega_2, gamma_max)}``, duplicates removed
     in order (a clipped candidate equal to ``gamma`` is tried once).
 
-    Departure from a literal clip: the bounds only stop ``gamma`` from moving further out; they never
-    turn a move into its opposite. With the autoencoder defaults (lambda_0 = 150, so
+    Departure from a literal clip: the bounds only stop ``gamma`` from moving further out; they
+    never turn a move into its opposite. With the autoencoder defaults (lambda_0 = 150, so
     ``gamma_0 = sqrt(150) = 12.2``, and Martens' ``gamma_max = 1``) a literal clip would make the
     "increase" candidate a cut to 1; here it is ``gamma`` itself until ``gamma`` falls below
     ``gamma_max`` (and symmetrically for ``gamma_min``).

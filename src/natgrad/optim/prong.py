@@ -1,4 +1,5 @@
-r"""PRONG: projected natural gradient descent on a whitened network (Desjardins et al. 2015, Alg. 1).
+r"""PRONG: projected natural gradient descent on a whitened network (Desjardins et al. 2015, Alg.
+1).
 
 Notation of :mod:`natgrad.curvature.whitening`. Constructing :class:`PRONG` turns every
 ``nn.Linear`` of the model into a :class:`~natgrad.curvature.whitening.WhitenedLinear`
@@ -19,13 +20,14 @@ Notation of :mod:`natgrad.curvature.whitening`. Constructing :class:`PRONG` turn
    rule: ``b <- mu b + g``, ``theta <- theta - lr (g + mu b)`` (Nesterov) or ``theta - lr b``.
 
 Why this is a natural gradient: the Fisher block of ``V_i`` is approximately
-``E[g g^T] (x) E[h_hat h_hat^T]`` with ``h_hat = U (h - c)`` white, i.e. K-FAC's block with the input
-factor equal to the identity; SGD in ``V`` is then K-FAC's step with the gradient factor ``G = I``
-(``tests/curvature/test_whitening.py`` checks the exact equivalence). Departures: the samples for the
-re-estimation are the layer inputs of the most recent training batches (rows from earlier batches
-were computed with parameters up to ``ceil(N_s / batch) - 1`` steps old; the paper draws ``N_s``
-fresh training samples), the first re-estimation happens at step ``T`` (``U = I``, ``c = 0`` before),
-and the L2 penalty applies to the trained parameters ``(V, d)``. ``N_s`` should exceed the widest
+``E[g g^T] (x) E[h_hat h_hat^T]`` with ``h_hat = U (h - c)`` white, i.e. K-FAC's block with the
+input factor equal to the identity; SGD in ``V`` is then K-FAC's step with the gradient factor ``G =
+I`` (``tests/curvature/test_whitening.py`` checks the exact equivalence). Departures: the samples
+for the re-estimation are the layer inputs of the most recent training batches (rows from earlier
+batches were computed with parameters up to ``ceil(N_s / batch) - 1`` steps old; the paper draws
+``N_s`` fresh training samples), the first re-estimation happens at step ``T`` (``U = I``, ``c = 0``
+before), and the L2 penalty applies to the trained parameters ``(V, d)``. ``N_s`` should exceed the
+widest
 layer: directions never seen in the sample get variance 0 and a gain ``epsilon^{-1/2}``.
 """
 
@@ -88,23 +90,28 @@ def _validate(
     )
 
 
-#: Why PRONG refuses data-parallel runs (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
+# Why PRONG refuses data-parallel runs
+# (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
 DATA_PARALLEL_REFUSAL = (
-    "it reparametrises the model in place from whitening statistics that each process would re-estimate on "
-    "its own recent layer inputs (Desjardins et al. 2015), so the processes' models would differ; averaging "
+    "it reparametrises the model in place from whitening statistics that each process would "
+    "re-estimate on "
+    "its own recent layer inputs (Desjardins et al. 2015), so the processes' models would differ; "
+    "averaging "
     "those statistics and broadcasting the new whitening is not implemented"
 )
 
 
 class PRONG(SingleParameterGroup):
-    """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a checkpoint.
+    """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a
+    checkpoint.
 
     Args:
         model: module whose ``nn.Linear`` layers are whitened (their parameters are replaced).
         lr, momentum, nesterov, weight_decay: the SGD rule on the whitened parameters.
         reestimate_every: ``T``, steps between re-estimations (100 in the replication cited in
             PAPERS.md; the paper's value is unverified).
-        samples: ``N_s``, most recent layer-input rows used to estimate ``(c, U)`` (replication: 1000).
+        samples: ``N_s``, most recent layer-input rows used to estimate ``(c, U)`` (replication:
+            1000).
         epsilon: the whitening regulariser ``(D + epsilon I)^{-1/2}``. Default 0.1: on the
             sparse-initialised sigmoid MNIST autoencoder the replication's 1e-3 diverged within 30
             steps (lr 1e-3) and 1e-2 was unstable (lr 3e-3): near-constant units get a gain up to
@@ -113,8 +120,10 @@ class PRONG(SingleParameterGroup):
         batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
 
     Raises:
-        ValueError: an invalid hyper-parameter (the message names it), a model without nn.Linear, or an
-            initialised ``torch.distributed`` process group with several processes (:data:`DATA_PARALLEL_REFUSAL`).
+        ValueError: an invalid hyper-parameter (the message names it), a model without nn.Linear, or
+        an
+            initialised ``torch.distributed`` process group with several processes
+            (:data:`DATA_PARALLEL_REFUSAL`).
     """
 
     STATE_KEY = "prong"
@@ -230,7 +239,9 @@ class PRONG(SingleParameterGroup):
 def _most_recent_rows(
     previous: list[Tensor], records: list[list[Tensor]], count: int
 ) -> list[Tensor]:
-    """Per layer, the last ``count`` input rows of ``previous`` followed by this step's ``records``."""
+    """Per layer, the last ``count`` input rows of ``previous`` followed by this step's
+    ``records``.
+    """
     if not previous:
         previous = [r[0][:0] for r in records]
     return [torch.cat([old, *new])[-count:] for old, new in zip(previous, records)]

@@ -1,4 +1,5 @@
-r"""Exact-GGN quadratic forms for the step-size/momentum model (Martens & Grosse 2015, App. C, section 7).
+r"""Exact-GGN quadratic forms for the step-size/momentum model (Martens & Grosse 2015, App. C,
+section 7).
 
 The quadratic model needs only the ``k x k`` matrix ``[u_i^T G u_j]`` over the directions
 ``u = (Delta, delta_0)``, never ``G u`` itself. With ``J_t u`` the directional derivative of term
@@ -81,7 +82,8 @@ def ggn_gram(
         _, ju, curvature = jvp(outputs, (params,), (tangent,), has_aux=True)
         return ju, tuple(curvature_product(c, u) for c, u in zip(curvature, ju))
 
-    # one forward-mode pass for all directions; a forward's noise is replayed, the same for every lane
+    # one forward-mode pass for all directions; a forward's noise is replayed, the same for every
+    # lane
     projected, weighted = vmap(tangent_outputs, randomness="same")(tangents)
     k = len(directions)
     gram = torch.zeros(k, k, dtype=torch.float64)

@@ -1,10 +1,11 @@
 r"""TONGA on the shared natural-gradient step (Le Roux, Manzagol & Bengio 2008).
 
-The direction is ``Delta = -(C + (lambda + eta) I)^{-1} grad`` with ``C`` the low-rank, block-diagonal
-model of the covariance of per-example gradients (:mod:`natgrad.curvature.tonga`), applied by
-Woodbury. Everything else is the shared step of :mod:`natgrad.optim.base`: statistics every step on
-the first ``examples_per_update`` examples of the batch's first ``tau_1`` fraction, the amortised
-eigendecomposition every ``T3 = schedule.inverse_every`` steps (the paper's ``b``), and either
+The direction is ``Delta = -(C + (lambda + eta) I)^{-1} grad`` with ``C`` the low-rank,
+block-diagonal model of the covariance of per-example gradients (:mod:`natgrad.curvature.tonga`),
+applied by Woodbury. Everything else is the shared step of :mod:`natgrad.optim.base`: statistics
+every step on the first ``examples_per_update`` examples of the batch's first ``tau_1`` fraction,
+the amortised eigendecomposition every ``T3 = schedule.inverse_every`` steps (the paper's ``b``),
+and either
 
 * the paper's update ``theta <- theta - eta_t v_t`` with a fixed learning rate (and optional
   momentum): ``step.quadratic_model = False``, ``step.learning_rate``, ``step.momentum``; or
@@ -43,11 +44,15 @@ def _with_defaults(cls: type, value: Any, defaults: Mapping[str, Any], field: st
     return coerce(cls, value, field)
 
 
-#: Why TONGA refuses data-parallel runs (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
+# Why TONGA refuses data-parallel runs
+# (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
 DATA_PARALLEL_REFUSAL = (
-    "its curvature is a low-rank factor built from the per-example gradients of each batch and truncated "
-    "by an eigendecomposition at every refresh (Le Roux et al. 2008); the factor of the global batch is not "
-    "an average of the processes' factors, and gathering every process's example gradients (rank x P "
+    "its curvature is a low-rank factor built from the per-example gradients of each batch and "
+    "truncated "
+    "by an eigendecomposition at every refresh (Le Roux et al. 2008); the factor of the global "
+    "batch is not "
+    "an average of the processes' factors, and gathering every process's example gradients (rank x "
+    "P "
     "numbers per process and step) is not implemented"
 )
 
@@ -65,7 +70,8 @@ class TONGA(NaturalGradientOptimizer):
 
     Raises:
         ValueError: an invalid hyper-parameter (the message names it), or an initialised
-            ``torch.distributed`` process group with several processes (:data:`DATA_PARALLEL_REFUSAL`).
+            ``torch.distributed`` process group with several processes
+            (:data:`DATA_PARALLEL_REFUSAL`).
     """
 
     def __init__(
@@ -89,5 +95,6 @@ class TONGA(NaturalGradientOptimizer):
             self.schedule.statistics_shards == 1,
             "schedule.statistics_shards",
             self.schedule.statistics_shards,
-            "1 for TONGA (its statistics are the batch's per-example gradients, not a mean over shards)",
+            "1 for TONGA (its statistics are the batch's per-example gradients, not a mean over "
+            "shards)",
         )

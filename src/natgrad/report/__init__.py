@@ -1,4 +1,6 @@
-"""Reports: learning curves from run logs, summary statistics over seeds, Markdown tables, figures."""
+"""Reports: learning curves from run logs, summary statistics over seeds, Markdown tables,
+figures.
+"""
 
 from natgrad.report.comparison import Report, write_suite_report
 from natgrad.report.curves import RunCurves, load_curves

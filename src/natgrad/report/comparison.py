@@ -81,7 +81,9 @@ def _describe(comparison: Comparison) -> str:
 def choose_target(
     comparison: Comparison, runs: Mapping[str, list[RunCurves]], metric: str
 ) -> tuple[float, str]:
-    """The target train error of a comparison and how it was chosen (given, the reference's, or default)."""
+    """The target train error of a comparison and how it was chosen (given, the reference's, or
+    default).
+    """
     if comparison.target is not None:
         return comparison.target, "given"
     reference = comparison.reference
@@ -92,7 +94,9 @@ def choose_target(
 
 
 def conclusion(rows: Sequence[OptimizerSummary], reference: str | None, target: float) -> str:
-    """One sentence: when each optimizer reached the reference's final train error, against the reference."""
+    """One sentence: when each optimizer reached the reference's final train error, against the
+    reference.
+    """
     by_label = {row.label: row for row in rows}
     if reference not in by_label:
         return ""
@@ -117,7 +121,8 @@ def conclusion(rows: Sequence[OptimizerSummary], reference: str | None, target: 
             else f"{format_number(1 / ratio)}x later than"
         )
         parts.append(
-            f"{row.label} reaches it after {format_number(row.time_to_target.median)} s, {relation} "
+            f"{row.label} reaches it after {format_number(row.time_to_target.median)} s, "
+            f"{relation} "
             f"{reference} ({format_number(ref.time_to_target.median)} s), and ends at "
             f"{format_number(row.final_train.median)}"
         )
@@ -145,11 +150,13 @@ def comparison_section(
     )
     return (
         f"## {comparison.name}\n\n{_describe(comparison)}.\n\n"
-        f"Metric: {label}; median over seeds [min–max]. Target train error {format_number(target)} ({how}); "
+        f"Metric: {label}; median over seeds [min–max]. Target train error {format_number(target)} "
+        f"({how}); "
         f"times are training seconds, evaluation excluded.{_test_note(comparison)}\n\n"
         f"{comparison_table(rows, comparison.reference)}\n"
         f"![{comparison.name}]({paths[0].relative_to(out_dir)}) "
-        f"([PDF]({paths[1].relative_to(out_dir)}))\n\n{conclusion(rows, comparison.reference, target)}"
+        f"([PDF]({paths[1].relative_to(out_dir)}))\n\n"
+        f"{conclusion(rows, comparison.reference, target)}"
     )
 
 

@@ -1,4 +1,6 @@
-"""Learning curves read back from run directories (``config.json`` + ``log.jsonl`` + ``result.json``)."""
+"""Learning curves read back from run directories (``config.json`` + ``log.jsonl`` +
+``result.json``).
+"""
 
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ _LINK = re.compile(r"\[([^\]]+)\]\(([^)]+)\)")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
 
-STYLE = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:70em;margin:2em auto;
-padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:0.25em 0.6em}th{background:#f3f3f3}td.r,th.r{text-align:right}
+STYLE = """body{font-family:-apple-system,Segoe
+        UI,Helvetica,Arial,sans-serif;max-width:70em;margin:2em auto;
+padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:0.8em
+0;font-size:0.9em} th,td{border:1px solid #ccc;padding:0.25em
+0.6em}th{background:#f3f3f3}td.r,th.r{text-align:right}
 img{max-width:100%;height:auto}code{background:#f5f5f5;padding:0 0.2em}h1,h2,h3{line-height:1.2}"""
 
 
@@ -94,6 +96,7 @@ def markdown_to_html(markdown: str, title: str) -> str:
     """A standalone HTML page of ``markdown`` (the supported subset, see module docstring)."""
     body = "\n".join(_block(block) for block in _blocks(markdown))
     return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta '
+        f'charset="utf-8">\n<title>{html.escape(title)}</title>\n'
         f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )

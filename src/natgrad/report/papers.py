@@ -68,7 +68,9 @@ K_FAC_NOTE = (
 
 
 def papers_table(dataset: str) -> str:
-    """Markdown table of the errors reported for ``dataset``'s autoencoder; '' when none are known."""
+    """Markdown table of the errors reported for ``dataset``'s autoencoder; '' when none are
+    known.
+    """
     rows = REPORTED.get(dataset, [])
     if not rows:
         return ""

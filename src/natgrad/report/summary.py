@@ -1,6 +1,8 @@
-"""Summaries of a comparison: per optimizer, statistics over seeds of final/best errors and time to target.
+"""Summaries of a comparison: per optimizer, statistics over seeds of final/best errors and time to
+target.
 
-Definitions (all on evaluations of the full train/test sets, see :mod:`natgrad.experiments.metrics`):
+Definitions (all on evaluations of the full train/test sets, see
+:mod:`natgrad.experiments.metrics`):
 
 * *final* error: the value at the last evaluation (the end of the budget);
 * *best* error: the minimum over evaluations;
@@ -36,6 +38,7 @@ class Spread:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Spread":
+        """The median, minimum and maximum of ``values``."""
         finite = [v for v in values if math.isfinite(v)]
         if not finite:
             return cls(math.nan, math.nan, math.nan, 0)
@@ -61,7 +64,9 @@ class OptimizerSummary:
 
 
 def first_reach(curves: RunCurves, key: str, target: float) -> tuple[float, float]:
-    """(training seconds, steps) at the first evaluation with ``metrics[key] <= target``; NaN if never."""
+    """(training seconds, steps) at the first evaluation with ``metrics[key] <= target``; NaN if
+    never.
+    """
     hits = np.flatnonzero(curves.metrics[key] <= target)
     if hits.size == 0:
         return math.nan, math.nan
@@ -83,7 +88,9 @@ def default_target(runs: Mapping[str, Sequence[RunCurves]], metric: str) -> floa
 def summarise(
     label: str, curves: Sequence[RunCurves], metric: str, target: float, extra: Sequence[str] = ()
 ) -> OptimizerSummary:
-    """The table row of one optimizer over its seeds; ``extra`` metric keys get their final value."""
+    """The table row of one optimizer over its seeds; ``extra`` metric keys get their final
+    value.
+    """
     train_key, test_key = f"train.{metric}", f"test.{metric}"
     reach = [first_reach(c, train_key, target) for c in curves]
     return OptimizerSummary(

@@ -14,7 +14,8 @@ METRIC_NAMES = {
     "nll": "negative log-likelihood (nats per image)",
     "test.iwae_ll": "test -L_k (IWAE bound, nats per image)",
 }
-#: Metrics shown negated, so that every column is a loss in nats (lower is better): L_k is a log-likelihood.
+#: Metrics shown negated, so that every column is a loss in nats (lower is better): L_k is a
+#: log-likelihood.
 NEGATED = {"test.iwae_ll"}
 
 
@@ -26,7 +27,9 @@ def format_number(value: float) -> str:
 
 
 def format_spread(spread: Spread, seeds: int | None = None) -> str:
-    """``median [min–max]``; with ``seeds`` given, also ``(reached/seeds)`` when some seeds missed."""
+    """``median [min–max]``; with ``seeds`` given, also ``(reached/seeds)`` when some seeds
+    missed.
+    """
     if spread.n == 0:
         return "not reached" if seeds is not None else "—"
     text = format_number(spread.median)
@@ -38,7 +41,9 @@ def format_spread(spread: Spread, seeds: int | None = None) -> str:
 
 
 def displayed(key: str, spread: Spread) -> Spread:
-    """``spread`` as the table shows metric ``key``: negated for the :data:`NEGATED` log-likelihoods."""
+    """``spread`` as the table shows metric ``key``: negated for the :data:`NEGATED`
+    log-likelihoods.
+    """
     if key not in NEGATED:
         return spread
     return Spread(-spread.median, -spread.high, -spread.low, spread.n)

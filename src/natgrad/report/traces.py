@@ -69,9 +69,8 @@ def plot_traces(
                 steps = np.asarray(cells[0]["trace"]["step"][:length])
                 values = np.stack([_column(cell, name, length) for cell in cells])
                 with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter(
-                        "ignore", RuntimeWarning
-                    )  # all-NaN steps (rejected) are gaps
+                    # all-NaN steps (rejected) are gaps
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     ax.plot(steps, np.nanmedian(values, axis=0), color=colors[label], label=label)
                     if values.shape[0] > 1:
                         ax.fill_between(
@@ -87,9 +86,8 @@ def plot_traces(
             if name == "damping":
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(
-                    LogFormatter(labelOnlyBase=False)
-                )  # labels minors on short ranges
+                # labels minors on short ranges
+                ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.suptitle(

@@ -64,7 +64,9 @@ def steepest_descent_direction(
 def top_eigenvectors(
     matvec: Matvec, dim: int, count: int, dtype: torch.dtype, seed: int = 0
 ) -> tuple[np.ndarray, Tensor]:
-    """The ``count`` largest eigenvalues (descending) and unit eigenvectors ``(count, P)`` of ``G``."""
+    """The ``count`` largest eigenvalues (descending) and unit eigenvectors ``(count, P)`` of
+    ``G``.
+    """
     operator = LinearOperator(
         (dim, dim),
         matvec=lambda v: (

@@ -1,16 +1,20 @@
 r"""Training with the steepest-descent direction of a divergence's local metric.
 
-One step on a mini-batch, for a metric ``G_M`` (:class:`~natgrad.geometry.pullback.PulledBackMetric`;
-``None`` means the Euclidean metric ``I``, i.e. the plain gradient direction):
+One step on a mini-batch, for a metric ``G_M``
+(:class:`~natgrad.geometry.pullback.PulledBackMetric`; ``None`` means the Euclidean metric ``I``,
+i.e. the plain gradient direction):
 
-1. ``Delta = -(G_M + lambda_M I)^{-1} g`` by CG (:func:`~natgrad.experiments.geometry_study.directions.steepest_descent_direction`),
-   ``lambda_M = relative_damping * tr(G_M)/P`` (so every positive multiple of a metric -- every
-   f-divergence -- gives the same ``Delta``).
+1. ``Delta = -(G_M + lambda_M I)^{-1} g`` by CG
+   (:func:`~natgrad.experiments.geometry_study.directions.steepest_descent_direction`), ``lambda_M =
+   relative_damping * tr(G_M)/P`` (so every positive multiple of a metric -- every f-divergence --
+   gives the same ``Delta``).
 2. The step size from the *same* quadratic model for every metric, the loss's exact Gauss-Newton
-   matrix ``G`` (:func:`natgrad.curvature.exact.ggn_vector_product`) with Levenberg-Marquardt damping
-   ``lambda``: ``alpha* = -g^T Delta / Delta^T (G + lambda I) Delta`` (Martens & Grosse 2015, section
+   matrix ``G`` (:func:`natgrad.curvature.exact.ggn_vector_product`) with Levenberg-Marquardt
+   damping ``lambda``: ``alpha* = -g^T Delta / Delta^T (G + lambda I) Delta`` (Martens & Grosse
+       2015, section
    6.4, :func:`natgrad.optim.natural.quadratic_model_coefficients`), then ``lambda`` adapted by the
-   reduction ratio (section 6.5) with the shared :func:`~natgrad.optim.natural.levenberg_marquardt_update`.
+   reduction ratio (section 6.5) with the shared
+   :func:`~natgrad.optim.natural.levenberg_marquardt_update`.
 
 Only the direction depends on the metric, so the curves compare the geometries, not step-size
 heuristics. This is a small loop of its own (no momentum, no amortisation) built from the shared
@@ -39,6 +43,7 @@ from natgrad.optim.natural import (
     quadratic_model_coefficients,
     reduction_ratio,
 )
+from natgrad.validation import require
 
 
 @dataclass(frozen=True)
@@ -56,18 +61,15 @@ class MetricTrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "cg_iterations", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"MetricTrainingConfig.{name} must be >= 1, got {getattr(self, name)}"
-                )
-        if not self.relative_damping > 0 or not self.initial_damping > 0:
-            raise ValueError(
-                "MetricTrainingConfig.relative_damping and initial_damping must be > 0"
-            )
-        if not 0 < self.lm_factor < 1:
-            raise ValueError(
-                f"MetricTrainingConfig.lm_factor must be in (0, 1), got {self.lm_factor}"
-            )
+            value = getattr(self, name)
+            require(value >= 1, f"MetricTrainingConfig.{name}", value, "an integer >= 1")
+        for name in ("relative_damping", "initial_damping"):
+            value = getattr(self, name)
+            require(value > 0, f"MetricTrainingConfig.{name}", value, "a number > 0")
+        lm_factor = self.lm_factor
+        require(
+            0 < lm_factor < 1, "MetricTrainingConfig.lm_factor", lm_factor, "a number in (0, 1)"
+        )
 
 
 @dataclass

@@ -9,9 +9,11 @@ fixed probe batch and fixed VAE noise), with ``G_M`` each divergence's pulled-ba
 2. Quadratic validity: along ``theta + t u`` with ``t = l / sqrt(u^T F u)`` (``l`` the *Fisher
    length*, so ``KL ~ l^2 / 2``), the ratio ``D(t) / (1/2 t^2 u^T G_M u)`` for every divergence.
 3. Agreement: ``u^T G_M u / u^T F u`` across directions (constant iff ``G_M`` is a multiple of
-   ``F`` on them) and Spearman rank correlations of the norms, and of the true divergences at ``l = 1``.
+   ``F`` on them) and Spearman rank correlations of the norms, and of the true divergences at ``l =
+   1``.
 4. Steepest descent: ``d_M = (G_M + lambda_M I)^{-1} g`` and its cosine to ``d_F``.
-5. Training the VAE with each metric's direction (:mod:`natgrad.experiments.geometry_study.metric_training`).
+5. Training the VAE with each metric's direction
+   (:mod:`natgrad.experiments.geometry_study.metric_training`).
 
 ``run_study`` returns the results and writes ``results.json``, the plots and ``report.md``
 (:mod:`natgrad.experiments.geometry_study.report`) into ``out_dir``.
@@ -48,6 +50,7 @@ from natgrad.geometry.divergences import Divergence, NoLocalMetricError, get_div
 from natgrad.geometry.pullback import PulledBackMetric, flat_parameters, model_outputs, unflatten
 from natgrad.losses import build_loss
 from natgrad.models import VAE, DeepAutoencoder
+from natgrad.validation import require
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +113,11 @@ class StudyConfig:
             "eigen_directions",
             "cg_iterations",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"StudyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.relative_damping > 0 or not self.pretrain_lr > 0:
-            raise ValueError("StudyConfig.relative_damping and pretrain_lr must be > 0")
+            value = getattr(self, name)
+            require(value >= 1, f"StudyConfig.{name}", value, "an integer >= 1")
+        for name in ("relative_damping", "pretrain_lr"):
+            value = getattr(self, name)
+            require(value > 0, f"StudyConfig.{name}", value, "a number > 0")
 
     @classmethod
     def quick(cls, out_dir: Path, data_dir: str | None = None) -> "StudyConfig":
@@ -287,7 +291,9 @@ def _probe_model(
 
 
 def run_study(config: StudyConfig) -> dict[str, Any]:
-    """Run the whole study, write ``results.json``, the plots and ``report.md`` into ``config.out_dir``."""
+    """Run the whole study, write ``results.json``, the plots and ``report.md`` into
+    ``config.out_dir``.
+    """
     from natgrad.experiments.geometry_study.report import write_report
 
     start = time.perf_counter()
@@ -361,7 +367,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``natgrad geometry --out DIR``: run the study and write its report; returns the exit status."""
+    """``natgrad geometry --out DIR``: run the study and write its report; returns the exit
+    status.
+    """
     torch.set_num_threads(1)
     config = (
         StudyConfig.quick(args.out, args.data_dir)
