@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +67,25 @@ def test_batchnorm_example_shows_the_refusal_and_the_frozen_alternative(capsys):
     output = run("batchnorm.py", capsys)
     assert "K-FAC refused the model: module '1' (BatchNorm1d)" in output
     assert "1.weight" in output and "diagonal (BatchNorm1d: no Kronecker form)" in output
+
+
+def test_distributed_example_trains_on_two_processes():
+    # It starts its own 2 processes (gloo); the negative ELBO starts at about 64 ln 2 = 44.4 nats.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "distributed_kfac.py")],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 processes") and final_number(done.stdout) < 38.0

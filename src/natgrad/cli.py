@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,9 +130,26 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from natgrad.distributed.launch import DEFAULT_TIMEOUT
+
     add_config_arguments(parser)
     parser.add_argument(
         "--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel on N local processes (sets processes; a resumed run keeps its "
+        "own "
+        "number, started automatically); under torchrun the world size is used",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar or progress lines"
@@ -148,7 +166,73 @@ def _status_code(status: str) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from natgrad.distributed.launch import environment_world_size, launch_local, process_group
+
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    world = environment_world_size()
+    if world is None:  # not started by torchrun or --nproc: start the processes the run needs
+        processes = _processes_of(args)
+        if processes > 1:
+            return launch_local(args.argv, processes, args.timeout)
+        world = 1
+    elif args.nproc is not None and args.nproc != world:
+        raise UsageError(
+            f"--nproc {args.nproc} differs from WORLD_SIZE={world} set by torchrun; give one of "
+            "them"
+        )
+    with process_group(args.timeout):
+        result = _train_or_resume(args, world)
+    if environment_world_size() not in (None, 1) and int(os.environ.get("RANK", "0")) != 0:
+        return _status_code(result.status)  # process 0 reports
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+    reason = f": {result.reason}" if result.reason else ""
+    sys.stdout.write(
+        f"{result.status} at step {result.step}{reason} ({result.train_time:.1f}s training) in "
+        f"{result.run_dir}\nmetrics at step {result.eval_step}: {metrics}\n"
+    )
+    return _status_code(result.status)
+
+
+def _processes_of(args: argparse.Namespace) -> int:
+    """The number of processes a ``natgrad train`` needs: the config's ``processes`` (``--nproc``
+    sets it),
+    or the resumed run's own. A new run's config is checked here, before any process starts.
+    """
+    from natgrad.experiments.runner import load_run_dir_config
+
+    if args.resume is None:
+        return _new_run_config(args).processes
+    saved = load_run_dir_config(args.resume).processes
+    if args.nproc is not None and args.nproc != saved:
+        raise UsageError(
+            f"--nproc {args.nproc}: the run in {args.resume} was trained with {saved} processes "
+            "and "
+            f"resumes only with them (omit --nproc)"
+        )
+    return saved
+
+
+def _new_run_config(args: argparse.Namespace, world: int = 1):
+    """The config of a new run: ``--config``, the flags, ``--nproc``; under torchrun, ``processes``
+    defaults
+    to the world size.
+    """
     from natgrad.experiments.config import load_run_config
+
+    overrides = config_overrides(args) + ([] if args.nproc is None else [f"processes={args.nproc}"])
+    config = load_run_config(args.config, overrides)
+    if world > 1 and config.processes == 1:
+        config = load_run_config(args.config, overrides + [f"processes={world}"])
+    return config
+
+
+def _train_or_resume(args: argparse.Namespace, world: int):
+    """:func:`~natgrad.experiments.runner.train` or :func:`~natgrad.experiments.runner.resume` on
+    this process.
+    """
     from natgrad.experiments.runner import resume, train
 
     if args.resume is not None:
@@ -157,20 +241,8 @@ def _run_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config; give no --config, --set or other "
                 "flags"
             )
-        result = resume(args.resume, show_progress=not args.no_progress)
-    else:
-        result = train(
-            load_run_config(args.config, config_overrides(args)),
-            show_progress=not args.no_progress,
-            force=args.force,
-        )
-    metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
-    reason = f": {result.reason}" if result.reason else ""
-    sys.stdout.write(
-        f"{result.status} at step {result.step}{reason} ({result.train_time:.1f}s training) in "
-        f"{result.run_dir}\nmetrics at step {result.eval_step}: {metrics}\n"
-    )
-    return _status_code(result.status)
+        return resume(args.resume, show_progress=not args.no_progress)
+    return train(_new_run_config(args, world), show_progress=not args.no_progress, force=args.force)
 
 
 register(
@@ -575,14 +647,17 @@ def describe_os_error(error: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``natgrad`` command line; returns the exit status."""
     from natgrad.data.errors import DataError
+    from natgrad.distributed.communicator import PeerLostError
     from natgrad.experiments.runner import RunStoppedError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # to start the same command on other processes
+    # with several processes, only process 0 reports progress (the others warn and fail loudly)
+    quiet = os.environ.get("RANK", "0") != "0"
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command].run(args)
     except (UsageError, DataError, FileNotFoundError, FileExistsError, ValueError) as error:
@@ -590,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"natgrad {args.command}: error: {error}\n")
         return EXIT_USAGE
-    except (OSError, RunStoppedError) as error:
+    except (OSError, RunStoppedError, PeerLostError) as error:
         if args.verbose:
             raise
         message = describe_os_error(error) if isinstance(error, OSError) else str(error)

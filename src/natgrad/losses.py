@@ -334,23 +334,43 @@ class Loss:
         :attr:`batch`, targets sliced with the inputs.
         """
         n = int(self.batch[0].shape[0])
-        m = max(1, min(n, math.ceil(fraction * n)))
-        batch = tuple(t[:m] for t in self.batch)
+        return self._rows(slice(0, max(1, min(n, math.ceil(fraction * n)))))
+
+    def shard(self, index: int, count: int) -> "Loss":
+        """The loss of examples ``index, index + count, index + 2 count, ...``, sliced like
+        :meth:`prefix`.
+
+        Shard ``index`` of ``count`` strided shards: the examples process ``index`` of ``count``
+        holds in a data-parallel run (:mod:`natgrad.distributed.shards`).
+
+        Raises:
+            ValueError: ``index`` is not in ``[0, count)`` or the batch has fewer than ``count``
+            examples.
+        """
+        n = int(self.batch[0].shape[0])
+        if not (0 <= index < count <= n):
+            raise ValueError(
+                f"Loss.shard({index}, {count}) needs 0 <= index < count <= batch size ({n})"
+            )
+        return self._rows(slice(index, None, count))
+
+    def _rows(self, rows: slice) -> "Loss":
+        batch = tuple(t[rows] for t in self.batch)
         inputs, targets = batch[: len(self.inputs)], batch[len(self.inputs) :]
-        terms = tuple(_prefix_term(t, m) for t in self.terms)
+        terms = tuple(_select_term(t, rows) for t in self.terms)
         return dataclasses.replace(self, inputs=inputs, targets=targets, terms=terms)
 
 
-def _prefix_term(term: LossTerm, m: int) -> LossTerm:
+def _select_term(term: LossTerm, rows: slice) -> LossTerm:
     sampler = term.output_gradient_sampler
     return dataclasses.replace(
         term,
-        outputs=tuple(z[:m] for z in term.outputs),
-        values=term.values[:m],
-        curvature=tuple(c[:m] for c in term.curvature),
+        outputs=tuple(z[rows] for z in term.outputs),
+        values=term.values[rows],
+        curvature=tuple(c[rows] for c in term.curvature),
         output_gradient_sampler=None
         if sampler is None
-        else (lambda g: tuple(s[:m] for s in sampler(g))),
+        else (lambda g: tuple(s[rows] for s in sampler(g))),
     )
 
 

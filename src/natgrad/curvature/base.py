@@ -34,6 +34,12 @@ Life cycle, as the optimizer drives it (Martens & Grosse 2015, section 5 and Alg
 * :meth:`state_dict` / :meth:`load_state_dict` hold everything needed to resume exactly: the moving
   averages, the update count and the frozen statistics. Caches are rebuilt deterministically.
 
+The expensive work of a refresh or of a new ``gamma^2`` (eigendecompositions, damped inverses) is
+a list of independent :class:`BlockJob`\ s handed to :attr:`CurvatureRepresentation.run_jobs`,
+which computes them one after the other; a data-parallel optimizer replaces it with one that
+spreads them over the processes (:mod:`natgrad.distributed.refresh`), so no representation knows
+whether it runs on one process or many.
+
 A family implements the private hooks below; each receives the same arguments in every family
 (the frozen statistics ``frozen``, the value ``tikhonov``, the cached ``shifted`` factors).
 """
@@ -41,7 +47,8 @@ A family implements the private hooks below; each receives the same arguments in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,12 +70,44 @@ class NonFiniteStatistics(ArithmeticError):
     """
 
 
+@dataclass(frozen=True)
+class BlockJob:
+    """One independent piece of a refresh: ``compute()`` returns tensors shaped as ``outputs``
+    declares.
+
+    Attributes:
+        name: what it computes, e.g. ``"encoder.0 A eigendecomposition"`` (logs and tests).
+        compute: the work; reads the frozen statistics, returns a tuple of tensors.
+        outputs: ``(shape, dtype)`` of each returned tensor, known before ``compute`` runs (a
+            process that does not run the job allocates them to receive the owner's results).
+        cost: estimated multiply-adds (``d^3`` for a ``d x d`` factorisation), to balance processes.
+    """
+
+    name: str
+    compute: Callable[[], tuple[Tensor, ...]]
+    outputs: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+    cost: float
+
+
+#: Runs refresh jobs; returns their outputs in order.
+JobRunner = Callable[[Sequence[BlockJob]], list[tuple[Tensor, ...]]]
+
+
+def run_serially(jobs: Sequence[BlockJob]) -> list[tuple[Tensor, ...]]:
+    """Every job on this process, in order (the one-process :data:`JobRunner`)."""
+    return [tuple(job.compute()) for job in jobs]
+
+
 class CurvatureRepresentation(ABC):
     """Moving-average statistics behind ``capture / update / refresh / solve / matvec / to_dense``.
 
     Args:
         model: the module whose trainable parameters are the coordinates.
         ema_cap: the cap of the moving-average decay (module docstring).
+
+    Attributes:
+        run_jobs: the :data:`JobRunner` of the refresh work (:func:`run_serially`; a data-parallel
+            optimizer installs one that spreads the jobs over its processes).
     """
 
     #: True when ``C`` is singular by construction, so :meth:`solve` needs ``tikhonov > 0``.
@@ -86,11 +125,21 @@ class CurvatureRepresentation(ABC):
         self._shifted: dict[
             float, Any
         ] = {}  # tikhonov -> _shifted_factors, at most SHIFTED_CACHE entries
+        self.run_jobs: JobRunner = run_serially
 
     @property
     def params(self) -> list[Tensor]:
         """The parameters every vector is aligned with."""
         return self.layout.params
+
+    @property
+    def averages(self) -> Any:
+        """The moving averages (the family's statistics container, None before the first update).
+
+        A data-parallel optimizer averages their tensors in place across processes before a
+        refresh (the moving average is linear, so that equals averaging every batch's statistics).
+        """
+        return self._averages
 
     @property
     def frozen(self) -> Any:

@@ -42,12 +42,13 @@ moving averages and the inverses' Cholesky factorisation stay in float32/float64
 from __future__ import annotations
 
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from natgrad.curvature.base import CurvatureRepresentation
+from natgrad.curvature.base import BlockJob, CurvatureRepresentation
 from natgrad.curvature.capture import CapturedBatch, LayerRecord, capture
 from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.damping import add_identity, factored_shifts
@@ -84,13 +85,24 @@ def output_factor(record: LayerRecord, batch_size: int) -> Tensor:
     return torch.mm(g.T, g).div_(batch_size * locations)
 
 
-def _spd_inverse(matrix: Tensor) -> Tensor:
-    """Inverse of a shifted factor, through Cholesky in float64 (cast back).
+def _spd_inverse(matrix: Tensor, dtype: torch.dtype) -> tuple[Tensor]:
+    """Inverse of a shifted factor, through Cholesky in float64, cast to ``dtype``.
 
     Done once per refresh or ``gamma`` change, not per step; float32 Cholesky fails on the nearly
     singular MNIST input factor, as float32 eigh does.
     """
-    return torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype)
+    return (
+        torch.cholesky_inverse(torch.linalg.cholesky(matrix.double())).to(matrix.dtype).to(dtype),
+    )
+
+
+def _eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """``(d, Q)`` of a symmetric factor; eigh in float64 (float32 LAPACK fails to converge on
+    MNIST's
+    input factor, with many repeated zero eigenvalues from constant pixels), cast back.
+    """
+    values, vectors = torch.linalg.eigh(factor.double())
+    return values.to(factor.dtype), vectors.to(factor.dtype)
 
 
 class KroneckerFactored(CurvatureRepresentation):
@@ -131,6 +143,10 @@ class KroneckerFactored(CurvatureRepresentation):
             f"{len(statistics.layers)} layers",
             f"{layers} layers, one per Kronecker layer of the model",
         )
+
+    def _factor_names(self) -> list[str]:
+        """``"<layer> A"``, ``"<layer> B"`` for every Kronecker layer, in factor order."""
+        return [f"{layer.name} {factor}" for layer in self.layout.layers for factor in ("A", "B")]
 
     def shifted_layer_factors(
         self, frozen: CurvatureStatistics, i: int, tikhonov: float
@@ -207,36 +223,56 @@ class BlockDiagonalKFAC(KroneckerFactored):
     def _factorise(
         self, frozen: CurvatureStatistics
     ) -> list[tuple[tuple[Tensor, Tensor], ...]] | None:
-        """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only)."""
+        """Per layer, the eigendecompositions ``((d_A, Q_A), (d_B, Q_B))`` ("eigen" only), one job
+        per factor.
+        """
         if self.inverse_method is not InverseMethod.EIGEN:
             return None
-        # eigh in float64: float32 LAPACK fails to converge on MNIST's input factor (many repeated
-        # zero eigenvalues from constant pixels); the results are cast back.
-        return [
-            tuple(
-                tuple(t.to(f.dtype) for t in torch.linalg.eigh(f.double()))
-                for f in (layer.input_factor, layer.output_factor)
+        factors = [f for layer in frozen.layers for f in (layer.input_factor, layer.output_factor)]
+        jobs = [
+            BlockJob(
+                f"{name} eigendecomposition",
+                partial(_eigh, f),
+                (((f.shape[0],), f.dtype), (tuple(f.shape), f.dtype)),
+                float(f.shape[0]) ** 3,
             )
-            for layer in frozen.layers
+            for name, f in zip(self._factor_names(), factors)
         ]
+        results = self.run_jobs(jobs)
+        return [(results[2 * i], results[2 * i + 1]) for i in range(len(frozen.layers))]
 
     def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list:
-        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen") or the shifted inverses
-        ("inverse").
+        """Per layer, the shifts ``(pi gamma, gamma/pi)`` ("eigen"), or the shifted inverses
+        ("inverse": one
+        job per factor).
         """
         if self.inverse_method is InverseMethod.EIGEN:
             return [
                 factored_shifts(layer.input_factor, layer.output_factor, tikhonov)
                 for layer in frozen.layers
             ]
-        low = self.solve_dtype is SolveDtype.BFLOAT16
-        return [
-            tuple(
-                _spd_inverse(f).to(torch.bfloat16 if low else f.dtype)
-                for f in self.shifted_layer_factors(frozen, i, tikhonov)
-            )
-            for i in range(len(self.layout.layers))
-        ]
+        names, jobs = iter(self._factor_names()), []
+        for i, layer in enumerate(frozen.layers):
+            for side, f in enumerate((layer.input_factor, layer.output_factor)):
+                dtype = torch.bfloat16 if self.solve_dtype is SolveDtype.BFLOAT16 else f.dtype
+                jobs.append(
+                    BlockJob(
+                        f"{next(names)} damped inverse",
+                        partial(self._shifted_inverse, frozen, i, side, tikhonov, dtype),
+                        ((tuple(f.shape), dtype),),
+                        float(f.shape[0]) ** 3,
+                    )
+                )
+        results = self.run_jobs(jobs)
+        return [(results[2 * i][0], results[2 * i + 1][0]) for i in range(len(frozen.layers))]
+
+    def _shifted_inverse(
+        self, frozen: CurvatureStatistics, i: int, side: int, tikhonov: float, dtype: torch.dtype
+    ) -> tuple[Tensor]:
+        """``(A_i + pi gamma I)^{-1}`` (``side`` 0) or ``(B_i + gamma/pi I)^{-1}`` (``side`` 1), in
+        ``dtype``.
+        """
+        return _spd_inverse(self.shifted_layer_factors(frozen, i, tikhonov)[side], dtype)
 
     def _solve_layer(self, v: Tensor, i: int, shifted: list) -> Tensor:
         if self.inverse_method is InverseMethod.INVERSE:

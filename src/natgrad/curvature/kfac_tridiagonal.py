@@ -35,11 +35,13 @@ products, independent of the efficient algorithm) only invert ``A_{i+1}, B_{i+1}
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from natgrad.curvature.base import BlockJob
 from natgrad.curvature.capture import LayerRecord
 from natgrad.curvature.choices import CurvatureConfig
 from natgrad.curvature.kfac import KroneckerFactored
@@ -64,7 +66,9 @@ def output_cross_factor(lower: LayerRecord, upper: LayerRecord, batch_size: int)
 
 @dataclass(frozen=True)
 class _ChainBlock:
-    """Everything about layer ``i`` that the chain products need, at one ``tikhonov``."""
+    """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` at one ``tikhonov`` (products and dense
+    matrix).
+    """
 
     a: Tensor  # shifted A_i: (d_in, d_in)
     b: Tensor  # shifted B_i: (d_out, d_out)
@@ -72,9 +76,19 @@ class _ChainBlock:
     d: Tensor  # D_i: (d_out, d_out)
     psi_a: Tensor | None  # A_{i,i+1} A_{i+1}^{-1}: (d_in_i, d_in_{i+1}); None for the last layer
     psi_b: Tensor | None  # B_{i,i+1} B_{i+1}^{-1}: (d_out_i, d_out_{i+1})
-    k_a: Tensor | None  # K_A: (d_in, d_in); None until simultaneously diagonalised
-    k_b: Tensor | None  # K_B: (d_out, d_out)
-    denominator: Tensor | None  # 1 - s_B s_A^T: (d_out, d_in)
+
+
+@dataclass(frozen=True)
+class _SolveBlock:
+    """What the solve needs of layer ``i`` at one ``tikhonov``: ``Psi`` and the simultaneous
+    diagonalisation.
+    """
+
+    psi_a: Tensor | None  # as in _ChainBlock; None for the last layer
+    psi_b: Tensor | None
+    k_a: Tensor  # K_A: (d_in, d_in)
+    k_b: Tensor  # K_B: (d_out, d_out)
+    denominator: Tensor  # 1 - s_B s_A^T: (d_out, d_in)
 
 
 def simultaneous_diagonalisation(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,42 +150,66 @@ class TridiagonalKFAC(KroneckerFactored):
         return CurvatureStatistics(tuple(layers), statistics.diagonal)
 
     def _chain(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_ChainBlock]:
-        """Shifted factors, ``Psi`` and ``C, D`` per layer (``k_a, k_b, denominator`` left
-        empty).
+        """Shifted factors, ``Psi`` and ``C, D`` of every layer."""
+        return [self._chain_block(frozen, i, tikhonov) for i in range(len(self.layout.layers))]
+
+    def _chain_block(self, frozen: CurvatureStatistics, i: int, tikhonov: float) -> _ChainBlock:
+        """Layer ``i``'s shifted factors, ``Psi`` and ``C, D`` (from its own and the next layer's
+        factors).
         """
-        n = len(self.layout.layers)
-        shifted = [self.shifted_layer_factors(frozen, i, tikhonov) for i in range(n)]
-        blocks = []
-        for i, (a, b) in enumerate(shifted):
-            if i + 1 < n:
-                a_next, b_next = shifted[i + 1]
-                input_cross, output_cross = (
-                    frozen.layers[i].input_cross,
-                    frozen.layers[i].output_cross,
+        a, b = self.shifted_layer_factors(frozen, i, tikhonov)
+        if i + 1 == len(self.layout.layers):
+            return _ChainBlock(a, b, torch.zeros_like(a), torch.zeros_like(b), None, None)
+        a_next, b_next = self.shifted_layer_factors(frozen, i + 1, tikhonov)
+        input_cross, output_cross = frozen.layers[i].input_cross, frozen.layers[i].output_cross
+        psi_a = torch.linalg.solve(a_next, input_cross.T).T
+        psi_b = torch.linalg.solve(b_next, output_cross.T).T
+        return _ChainBlock(a, b, psi_a @ input_cross.T, psi_b @ output_cross.T, psi_a, psi_b)
+
+    def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_SolveBlock]:
+        """Per layer, ``Psi`` and the simultaneous diagonalisations of ``(A, C)`` and ``(B, D)``:
+        one job per layer.
+        """
+        jobs = []
+        for i, (layer, stats) in enumerate(zip(self.layout.layers, frozen.layers)):
+            d_in, d_out, dtype = (
+                stats.input_factor.shape[0],
+                stats.output_factor.shape[0],
+                stats.input_factor.dtype,
+            )
+            shapes = [(d_in, d_in), (d_in,), (d_out, d_out), (d_out,)]
+            if stats.input_cross is not None:
+                shapes += [tuple(stats.input_cross.shape), tuple(stats.output_cross.shape)]
+            jobs.append(
+                BlockJob(
+                    f"{layer.name} chain block",
+                    partial(self._solve_factors, frozen, i, tikhonov),
+                    tuple((shape, dtype) for shape in shapes),
+                    3.0 * (d_in**3 + d_out**3),
                 )
-                psi_a = torch.linalg.solve(a_next, input_cross.T).T
-                psi_b = torch.linalg.solve(b_next, output_cross.T).T
-                c, d = psi_a @ input_cross.T, psi_b @ output_cross.T
-            else:
-                psi_a = psi_b = None
-                c, d = torch.zeros_like(a), torch.zeros_like(b)
-            blocks.append(_ChainBlock(a, b, c, d, psi_a, psi_b, None, None, None))
+            )
+        blocks = []
+        for k_a, s_a, k_b, s_b, *psi in self.run_jobs(jobs):
+            psi_a, psi_b = psi if psi else (None, None)
+            blocks.append(_SolveBlock(psi_a, psi_b, k_a, k_b, 1.0 - torch.outer(s_b, s_a)))
         return blocks
 
-    def _shifted_factors(self, frozen: CurvatureStatistics, tikhonov: float) -> list[_ChainBlock]:
-        blocks = []
-        for block in self._chain(frozen, tikhonov):
-            k_a, s_a = simultaneous_diagonalisation(block.a, block.c)
-            k_b, s_b = simultaneous_diagonalisation(block.b, block.d)
-            blocks.append(replace(block, k_a=k_a, k_b=k_b, denominator=1.0 - torch.outer(s_b, s_a)))
-        return blocks
+    def _solve_factors(
+        self, frozen: CurvatureStatistics, i: int, tikhonov: float
+    ) -> tuple[Tensor, ...]:
+        """``(K_A, s_A, K_B, s_B)``, then ``(Psi_A, Psi_B)`` unless ``i`` is the last layer."""
+        block = self._chain_block(frozen, i, tikhonov)
+        k_a, s_a = simultaneous_diagonalisation(block.a, block.c)
+        k_b, s_b = simultaneous_diagonalisation(block.b, block.d)
+        psi = () if block.psi_a is None else (block.psi_a, block.psi_b)
+        return (k_a, s_a, k_b, s_b, *psi)
 
     def _solve(
         self,
         vectors: list[Tensor],
         frozen: CurvatureStatistics,
         tikhonov: float,
-        shifted: list[_ChainBlock],
+        shifted: list[_SolveBlock],
     ) -> list[Tensor]:
         layers = self.layout.layers
         v = [self.layout.layer_matrix(vectors, layer) for layer in layers]

@@ -10,7 +10,7 @@ representations that use the factors compute them (``kfac.py``, ``kfac_tridiagon
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -95,6 +95,11 @@ class CurvatureStatistics:
         for name, old in mine.items():
             old.mul_(decay).add_(theirs[name], alpha=1.0 - decay)
 
+    def scale_(self, factor: float) -> None:
+        """In place, ``X <- factor X`` for every entry."""
+        for value in self.tensors():
+            value.mul_(factor)
+
     def state(self) -> dict[str, Any]:
         """Plain containers of cloned tensors, for ``state_dict``."""
         copy = self.clone()
@@ -106,6 +111,31 @@ class CurvatureStatistics:
         """Inverse of :meth:`state` (tensors cloned)."""
         layers = tuple(LayerStatistics(**layer) for layer in state["layers"])
         return cls(layers, dict(state["diagonal"])).clone()
+
+
+def weighted_mean(
+    statistics: Sequence[CurvatureStatistics], counts: Sequence[int]
+) -> CurvatureStatistics:
+    """``sum_s n_s X_s / sum_s n_s``, the statistics of the union of batches of ``n_s`` examples
+    each.
+
+    One batch is returned as it is; otherwise a new container (running mean with
+    :meth:`~CurvatureStatistics.fold_`).
+
+    Raises:
+        ValueError: no statistics, or containers of different structure.
+    """
+    if not statistics or len(statistics) != len(counts):
+        raise ValueError(
+            f"weighted_mean needs one count per statistics, got {len(statistics)} and {len(counts)}"
+        )
+    if len(statistics) == 1:
+        return statistics[0]
+    mean, seen = statistics[0].clone(), counts[0]
+    for batch, count in zip(statistics[1:], counts[1:]):
+        seen += count
+        mean.fold_(batch, (seen - count) / seen)
+    return mean
 
 
 def _values(layer: LayerStatistics) -> tuple[Tensor | None, ...]:

@@ -415,9 +415,17 @@ class FaultConfig:
         nan_batch_at: steps (from 1) whose mini-batch gets one NaN pixel: the loss and gradients of
             that step are non-finite, which a natural-gradient optimizer rejects (the parameters
             stay finite) and which makes SGD's or Adam's parameters non-finite (the run diverges).
+        kill_process, kill_after_step: process ``kill_process`` (a rank, 0 on one process) kills
+            itself with SIGKILL right after the checkpoint of step ``kill_after_step`` is written,
+            as
+            a crashed machine would; the others then stop with an error and the run resumes from
+            that
+            checkpoint (a resumed run starts past that step, so the fault does not fire again).
     """
 
     nan_batch_at: list[int] = field(default_factory=list)
+    kill_process: int | None = None
+    kill_after_step: int | None = None
 
     def __post_init__(self) -> None:
         ok = isinstance(self.nan_batch_at, (list, tuple)) and all(
@@ -425,6 +433,19 @@ class FaultConfig:
         )
         _require(ok, "fault.nan_batch_at", self.nan_batch_at, "a list of step numbers >= 1")
         self.nan_batch_at = list(self.nan_batch_at)
+        _require(
+            self.kill_process is None or (is_integer(self.kill_process) and self.kill_process >= 0),
+            "fault.kill_process",
+            self.kill_process,
+            "a process rank >= 0 (or omitted)",
+        )
+        _check_optional_positive_int("fault.kill_after_step", self.kill_after_step)
+        _require(
+            (self.kill_process is None) == (self.kill_after_step is None),
+            "fault.kill_after_step",
+            self.kill_after_step,
+            "set together with fault.kill_process (or both omitted)",
+        )
 
 
 @dataclass
@@ -441,6 +462,12 @@ class RunConfig:
 
     The run stops as ``diverged`` when the parameters or an evaluated error become non-finite, or
     when the optimizer has rejected ``max_rejected_steps`` steps in a row.
+
+    ``processes`` is the number of data-parallel processes (``natgrad train --nproc N``, or the
+    world
+    size of ``torchrun``; docs/distributed.md): each trains on a strided shard of every global batch
+    of ``batch_size`` examples. A run resumes only with the number of processes it was started with.
+    TONGA and PRONG train on one process only.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -457,6 +484,7 @@ class RunConfig:
     checkpoint_every: int = 100
     threads: int | None = None
     max_rejected_steps: int = 20
+    processes: int = 1
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
@@ -482,6 +510,7 @@ class RunConfig:
             self.out_dir,
             "a non-empty path",
         )
+        self._check_processes()
         samples = self.model.training_objective().samples
         _require(
             self.optimizer.name != "kfac-tridiag" or samples == 1,
@@ -490,6 +519,40 @@ class RunConfig:
             f"not 'kfac-tridiag' with model.samples = {samples}: its cross-layer factors pair one "
             "input per "
             "example, while the decoder sees k samples per example (use 'kfac')",
+        )
+
+    def _check_processes(self) -> None:
+        from natgrad.experiments.optimizers import (
+            DATA_PARALLEL_REFUSALS,
+        )  # the registry imports this module
+
+        _check_positive_int("processes", self.processes)
+        _require(
+            self.batch_size >= self.processes,
+            "batch_size",
+            self.batch_size,
+            f"an integer >= processes ({self.processes}): every process needs an example of each "
+            "batch",
+        )
+        refusal = DATA_PARALLEL_REFUSALS.get(self.optimizer.name)
+        _require(
+            self.processes == 1 or refusal is None,
+            "processes",
+            self.processes,
+            f"1 for optimizer {self.optimizer.name!r}: {refusal}",
+        )
+        _require(
+            self.fault.kill_process is None or self.fault.kill_process < self.processes,
+            "fault.kill_process",
+            self.fault.kill_process,
+            f"a rank below processes ({self.processes})",
+        )
+        _require(
+            self.fault.kill_after_step is None
+            or self.fault.kill_after_step % self.checkpoint_every == 0,
+            "fault.kill_after_step",
+            self.fault.kill_after_step,
+            f"a multiple of checkpoint_every ({self.checkpoint_every}), a step with a checkpoint",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -196,6 +196,16 @@ def make_hf(model: nn.Module, config: "OptimizerConfig") -> torch.optim.Optimize
     return HessianFree(model, **options)
 
 
+def _data_parallel_refusals() -> dict[str, str]:
+    from natgrad.optim.prong import DATA_PARALLEL_REFUSAL as PRONG_REFUSAL
+    from natgrad.optim.tonga import DATA_PARALLEL_REFUSAL as TONGA_REFUSAL
+
+    return {"tonga": TONGA_REFUSAL, "prong": PRONG_REFUSAL}
+
+
+#: Optimizers that refuse data-parallel runs (``processes > 1``), and why.
+DATA_PARALLEL_REFUSALS: dict[str, str] = _data_parallel_refusals()
+
 #: Optimizers that estimate a curvature matrix, so take ``optimizer.curvature``.
 CURVATURE_OPTIMIZERS = ("kfac", "kfac-tridiag", "diag", "hf")
 

@@ -22,6 +22,22 @@ the same machine, because every source of randomness is a generator saved in the
 evaluation uses its own generator seeded from (seed, step). A run killed before its first
 checkpoint resumes from step 0. Everything is checked (config against checkpoint, checksum, log
 length) before anything in the directory is changed.
+
+Data-parallel runs (``processes > 1``: ``natgrad train --nproc N`` or ``torchrun``;
+docs/distributed.md):
+every process builds the same model, data, sampler and generators; each step, every process draws
+the same global batch (indices, dynamic binarisation, VAE noise) and trains on its strided shard
+(examples ``r, r + W, ...``), the optimizer averaging what must be averaged (``torch.optim``
+optimizers get their gradients averaged in the closure). Only process 0 touches the run directory:
+it evaluates, logs (each step's record then also has ``"communication"``: the collectives' calls,
+payload bytes and seconds during the step), writes ``config.json``, ``result.json`` and the
+checkpoints (the state is gathered from every process: the optimizer's per-process generators
+and torch's RNG), and on resume reads them and broadcasts them to the others. Decisions that
+depend on time or signals (budget in seconds, SIGINT/SIGTERM) or on process 0's evaluation are
+agreed on by every process after each step, so all stop together. A process that dies makes the
+others fail at their next collective (:class:`~natgrad.distributed.communicator.PeerLostError`);
+the run resumes from its last checkpoint with the same number of processes, bitwise as if it had
+never stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -42,6 +59,7 @@ import torch
 from torch import nn
 
 from natgrad.data.cache import remove_stale_temporaries
+from natgrad.distributed.communicator import Communicator, average_gradients, current_communicator
 from natgrad.experiments.batches import BatchSampler
 from natgrad.experiments.binarize import DynamicBinarizer, binarize_once
 from natgrad.experiments.checkpoint import (
@@ -156,19 +174,46 @@ def _stop_on_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-class Trainer:
-    """The state of one run and its loop; use :func:`train` and :func:`resume`."""
+class _NoLog:
+    """The log of a process other than 0: nothing is written."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, show_progress: bool = True) -> None:
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def position(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class Trainer:
+    """The state of one run and its loop; use :func:`train` and :func:`resume`.
+
+    ``communicator``: the processes of a data-parallel run (None: this process alone).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        show_progress: bool = True,
+        communicator: Communicator | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.show_progress = show_progress
+        self.comm = communicator or Communicator()
+        self.is_main = self.comm.rank == 0
+        self.show_progress = show_progress and self.is_main
         torch.manual_seed(derive_seed(config.seed, "global"))
         self.data = load_run_data(config.data)
         self.model = build_model(
             config.model, self.data, torch.Generator().manual_seed(derive_seed(config.seed, "init"))
         )
         self.optimizer = build_optimizer(self.model, config.optimizer)
+        # natgrad's optimizers average across processes themselves; torch.optim's need it in the
+        # closure
+        self.average_in_closure = not hasattr(self.optimizer, "communicator")
         self.sampler = BatchSampler(
             self.data.train.shape[0],
             config.batch_size,
@@ -202,7 +247,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "noise": self.noise.get_state(),
             "binarizer": None if self.binarizer is None else self.binarizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self._torch_rng_state(),
             "step": self.step,
             "train_time": self.train_time,
             "wall": self.wall(),
@@ -222,7 +267,8 @@ class Trainer:
         self.noise.set_state(state["noise"])
         if self.binarizer is not None:
             self.binarizer.load_state_dict(state["binarizer"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = state["torch_rng"]
+        torch.set_rng_state(rng[self.comm.rank] if isinstance(rng, list) else rng)
         self.step = int(state["step"])
         self.train_time = float(state["train_time"])
         self.wall_offset = float(state["wall"])
@@ -231,13 +277,22 @@ class Trainer:
         self.metrics = dict(state["metrics"])
         self.rejected_in_a_row = int(state["rejected_in_a_row"])
 
+    def _torch_rng_state(self) -> torch.Tensor | list[torch.Tensor]:
+        """Torch's global RNG state; with several processes, every process's (gathered, a
+        collective).
+        """
+        state = torch.get_rng_state()
+        return self.comm.all_gather(state) if self.comm.distributed else state
+
     def wall(self) -> float:
         """Seconds since the run (or its resume) started, evaluation included."""
         return self.wall_offset + time.perf_counter() - self._wall_start
 
     # -- one step and one evaluation ---------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step on the next batch; returns its log record."""
+        """One optimizer step on this process's shard of the next global batch; returns its log
+        record.
+        """
         x = self.data.train[self.sampler.next_indices()]
         if self.binarizer is not None:
             x = self.binarizer(x)
@@ -248,32 +303,47 @@ class Trainer:
         if isinstance(self.model, VAE):
             shape = self.objective.noise_shape(x.shape[0], self.model.latent_dim)
             eps = torch.randn(shape, generator=self.noise, dtype=x.dtype)
-        first: list[Loss] = []
+        shard = slice(self.comm.rank, None, self.comm.world_size)
+        x, eps = x[shard], None if eps is None else eps[shard]
+        first: list[tuple[Loss, float]] = []
+        before = self.comm.traffic
 
         def closure() -> Loss:
             self.optimizer.zero_grad(set_to_none=True)
             loss = build_objective_loss(self.model, x, self.objective, eps=eps)
             loss.value.backward()
+            if self.average_in_closure:
+                value = average_gradients(
+                    self.comm, list(self.model.parameters()), loss.value, loss.batch_size
+                )
+            else:
+                value = None
             if not first:
-                first.append(loss)
+                first.append((loss, value))
             return loss
 
         self.optimizer.step(closure)
         self.step += 1
+        loss, value = first[0]
+        if value is None:  # the global batch's loss, for the log
+            value = average_gradients(self.comm, [], loss.value, loss.batch_size)
         group = self.optimizer.param_groups[0]
         record = getattr(self.optimizer, "last_step_record", None)
         if dataclasses.is_dataclass(record):
             record = dataclasses.asdict(record)
-        return {
+        logged = {
             "kind": "step",
             "step": self.step,
-            "loss": float(first[0].value.detach()),
+            "loss": value,
             # natural-gradient steps choose their own size (the record's alpha): no group lr then
             "lr": record.get("learning_rate", group.get("lr"))
             if record is not None
             else group.get("lr"),
             "record": dict(record) if record is not None else None,
         }
+        if self.comm.distributed:
+            logged["communication"] = dataclasses.asdict(self.comm.traffic - before)
+        return logged
 
     def evaluate(self, final: bool) -> dict[str, float]:
         """Metrics on the full train and test sets (binarised once under dynamic binarisation); the
@@ -377,8 +447,11 @@ class Trainer:
         with _stop_on_signals() as received:
             if self.last_eval_step < 0:
                 self._log_eval(log, progress, final=False)
-            while self.budget_left():
-                if received:
+            while True:
+                done, interrupted = self._agree(not self.budget_left(), bool(received))
+                if done:
+                    break
+                if interrupted:
                     status = "interrupted"
                     break
                 start = time.perf_counter()
@@ -388,22 +461,22 @@ class Trainer:
                 if progress is not None:
                     progress.step(self.step, record["loss"])
                 reason = self.divergence(record)
-                if reason is None and self.evaluation_due():
+                if reason is None and self.is_main and self.evaluation_due():
                     self._log_eval(log, progress, final=not self.budget_left())
                     reason = self.evaluation_divergence()
-                if reason is not None:
+                if self._agree(reason is not None)[0]:
                     status = "diverged"
                     break
                 if self.step % self.config.checkpoint_every == 0:
-                    save_checkpoint(self.run_dir, self.state_dict(log.position()))
-            if status != "interrupted" and self.last_eval_step != self.step:
+                    self._checkpoint(log)
+            if status != "interrupted" and self.is_main and self.last_eval_step != self.step:
                 self._log_eval(log, progress, final=True)
                 reason = reason or self.evaluation_divergence()
                 status = "diverged" if reason is not None else status
-            save_checkpoint(self.run_dir, self.state_dict(log.position()))
+            self._checkpoint(log, last=True)
         if progress is not None:
             progress.close()
-        if reason is not None:
+        if reason is not None and self.is_main:
             logger.warning("%s: diverged (%s)", self.run_dir, reason)
         result = RunResult(
             self.run_dir,
@@ -414,10 +487,36 @@ class Trainer:
             self.last_eval_step,
             reason,
         )
-        _write_result(result)
-        return result
+        if self.is_main:
+            _write_result(result)
+        return self.comm.broadcast_object(result)
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any process (one small all-reduce with several
+        processes).
+        """
+        return [total > 0 for total in self.comm.sum_scalars([float(flag) for flag in flags])]
+
+    def _checkpoint(self, log: RunLog, last: bool = False) -> None:
+        """The state of every process gathered, written by process 0; then the kill fault, if it is
+        due.
+        """
+        state = self.state_dict(log.position())
+        if self.is_main:
+            save_checkpoint(self.run_dir, state)
+        fault = self.config.fault
+        if not last and fault.kill_after_step == self.step and fault.kill_process == self.comm.rank:
+            logger.warning(
+                "fault: process %d kills itself after the checkpoint of step %d",
+                self.comm.rank,
+                self.step,
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _log_eval(self, log: RunLog, progress, final: bool) -> None:
+        """Evaluate and log (process 0 only)."""
+        if not self.is_main:
+            return
         start = time.perf_counter()
         metrics = self.evaluate(final)
         log.write(
@@ -485,30 +584,65 @@ def _existing_run_message(run_dir: Path, config: RunConfig) -> str:
     )
 
 
+def check_processes(config: RunConfig, communicator: Communicator) -> None:
+    """Refuse a config whose ``processes`` is not the number of processes running it.
+
+    Raises:
+        ConfigError: ``config.processes`` differs from the world size (a resumed run must keep it).
+    """
+    if config.processes != communicator.world_size:
+        raise ConfigError(
+            f"Invalid processes: {config.processes}; allowed: {communicator.world_size}, the "
+            "number of processes "
+            "running the job. A run keeps its number of processes (the batch shards and the "
+            "statistics' generators "
+            f"depend on it): start it with `natgrad train --nproc {config.processes}` or `torchrun "
+            "--nproc-per-node "
+            f"{config.processes} -m natgrad train ...`"
+        )
+
+
 def train(config: RunConfig, show_progress: bool = True, force: bool = False) -> RunResult:
     """Start a new run in ``config.out_dir`` and train it to its budget (or until SIGINT/SIGTERM).
 
     ``out_dir`` is used exactly as given. With ``force``, the files of a run already there are
     replaced.
+    With several processes (``config.processes``, a process group of that size initialised), call it
+    on
+    every process: process 0 prepares the directory and the others follow.
 
     Raises:
         RunExistsError: ``out_dir`` already holds (part of) a run and ``force`` is false.
         RunStoppedError: a file of the run could not be written.
+        ConfigError: ``config.processes`` is not the number of processes.
+        natgrad.distributed.communicator.PeerLostError: another process died or hung.
     """
+    comm = current_communicator()
+    check_processes(config, comm)
     run_dir = Path(config.out_dir)
-    if any((run_dir / name).exists() for name in RUN_FILES):
-        if not force:
-            raise RunExistsError(_existing_run_message(run_dir, config))
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
-    trainer = Trainer(config, run_dir, show_progress)
-    atomic_write_text(
-        run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-    )
-    (run_dir / LOG_NAME).write_text("")
-    return _run_to_end(trainer, RunLog(run_dir / LOG_NAME))
+
+    def prepare() -> None:
+        if any((run_dir / name).exists() for name in RUN_FILES):
+            if not force:
+                raise RunExistsError(_existing_run_message(run_dir, config))
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+
+    comm.on_rank_zero(prepare)
+    trainer = Trainer(config, run_dir, show_progress, comm)
+    logs: list[RunLog] = []
+
+    def start_files() -> None:
+        atomic_write_text(
+            run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
+        (run_dir / LOG_NAME).write_text("")
+        logs.append(RunLog(run_dir / LOG_NAME))
+
+    comm.on_rank_zero(start_files)
+    return _run_to_end(trainer, logs[0] if logs else _NoLog())
 
 
 def _run_to_end(trainer: Trainer, log: RunLog) -> RunResult:
@@ -562,27 +696,38 @@ def _finished_result(run_dir: Path) -> RunResult | None:
         return None
 
 
-def _restore(trainer: Trainer, run_dir: Path) -> int:
-    """Load the run's checkpoint into ``trainer`` after checking it against the config; return the
-    checkpointed log length (0, i.e. start from step 0, when the run was killed before its first
-    checkpoint).
+def _read_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The run's checkpoint after checking it against the config; None when the run was killed
+    before its
+    first checkpoint (it starts from step 0).
 
     Raises:
         ConfigError: config.json differs from the config the checkpoint was written with.
-        CheckpointError: the checkpoint is damaged or does not fit the model and optimizer.
+        CheckpointError: the checkpoint is damaged.
     """
     if not has_checkpoint(run_dir):
         logger.info(
             "%s has no checkpoint (stopped before the first one): starting from step 0", run_dir
         )
-        return 0
+        return None
     state = load_checkpoint(run_dir)
-    differences = config_differences(state["config"], trainer.config.to_dict())
+    differences = config_differences(state["config"], config.to_dict())
     if differences:
         raise ConfigError(
             f"{run_dir / CONFIG_NAME} differs from the config of the run's checkpoint: "
             f"{'; '.join(differences)}; restore those values or start a new run"
         )
+    return state
+
+
+def _restore(trainer: Trainer, state: dict[str, Any] | None, run_dir: Path) -> int:
+    """Load ``state`` into ``trainer``; return the checkpointed log length (0 without a checkpoint).
+
+    Raises:
+        CheckpointError: the checkpoint does not fit the model and optimizer.
+    """
+    if state is None:
+        return 0
     try:
         trainer.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as error:
@@ -595,23 +740,42 @@ def resume(run_dir: str | Path, show_progress: bool = True) -> RunResult:
 
     A run that already completed (or diverged) is not rerun; its result is returned. A run without a
     checkpoint starts from step 0. Nothing in ``run_dir`` is changed before the config, the
-    checkpoint and the log have been checked.
+    checkpoint and the log have been checked. With several processes, call it on every process:
+    process 0 reads the directory and sends the config and checkpoint to the others.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no config.
-        ConfigError: config.json is invalid or differs from the checkpoint's config.
+        ConfigError: config.json is invalid, differs from the checkpoint's config, or was trained
+        with
+            another number of processes.
         CheckpointError: the checkpoint is damaged.
         natgrad.experiments.runlog.RunLogError: the log is missing or shorter than the checkpoint
-            recorded.
+        recorded.
+        natgrad.distributed.communicator.PeerLostError: another process died or hung.
     """
+    comm = current_communicator()
     run_dir = Path(run_dir)
-    config = load_run_dir_config(run_dir)
-    finished = _finished_result(run_dir)
+
+    def read() -> tuple[RunConfig, RunResult | None, dict[str, Any] | None]:
+        config = load_run_dir_config(run_dir)
+        finished = _finished_result(run_dir)
+        if finished is not None:
+            return config, finished, None
+        check_processes(config, comm)
+        remove_stale_temporaries(run_dir)
+        return config, None, _read_checkpoint(run_dir, config)
+
+    config, finished, state = comm.on_rank_zero(read)
     if finished is not None:
         logger.info("%s: already %s, not rerun", run_dir, finished.status)
         return finished
-    remove_stale_temporaries(run_dir)
-    trainer = Trainer(config, run_dir, show_progress)
-    log = RunLog(run_dir / LOG_NAME, truncate_to=_restore(trainer, run_dir))
-    (run_dir / RESULT_NAME).unlink(missing_ok=True)
-    return _run_to_end(trainer, log)
+    trainer = Trainer(config, run_dir, show_progress, comm)
+    position = _restore(trainer, state, run_dir)
+    logs: list[RunLog] = []
+
+    def open_log() -> None:
+        logs.append(RunLog(run_dir / LOG_NAME, truncate_to=position))
+        (run_dir / RESULT_NAME).unlink(missing_ok=True)
+
+    comm.on_rank_zero(open_log)
+    return _run_to_end(trainer, logs[0] if logs else _NoLog())

@@ -21,6 +21,16 @@ at step ``k`` (counted from 1):
 6. Every ``T1`` steps: ``rho`` on the same batch (and noise) and the Levenberg-Marquardt update of
    ``lambda`` (section 6.5); ``theta <- theta + delta``.
 
+Data-parallel runs (``torch.distributed`` initialised with several processes; docs/distributed.md):
+each process runs this same step on its shard of the global batch, and the numbers every decision
+uses are those of the global batch: the gradient and loss are averaged over processes in one
+bucketed all-reduce (step 1); each process folds its own statistics into its moving averages,
+which are averaged across processes only before a refresh (exact: the moving average is linear),
+after an all-process check that no process's statistics are non-finite (step 2); the refresh
+jobs are spread over processes and broadcast (step 3, :mod:`natgrad.distributed.refresh`); the
+Gram entries of the quadratic model and ``h(theta + delta)`` are all-reduced (steps 4 and 6). So
+``alpha``, ``mu``, ``rho``, the ``gamma`` choice and every rejection are identical on all processes.
+
 Departures from the paper, each selected by a config field: fixed ``(alpha, mu)`` without the
 quadratic model (``step.quadratic_model = False``, the cheaper variant Martens' code keeps
 commented; no ``rho`` then, so ``lambda`` stays fixed, and no model to rank ``gamma`` candidates,
@@ -45,6 +55,12 @@ from torch import Tensor
 
 from natgrad.curvature.base import CurvatureRepresentation, NonFiniteStatistics
 from natgrad.curvature.choices import CurvatureKind
+from natgrad.curvature.statistics import weighted_mean
+from natgrad.distributed.communicator import Communicator, current_communicator
+from natgrad.distributed.communicator import average_gradients as distributed_average_gradients
+from natgrad.distributed.refresh import DistributedJobs
+from natgrad.distributed.shards import process_shards, shard_seed
+from natgrad.finite import all_finite
 from natgrad.losses import Loss
 from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig
 from natgrad.optim.natural import (
@@ -99,6 +115,23 @@ def damping_fields(damping: Any) -> Any:
     if isinstance(damping, (int, float)) and not isinstance(damping, bool):
         return {"initial": float(damping)}
     return damping
+
+
+def average_gradients(communicator: Communicator, params: list[Tensor], loss: Loss) -> float:
+    """The loss of the global batch, with every ``p.grad`` replaced in place by the global batch's
+    gradient.
+
+    :func:`natgrad.distributed.average_gradients` with the loss's value and batch size; on one
+    process it returns ``loss.value`` and changes nothing.
+    """
+    return distributed_average_gradients(communicator, params, loss.value, loss.batch_size)
+
+
+def global_value(communicator: Communicator, value: Tensor, count: int) -> float:
+    """The example-weighted mean over processes of a batch mean ``value`` of ``count`` examples."""
+    value = value.detach().reshape(1).clone()
+    communicator.weighted_mean_([value], count)
+    return float(value)
 
 
 def objective(loss_value: float, params: list[Tensor], weight_decay: float) -> float:
@@ -171,7 +204,12 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         curvature: the representation (K-FAC, tridiagonal K-FAC, diagonal, ...) built on the model
             being trained; its parameters (the model's trainable ones) are optimised.
         damping, schedule, step: :mod:`natgrad.optim.config` groups (None: paper defaults).
-        seed: seed of the optimizer's own generator for sampled targets (saved in the state).
+        seed: seed of the generators of the sampled targets, one per statistics shard
+            (:mod:`natgrad.distributed.shards`; saved in the state).
+        communicator: the processes to run data-parallel over (None: the initialised
+            ``torch.distributed`` process group if it has several processes, else this process
+            alone).
+            With several, the parameters are broadcast from process 0, as DDP does.
 
     Raises:
         ValueError: a hyper-parameter is invalid (the message names it).
@@ -186,6 +224,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         schedule: ScheduleConfig | None = None,
         step: StepConfig | None = None,
         seed: int = 0,
+        communicator: Communicator | None = None,
     ) -> None:
         self.curvature = curvature
         self.damping_config = damping or DampingConfig()
@@ -196,9 +235,15 @@ class NaturalGradientOptimizer(SingleParameterGroup):
             curvature.params,
             {"lr": self.step_config.learning_rate, "momentum": self.step_config.momentum},
         )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.communicator = communicator or current_communicator()
+        comm = self.communicator
+        shards = process_shards(comm.rank, comm.world_size, self.schedule.statistics_shards)
+        self.generators = [torch.Generator().manual_seed(shard_seed(seed, j)) for j in shards]
         _log.info("%s curvature blocks:\n%s", type(self).__name__, self.describe())
         params = self._params()
+        if comm.distributed:
+            self.curvature.run_jobs = DistributedJobs(comm)
+            comm.broadcast_([p.detach() for p in params], 0)
         self.state[self.STATE_KEY] = {
             "step": 0,
             "damping": self.damping_config.initial,
@@ -227,7 +272,7 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         state["step"] += 1
         k = state["step"]
         eta = self.damping_config.weight_decay
-        h0 = objective(float(loss.value.detach()), params, eta)
+        h0 = objective(average_gradients(self.communicator, params, loss), params, eta)
         gradient = regularised_gradient(params, eta)
         record = StepRecord(step=k, objective=h0, gamma=state["gamma"])
         if reject_nonfinite(gradient, h0):  # checked before the statistics, which it would poison
@@ -287,11 +332,59 @@ class NaturalGradientOptimizer(SingleParameterGroup):
 
     def _update_curvature(self, loss: Loss, k: int) -> None:
         if (k - 1) % self.schedule.statistics_every == 0:
-            subset = loss.prefix(self.schedule.statistics_fraction)
-            with torch.enable_grad():
-                self.curvature.update(self.curvature.capture(subset, self.generator))
+            self.curvature.update(self._global_weight(*self._capture(loss)))
         if k <= self.schedule.warmup_refreshes or k % self.schedule.inverse_every == 0:
+            self._synchronise_averages()
             self.curvature.refresh()
+
+    def _capture(self, loss: Loss) -> tuple[Any, int]:
+        """This process's statistics (``tau_1`` of each of its shards, each with its own generator)
+        and
+        the number of examples they come from.
+        """
+        fraction, shards = self.schedule.statistics_fraction, self.schedule.statistics_shards
+        subsets = [
+            (loss if shards == 1 else loss.shard(s, shards)).prefix(fraction) for s in range(shards)
+        ]
+        with torch.enable_grad():
+            captured = [
+                self.curvature.capture(subset, generator)
+                for subset, generator in zip(subsets, self.generators)
+            ]
+        counts = [subset.batch_size for subset in subsets]
+        return weighted_mean(captured, counts) if shards > 1 else captured[0], sum(counts)
+
+    def _global_weight(self, statistics: Any, count: int) -> Any:
+        """``statistics`` scaled by ``W n_r / sum_r n_r``, once no process has non-finite ones
+        (several processes).
+
+        The scale makes the plain mean over processes of the moving averages the example-weighted
+        mean (1 with equal shards). The finiteness check is global, so every process refuses alike.
+
+        Raises:
+            NonFiniteStatistics: a process's statistics hold NaN or Inf (nothing was folded in
+            anywhere).
+        """
+        comm = self.communicator
+        if not comm.distributed:
+            return statistics
+        bad, total = comm.sum_scalars([0.0 if all_finite(statistics.tensors()) else 1.0, count])
+        if bad:
+            raise NonFiniteStatistics(
+                f"non-finite curvature statistics on {int(bad)} of {comm.world_size} "
+                "processes; averages left unchanged"
+            )
+        scale = comm.world_size * count / total
+        if scale != 1.0:
+            statistics.scale_(scale)
+        return statistics
+
+    def _synchronise_averages(self) -> None:
+        """Average the moving averages across processes, in place (before a refresh or a
+        state_dict).
+        """
+        if self.communicator.distributed and self.curvature.averages is not None:
+            self.communicator.average_(list(self.curvature.averages.tensors()))
 
     def _choose_update(self, loss: Loss, gradient: list[Tensor], state: dict, k: int):
         config = self.damping_config
@@ -336,6 +429,9 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         curvature_gram = ggn_gram(
             model_loss, directions, CurvatureKind.FULL, config.model_dtype.torch_dtype
         )
+        self.communicator.weighted_mean_(
+            [curvature_gram], model_loss.batch_size
+        )  # the global batch's
         euclidean = torch.tensor(
             [[float(dot(a, b)) for b in directions] for a in directions], dtype=torch.float64
         )
@@ -390,9 +486,8 @@ class NaturalGradientOptimizer(SingleParameterGroup):
         if not (self._adapts_damping(k) or self.step_config.reject_increase):
             return None
         moved = {name: p.detach() + u for (name, p), u in zip(loss.parameters().items(), update)}
-        return objective(
-            float(loss.value_at(moved)), list(moved.values()), self.damping_config.weight_decay
-        )
+        value = global_value(self.communicator, loss.value_at(moved), loss.batch_size)
+        return objective(value, list(moved.values()), self.damping_config.weight_decay)
 
     def _adapt_damping(self, state: dict, actual: float, predicted: float) -> float:
         config = self.damping_config
@@ -421,22 +516,55 @@ class NaturalGradientOptimizer(SingleParameterGroup):
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim state plus the curvature statistics and the generator state."""
+        """torch.optim state plus the curvature statistics and every statistics shard's generator
+        state.
+
+        With several processes this is a collective (call it on every process, as the runner does):
+        the moving averages are first averaged across processes in place (exact; what the next
+        refresh does anyway), and the generators of all processes are gathered, in global shard
+        order.
+        """
+        self._synchronise_averages()
         state = super().state_dict()
         state["curvature"] = self.curvature.state_dict()
-        state["generator"] = self.generator.get_state()
+        state["generators"] = self._gathered_generator_states()
         return copy.deepcopy(state)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the next steps are identical to the saved run's.
 
         Raises:
-            KeyError: the curvature or generator entry is missing.
+            KeyError: the curvature or generators entry is missing.
+            ValueError: the state holds another number of statistics shards (processes x shards).
         """
         state_dict = copy.deepcopy(dict(state_dict))
-        missing = {"curvature", "generator"} - set(state_dict)
+        missing = {"curvature", "generators"} - set(state_dict)
         if missing:
             raise KeyError(f"{type(self).__name__} state_dict is missing {sorted(missing)}")
+        comm, shards = self.communicator, self.schedule.statistics_shards
+        states = state_dict.pop("generators")
+        require(
+            len(states) == comm.world_size * shards,
+            "state_dict generators",
+            f"{len(states)} shards",
+            f"{comm.world_size * shards} = {comm.world_size} processes x {shards} statistics "
+            "shards; resume "
+            "with the processes and schedule.statistics_shards of the saved run",
+        )
         self.curvature.load_state_dict(state_dict.pop("curvature"))
-        self.generator.set_state(state_dict.pop("generator"))
+        for generator, j in zip(
+            self.generators, process_shards(comm.rank, comm.world_size, shards)
+        ):
+            generator.set_state(states[j])
         super().load_state_dict(state_dict)
+
+    def _gathered_generator_states(self) -> list[Tensor]:
+        """The state of every statistics shard's generator, all processes, in global shard order."""
+        comm = self.communicator
+        gathered = comm.all_gather(
+            torch.stack([g.get_state() for g in self.generators])
+        )  # W x (S, n)
+        return [
+            gathered[j % comm.world_size][j // comm.world_size].clone()
+            for j in range(comm.world_size * len(self.generators))
+        ]

@@ -177,6 +177,11 @@ class ScheduleConfig:
         inverse_every: ``T3``, steps between refreshes of the inverses (20); the paper also
             refreshes at each of the first ``warmup_refreshes`` steps (3).
         warmup_refreshes: see above.
+        statistics_shards: ``S``, the number of strided shards of this process's statistics batch,
+            each drawing its sampled targets from its own generator (1). A run's statistics depend
+            only on ``W S`` for ``W`` processes (:mod:`natgrad.distributed.shards`): one process
+            with
+            ``S = W`` reproduces a ``W``-process run with ``S = 1``.
 
     The cap of the moving averages' decay belongs to the curvature
     (:attr:`natgrad.curvature.CurvatureConfig.ema_cap`).
@@ -186,6 +191,7 @@ class ScheduleConfig:
     statistics_fraction: float = 1.0 / 8.0
     inverse_every: int = 20
     warmup_refreshes: int = 3
+    statistics_shards: int = 1
 
     def __post_init__(self) -> None:
         require(
@@ -206,6 +212,12 @@ class ScheduleConfig:
             "schedule.warmup_refreshes",
             self.warmup_refreshes,
             "an integer >= 0",
+        )
+        require(
+            _period(self.statistics_shards),
+            "schedule.statistics_shards",
+            self.statistics_shards,
+            PERIOD,
         )
 
 

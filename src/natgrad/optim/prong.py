@@ -47,6 +47,7 @@ from natgrad.curvature.whitening import (
     reparametrise_all,
     whiten,
 )
+from natgrad.distributed.communicator import refuse_data_parallel
 from natgrad.finite import all_finite
 from natgrad.losses import Loss
 from natgrad.optim.base import SingleParameterGroup, check_loss, objective, regularised_gradient
@@ -89,6 +90,17 @@ def _validate(
     )
 
 
+# Why PRONG refuses data-parallel runs
+# (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
+DATA_PARALLEL_REFUSAL = (
+    "it reparametrises the model in place from whitening statistics that each process would "
+    "re-estimate on "
+    "its own recent layer inputs (Desjardins et al. 2015), so the processes' models would differ; "
+    "averaging "
+    "those statistics and broadcasting the new whitening is not implemented"
+)
+
+
 class PRONG(SingleParameterGroup):
     """PRONG / PRONG+ (module docstring). Transforms ``model`` in place: build it before loading a
     checkpoint.
@@ -108,7 +120,10 @@ class PRONG(SingleParameterGroup):
         batch_norm: PRONG+ (batch normalisation of the hidden layers' pre-activations).
 
     Raises:
-        ValueError: an invalid hyper-parameter (the message names it) or a model without nn.Linear.
+        ValueError: an invalid hyper-parameter (the message names it), a model without nn.Linear, or
+        an
+            initialised ``torch.distributed`` process group with several processes
+            (:data:`DATA_PARALLEL_REFUSAL`).
     """
 
     STATE_KEY = "prong"
@@ -125,6 +140,7 @@ class PRONG(SingleParameterGroup):
         epsilon: float = 0.1,
         batch_norm: bool = False,
     ) -> None:
+        refuse_data_parallel("PRONG", DATA_PARALLEL_REFUSAL)
         _validate(
             lr, momentum, nesterov, weight_decay, reestimate_every, samples, epsilon, batch_norm
         )

@@ -27,8 +27,10 @@ from typing import Any
 from torch import nn
 
 from natgrad.curvature.tonga import TongaConfig, TongaCurvature
+from natgrad.distributed.communicator import refuse_data_parallel
 from natgrad.optim.base import NaturalGradientOptimizer, damping_fields
 from natgrad.optim.config import DampingConfig, ScheduleConfig, StepConfig, coerce
+from natgrad.validation import require
 
 #: The shared-step settings TONGA changes from K-FAC's defaults (see the module docstring).
 TONGA_SCHEDULE = {"inverse_every": 5}
@@ -40,6 +42,19 @@ def _with_defaults(cls: type, value: Any, defaults: Mapping[str, Any], field: st
     if value is None or isinstance(value, Mapping):
         return coerce(cls, {**defaults, **(value or {})}, field)
     return coerce(cls, value, field)
+
+
+# Why TONGA refuses data-parallel runs
+# (:func:`natgrad.distributed.communicator.refuse_data_parallel`).
+DATA_PARALLEL_REFUSAL = (
+    "its curvature is a low-rank factor built from the per-example gradients of each batch and "
+    "truncated "
+    "by an eigendecomposition at every refresh (Le Roux et al. 2008); the factor of the global "
+    "batch is not "
+    "an average of the processes' factors, and gathering every process's example gradients (rank x "
+    "P "
+    "numbers per process and step) is not implemented"
+)
 
 
 class TONGA(NaturalGradientOptimizer):
@@ -54,7 +69,9 @@ class TONGA(NaturalGradientOptimizer):
         seed: seed of the optimizer's generator (unused by TONGA's statistics; kept in the state).
 
     Raises:
-        ValueError: an invalid hyper-parameter (the message names it).
+        ValueError: an invalid hyper-parameter (the message names it), or an initialised
+            ``torch.distributed`` process group with several processes
+            (:data:`DATA_PARALLEL_REFUSAL`).
     """
 
     def __init__(
@@ -66,10 +83,18 @@ class TONGA(NaturalGradientOptimizer):
         step: StepConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
+        refuse_data_parallel("TONGA", DATA_PARALLEL_REFUSAL)
         super().__init__(
             TongaCurvature(model, coerce(TongaConfig, tonga, "tonga")),
             _with_defaults(DampingConfig, damping_fields(damping), TONGA_DAMPING, "damping"),
             _with_defaults(ScheduleConfig, schedule, TONGA_SCHEDULE, "schedule"),
             coerce(StepConfig, step, "step"),
             seed,
+        )
+        require(
+            self.schedule.statistics_shards == 1,
+            "schedule.statistics_shards",
+            self.schedule.statistics_shards,
+            "1 for TONGA (its statistics are the batch's per-example gradients, not a mean over "
+            "shards)",
         )
