@@ -169,7 +169,7 @@ def test_resume_of_completed_run_does_nothing(tmp_path):
 #: Run in the child: ``natgrad train`` whose trainer, after step PAUSE_AT, says "paused" on stderr
 #: and waits for a signal, so the parent kills it at a known step whatever the machine's speed.
 PAUSING_TRAIN = """
-import signal, sys
+import signal, sys, time
 from natgrad.cli import main
 from natgrad.experiments.runner import Trainer
 
@@ -179,8 +179,19 @@ step = Trainer.train_step
 def pausing_step(self):
     record = step(self)
     if self.step == PAUSE_AT:
+        # Wait in short sleeps, not in pause(): the signal may be delivered to one of torch's
+        # threads, and the Python handler then runs only when the main thread runs bytecode.
+        received = []
+        runner_handler = signal.getsignal(signal.SIGTERM)
+
+        def note(signum, frame):
+            received.append(signum)
+            runner_handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, note)
         print("paused", file=sys.stderr, flush=True)
-        signal.pause()
+        while not received:
+            time.sleep(0.01)
     return record
 
 Trainer.train_step = pausing_step
@@ -221,7 +232,7 @@ def _kill_when_paused(process: subprocess.Popen, sig: int) -> None:
     else:
         raise AssertionError(f"the run ended before pausing: {''.join(lines)}")
     process.send_signal(sig)
-    process.wait(timeout=60)
+    process.communicate(timeout=120)  # drains stderr: a child blocked on a full pipe never exits
 
 
 @pytest.mark.slow
