@@ -12,13 +12,13 @@ formula's numbers for the model, which is how the cost extends to N GPUs with NC
 
 Run it on a quiet machine (the lead's run; results in ``benchmarks/results/scaling.md``)::
 
-    .venv/bin/python benchmarks/scaling.py --batches 1000 4000 --seconds 300 --target-error 10 \\
+    .venv/bin/python benchmarks/scaling.py --batches 1000 4000 --seconds 300 --target-error 10 \
         --out runs/scaling --report benchmarks/results/scaling.md
 
 A smoke run at tiny scale (what ``tests/benchmarks/test_scaling_script.py`` runs; never commit its
 report)::
 
-    python benchmarks/scaling.py --dataset synthetic --sizes 64 16 4 --batches 40 80 --steps 6 \\
+    python benchmarks/scaling.py --dataset synthetic --sizes 64 16 4 --batches 40 80 --steps 6 \
         --eval-every 3 --target-error 1000 --out /tmp/scaling --report /tmp/scaling.md
 """
 
@@ -150,6 +150,8 @@ def run(args: argparse.Namespace, batch: int, processes: int, threads: int) -> P
         "--set",
         f"eval.every={args.eval_every}",
         "--set",
+        f"eval.every_seconds={args.eval_seconds}",
+        "--set",
         f"checkpoint_every={args.checkpoint_every}",
         "--out",
         str(out),
@@ -258,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per run")
     parser.add_argument("--steps", type=int, help="a step budget instead of --seconds (smoke runs)")
     parser.add_argument(
-        "--eval-every", type=int, default=20, help="steps between evaluations on rank 0"
+        "--eval-every", type=int, default=10**7, help="steps between evaluations (process 0)"
+    )
+    parser.add_argument(
+        "--eval-seconds",
+        type=float,
+        default=15.0,
+        help="also evaluate every this many training seconds (the time-to-error resolution)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument(

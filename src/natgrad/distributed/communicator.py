@@ -241,7 +241,10 @@ class ProcessGroupCommunicator(Communicator):
 
 
 # The communicator of the default process group, shared so that its traffic counts every collective.
-_default: list[tuple[Any, ProcessGroupCommunicator]] = []
+#: ``(id of the default process group, its communicator)``, shared so that the traffic counts every
+#: collective. The group itself is not referenced: a destroyed group kept alive until the
+#: interpreter exits is torn down too late, and gloo then aborts the process.
+_default: list[tuple[int, ProcessGroupCommunicator]] = []
 
 
 def current_communicator(timeout: float | None = None) -> Communicator:
@@ -254,9 +257,11 @@ def current_communicator(timeout: float | None = None) -> Communicator:
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return Communicator()
-    world = dist.GroupMember.WORLD
-    if not _default or _default[0][0] is not world:
-        _default[:] = [(world, ProcessGroupCommunicator(timeout=timeout))]
+    key = id(dist.GroupMember.WORLD)
+    cached = _default[0][1] if _default and _default[0][0] == key else None
+    where = (dist.get_rank(), dist.get_world_size())
+    if cached is None or (cached.rank, cached.world_size) != where:
+        _default[:] = [(key, ProcessGroupCommunicator(timeout=timeout))]
     communicator = _default[0][1]
     if timeout is not None:
         communicator.timeout = timeout
