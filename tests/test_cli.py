@@ -170,3 +170,13 @@ def test_bench_dry_run_lists_the_cells_of_the_elbo_vs_iwae_grid_and_runs_nothing
     assert lines[-1].startswith("6 cells in ") and not (tmp_path / "grid").exists()
     assert "mnist-vae/adam-elbo/seed-1  adam, batch 100, elbo k=1 (plain)" in lines[0]
     assert "mnist-vae/kfac-iwae50/seed-1  kfac, batch 1000, iwae k=50 (plain)" in lines[-2]
+
+
+def test_bench_dry_run_names_the_autoencoders_objective(tmp_path, capsys):
+    grid = Path(__file__).parents[1] / "benchmarks" / "configs" / "ae-mnist-tanh.toml"
+    assert main(["bench", str(grid), "--dry-run", "--out", str(tmp_path / "grid")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "mnist-autoencoder/adam-lr0.001/seed-0  adam, batch 100, reconstruction NLL"
+    )
+    assert not any("elbo" in line for line in lines)

@@ -542,13 +542,18 @@ def _run_bench_jobs(args: argparse.Namespace) -> int:
 
 def _cell_line(cell: Cell) -> str:
     """One cell of a dry run: key, optimizer, batch size, objective and budget."""
-    config, objective = cell.config, cell.config.model.training_objective()
+    config = cell.config
     budget = ", ".join(
         f"{v} {k}" for k, v in (("steps", config.budget.steps), ("s", config.budget.seconds)) if v
     )
+    if config.model.kind == "vae":
+        bound = config.model.training_objective()
+        objective = f"{bound.name.value} k={bound.samples} ({bound.estimator.value})"
+    else:
+        objective = "reconstruction NLL"
     return (
-        f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective.name.value} "
-        f"k={objective.samples} ({objective.estimator.value}), budget {budget}\n"
+        f"{cell.key}  {config.optimizer.name}, batch {config.batch_size}, {objective}, "
+        f"budget {budget}\n"
     )
 
 

@@ -8,7 +8,7 @@ from natgrad.distributions import (
     GaussianLearnedVariance,
 )
 from natgrad.models import ARCHITECTURES, VAE, DeepAutoencoder
-from natgrad.models.init import sparse_init_
+from natgrad.models.init import fan_in_init_, sparse_init_
 
 
 @pytest.mark.parametrize("problem", sorted(ARCHITECTURES))
@@ -34,6 +34,16 @@ def test_sparse_init_has_15_nonzero_incoming_weights_and_zero_bias():
     layer = torch.nn.Linear(100, 40)
     sparse_init_(layer, generator=torch.Generator().manual_seed(0))
     assert ((layer.weight != 0).sum(1) == 15).all()
+    assert (layer.bias == 0).all()
+
+
+def test_fan_in_init_is_truncated_at_two_std_with_variance_one_over_fan_in():
+    layer = torch.nn.Linear(400, 500)
+    fan_in_init_(layer, generator=torch.Generator().manual_seed(0))
+    w = layer.weight * 400**0.5  # unit variance if the truncation's rescaling is right
+    assert w.abs().max() <= 2.0 / 0.87962566103423978 + 1e-6
+    assert abs(w.var().item() - 1.0) < 0.02  # 200,000 draws: standard error of the variance 0.003
+    assert abs(w.mean().item()) < 0.01
     assert (layer.bias == 0).all()
 
 

@@ -149,8 +149,8 @@ class ModelConfig:
         activation: hidden nonlinearity; None: 'sigmoid' (the papers' logistic units) for the
             autoencoder, 'tanh' for the VAE (Kingma & Welling 2014, appendix C; see
             docs/vae-training.md for why the VAE does not use logistic units).
-        init: 'sparse' (Martens 2010) or 'default' (PyTorch); None: sparse for the autoencoder,
-            default for the VAE.
+        init: 'sparse' (Martens 2010), 'fan-in' (truncated normal, variance 1/fan_in) or 'default'
+            (PyTorch); None: sparse for the autoencoder, default for the VAE.
         likelihood: output distribution; None means the dataset's ('bernoulli' for MNIST and
             CURVES, 'gaussian' for FACES); 'gaussian-learned' adds a log-variance per pixel.
         objective: the VAE's training objective (:mod:`natgrad.objectives`, docs/elbo.md): 'elbo'
