@@ -10,7 +10,8 @@ Per problem (dataset x model):
 * speed-ups measured in the same grid, pair by pair: against the kept Adam and SGD-momentum
   variants, ``T_baseline / T_method`` with ``T`` the median training seconds (and steps) to the
   *common target* of the pair, the larger of their two median final train errors - the error both
-  reach on their median seed. (A problem-wide target would be set by the weakest method of the
+  reach on their median seed, with ``[min-max]`` over the method's seeds against the baseline's
+  median. (A problem-wide target would be set by the weakest method of the
   grid, e.g. K-FAC at batch 5000 in a 2-minute budget, and make every ratio a race to an easy
   error.) When the baseline's median seed still misses it (seeds disagree), the ratio is a lower
   bound ``> budget / T_method`` using the baseline's median training time;
@@ -184,7 +185,10 @@ def speedup(baseline: OptimizerSummary, method: OptimizerSummary, field: str) ->
     if base.n == 0:
         budget = getattr(baseline, "time" if field == "time" else "steps").median
         return f"> {budget / mine.median:.2g}×"
-    return f"{base.median / mine.median:.2g}×"
+    text = f"{base.median / mine.median:.2g}×"
+    if mine.n > 1 and 0 < mine.low < mine.high:
+        text += f" [{base.median / mine.high:.2g}–{base.median / mine.low:.2g}]"
+    return text
 
 
 def common_target(baseline: OptimizerSummary, method: OptimizerSummary) -> float:
@@ -396,30 +400,28 @@ def _colors(labels: Sequence[str]) -> dict[str, str]:
 
 
 def _headline_cell(summary: ProblemSummary, baseline: str, variant: str) -> str:
-    if baseline not in summary.baselines:
+    if baseline not in summary.baselines or summary.baselines[baseline].label == variant:
         return "—"
     target, time, _ = pair_speedups(summary, baseline, variant)
     return time if not math.isfinite(target) else f"{time} (to {format_number(target)})"
 
 
 def headline_table(summaries: Sequence[ProblemSummary]) -> str:
-    """One row per (problem, non-baseline method): final train error and time speed-ups (pairwise
-    targets).
+    """One row per (problem, method): final train and test errors and time speed-ups (pairwise
+    targets); the kept baselines come first, so that their errors sit beside the methods'.
     """
     lines = [
-        "| problem | method | final train error | vs Adam (time, to the common target) | "
-        "vs SGD-momentum (time, to the common target) |",
-        "|---|---|---:|---:|---:|",
+        "| problem | method | final train error | final test error | "
+        "vs Adam (time, to the common target) | vs SGD-momentum (time, to the common target) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for s in summaries:
-        baseline_labels = {row.label for row in s.baselines.values()}
-        for row in s.rows:
-            if row.label in baseline_labels:
-                continue
+        baselines = [s.baselines[b] for b in BASELINES if b in s.baselines]
+        for row in baselines + [row for row in s.rows if row not in baselines]:
             cells = [_headline_cell(s, b, row.label) for b in BASELINES]
             lines.append(
                 f"| {s.problem} | {row.label} | {format_spread(row.final_train)} | "
-                f"{' | '.join(cells)} |"
+                f"{format_spread(row.final_test)} | {' | '.join(cells)} |"
             )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
