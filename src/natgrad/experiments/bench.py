@@ -11,26 +11,25 @@ ends first, both recorded), the same seeds and the same data. Layout::
     models = ["autoencoder"]              # and/or "vae"
     optimizers = ["sgd", "adam", "kfac"]  # labels, in table order (default: every [optimizer.*])
 
-    [run]                                 # base RunConfig of every cell (same keys as `natgrad
-    train`) threads = 1
+    [run]                      # base RunConfig of every cell (same keys as `natgrad train`)
+    threads = 1
     [run.budget]
     steps = 200
     seconds = 60.0
 
-    [dataset.faces.run.data]              # merged over [run] for one dataset ([model.vae.run]
-    likewise) train_size = 5000
-    [dataset.faces.optimizer.sgd]         # merged over [optimizer.sgd] for one dataset
+    [dataset.faces.run.data]   # merged over [run] for one dataset ([model.vae.run] likewise)
+    train_size = 5000
+    [dataset.faces.optimizer.sgd]   # merged over [optimizer.sgd] for one dataset
     lr = [1e-4, 1e-3]
 
-    [target]                              # optional target train error per problem
-    ("<dataset>-<model>") mnist-autoencoder = 20.0
+    [target]                   # optional target train error per problem ("<dataset>-<model>")
+    mnist-autoencoder = 20.0
 
-    [optimizer.sgd]                       # label -> OptimizerConfig values; name defaults to the
-    label lr = [0.01, 0.03]                     # a list is a grid: one variant per value
-    ("sgd-lr0.01", ...) batch_size = 500                      # optional: this label's mini-batch
-    size (overrides run.batch_size); batch_schedule = "exponential"        # batch_schedule and
-    batch_full_at likewise model = {activation = "sigmoid"}      # optional: merged over [run.model]
-    (architecture variants)
+    [optimizer.sgd]            # label -> OptimizerConfig values; name defaults to the label
+    lr = [0.01, 0.03]          # a list is a grid: one variant per value ("sgd-lr0.01", ...)
+    batch_size = 500           # optional: this label's mini-batch size (overrides run.batch_size)
+    batch_schedule = "exponential"   # batch_schedule and batch_full_at likewise
+    model = {activation = "sigmoid"}   # optional: merged over [run.model] (architecture variants)
 
 A *problem* is ``<dataset>-<model>``; a *label* is an optimizer entry (a family: K-FAC at batch 1000
 and at batch 5000 are two labels); a *variant* is one point of a label's learning-rate grid. Every
