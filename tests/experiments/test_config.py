@@ -27,7 +27,10 @@ INVALID = [
         {"model": {"sizes": [784]}},
         r"Invalid model\.sizes: \[784\]; allowed: a list of >= 2 positive integers",
     ),
-    ({"model": {"init": "xavier"}}, r"Invalid model\.init: 'xavier'; allowed: sparse, fan-in, default"),
+    (
+        {"model": {"init": "xavier"}},
+        r"Invalid model\.init: 'xavier'; allowed: sparse, fan-in, default",
+    ),
     (
         {"optimizer": {"name": "rmsprop"}},
         r"Invalid optimizer\.name: 'rmsprop'; allowed: .*adam.*sgd",
