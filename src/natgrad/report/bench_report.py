@@ -187,7 +187,8 @@ def speedup(baseline: OptimizerSummary, method: OptimizerSummary, field: str) ->
         return f"> {budget / mine.median:.2g}×"
     text = f"{base.median / mine.median:.2g}×"
     if mine.n > 1 and 0 < mine.low < mine.high:
-        text += f" [{base.median / mine.high:.2g}–{base.median / mine.low:.2g}]"
+        low, high = f"{base.median / mine.high:.2g}", f"{base.median / mine.low:.2g}"
+        text += f" [{low}–{high}]" if low != high else ""
     return text
 
 
