@@ -42,18 +42,11 @@ def fan_in_init_(linear: nn.Linear, generator: torch.Generator | None = None) ->
     examples; with tanh units it keeps the pre-activations' variance near 1 through the layers
     (LeCun et al. 1998, section 4.6).
     """
-    in_features = linear.weight.shape[1]
-    std = (1.0 / in_features) ** 0.5 / TRUNCATED_NORMAL_STD
+    std = (1.0 / linear.weight.shape[1]) ** 0.5 / TRUNCATED_NORMAL_STD
     with torch.no_grad():
-        weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype)
-        weight.normal_(generator=generator)
-        outside = weight.abs() > 2.0
-        while outside.any():  # redraw the tail: exact truncation, not clipping
-            weight[outside] = torch.randn(
-                int(outside.sum()), generator=generator, dtype=weight.dtype
-            )
-            outside = weight.abs() > 2.0
-        linear.weight.copy_(weight * std)
+        nn.init.trunc_normal_(
+            linear.weight, std=std, a=-2.0 * std, b=2.0 * std, generator=generator
+        )
         if linear.bias is not None:
             linear.bias.zero_()
 

@@ -418,7 +418,8 @@ def headline_table(summaries: Sequence[ProblemSummary]) -> str:
     ]
     for s in summaries:
         baselines = [s.baselines[b] for b in BASELINES if b in s.baselines]
-        for row in baselines + [row for row in s.rows if row not in baselines]:
+        kept = {row.label for row in baselines}
+        for row in baselines + [row for row in s.rows if row.label not in kept]:
             cells = [_headline_cell(s, b, row.label) for b in BASELINES]
             lines.append(
                 f"| {s.problem} | {row.label} | {format_spread(row.final_train)} | "
