@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py profiles K-FAC steps on a paper autoencoder and prints where time goes."""
+"""benchmarks/profile_step.py profiles K-FAC steps on a paper autoencoder: where the time goes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_step.py"
 
 
 def profile(*flags: str) -> str:
-    """The script's output on the CURVES autoencoder, a batch of 8, 1 warm-up and 2 profiled steps."""
+    """The output on the CURVES autoencoder: a batch of 8, 1 warm-up and 2 profiled steps."""
     command = [sys.executable, str(SCRIPT), "--problem", "curves", "--batch", "8"]
     command += ["--warmup", "1", "--steps", "2", *flags]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
