@@ -1,12 +1,13 @@
 r"""Where a K-FAC step's time goes on a paper autoencoder: cProfile of ``--steps`` steps.
 
 The network is the paper architecture of ``--problem`` (``DeepAutoencoder.for_problem``); the
-batch is random data of the problem's shape (uniform pixels, or standard normal for FACES's
-Gaussian output), because a step's cost depends on the shapes only. K-FAC runs with natgrad's
-defaults, or with the two bfloat16 departures (``--bfloat16``: ``solve_dtype`` and
-``step.model_dtype``). ``--warmup`` steps come first, so the profile sees the steady state: the
-inverse rebuilds after each ``lambda`` update, the refreshes and the ``rho`` evaluations in their
-usual proportion. Prints seconds per step and the functions with the most internal time:
+batch is random data of the network's input width (uniform pixels for a Bernoulli likelihood,
+standard normal for FACES's Gaussian one), because a step's cost depends on the shapes only.
+K-FAC runs with natgrad's defaults, or with the two bfloat16 departures (``--bfloat16``:
+``solve_dtype`` and ``step.model_dtype``). ``--warmup`` steps come first, so the profile sees the
+steady state: the inverse rebuilds after each ``lambda`` update, the refreshes and the ``rho``
+evaluations in their usual proportion. Prints seconds per step and the functions with the most
+internal time:
 
     .venv/bin/python benchmarks/profile_step.py --problem faces
     .venv/bin/python benchmarks/profile_step.py --problem faces --bfloat16
@@ -23,16 +24,15 @@ import torch
 
 from natgrad.losses import build_loss
 from natgrad.models import DeepAutoencoder
+from natgrad.models.autoencoder import ARCHITECTURES
 from natgrad.optim import KFAC
 
-#: Input width of each problem's autoencoder (MNIST and CURVES 28x28, FACES 25x25).
-INPUT_WIDTH = {"mnist": 784, "curves": 784, "faces": 625}
 
-
-def random_batch(problem: str, batch: int) -> torch.Tensor:
-    """A batch of the problem's shape: standard normal for FACES, uniform in [0, 1] otherwise."""
-    shape = (batch, INPUT_WIDTH[problem])
-    return torch.randn(shape) if problem == "faces" else torch.rand(shape)
+def random_batch(model: DeepAutoencoder, batch: int) -> torch.Tensor:
+    """``batch`` inputs of the model's width: uniform in [0, 1] for a Bernoulli likelihood,
+    standard normal otherwise."""
+    shape = (batch, model.sizes[0])
+    return torch.rand(shape) if model.likelihood_name == "bernoulli" else torch.randn(shape)
 
 
 def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: int) -> None:
@@ -40,7 +40,7 @@ def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: 
     model = DeepAutoencoder.for_problem(problem, generator=torch.Generator().manual_seed(0))
     options = {"step": {"model_dtype": "bfloat16"}, "solve_dtype": "bfloat16"} if bfloat16 else {}
     optimizer = KFAC(model, **options)
-    x = random_batch(problem, batch)
+    x = random_batch(model, batch)
 
     def closure():
         optimizer.zero_grad()
@@ -64,7 +64,7 @@ def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problem", choices=sorted(INPUT_WIDTH), default="faces")
+    parser.add_argument("--problem", choices=sorted(ARCHITECTURES), default="faces")
     parser.add_argument("--bfloat16", action="store_true")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=25)
