@@ -29,8 +29,7 @@ from natgrad.optim import KFAC
 
 
 def random_batch(model: DeepAutoencoder, batch: int) -> torch.Tensor:
-    """``batch`` inputs of the model's width: uniform in [0, 1] for a Bernoulli likelihood,
-    standard normal otherwise."""
+    """``batch`` inputs of the model's width: uniform in [0, 1] (Bernoulli) or standard normal."""
     shape = (batch, model.sizes[0])
     return torch.rand(shape) if model.likelihood_name == "bernoulli" else torch.randn(shape)
 
