@@ -110,17 +110,31 @@ def launch_local(arguments: Sequence[str], processes: int, timeout: float = DEFA
         an interrupt), otherwise the first failing process's status (1 if a signal killed it).
     """
     port = free_port()
+    # The launcher hosts the rendezvous store, as torchrun's agent does, so that it outlives every
+    # process: hosted by process 0, it closes when that process exits, and a peer still tearing
+    # its gloo group down then aborts ("terminate called without an active exception").
+    store = dist.TCPStore(
+        "127.0.0.1",
+        port,
+        world_size=processes,
+        is_master=True,
+        timeout=datetime.timedelta(seconds=timeout),
+        wait_for_workers=False,
+    )
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    environment = {**os.environ, "PYTHONPATH": path, "TORCHELASTIC_USE_AGENT_STORE": "True"}
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "natgrad", *arguments],
-            env={**os.environ, "PYTHONPATH": path, **torchrun_environment(rank, processes, port)},
+            env={**environment, **torchrun_environment(rank, processes, port)},
         )
         for rank in range(processes)
     ]
     with _forward_signals(children):
-        return _supervise(children, timeout)
+        status = _supervise(children, timeout)
+    del store  # closed only once every process has ended
+    return status
 
 
 @contextmanager
