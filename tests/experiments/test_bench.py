@@ -90,6 +90,27 @@ def test_grid_is_the_cross_product_with_scoped_overrides(tmp_path):
     )
 
 
+def test_a_dataset_may_set_its_own_seeds_and_seed_order_pairs_the_labels(tmp_path):
+    text = TINY.replace("seeds = [0, 1]", 'seeds = [0, 1]\ncell_order = "seed"')
+    text += "[dataset.synthetic]\nseeds = [3, 1]\n"
+    bench = load_bench(write(tmp_path, text), out_dir=tmp_path / "out")
+    order = [(c.seed, c.variant) for c in bench.cells if c.problem == "synthetic-autoencoder"]
+    # every label (and lr variant) of seed 3 before seed 1, in table order
+    assert order == [
+        (3, "sgd-lr0.01"),
+        (3, "sgd-lr0.1"),
+        (3, "adam"),
+        (1, "sgd-lr0.01"),
+        (1, "sgd-lr0.1"),
+        (1, "adam"),
+    ]
+    default = load_bench(write(tmp_path, text.replace('cell_order = "seed"', "")))
+    assert [(c.seed, c.variant) for c in default.cells][:2] == [
+        (3, "sgd-lr0.01"),
+        (1, "sgd-lr0.01"),
+    ]
+
+
 def test_overrides_reach_every_cell(tmp_path):
     bench = load_bench(write(tmp_path, TINY), overrides=["budget.steps=3"])
     assert {c.config.budget.steps for c in bench.cells} == {3}
@@ -99,6 +120,9 @@ def test_overrides_reach_every_cell(tmp_path):
     "change, message",
     [
         (("seeds = [0, 1]", "seeds = []"), "seeds"),
+        (("seeds = [0, 1]", 'seeds = [0, 1]\ncell_order = "random"'), "cell_order = 'random'"),
+        (("[target]", "[dataset.synthetic]\nseeds = [-1]\n[target]"), "[dataset.synthetic]"),
+        (("[target]", "[model.autoencoder]\nseeds = [2]\n[target]"), "unknown key(s) seeds"),
         (
             ('models = ["autoencoder", "vae"]', 'models = ["gan"]'),
             "models contains 'gan'; allowed: autoencoder, vae",

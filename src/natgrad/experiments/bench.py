@@ -7,6 +7,7 @@ ends first, both recorded), the same seeds and the same data. Layout::
     title = "Deep autoencoders"
     out_dir = "benchmarks/results/autoencoders"
     seeds = [0, 1]
+    cell_order = "label"       # or "seed": every label of seed 0, then of seed 1 (side by side)
     datasets = ["mnist", "curves", "faces"]
     models = ["autoencoder"]              # and/or "vae"
     optimizers = ["sgd", "adam", "kfac"]  # labels, in table order (default: every [optimizer.*])
@@ -17,6 +18,8 @@ ends first, both recorded), the same seeds and the same data. Layout::
     steps = 200
     seconds = 60.0
 
+    [dataset.faces]
+    seeds = [0]                # this dataset's seeds (default: the grid's)
     [dataset.faces.run.data]   # merged over [run] for one dataset ([model.vae.run] likewise)
     train_size = 5000
     [dataset.faces.optimizer.sgd]   # merged over [optimizer.sgd] for one dataset
@@ -102,6 +105,7 @@ _BENCH_KEYS = {
     "title",
     "out_dir",
     "seeds",
+    "cell_order",
     "datasets",
     "models",
     "optimizers",
@@ -112,6 +116,9 @@ _BENCH_KEYS = {
     "optimizer",
 }
 _SCOPE_KEYS = {"run", "optimizer"}
+#: ``cell_order``: "label" runs each label's seeds one after another; "seed" runs every label of
+#: one seed before the next seed, so that with ``--jobs N`` the labels of one seed run side by side.
+CELL_ORDERS = ("label", "seed")
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ class Bench:
 
     title: str
     out_dir: Path
-    seeds: list[int]
+    seeds: list[int]  # the grid's; a [dataset.NAME] table may set its own
     labels: list[str]
     problems: list[str]
     cells: list[Cell]
@@ -202,8 +209,19 @@ def _variants(
 
 def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
     scope = values.get(table, {}).get(name, {})
-    check_keys(scope, _SCOPE_KEYS, f"[{table}.{name}]")
+    allowed = _SCOPE_KEYS | {"seeds"} if table == "dataset" else _SCOPE_KEYS
+    check_keys(scope, allowed, f"[{table}.{name}]")
     return scope
+
+
+def _checked_seeds(seeds: Any, where: str) -> list[int]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")
+    return seeds
 
 
 def _problem_cells(
@@ -217,6 +235,7 @@ def _problem_cells(
 ) -> list[Cell]:
     problem = f"{dataset}-{model}"
     data_scope, model_scope = _scope(values, "dataset", dataset), _scope(values, "model", model)
+    seeds = _checked_seeds(data_scope.get("seeds", seeds), f"[dataset.{dataset}]")
     base = merge_tables(
         values.get("run", {}), {"data": {"dataset": dataset}, "model": {"kind": model}}
     )
@@ -255,6 +274,8 @@ def _problem_cells(
                         grid,
                     )
                 )
+    if values.get("cell_order", "label") == "seed":
+        cells.sort(key=lambda cell: seeds.index(cell.seed))  # stable: label order within a seed
     return cells
 
 
@@ -271,13 +292,10 @@ def load_bench(
     values = load_toml(path)
     where = str(path)
     check_keys(values, _BENCH_KEYS, where)
-    seeds = values.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and s >= 0 for s in seeds)
-    ):
-        raise ConfigError(f"seeds = {seeds!r} in {where} must be a non-empty list of integers >= 0")
+    seeds = _checked_seeds(values.get("seeds", [0]), where)
+    order = values.get("cell_order", "label")
+    if order not in CELL_ORDERS:
+        raise ConfigError(f"cell_order = {order!r} in {where}; allowed: {', '.join(CELL_ORDERS)}")
     datasets = _string_list(values, "datasets", ["mnist"], where)
     models = _string_list(values, "models", ["autoencoder"], where)
     for model in models:
