@@ -19,10 +19,12 @@ import argparse
 import cProfile
 import pstats
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from natgrad.losses import build_loss
+from natgrad.losses import Loss, build_loss
 from natgrad.models import DeepAutoencoder
 from natgrad.models.autoencoder import ARCHITECTURES
 from natgrad.optim import KFAC
@@ -34,14 +36,17 @@ def random_batch(model: DeepAutoencoder, batch: int) -> torch.Tensor:
     return torch.rand(shape) if model.likelihood_name == "bernoulli" else torch.randn(shape)
 
 
-def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: int) -> None:
-    """Run ``warmup`` K-FAC steps, then profile ``steps`` more and print the statistics."""
+def warmed_up_kfac(
+    problem: str, options: dict[str, Any], batch: int, warmup: int
+) -> tuple[KFAC, Callable[[], Loss]]:
+    """K-FAC with ``options`` on ``problem``'s paper autoencoder and a closure on one random batch,
+    after ``warmup`` steps.
+    """
     model = DeepAutoencoder.for_problem(problem, generator=torch.Generator().manual_seed(0))
-    options = {"step": {"model_dtype": "bfloat16"}, "solve_dtype": "bfloat16"} if bfloat16 else {}
     optimizer = KFAC(model, **options)
     x = random_batch(model, batch)
 
-    def closure():
+    def closure() -> Loss:
         optimizer.zero_grad()
         loss = build_loss(model, x)
         loss.value.backward()
@@ -49,6 +54,13 @@ def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: 
 
     for _ in range(warmup):
         optimizer.step(closure)
+    return optimizer, closure
+
+
+def profile_steps(problem: str, bfloat16: bool, batch: int, warmup: int, steps: int) -> None:
+    """Run ``warmup`` K-FAC steps, then profile ``steps`` more and print the statistics."""
+    options = {"step": {"model_dtype": "bfloat16"}, "solve_dtype": "bfloat16"} if bfloat16 else {}
+    optimizer, closure = warmed_up_kfac(problem, options, batch, warmup)
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()

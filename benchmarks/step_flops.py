@@ -40,14 +40,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from profile_step import random_batch  # benchmarks/ is the script's directory
+from profile_step import random_batch, warmed_up_kfac  # benchmarks/ is the script's directory
 from torch.utils.flop_counter import FlopCounterMode
 
 import natgrad.optim.base as shared_step
 from natgrad.losses import build_loss
 from natgrad.models import DeepAutoencoder
 from natgrad.models.autoencoder import ARCHITECTURES
-from natgrad.optim import KFAC
 
 aten = torch.ops.aten
 
@@ -100,19 +99,8 @@ def count_kfac(
     problem: str, batch: int, warmup: int, steps: int, options: dict[str, Any]
 ) -> dict[str, float]:
     """Mean FLOPs per K-FAC step and phase (module docstring), after ``warmup`` steps."""
-    model = DeepAutoencoder.for_problem(problem, generator=torch.Generator().manual_seed(0))
-    optimizer = KFAC(model, **options)
-    x = random_batch(model, batch)
+    optimizer, closure = warmed_up_kfac(problem, options, batch, warmup)
     counter = PhaseCounter()
-
-    def closure():
-        optimizer.zero_grad()
-        loss = build_loss(model, x)
-        loss.value.backward()
-        return loss
-
-    for _ in range(warmup):
-        optimizer.step(closure)
     curvature = optimizer.curvature
     for name, phase in [
         ("capture", "statistics"),
