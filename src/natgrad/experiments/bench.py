@@ -116,6 +116,7 @@ _BENCH_KEYS = {
     "optimizer",
 }
 _SCOPE_KEYS = {"run", "optimizer"}
+_DATASET_SCOPE_KEYS = _SCOPE_KEYS | {"seeds"}  # a dataset may also run its own seeds
 #: ``cell_order``: "label" runs each label's seeds one after another; "seed" runs every label of
 #: one seed before the next seed, so that with ``--jobs N`` the labels of one seed run side by side.
 CELL_ORDERS = ("label", "seed")
@@ -209,7 +210,7 @@ def _variants(
 
 def _scope(values: Mapping[str, Any], table: str, name: str) -> dict[str, Any]:
     scope = values.get(table, {}).get(name, {})
-    allowed = _SCOPE_KEYS | {"seeds"} if table == "dataset" else _SCOPE_KEYS
+    allowed = _DATASET_SCOPE_KEYS if table == "dataset" else _SCOPE_KEYS
     check_keys(scope, allowed, f"[{table}.{name}]")
     return scope
 
