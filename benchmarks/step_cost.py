@@ -6,10 +6,13 @@ for each batch size: ``--warmup`` steps (covering K-FAC's refreshes at k <= 3), 
 ``--repeats`` timed ``optimizer.step(closure)`` calls. The SGD step (Nesterov momentum, the papers'
 baseline) is the unit. The timed steps are taken round-robin (one step of every optimizer, then the
 next round), so a change in the machine's load during the run hits the unit and the ratios alike.
-For the shared-step optimizers the *amortised* cost adds what the timed
-ordinary steps skip: the inverse refresh every T3 = 20 steps and the two extra gamma candidates
-every T2 = 20 steps (two extra solves with their damped inverses; with the quadratic model all
-candidates share one forward-mode pass), each measured separately. Hessian-free's step is dominated
+For the shared-step optimizers the *amortised* cost is the mean over the first whole window of
+``lcm(T1, T2, T3, statistics period)`` consecutive timed steps (20 with the defaults, so
+``--repeats 20`` or more): it counts every periodic piece at its real rate (``rho`` and the
+``lambda`` update every ``T1`` steps, the damped inverses rebuilt whenever a tied ``gamma``
+changes with ``lambda``, the refresh every ``T3``, a ``gamma`` search every ``T2``), which the
+median of single steps leaves out. With fewer repeats the amortised column stays empty.
+Hessian-free's step is dominated
 by CG; it runs with ``max_cg_iterations`` capped at ``--hf-cg`` and the cost of one CG iteration is
 reported too, so a full step can be read off as ``fixed + iterations * per_iteration`` (Martens 2010
 allows up to 250).
@@ -17,9 +20,9 @@ allows up to 250).
 Writes ``benchmarks/results/step_cost-threads<T>.json`` and ``.md`` with the machine description;
 Adam, when timed, is the reference of issue 13's target (K-FAC's step at most 2.5x Adam's):
 
-    .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 5 --threads 1
-    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --optimizers adam kfac
-        kfac-stats-every-4 \ kfac-model-half kfac-fast
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 5000 --repeats 20 --threads 1
+    .venv/bin/python benchmarks/step_cost.py --batches 1000 --threads 2 --repeats 20 --optimizers
+        adam kfac kfac-model-quarter-floor kfac-combined
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ from natgrad.data.datasets import load_dataset
 from natgrad.losses import build_loss
 from natgrad.models import DeepAutoencoder
 from natgrad.optim import KFAC, DiagonalNaturalGradient, HessianFree, NaturalGradientOptimizer
-from natgrad.optim.base import regularised_gradient
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: ``damping.minimum = 1e-3`` with ``lambda_0`` at the floor: the state the quarter-batch runs reach
+#: within about 150 steps and keep (docs/autoencoders.md section 12).
+FLOOR_STEADY_STATE = {"minimum": 1e-3, "initial": 1e-3}
 
 #: label -> (factory, description). K-FAC variants as the issue's targets name them.
 VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer], str]] = {
@@ -80,6 +86,21 @@ VARIANTS: dict[str, tuple[Callable[[torch.nn.Module, int], torch.optim.Optimizer
     "kfac-model-quarter-bf16": (
         lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, solve_dtype="bfloat16"),
         "as kfac-model-quarter with the solve in bfloat16 (departures)",
+    ),
+    "kfac-model-quarter-floor": (
+        lambda m, cg: KFAC(m, step={"model_fraction": 0.25}, damping=FLOOR_STEADY_STATE),
+        "as kfac-model-quarter with lambda >= 1e-3, started at its floor, where the runs hold it "
+        "(constant gamma: inverses rebuilt only at refreshes; departures)",
+    ),
+    "kfac-combined": (
+        lambda m, cg: KFAC(
+            m,
+            step={"model_fraction": 0.25, "model_dtype": "bfloat16"},
+            damping=FLOOR_STEADY_STATE,
+            solve_dtype="bfloat16",
+        ),
+        "as kfac-model-quarter-floor with the solve and the model in bfloat16 (the grids' "
+        "kfac-combined; departures)",
     ),
     "kfac-stats-every-4": (
         lambda m, cg: KFAC(m, schedule={"statistics_every": 4}),
@@ -119,23 +140,18 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def amortised_extras(optimizer: NaturalGradientOptimizer, closure: Callable) -> tuple[float, float]:
-    """Seconds of one inverse refresh and the extra seconds of a gamma-search step (T2) over a plain
-    one.
+def amortised_mean(seconds: list[float], window: int) -> float | None:
+    """Mean of the first ``window * floor(len / window)`` timings; None if fewer than ``window``."""
+    whole = window * (len(seconds) // window)
+    return statistics.fmean(seconds[:whole]) if whole else None
 
-    The refresh clears the damped inverses, so the first choice after it also rebuilds them: both
-    are inside the measured difference (refresh first, then a gamma-search step vs a plain step).
-    """
-    refresh = timed(optimizer.curvature.refresh)
-    loss = closure()
-    state = optimizer.state["natural_gradient"]
-    gradient = regularised_gradient(
-        optimizer.curvature.params, optimizer.damping_config.weight_decay
+
+def periodic_window(optimizer: NaturalGradientOptimizer) -> int:
+    """``lcm(T1, T2, T3, statistics period)``: the steps after which the schedule repeats."""
+    damping, schedule = optimizer.damping_config, optimizer.schedule
+    return math.lcm(
+        damping.adapt_every, damping.gamma_every, schedule.inverse_every, schedule.statistics_every
     )
-    search_step = optimizer.damping_config.gamma_every
-    search = timed(lambda: optimizer._choose_update(loss, gradient, state, search_step))
-    plain = timed(lambda: optimizer._choose_update(loss, gradient, state, search_step + 1))
-    return refresh, max(search - plain, 0.0)
 
 
 class TimedOptimizer:
@@ -169,15 +185,10 @@ class TimedOptimizer:
         optimizer, x = self.optimizer, self.x
         result = {"median_seconds": statistics.median(self.times), "seconds": self.times}
         if isinstance(optimizer, NaturalGradientOptimizer):
-            refresh, search = amortised_extras(optimizer, self.closure)
-            periods = optimizer.schedule.inverse_every, optimizer.damping_config.gamma_every
-            result.update(
-                refresh_seconds=refresh,
-                gamma_search_extra_seconds=search,
-                amortised_seconds=result["median_seconds"]
-                + refresh / periods[0]
-                + search / periods[1],
-            )
+            window = periodic_window(optimizer)
+            amortised = amortised_mean(self.times, window)
+            if amortised is not None:
+                result.update(amortised_seconds=amortised, amortised_window=window)
         if isinstance(optimizer, HessianFree):
             result["cg_iterations"] = [r.cg_iterations for r in self.records]
             result["cg_iteration_seconds"] = timed(
@@ -229,9 +240,8 @@ def run(
                 "ratio_to_adam": r["median_seconds"] / adam,
             }
             if "amortised_seconds" in r:
-                row["amortised_ratio_to_adam"] = r["amortised_seconds"] / adam
-            if "amortised_seconds" in r:
                 row["amortised_ratio"] = r["amortised_seconds"] / unit
+                row["amortised_ratio_to_adam"] = r["amortised_seconds"] / adam
             if "cg_iteration_seconds" in r:
                 row["cg_iteration_ratio"] = r["cg_iteration_seconds"] / unit
             rows.append(row)
@@ -276,8 +286,8 @@ def markdown(report: dict) -> str:
         f"Python {m['python']}. The machine was shared with other jobs, so expect noise of tens of "
         "percent.",
         "",
-        "| batch | optimizer | median s | ratio to SGD | amortised ratio (T3, T2 work) | ratio to "
-        "Adam | amortised ratio to Adam | notes |",
+        "| batch | optimizer | median s | ratio to SGD | amortised ratio (mean of a schedule "
+        "window) | ratio to Adam | amortised ratio to Adam | notes |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["rows"]:
@@ -313,7 +323,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--optimizers", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--hf-cg", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
