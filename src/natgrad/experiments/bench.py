@@ -231,6 +231,7 @@ def _problem_cells(
     model: str,
     labels: list[str],
     seeds: list[int],
+    order: str,
     out_dir: Path,
     overrides: Sequence[str],
 ) -> list[Cell]:
@@ -275,7 +276,7 @@ def _problem_cells(
                         grid,
                     )
                 )
-    if values.get("cell_order", "label") == "seed":
+    if order == "seed":
         cells.sort(key=lambda cell: seeds.index(cell.seed))  # stable: label order within a seed
     return cells
 
@@ -320,7 +321,7 @@ def load_bench(
         c
         for d in datasets
         for m in models
-        for c in _problem_cells(values, d, m, labels, seeds, out, overrides)
+        for c in _problem_cells(values, d, m, labels, seeds, order, out, overrides)
     ]
     return Bench(str(values.get("title", Path(path).stem)), out, seeds, labels, problems, cells)
 
